@@ -1,0 +1,429 @@
+//! Calls and their answers.
+//!
+//! Every call carries a [`Completer`] for its [`Answer`]. The caller holds
+//! [`AnswerRef`]s: one for the response promise, one for the pipeline, one
+//! per pipelined capability. When the last of them goes before the answer
+//! is complete, the call is cancelled.
+//!
+//! Pipelined calls on an unanswered call wait in a FIFO queue owned by the
+//! answer. That queue is an actor ([`AnswerActor`]), started the first time
+//! a pipelined call finds the answer pending; from then on every pipelined
+//! call on this answer goes through its mailbox, which keeps them in the
+//! order they were made, before and after the answer arrives (E-order). A
+//! call whose pipeline is never used starts no actor: an actor per call
+//! would double the cost of a plain call.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+
+use actix::{Actor, ActorContext, Addr, Handler, Message};
+
+use crate::cap::{CapRef, Kind, Node};
+use crate::error;
+use crate::payload::{Frozen, Payload};
+use crate::registry;
+
+/// What a call produces: its frozen results, or an error.
+pub(crate) type Outcome = Result<Arc<Frozen>, capnp::Error>;
+
+/// A call on its way to the capability that serves it.
+pub(crate) struct Call {
+    pub(crate) interface_id: u64,
+    pub(crate) method_id: u16,
+    pub(crate) params: Payload,
+    pub(crate) completer: Completer,
+}
+
+impl Call {
+    /// Fails the call without running it. Dropping the call also releases
+    /// the capabilities passed in its parameters.
+    pub(crate) fn fail(self, e: capnp::Error) {
+        self.completer.complete(Err(e));
+    }
+}
+
+/// The callee's side of an answer. Dropping it without completing fails the
+/// answer with Disconnected (the call was lost: its target stopped).
+pub(crate) struct Completer {
+    answer: Option<Arc<Answer>>,
+}
+
+impl Completer {
+    pub(crate) fn answer(&self) -> Option<&Arc<Answer>> {
+        self.answer.as_ref()
+    }
+
+    pub(crate) fn complete(mut self, outcome: Outcome) {
+        if let Some(a) = self.answer.take() {
+            a.complete(outcome);
+        }
+    }
+
+    /// Completes the answer with these results.
+    pub(crate) fn complete_payload(self, mut payload: Payload) {
+        if let Some(a) = &self.answer {
+            a.break_self_references(&mut payload);
+        }
+        self.complete(Ok(payload.freeze()));
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.answer.as_ref().is_none_or(|a| a.is_cancelled())
+    }
+
+    /// Resolves when nobody wants the answer any more.
+    pub(crate) fn cancelled(&self) -> Cancelled {
+        Cancelled {
+            answer: self.answer.clone(),
+        }
+    }
+}
+
+impl Drop for Completer {
+    fn drop(&mut self) {
+        if let Some(a) = self.answer.take() {
+            a.complete(Err(error::lost_call()));
+        }
+    }
+}
+
+/// An answer: the results of one call, once known, and the queue of calls
+/// pipelined on it.
+pub(crate) struct Answer {
+    state: Mutex<AnswerState>,
+}
+
+#[derive(Default)]
+struct AnswerState {
+    outcome: Option<Outcome>,
+    /// Early pipeline results (`set_pipeline`), before the outcome.
+    pipeline: Option<Arc<Frozen>>,
+    result_waker: Option<Waker>,
+    cancel_waker: Option<Waker>,
+    /// Live `AnswerRef`s.
+    interest: usize,
+    forwarder: Option<Addr<AnswerActor>>,
+    /// Pipelined capabilities made so far, by path, so that asking twice for
+    /// one field gives one capability.
+    pipelined: Vec<(Vec<u16>, Weak<Node>)>,
+}
+
+impl AnswerState {
+    /// What pipelined calls are resolved against.
+    fn resolution(&self) -> Option<Outcome> {
+        match (&self.pipeline, &self.outcome) {
+            (Some(p), _) => Some(Ok(p.clone())),
+            (None, Some(o)) => Some(o.clone()),
+            (None, None) => None,
+        }
+    }
+}
+
+impl Answer {
+    /// A new answer: the caller's first reference, and the callee's completer.
+    pub(crate) fn new() -> (AnswerRef, Completer) {
+        let answer = Arc::new(Answer {
+            state: Mutex::new(AnswerState {
+                interest: 1,
+                ..Default::default()
+            }),
+        });
+        (
+            AnswerRef {
+                answer: answer.clone(),
+            },
+            Completer {
+                answer: Some(answer),
+            },
+        )
+    }
+
+    fn lock(&self) -> MutexGuard<'_, AnswerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        let s = self.lock();
+        s.interest == 0 && s.outcome.is_none()
+    }
+
+    fn complete(&self, outcome: Outcome) {
+        let mut s = self.lock();
+        if s.outcome.is_some() {
+            return;
+        }
+        s.outcome = Some(outcome);
+        if let Some(w) = s.result_waker.take() {
+            w.wake();
+        }
+        if s.pipeline.is_none() {
+            self.publish(s);
+        }
+    }
+
+    /// A result that contains a capability pipelined on this very answer
+    /// would resolve that field to itself: it becomes a broken capability
+    /// (and no reference loop is kept between the answer and its field).
+    fn break_self_references(self: &Arc<Self>, payload: &mut Payload) {
+        for slot in payload.caps.iter_mut() {
+            let on_self = matches!(slot.as_ref().map(|c| c.kind()),
+                Some(Kind::Pipelined { answer, .. }) if Arc::ptr_eq(&answer.answer, self));
+            if on_self {
+                *slot = Some(CapRef::broken(error::cycle()));
+            }
+        }
+    }
+
+    /// Early resolution of pipelined calls (`Results::set_pipeline`).
+    pub(crate) fn set_pipeline(self: &Arc<Self>, mut payload: Payload) {
+        self.break_self_references(&mut payload);
+        let frozen = payload.freeze();
+        let mut s = self.lock();
+        if s.pipeline.is_some() || s.outcome.is_some() {
+            return;
+        }
+        s.pipeline = Some(frozen);
+        self.publish(s);
+    }
+
+    /// Hands the resolution to the queue (under the lock, so that no
+    /// pipelined call can slip past it) and settles pipelined capabilities.
+    fn publish(&self, s: MutexGuard<'_, AnswerState>) {
+        let Some(resolution) = s.resolution() else {
+            return;
+        };
+        if let Some(f) = &s.forwarder {
+            f.do_send(Resolved(resolution.clone()));
+        }
+        let nodes: Vec<(Vec<u16>, Arc<Node>)> = s
+            .pipelined
+            .iter()
+            .filter_map(|(p, w)| w.upgrade().map(|n| (p.clone(), n)))
+            .collect();
+        drop(s);
+        for (path, node) in nodes {
+            let me = CapRef { node };
+            let target = resolve_path(&resolution, &path);
+            let target = if me.would_cycle(&target) {
+                // A field resolved to itself.
+                CapRef::broken(error::cycle())
+            } else {
+                target
+            };
+            if let Some(settle) = &me.node.settle {
+                settle.settle(target);
+            }
+        }
+    }
+}
+
+fn resolve_path(resolution: &Outcome, path: &[u16]) -> CapRef {
+    match resolution {
+        Ok(frozen) => frozen.cap_at(path),
+        Err(e) => CapRef::broken(e.clone()),
+    }
+}
+
+/// A caller's counted reference to an answer; see the module docs.
+pub(crate) struct AnswerRef {
+    answer: Arc<Answer>,
+}
+
+impl Clone for AnswerRef {
+    fn clone(&self) -> Self {
+        self.answer.lock().interest += 1;
+        AnswerRef {
+            answer: self.answer.clone(),
+        }
+    }
+}
+
+impl Drop for AnswerRef {
+    fn drop(&mut self) {
+        let mut s = self.answer.lock();
+        s.interest = s.interest.saturating_sub(1);
+        if s.interest == 0 {
+            if let Some(w) = s.cancel_waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl AnswerRef {
+    /// The outcome, when it is there.
+    pub(crate) fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let mut s = self.answer.lock();
+        match &s.outcome {
+            Some(o) => Poll::Ready(o.clone()),
+            None => {
+                match &s.result_waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => s.result_waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// The capability at `path` in the results, the same one each time.
+    pub(crate) fn pipelined_cap(&self, path: Vec<u16>) -> CapRef {
+        let mut s = self.answer.lock();
+        s.pipelined.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(node) = s
+            .pipelined
+            .iter()
+            .find(|(p, _)| *p == path)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return CapRef { node };
+        }
+        if let Some(resolution) = s.resolution() {
+            // Already answered: no need for a promise at all.
+            drop(s);
+            return resolve_path(&resolution, &path);
+        }
+        drop(s);
+        let cap = CapRef::from_kind(Kind::Pipelined {
+            answer: self.clone(),
+            path: path.clone(),
+        });
+        let mut s = self.answer.lock();
+        match s.resolution() {
+            // Resolved while we built the node: settle it now.
+            Some(resolution) => {
+                drop(s);
+                if let Some(settle) = &cap.node.settle {
+                    settle.settle(resolve_path(&resolution, &path));
+                }
+            }
+            None => s.pipelined.push((path, Arc::downgrade(&cap.node))),
+        }
+        cap
+    }
+
+    /// Delivers a call made on a pipelined field of this answer.
+    pub(crate) fn deliver_pipelined(&self, path: &[u16], call: Call) {
+        let mut s = self.answer.lock();
+        if let Some(f) = &s.forwarder {
+            f.do_send(Forward(path.to_vec(), call));
+            return;
+        }
+        if let Some(resolution) = s.resolution() {
+            // Nothing was ever queued on this answer, so delivering directly
+            // cannot overtake an earlier pipelined call.
+            drop(s);
+            resolve_path(&resolution, path).deliver(call);
+            return;
+        }
+        let forwarder = AnswerActor::default().start();
+        forwarder.do_send(Forward(path.to_vec(), call));
+        s.forwarder = Some(forwarder);
+    }
+}
+
+/// Resolves when an answer is no longer wanted (see [`Completer::cancelled`]).
+pub(crate) struct Cancelled {
+    answer: Option<Arc<Answer>>,
+}
+
+impl Future for Cancelled {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(a) = &self.answer else {
+            return Poll::Ready(());
+        };
+        let mut s = a.lock();
+        if s.interest == 0 {
+            Poll::Ready(())
+        } else {
+            s.cancel_waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+}
+
+/// The FIFO queue of calls pipelined on one answer; see the module docs.
+#[derive(Default)]
+pub(crate) struct AnswerActor {
+    queue: VecDeque<(Vec<u16>, Call)>,
+    resolution: Option<Outcome>,
+    /// Targets already looked up, by path.
+    targets: Vec<(Vec<u16>, CapRef)>,
+    scope: usize,
+}
+
+impl AnswerActor {
+    fn target(&mut self, path: &[u16]) -> CapRef {
+        if let Some((_, t)) = self.targets.iter().find(|(p, _)| p == path) {
+            return t.clone();
+        }
+        let t = match &self.resolution {
+            Some(r) => resolve_path(r, path),
+            None => CapRef::broken(error::internal(
+                "pipeline target looked up before resolution",
+            )),
+        };
+        self.targets.push((path.to_vec(), t.clone()));
+        t
+    }
+}
+
+impl Actor for AnswerActor {
+    type Context = actix::Context<Self>;
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.scope = registry::current_scope();
+        registry::actor_started(self.scope);
+        // Calls can pile up here; they are bounded by the callers' own limits.
+        ctx.set_mailbox_capacity(usize::MAX);
+    }
+    fn stopped(&mut self, _: &mut Self::Context) {
+        registry::actor_stopped(self.scope);
+    }
+}
+
+struct Forward(Vec<u16>, Call);
+impl Message for Forward {
+    type Result = ();
+}
+
+struct Resolved(Outcome);
+impl Message for Resolved {
+    type Result = ();
+}
+
+impl Handler<Forward> for AnswerActor {
+    type Result = ();
+    fn handle(&mut self, Forward(path, call): Forward, _: &mut Self::Context) {
+        if self.resolution.is_some() {
+            self.target(&path).deliver(call);
+        } else {
+            self.queue.push_back((path, call));
+        }
+    }
+}
+
+impl Handler<Resolved> for AnswerActor {
+    type Result = ();
+    fn handle(&mut self, Resolved(outcome): Resolved, ctx: &mut Self::Context) {
+        if self.resolution.is_some() {
+            return;
+        }
+        self.resolution = Some(outcome);
+        while let Some((path, call)) = self.queue.pop_front() {
+            self.target(&path).deliver(call);
+        }
+        let _ = ctx; // the actor stops when the answer (its only address) goes
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn s<T: Send>() {}
+    s::<Call>();
+    s::<AnswerRef>();
+    let _ = |c: &mut actix::Context<AnswerActor>| c.stop();
+}

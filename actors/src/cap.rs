@@ -1,0 +1,321 @@
+//! Capability handles.
+//!
+//! A [`CapRef`] is the runtime's one handle to a capability: `Send + Sync`,
+//! cheap to clone, counted. It names a [`Node`], which is what the
+//! capability *is*: a local capability actor, a local promise, a field of an
+//! unanswered call (pipelined), a broken capability, or a proxy for a
+//! capability made by another runtime (a "foreign" hook). When the last
+//! handle goes, the node is dropped, which releases the capability: a local
+//! capability's actor then stops once its running calls are done.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::ThreadId;
+
+use actix::Recipient;
+use futures::channel::oneshot;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use crate::answer::{AnswerRef, Call};
+use crate::error;
+use crate::promise::PromiseHandle;
+use crate::registry;
+use crate::IncomingCall;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh capability id.
+pub(crate) fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A callback run when a capability breaks.
+pub(crate) type BrokenWatcher = Box<dyn FnOnce(capnp::Error) + Send>;
+
+/// What a capability is.
+pub(crate) enum Kind {
+    /// A capability served by an actor (ours, or a user's actor hosting a
+    /// service): calls go into its mailbox.
+    Local(Recipient<IncomingCall>),
+    /// A local promise: calls queue in the promise actor until it resolves.
+    Promise(PromiseHandle),
+    /// A pointer field of an answer that may not have arrived yet.
+    Pipelined { answer: AnswerRef, path: Vec<u16> },
+    /// A capability that fails every call with this error.
+    Broken(capnp::Error),
+    /// A capability of another runtime (a hook made by the capnp-rpc crate,
+    /// say), served through a proxy actor on the thread the hook lives on.
+    Foreign {
+        proxy: Recipient<IncomingCall>,
+        thread: ThreadId,
+        key: usize,
+    },
+}
+
+impl Kind {
+    fn name(&self) -> &'static str {
+        match self {
+            Kind::Local(_) => "local",
+            Kind::Promise(_) => "promise",
+            Kind::Pipelined { .. } => "pipelined",
+            Kind::Broken(_) => "broken",
+            Kind::Foreign { .. } => "foreign",
+        }
+    }
+}
+
+/// How a promise-like node (local promise or pipelined field) settles.
+#[derive(Default)]
+pub(crate) struct Settle {
+    state: Mutex<SettleState>,
+}
+
+#[derive(Default)]
+struct SettleState {
+    target: Option<CapRef>,
+    watchers: Vec<BrokenWatcher>,
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Settle {
+    fn lock(&self) -> MutexGuard<'_, SettleState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn target(&self) -> Option<CapRef> {
+        self.lock().target.clone()
+    }
+
+    /// Records the resolution (once) and runs what waited for it.
+    pub(crate) fn settle(&self, target: CapRef) {
+        let (watchers, waiters) = {
+            let mut s = self.lock();
+            if s.target.is_some() {
+                return;
+            }
+            s.target = Some(target.clone());
+            (
+                std::mem::take(&mut s.watchers),
+                std::mem::take(&mut s.waiters),
+            )
+        };
+        for w in watchers {
+            target.on_broken_boxed(w);
+        }
+        for w in waiters {
+            let _ = w.send(());
+        }
+    }
+}
+
+/// The shared part of a capability; see the module docs.
+pub(crate) struct Node {
+    pub(crate) id: u64,
+    scope: usize,
+    pub(crate) kind: Kind,
+    /// For promise-like nodes: the resolution and who waits for it.
+    pub(crate) settle: Option<Settle>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        registry::remove_cap(self.scope, self.id);
+        tracing::trace!(
+            cap = self.id,
+            kind = self.kind.name(),
+            "capability released"
+        );
+    }
+}
+
+/// A handle to a capability; see the module docs.
+#[derive(Clone)]
+pub struct CapRef {
+    pub(crate) node: Arc<Node>,
+}
+
+impl std::fmt::Debug for CapRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cap#{}({})", self.node.id, self.node.kind.name())
+    }
+}
+
+impl PartialEq for CapRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.node, &other.node)
+    }
+}
+impl Eq for CapRef {}
+
+impl CapRef {
+    pub(crate) fn from_kind(kind: Kind) -> Self {
+        Self::from_kind_id(kind, next_id())
+    }
+
+    pub(crate) fn from_kind_id(kind: Kind, id: u64) -> Self {
+        let settle =
+            matches!(kind, Kind::Promise(_) | Kind::Pipelined { .. }).then(Settle::default);
+        let scope = registry::current_scope();
+        let name = kind.name();
+        let node = Arc::new(Node {
+            id,
+            scope,
+            kind,
+            settle,
+        });
+        registry::add_cap(scope, id, Arc::downgrade(&node), name);
+        CapRef { node }
+    }
+
+    /// A capability that fails every call with `error`.
+    pub fn broken(error: capnp::Error) -> Self {
+        Self::from_kind(Kind::Broken(error))
+    }
+
+    /// The capability's identifier, unique within the process.
+    pub fn id(&self) -> u64 {
+        self.node.id
+    }
+
+    /// How many handles refer to this capability.
+    pub fn ref_count(&self) -> usize {
+        Arc::strong_count(&self.node)
+    }
+
+    pub(crate) fn kind(&self) -> &Kind {
+        &self.node.kind
+    }
+
+    /// True for a capability that is not settled yet (a local promise or a
+    /// pipelined field, unresolved or resolved).
+    pub fn is_promise(&self) -> bool {
+        self.node.settle.is_some()
+    }
+
+    /// The error, if this capability is broken (following resolved promises).
+    pub fn broken_error(&self) -> Option<capnp::Error> {
+        match self.shortened().kind() {
+            Kind::Broken(e) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    /// What this capability resolved to, one step, if it is a resolved promise.
+    pub(crate) fn resolved(&self) -> Option<CapRef> {
+        self.node.settle.as_ref().and_then(Settle::target)
+    }
+
+    /// The end of the chain of resolutions known so far (bounded, so that a
+    /// cycle that slipped through cannot hang the caller).
+    pub(crate) fn shortened(&self) -> CapRef {
+        let mut cur = self.clone();
+        for _ in 0..MAX_CHAIN {
+            match cur.resolved() {
+                Some(next) => cur = next,
+                None => break,
+            }
+        }
+        cur
+    }
+
+    /// True if resolving `self` to `target` would make a cycle.
+    pub(crate) fn would_cycle(&self, target: &CapRef) -> bool {
+        let mut cur = target.clone();
+        for _ in 0..MAX_CHAIN {
+            if &cur == self {
+                return true;
+            }
+            match cur.resolved() {
+                Some(next) => cur = next,
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Sends a call to this capability. Never blocks; the call's answer
+    /// is completed with an error if the capability cannot take it.
+    pub(crate) fn deliver(&self, call: Call) {
+        match self.kind() {
+            Kind::Local(r) | Kind::Foreign { proxy: r, .. } => {
+                // If the actor has stopped, the message is dropped and the
+                // call's `Drop` fails its answer with Disconnected.
+                r.do_send(IncomingCall { call });
+            }
+            Kind::Promise(p) => p.deliver(call),
+            Kind::Pipelined { answer, path } => answer.deliver_pipelined(path, call),
+            Kind::Broken(e) => call.fail(e.clone()),
+        }
+    }
+
+    /// Waits until this capability is settled: `Ok` for a working
+    /// capability, `Err` for a broken one. Follows promise chains.
+    pub fn when_resolved(&self) -> BoxFuture<'static, Result<(), capnp::Error>> {
+        let this = self.clone();
+        async move {
+            let mut cur = this;
+            for _ in 0..MAX_CHAIN {
+                if let Kind::Broken(e) = cur.kind() {
+                    return Err(e.clone());
+                }
+                let Some(settle) = cur.node.settle.as_ref() else {
+                    return Ok(());
+                };
+                let rx = {
+                    let mut s = settle.lock();
+                    match &s.target {
+                        Some(t) => {
+                            let t = t.clone();
+                            drop(s);
+                            cur = t;
+                            continue;
+                        }
+                        None => {
+                            let (tx, rx) = oneshot::channel();
+                            s.waiters.push(tx);
+                            rx
+                        }
+                    }
+                };
+                // The promise is kept alive by `cur` while we wait.
+                let _ = rx.await;
+            }
+            Err(error::cycle())
+        }
+        .boxed()
+    }
+
+    /// Runs `watcher` if this capability breaks; at once if it is broken
+    /// already. Follows promise chains. The watcher does not keep the
+    /// capability alive: if the capability is released first, the watcher
+    /// is dropped without running.
+    pub fn on_broken(&self, watcher: impl FnOnce(capnp::Error) + Send + 'static) {
+        self.on_broken_boxed(Box::new(watcher))
+    }
+
+    pub(crate) fn on_broken_boxed(&self, watcher: BrokenWatcher) {
+        match self.kind() {
+            Kind::Broken(e) => watcher(e.clone()),
+            _ => {
+                if let Some(settle) = &self.node.settle {
+                    let mut s = settle.lock();
+                    match &s.target {
+                        Some(t) => {
+                            let t = t.clone();
+                            drop(s);
+                            t.on_broken_boxed(watcher);
+                        }
+                        None => s.watchers.push(watcher),
+                    }
+                }
+                // Settled working capabilities of this runtime never break
+                // (connection imports, which can, arrive with the network).
+            }
+        }
+    }
+}
+
+/// Longest chain of promise resolutions followed before giving up with a
+/// cycle error.
+pub(crate) const MAX_CHAIN: usize = 10_000;

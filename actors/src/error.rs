@@ -1,0 +1,42 @@
+//! The errors the runtime itself raises.
+//!
+//! Errors are [`capnp::Error`]s: one type carrying the protocol's kinds
+//! (Failed, Overloaded, Disconnected, Unimplemented) and a reason, which is
+//! what the code capnpc generates returns and what goes on the wire.
+
+use capnp::Error;
+
+/// A promise resolved, directly or not, to itself.
+pub fn cycle() -> Error {
+    Error::failed("capability promise resolves to itself (cycle)".into())
+}
+
+/// A call was lost because the capability's actor stopped.
+pub fn lost_call() -> Error {
+    Error::disconnected("the capability's actor stopped before answering the call".into())
+}
+
+/// A promise's resolver was dropped without resolving it.
+pub fn unresolved_promise() -> Error {
+    Error::failed("promise dropped without being resolved".into())
+}
+
+/// The caller no longer wants the answer.
+pub fn cancelled() -> Error {
+    Error::failed("call cancelled by the caller".into())
+}
+
+/// A method body panicked.
+pub fn panicked(payload: &(dyn std::any::Any + Send)) -> Error {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    Error::failed(format!("method panicked: {what}"))
+}
+
+/// A bug in the runtime: reported as an error rather than a panic.
+pub fn internal(what: &str) -> Error {
+    Error::failed(format!("internal error in capnp-actix: {what}"))
+}

@@ -1,0 +1,481 @@
+//! The bridge to capnpc-generated code: our implementations of capnp's hook
+//! traits (`ClientHook`, `RequestHook`, ...), and the conversion between the
+//! `!Send` hook tables that generated code reads and writes and the `Send`
+//! cap tables that cross mailboxes.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use capnp::capability::{Promise, RemotePromise, Request, Response};
+use capnp::message::{self, HeapAllocator};
+use capnp::private::capability::{
+    ClientHook, ParamsHook, PipelineHook, PipelineOp, RequestHook, ResponseHook, ResultsHook,
+};
+use capnp::traits::{Imbue, ImbueMut};
+use capnp::{any_pointer, MessageSize};
+use futures::FutureExt;
+
+use crate::answer::{Answer, AnswerRef, Call, Outcome};
+use crate::cap::{CapRef, Kind};
+use crate::foreign;
+use crate::payload::{payload_from_reader, Frozen, HookTable, Payload, SendCapTable};
+use std::sync::Arc;
+
+static BRAND: u8 = 0;
+
+/// The brand of our hooks: the address of a static, which no other
+/// runtime's hook can report (theirs are 0 or heap addresses).
+pub(crate) fn brand() -> usize {
+    &BRAND as *const u8 as usize
+}
+
+/// Our `ClientHook`: a capability handle seen by generated code.
+pub(crate) struct CapHook {
+    pub(crate) cap: CapRef,
+}
+
+/// Our capability inside a hook made by this runtime, if it is one.
+#[allow(unsafe_code)]
+pub(crate) fn our_cap(hook: &dyn ClientHook) -> Option<&CapRef> {
+    if hook.get_brand() != brand() {
+        return None;
+    }
+    // SAFETY: only `CapHook` reports `brand()` (a private static's address
+    // that no other hook can return), so this `dyn ClientHook` is a
+    // `CapHook`; the reference keeps the lifetime of `hook`. Tested by
+    // `hook::tests::our_cap_round_trips_and_rejects_foreign_hooks`.
+    Some(unsafe { &(*(hook as *const dyn ClientHook as *const CapHook)).cap })
+}
+
+/// Turns a hook into a sendable capability handle, keeping identity: our
+/// own hooks give back their capability; other runtimes' hooks get a proxy
+/// (the same proxy for the same hook).
+pub(crate) fn to_cap(hook: Box<dyn ClientHook>) -> CapRef {
+    match our_cap(hook.as_ref()) {
+        Some(c) => c.clone(),
+        None => foreign::wrap(hook),
+    }
+}
+
+/// Turns a handle into a hook for generated code on this thread. A proxy
+/// for a foreign hook gives back the original hook on its own thread.
+pub(crate) fn to_hook(cap: &CapRef) -> Box<dyn ClientHook> {
+    if let Kind::Foreign { thread, key, .. } = cap.kind() {
+        if let Some(h) = foreign::original(*thread, *key) {
+            return h;
+        }
+    }
+    Box::new(CapHook { cap: cap.clone() })
+}
+
+pub(crate) fn to_hooks(caps: &SendCapTable) -> HookTable {
+    caps.iter().map(|c| c.as_ref().map(to_hook)).collect()
+}
+
+pub(crate) fn to_caps(table: HookTable) -> SendCapTable {
+    table.into_iter().map(|h| h.map(to_cap)).collect()
+}
+
+/// Sends a call to `target` and returns the caller's reference to its answer.
+pub(crate) fn send_call(
+    target: &CapRef,
+    interface_id: u64,
+    method_id: u16,
+    params: Payload,
+) -> AnswerRef {
+    let (answer, completer) = Answer::new();
+    target.deliver(Call {
+        interface_id,
+        method_id,
+        params,
+        completer,
+    });
+    answer
+}
+
+impl ClientHook for CapHook {
+    fn add_ref(&self) -> Box<dyn ClientHook> {
+        Box::new(CapHook {
+            cap: self.cap.clone(),
+        })
+    }
+
+    fn new_call(
+        &self,
+        interface_id: u64,
+        method_id: u16,
+        size_hint: Option<MessageSize>,
+    ) -> Request<any_pointer::Owned, any_pointer::Owned> {
+        Request::new(Box::new(OutgoingRequest::new(
+            self.cap.clone(),
+            interface_id,
+            method_id,
+            size_hint,
+        )))
+    }
+
+    fn call(
+        &self,
+        interface_id: u64,
+        method_id: u16,
+        params: Box<dyn ParamsHook>,
+        mut results: Box<dyn ResultsHook>,
+    ) -> Promise<(), capnp::Error> {
+        // Another runtime (or a forwarding server) calls us with its own
+        // params and results: copy in, call, copy out.
+        let payload = match params.get().and_then(payload_from_reader) {
+            Ok(p) => p,
+            Err(e) => return Promise::err(e),
+        };
+        drop(params);
+        let answer = send_call(&self.cap, interface_id, method_id, payload);
+        Promise::from_future(async move {
+            let frozen = WaitOutcome { answer }.await?;
+            frozen.copy_into(results.get()?)
+        })
+    }
+
+    fn get_brand(&self) -> usize {
+        brand()
+    }
+
+    fn get_ptr(&self) -> usize {
+        Arc::as_ptr(&self.cap.node) as usize
+    }
+
+    fn get_resolved(&self) -> Option<Box<dyn ClientHook>> {
+        self.cap.resolved().map(|c| to_hook(&c))
+    }
+
+    fn when_more_resolved(&self) -> Option<Promise<Box<dyn ClientHook>, capnp::Error>> {
+        if !self.cap.is_promise() {
+            return None;
+        }
+        let cap = self.cap.clone();
+        Some(Promise::from_future(async move {
+            cap.when_resolved().await?;
+            Ok(to_hook(&cap.resolved().unwrap_or(cap)))
+        }))
+    }
+
+    fn when_resolved(&self) -> Promise<(), capnp::Error> {
+        Promise::from_future(self.cap.when_resolved())
+    }
+}
+
+/// Waits for an answer's outcome.
+pub(crate) struct WaitOutcome {
+    pub(crate) answer: AnswerRef,
+}
+
+impl Future for WaitOutcome {
+    type Output = Outcome;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        self.answer.poll_outcome(cx)
+    }
+}
+
+/// A call being built by generated code.
+pub(crate) struct OutgoingRequest {
+    target: CapRef,
+    interface_id: u64,
+    method_id: u16,
+    message: message::Builder<HeapAllocator>,
+    table: HookTable,
+}
+
+impl OutgoingRequest {
+    pub(crate) fn new(
+        target: CapRef,
+        interface_id: u64,
+        method_id: u16,
+        size_hint: Option<MessageSize>,
+    ) -> Self {
+        let alloc = match size_hint {
+            Some(s) => HeapAllocator::new()
+                .first_segment_words((s.word_count as u32).saturating_add(1).min(1 << 20)),
+            None => HeapAllocator::new(),
+        };
+        let mut message = message::Builder::new(alloc);
+        message.init_root::<any_pointer::Builder<'_>>();
+        OutgoingRequest {
+            target,
+            interface_id,
+            method_id,
+            message,
+            table: Vec::new(),
+        }
+    }
+
+    fn into_call_parts(self) -> (CapRef, u64, u16, Payload) {
+        let payload = Payload {
+            message: self.message,
+            caps: to_caps(self.table),
+        };
+        (self.target, self.interface_id, self.method_id, payload)
+    }
+}
+
+impl RequestHook for OutgoingRequest {
+    fn get(&mut self) -> any_pointer::Builder<'_> {
+        // The root was initialised in `new`, so this cannot fail.
+        let mut root: any_pointer::Builder<'_> = self
+            .message
+            .get_root()
+            .expect("request root initialised at construction");
+        root.imbue_mut(&mut self.table);
+        root
+    }
+
+    fn get_brand(&self) -> usize {
+        brand()
+    }
+
+    fn send(self: Box<Self>) -> RemotePromise<any_pointer::Owned> {
+        let (target, iid, mid, payload) = self.into_call_parts();
+        let answer = send_call(&target, iid, mid, payload);
+        let pipeline = any_pointer::Pipeline::new(Box::new(AnswerPipeline {
+            answer: answer.clone(),
+        }));
+        let promise = Promise::from_future(WaitOutcome { answer }.map(|o| {
+            o.map(|frozen| {
+                Response::new(Box::new(LocalResponse::new(frozen)) as Box<dyn ResponseHook>)
+            })
+        }));
+        RemotePromise { promise, pipeline }
+    }
+
+    fn send_streaming(self: Box<Self>) -> Promise<(), capnp::Error> {
+        let (target, iid, mid, payload) = self.into_call_parts();
+        let answer = send_call(&target, iid, mid, payload);
+        Promise::from_future(WaitOutcome { answer }.map(|o| o.map(|_| ())))
+    }
+
+    fn tail_send(
+        self: Box<Self>,
+    ) -> Option<(u32, Promise<(), capnp::Error>, Box<dyn PipelineHook>)> {
+        None
+    }
+}
+
+/// The results of a call, as the caller reads them.
+pub(crate) struct LocalResponse {
+    frozen: Arc<Frozen>,
+    table: HookTable,
+}
+
+impl LocalResponse {
+    pub(crate) fn new(frozen: Arc<Frozen>) -> Self {
+        let table = to_hooks(&frozen.caps);
+        LocalResponse { frozen, table }
+    }
+}
+
+impl ResponseHook for LocalResponse {
+    fn get(&self) -> capnp::Result<any_pointer::Reader<'_>> {
+        self.frozen.root(&self.table)
+    }
+}
+
+/// The pipeline of a sent call.
+pub(crate) struct AnswerPipeline {
+    pub(crate) answer: AnswerRef,
+}
+
+impl PipelineHook for AnswerPipeline {
+    fn add_ref(&self) -> Box<dyn PipelineHook> {
+        Box::new(AnswerPipeline {
+            answer: self.answer.clone(),
+        })
+    }
+
+    fn get_pipelined_cap(&self, ops: &[PipelineOp]) -> Box<dyn ClientHook> {
+        let path = ops
+            .iter()
+            .filter_map(|op| match op {
+                PipelineOp::Noop => None,
+                PipelineOp::GetPointerField(i) => Some(*i),
+            })
+            .collect();
+        to_hook(&self.answer.pipelined_cap(path))
+    }
+}
+
+/// The parameters of a call, as the method reads them.
+pub(crate) struct LocalParams {
+    message: message::Builder<HeapAllocator>,
+    table: HookTable,
+}
+
+impl LocalParams {
+    pub(crate) fn new(payload: Payload) -> Self {
+        let table = to_hooks(&payload.caps);
+        // The sendable handles are no longer needed: the hooks hold the
+        // capabilities now.
+        LocalParams {
+            message: payload.message,
+            table,
+        }
+    }
+}
+
+impl ParamsHook for LocalParams {
+    fn get(&self) -> capnp::Result<any_pointer::Reader<'_>> {
+        let mut root: any_pointer::Reader<'_> = self.message.get_root_as_reader()?;
+        root.imbue(&self.table);
+        Ok(root)
+    }
+}
+
+/// Where a method's results go when its `Results` is dropped.
+pub(crate) type ResultsSlot = Rc<RefCell<Option<Payload>>>;
+
+/// The results of a call, as the method writes them.
+pub(crate) struct LocalResults {
+    message: Option<message::Builder<HeapAllocator>>,
+    table: HookTable,
+    answer: Option<Arc<Answer>>,
+    slot: ResultsSlot,
+}
+
+impl LocalResults {
+    pub(crate) fn new(answer: Option<Arc<Answer>>, slot: ResultsSlot) -> Self {
+        let mut message = message::Builder::new_default();
+        message.init_root::<any_pointer::Builder<'_>>();
+        LocalResults {
+            message: Some(message),
+            table: Vec::new(),
+            answer,
+            slot,
+        }
+    }
+
+    fn payload_copy(&mut self) -> capnp::Result<Payload> {
+        let Some(m) = &self.message else {
+            return Err(crate::error::internal("results already taken"));
+        };
+        let mut root: any_pointer::Reader<'_> = m.get_root_as_reader()?;
+        root.imbue(&self.table);
+        payload_from_reader(root)
+    }
+}
+
+impl Drop for LocalResults {
+    fn drop(&mut self) {
+        if let Some(message) = self.message.take() {
+            *self.slot.borrow_mut() = Some(Payload {
+                message,
+                caps: to_caps(std::mem::take(&mut self.table)),
+            });
+        }
+    }
+}
+
+impl ResultsHook for LocalResults {
+    fn get(&mut self) -> capnp::Result<any_pointer::Builder<'_>> {
+        let Some(m) = self.message.as_mut() else {
+            return Err(crate::error::internal("results already taken"));
+        };
+        let mut root: any_pointer::Builder<'_> = m.get_root()?;
+        root.imbue_mut(&mut self.table);
+        Ok(root)
+    }
+
+    fn set_pipeline(&mut self) -> capnp::Result<()> {
+        let payload = self.payload_copy()?;
+        if let Some(a) = &self.answer {
+            a.set_pipeline(payload);
+        }
+        Ok(())
+    }
+
+    fn allow_cancellation(&self) {
+        // Calls are cancellable by default in this runtime (see the crate
+        // docs); `shield` opts out.
+    }
+
+    fn tail_call(mut self: Box<Self>, request: Box<dyn RequestHook>) -> Promise<(), capnp::Error> {
+        let remote = request.send();
+        Promise::from_future(async move {
+            let response = remote.promise.await?;
+            self.get()?.set_as(response.get()?)?;
+            Ok(())
+        })
+    }
+
+    fn direct_tail_call(
+        mut self: Box<Self>,
+        request: Box<dyn RequestHook>,
+    ) -> (Promise<(), capnp::Error>, Box<dyn PipelineHook>) {
+        let remote = request.send();
+        let pipeline = remote.pipeline.hook;
+        let promise = remote.promise;
+        (
+            Promise::from_future(async move {
+                let response = promise.await?;
+                self.get()?.set_as(response.get()?)?;
+                Ok(())
+            }),
+            pipeline,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Other;
+    impl ClientHook for Other {
+        fn add_ref(&self) -> Box<dyn ClientHook> {
+            Box::new(Other)
+        }
+        fn new_call(
+            &self,
+            _: u64,
+            _: u16,
+            _: Option<MessageSize>,
+        ) -> Request<any_pointer::Owned, any_pointer::Owned> {
+            unimplemented!()
+        }
+        fn call(
+            &self,
+            _: u64,
+            _: u16,
+            _: Box<dyn ParamsHook>,
+            _: Box<dyn ResultsHook>,
+        ) -> Promise<(), capnp::Error> {
+            unimplemented!()
+        }
+        fn get_brand(&self) -> usize {
+            0
+        }
+        fn get_ptr(&self) -> usize {
+            7
+        }
+        fn get_resolved(&self) -> Option<Box<dyn ClientHook>> {
+            None
+        }
+        fn when_more_resolved(&self) -> Option<Promise<Box<dyn ClientHook>, capnp::Error>> {
+            None
+        }
+        fn when_resolved(&self) -> Promise<(), capnp::Error> {
+            Promise::ok(())
+        }
+    }
+
+    #[test]
+    fn our_cap_round_trips_and_rejects_foreign_hooks() {
+        let cap = CapRef::broken(capnp::Error::failed("x".into()));
+        let hook: Box<dyn ClientHook> = Box::new(CapHook { cap: cap.clone() });
+        assert_eq!(our_cap(hook.as_ref()), Some(&cap));
+        assert_eq!(
+            our_cap(hook.add_ref().as_ref()).map(CapRef::id),
+            Some(cap.id())
+        );
+        assert!(our_cap(&Other).is_none());
+    }
+}

@@ -1,0 +1,288 @@
+//! Capability actors: an actor that serves calls on one capability.
+//!
+//! A [`CapActor`] hosts either a capnpc-generated server (`ServerDispatch`)
+//! or a foreign hook. Calls arrive in its mailbox in the order they were
+//! sent; each is started at once (its method body runs until it first
+//! awaits) and then runs alongside the others, so a slow call does not hold
+//! up a fast one. Running calls are driven by one `FuturesUnordered` that a
+//! single actor future polls: method bodies start in mailbox order.
+
+use std::cell::RefCell;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context as TaskContext, Poll};
+
+use actix::{Actor, ActorFuture, AsyncContext, Handler, Message};
+use capnp::capability::{Params, Promise, Results, Server};
+use futures::future::{select, Either, LocalBoxFuture};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use tracing::Instrument;
+
+use crate::answer::Call;
+use crate::error;
+use crate::hook::{self, LocalParams, LocalResults};
+use crate::registry;
+
+/// A call delivered to the actor that serves a capability.
+///
+/// This is the message a user's own actor receives when it hosts a service
+/// ([`crate::Cap::from_actor`]); it answers with [`IncomingCall::serve`].
+pub struct IncomingCall {
+    pub(crate) call: Call,
+}
+
+impl Message for IncomingCall {
+    type Result = ();
+}
+
+impl std::fmt::Debug for IncomingCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "IncomingCall({:#018x}.{})",
+            self.call.interface_id, self.call.method_id
+        )
+    }
+}
+
+impl IncomingCall {
+    /// The interface the call is for.
+    pub fn interface_id(&self) -> u64 {
+        self.call.interface_id
+    }
+
+    /// The method the call is for.
+    pub fn method_id(&self) -> u16 {
+        self.call.method_id
+    }
+
+    /// Serves this call with `server`, a value implementing a generated
+    /// `Server` trait (for example `echo::Server`), typically built from the
+    /// hosting actor's state. The method starts now, in mailbox order, and
+    /// runs on this thread; its reply goes back to the caller.
+    ///
+    /// ```ignore
+    /// fn handle(&mut self, call: IncomingCall, ctx: &mut Context<Self>) {
+    ///     self.calls += 1;
+    ///     call.serve::<echo::Client, _>(EchoView { calls: self.calls, owner: ctx.address() });
+    /// }
+    /// ```
+    pub fn serve<C, S>(self, server: S)
+    where
+        C: capnp::capability::FromServer<S>,
+    {
+        let dispatch = C::from_server(Rc::new(server));
+        if let Some(mut fut) = start_call(&ServerHost(dispatch), 0, self.call) {
+            // Start the body now (so calls start in mailbox order), then let
+            // it finish on its own.
+            if !poll_once(&mut fut) {
+                actix_rt::spawn(fut);
+            }
+        }
+    }
+}
+
+/// What a capability actor serves.
+pub(crate) trait Host: Unpin + 'static {
+    /// Starts a call: runs what must run now and returns the rest.
+    fn dispatch(&self, call: Call) -> CallBody;
+}
+
+/// A started call, as the host produced it.
+pub(crate) enum CallBody {
+    /// A method of a generated server: its promise, and where its results
+    /// land when the method drops them.
+    Server(
+        Promise<(), capnp::Error>,
+        hook::ResultsSlot,
+        crate::answer::Completer,
+    ),
+    /// Something that completes the call by itself.
+    Done(LocalBoxFuture<'static, ()>),
+}
+
+/// Hosts a capnpc-generated `ServerDispatch`.
+pub(crate) struct ServerHost<D>(pub(crate) D);
+
+// The dispatch value is never pinned (calls clone it), so the host may move.
+impl<D> Unpin for ServerHost<D> {}
+
+impl<D: Server + Clone + 'static> Host for ServerHost<D> {
+    fn dispatch(&self, call: Call) -> CallBody {
+        let Call {
+            interface_id,
+            method_id,
+            params,
+            completer,
+        } = call;
+        let slot: hook::ResultsSlot = Rc::new(RefCell::new(None));
+        let results = LocalResults::new(completer.answer().cloned(), slot.clone());
+        let params = LocalParams::new(params);
+        let server = self.0.clone();
+        let dispatched = std::panic::catch_unwind(AssertUnwindSafe(move || {
+            server
+                .dispatch_call(
+                    interface_id,
+                    method_id,
+                    Params::new(Box::new(params)),
+                    Results::new(Box::new(results)),
+                )
+                .promise
+        }));
+        match dispatched {
+            Ok(promise) => CallBody::Server(promise, slot, completer),
+            Err(panic) => {
+                completer.complete(Err(error::panicked(panic.as_ref())));
+                CallBody::Done(futures::future::ready(()).boxed_local())
+            }
+        }
+    }
+}
+
+/// Starts `call` on `host`: `None` if it was cancelled before it started.
+pub(crate) fn start_call<H: Host + ?Sized>(
+    host: &H,
+    cap_id: u64,
+    call: Call,
+) -> Option<LocalBoxFuture<'static, ()>> {
+    if call.completer.is_cancelled() {
+        // Nobody waits for it: it never starts.
+        call.fail(error::cancelled());
+        return None;
+    }
+    let span = tracing::debug_span!(
+        "call",
+        cap = cap_id,
+        interface = %format_args!("{:#018x}", call.interface_id),
+        method = call.method_id
+    );
+    let body = span.in_scope(|| host.dispatch(call));
+    Some(match body {
+        CallBody::Done(f) => f.instrument(span).boxed_local(),
+        CallBody::Server(promise, slot, completer) => async move {
+            let cancelled = completer.cancelled();
+            let body = AssertUnwindSafe(promise).catch_unwind();
+            let outcome = match select(body, cancelled).await {
+                Either::Left((Ok(Ok(())), _)) => match slot.borrow_mut().take() {
+                    Some(payload) => Ok(payload),
+                    None => Err(error::internal(
+                        "method finished while still holding its Results",
+                    )),
+                },
+                Either::Left((Ok(Err(e)), _)) => Err(e),
+                Either::Left((Err(panic), _)) => Err(error::panicked(panic.as_ref())),
+                // The method's future is dropped here: that is the cancellation.
+                Either::Right(((), _)) => Err(error::cancelled()),
+            };
+            match outcome {
+                Ok(p) => completer.complete_payload(p),
+                Err(e) => completer.complete(Err(e)),
+            }
+        }
+        .instrument(span)
+        .boxed_local(),
+    })
+}
+
+/// The actor of one capability; see the module docs.
+pub(crate) struct CapActor<H: Host> {
+    host: H,
+    id: u64,
+    running: FuturesUnordered<LocalBoxFuture<'static, ()>>,
+    driving: bool,
+    scope: usize,
+}
+
+impl<H: Host> CapActor<H> {
+    pub(crate) fn new(host: H, id: u64) -> Self {
+        CapActor {
+            host,
+            id,
+            running: FuturesUnordered::new(),
+            driving: false,
+            scope: 0,
+        }
+    }
+}
+
+impl<H: Host> Actor for CapActor<H> {
+    type Context = actix::Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.scope = registry::current_scope();
+        registry::actor_started(self.scope);
+        // Calls are never refused for a full mailbox here; limits on how
+        // many calls may be outstanding belong to the callers (connections).
+        ctx.set_mailbox_capacity(usize::MAX);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        registry::actor_stopped(self.scope);
+    }
+}
+
+impl<H: Host> Handler<IncomingCall> for CapActor<H> {
+    type Result = ();
+    fn handle(&mut self, msg: IncomingCall, ctx: &mut Self::Context) {
+        if let Some(mut fut) = start_call(&self.host, self.id, msg.call) {
+            if poll_once(&mut fut) {
+                return;
+            }
+            self.running.push(fut);
+            if !self.driving {
+                self.driving = true;
+                ctx.spawn(Driver);
+            }
+        }
+    }
+}
+
+/// Polls a capability actor's running calls until none is left.
+struct Driver;
+
+impl<H: Host> ActorFuture<CapActor<H>> for Driver {
+    type Output = ();
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut CapActor<H>,
+        _: &mut actix::Context<CapActor<H>>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<()> {
+        loop {
+            match act.running.poll_next_unpin(cx) {
+                Poll::Ready(Some(())) => continue,
+                Poll::Ready(None) => {
+                    act.driving = false;
+                    return Poll::Ready(());
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Starts an actor for `host` on the current arbiter and returns the
+/// capability that names it.
+pub(crate) fn spawn_host<H: Host>(host: H) -> crate::cap::CapRef {
+    let id = crate::cap::next_id();
+    spawn_host_with(host, id, crate::cap::Kind::Local)
+}
+
+/// Like [`spawn_host`], with the id chosen and the kind built by the caller.
+pub(crate) fn spawn_host_with<H: Host>(
+    host: H,
+    id: u64,
+    kind: impl FnOnce(actix::Recipient<IncomingCall>) -> crate::cap::Kind,
+) -> crate::cap::CapRef {
+    let addr = CapActor::new(host, id).start();
+    crate::cap::CapRef::from_kind_id(kind(addr.recipient()), id)
+}
+
+/// Polls a freshly started call once, so that its body starts now.
+pub(crate) fn poll_once(fut: &mut LocalBoxFuture<'static, ()>) -> bool {
+    let waker = futures::task::noop_waker();
+    let mut cx = TaskContext::from_waker(&waker);
+    fut.as_mut().poll(&mut cx).is_ready()
+}

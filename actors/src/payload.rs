@@ -1,0 +1,148 @@
+//! Messages in flight between capabilities: a capnp message plus its table of
+//! capabilities, in a form that may cross a mailbox.
+
+use std::sync::Arc;
+
+use capnp::message::{self, HeapAllocator, ReaderOptions, ReaderSegments};
+use capnp::private::capability::{ClientHook, PipelineOp};
+use capnp::traits::{Imbue, ImbueMut};
+use capnp::{any_pointer, Word};
+
+use crate::cap::CapRef;
+use crate::hook;
+
+/// A cap table that may cross threads: one entry per capability pointer of
+/// the message (`None` for a slot that was cleared).
+pub(crate) type SendCapTable = Vec<Option<CapRef>>;
+
+/// The `!Send` form of a cap table that capnp's readers and builders use.
+pub(crate) type HookTable = Vec<Option<Box<dyn ClientHook>>>;
+
+/// Parameters or results under construction or in transit: an owned builder
+/// (Send) and its capabilities. Moving it between actors copies nothing.
+pub(crate) struct Payload {
+    pub(crate) message: message::Builder<HeapAllocator>,
+    pub(crate) caps: SendCapTable,
+}
+
+impl Payload {
+    /// Reads the root pointer with the cap table turned into hooks that live
+    /// on the current thread.
+    pub(crate) fn with_root<R>(
+        &self,
+        f: impl FnOnce(any_pointer::Reader<'_>) -> capnp::Result<R>,
+    ) -> capnp::Result<R> {
+        let table = hook::to_hooks(&self.caps);
+        let mut root: any_pointer::Reader<'_> = self.message.get_root_as_reader()?;
+        root.imbue(&table);
+        f(root)
+    }
+
+    /// Freezes a finished payload into the shareable form used for answers.
+    pub(crate) fn freeze(self) -> Arc<Frozen> {
+        Arc::new(Frozen::copy_of(&self.message, self.caps))
+    }
+}
+
+/// A finished message that many readers on many threads may share: the
+/// results of a call, read by the caller and by pipelined calls.
+///
+/// Built once per answer by copying the result segments into one buffer
+/// (`message::Builder` is not `Sync`, so it cannot be shared as it is).
+pub(crate) struct Frozen {
+    message: message::Reader<WordSegments>,
+    pub(crate) caps: SendCapTable,
+}
+
+impl Frozen {
+    pub(crate) fn copy_of(builder: &message::Builder<HeapAllocator>, caps: SendCapTable) -> Self {
+        let out = builder.get_segments_for_output();
+        let total: usize = out.iter().map(|s| s.len() / 8).sum();
+        let mut words = Word::allocate_zeroed_vec(total);
+        let mut bounds = Vec::with_capacity(out.len());
+        let mut at = 0;
+        for seg in out.iter() {
+            let n = seg.len() / 8;
+            Word::words_to_bytes_mut(&mut words[at..at + n]).copy_from_slice(&seg[..n * 8]);
+            bounds.push((at, at + n));
+            at += n;
+        }
+        // Our own data: it was built by this process, so no traversal limit
+        // is needed (and a shared answer is read many times).
+        let options = *ReaderOptions::new().traversal_limit_in_words(None);
+        Frozen {
+            message: message::Reader::new(WordSegments { words, bounds }, options),
+            caps,
+        }
+    }
+
+    /// The root pointer, imbued with the given hook table.
+    pub(crate) fn root<'a>(
+        &'a self,
+        table: &'a HookTable,
+    ) -> capnp::Result<any_pointer::Reader<'a>> {
+        let mut root: any_pointer::Reader<'a> = self.message.get_root()?;
+        root.imbue(table);
+        Ok(root)
+    }
+
+    /// The capability at a pipeline path (pointer field indexes from the
+    /// root), or a broken capability saying why there is none.
+    pub(crate) fn cap_at(&self, path: &[u16]) -> CapRef {
+        let table = hook::to_hooks(&self.caps);
+        let ops: Vec<PipelineOp> = path
+            .iter()
+            .map(|&i| PipelineOp::GetPointerField(i))
+            .collect();
+        let found = self
+            .root(&table)
+            .and_then(|root| root.get_pipelined_cap(&ops));
+        match found {
+            Ok(h) => hook::to_cap(h),
+            Err(e) => CapRef::broken(e),
+        }
+    }
+
+    /// Copies the message into a fresh builder (for handing results to a
+    /// foreign `ResultsHook`, or for re-sending).
+    pub(crate) fn copy_into(&self, mut dest: any_pointer::Builder<'_>) -> capnp::Result<()> {
+        let table = hook::to_hooks(&self.caps);
+        dest.set_as(self.root(&table)?)
+    }
+}
+
+/// Segments stored back to back in one word buffer.
+pub(crate) struct WordSegments {
+    words: Vec<Word>,
+    bounds: Vec<(usize, usize)>,
+}
+
+impl ReaderSegments for WordSegments {
+    fn get_segment(&self, idx: u32) -> Option<&[u8]> {
+        let (a, b) = *self.bounds.get(idx as usize)?;
+        self.words.get(a..b).map(Word::words_to_bytes)
+    }
+    fn len(&self) -> usize {
+        self.bounds.len()
+    }
+}
+
+/// Copies `src` (a reader imbued with hooks) into a new payload, turning the
+/// capabilities it carries into sendable handles.
+pub(crate) fn payload_from_reader(src: any_pointer::Reader<'_>) -> capnp::Result<Payload> {
+    let size = src.target_size()?;
+    let mut message = message::Builder::new(
+        HeapAllocator::new()
+            .first_segment_words((size.word_count as u32).saturating_add(1).min(1 << 20)),
+    );
+    let mut table: HookTable = Vec::new();
+    {
+        let mut root: any_pointer::Builder<'_> = message.init_root();
+        root.imbue_mut(&mut table);
+        root.set_as(src)?;
+    }
+    Ok(Payload {
+        message,
+        caps: hook::to_caps(table),
+    })
+}

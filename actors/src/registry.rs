@@ -1,0 +1,148 @@
+//! The debug report of live capabilities and actors.
+//!
+//! Every capability node and every runtime actor registers here, scoped by
+//! the actix `System` it was created in, so that tests running side by side
+//! in one process each see only their own.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use crate::cap::Node;
+
+/// One live capability in a debug report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveCap {
+    /// The capability's identifier (unique within the process).
+    pub id: u64,
+    /// What the capability is: `local`, `promise`, `pipelined`, `broken` or `foreign`.
+    pub kind: &'static str,
+    /// How many handles (clients, hooks, cap-table entries) refer to it.
+    pub refs: usize,
+}
+
+impl fmt::Display for LiveCap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cap#{} {} refs={}", self.id, self.kind, self.refs)
+    }
+}
+
+/// A snapshot of what is alive in one actix system.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Capabilities still referenced, by id.
+    pub caps: Vec<LiveCap>,
+    /// Runtime actors (capability, promise, answer and proxy actors) still running.
+    pub actors: usize,
+}
+
+impl Report {
+    /// True when no capability is referenced and no runtime actor runs.
+    pub fn is_empty(&self) -> bool {
+        self.caps.is_empty() && self.actors == 0
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} live capabilities, {} runtime actors",
+            self.caps.len(),
+            self.actors
+        )?;
+        for c in &self.caps {
+            writeln!(f, "  {c}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Scope {
+    caps: HashMap<u64, (Weak<Node>, &'static str)>,
+    actors: usize,
+}
+
+static SCOPES: Mutex<Option<HashMap<usize, Scope>>> = Mutex::new(None);
+
+fn scopes() -> MutexGuard<'static, Option<HashMap<usize, Scope>>> {
+    // A panic while holding this lock cannot leave the maps inconsistent
+    // (every update is a single insert or remove), so poisoning is ignored.
+    SCOPES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The scope of the calling thread: its actix system, or 0 outside any.
+pub(crate) fn current_scope() -> usize {
+    actix::System::try_current()
+        .map(|s| s.id() + 1)
+        .unwrap_or(0)
+}
+
+fn with_scope<R>(scope: usize, f: impl FnOnce(&mut Scope) -> R) -> R {
+    let mut g = scopes();
+    f(g.get_or_insert_with(HashMap::new).entry(scope).or_default())
+}
+
+pub(crate) fn add_cap(scope: usize, id: u64, node: Weak<Node>, kind: &'static str) {
+    with_scope(scope, |s| s.caps.insert(id, (node, kind)));
+}
+
+pub(crate) fn remove_cap(scope: usize, id: u64) {
+    with_scope(scope, |s| s.caps.remove(&id));
+}
+
+pub(crate) fn actor_started(scope: usize) {
+    with_scope(scope, |s| s.actors += 1);
+}
+
+pub(crate) fn actor_stopped(scope: usize) {
+    with_scope(scope, |s| s.actors = s.actors.saturating_sub(1));
+}
+
+/// What is alive in the calling thread's actix system right now.
+pub fn report() -> Report {
+    let scope = current_scope();
+    with_scope(scope, |s| {
+        let mut caps: Vec<LiveCap> = s
+            .caps
+            .iter()
+            .filter_map(|(&id, (w, kind))| {
+                let refs = w.strong_count();
+                (refs > 0).then_some(LiveCap { id, kind, refs })
+            })
+            .collect();
+        caps.sort_by_key(|c| c.id);
+        Report {
+            caps,
+            actors: s.actors,
+        }
+    })
+}
+
+/// Waits (up to `timeout`) until no capability is referenced and no runtime
+/// actor runs in the calling thread's actix system, and returns what is
+/// still alive if that does not happen. Release is asynchronous (a released
+/// capability's actor stops on its own thread), hence the wait.
+pub async fn settle(timeout: Duration) -> Result<(), Report> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let r = report();
+        if r.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(r);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Test helper: panics with the report unless everything is released
+/// within two seconds.
+pub async fn assert_all_released() {
+    if let Err(r) = settle(Duration::from_secs(2)).await {
+        panic!("capabilities or actors still alive:\n{r}");
+    }
+}
