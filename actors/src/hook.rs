@@ -26,6 +26,11 @@ use std::sync::Arc;
 
 static BRAND: u8 = 0;
 
+/// First segment size of the messages we build for calls and results.
+/// capnp's default (1024 words) zeroes 8 KiB per message, which dominated
+/// the cost of a small local call; larger messages grow by more segments.
+const FIRST_SEGMENT_WORDS: u32 = 64;
+
 /// The brand of our hooks: the address of a static, which no other
 /// runtime's hook can report (theirs are 0 or heap addresses).
 pub(crate) fn brand() -> usize {
@@ -343,7 +348,8 @@ pub(crate) struct LocalResults {
 
 impl LocalResults {
     pub(crate) fn new(answer: Option<Arc<Answer>>, slot: ResultsSlot) -> Self {
-        let mut message = message::Builder::new_default();
+        let mut message =
+            message::Builder::new(HeapAllocator::new().first_segment_words(FIRST_SEGMENT_WORDS));
         message.init_root::<any_pointer::Builder<'_>>();
         LocalResults {
             message: Some(message),
