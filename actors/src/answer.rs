@@ -124,7 +124,7 @@ impl AnswerState {
 
 impl Answer {
     /// A new answer: the caller's first reference, and the callee's completer.
-    pub(crate) fn new() -> (AnswerRef, Completer) {
+    pub(crate) fn open() -> (AnswerRef, Completer) {
         let answer = Arc::new(Answer {
             state: Mutex::new(AnswerState {
                 interest: 1,
@@ -164,17 +164,43 @@ impl Answer {
         }
     }
 
-    /// A result that contains a capability pipelined on this very answer
-    /// would resolve that field to itself: it becomes a broken capability
-    /// (and no reference loop is kept between the answer and its field).
-    fn break_self_references(self: &Arc<Self>, payload: &mut Payload) {
-        for slot in payload.caps.iter_mut() {
-            let on_self = matches!(slot.as_ref().map(|c| c.kind()),
-                Some(Kind::Pipelined { answer, .. }) if Arc::ptr_eq(&answer.answer, self));
-            if on_self {
-                *slot = Some(CapRef::broken(error::cycle()));
-            }
+    /// True if `cap` is a field of this very answer; gives its path.
+    pub(crate) fn path_on_self<'c>(self: &Arc<Self>, cap: &'c CapRef) -> Option<&'c [u16]> {
+        match cap.kind() {
+            Kind::Pipelined { answer, path } if Arc::ptr_eq(&answer.answer, self) => Some(path),
+            _ => None,
         }
+    }
+
+    /// A result may contain a capability pipelined on this very answer: a
+    /// field that resolves to another field of the same results (fine: it
+    /// is replaced by that field's capability) or, following such links, to
+    /// itself (a cycle: it becomes a broken capability). Either way no
+    /// reference loop is kept between the answer and its own fields.
+    fn break_self_references(self: &Arc<Self>, payload: &mut Payload) {
+        let on_self = |c: &Option<CapRef>| {
+            c.as_ref()
+                .and_then(|c| self.path_on_self(c))
+                .map(<[u16]>::to_vec)
+        };
+        if !payload.caps.iter().any(|c| on_self(c).is_some()) {
+            return;
+        }
+        let mut replaced = payload.caps.clone();
+        for (slot, new) in payload.caps.iter().zip(replaced.iter_mut()) {
+            let mut cur = slot.clone();
+            let mut seen: Vec<Vec<u16>> = Vec::new();
+            while let Some(path) = on_self(&cur) {
+                if seen.contains(&path) || seen.len() >= 64 {
+                    cur = Some(CapRef::broken(error::cycle()));
+                    break;
+                }
+                cur = Some(payload.cap_at(&path));
+                seen.push(path);
+            }
+            *new = cur;
+        }
+        payload.caps = replaced;
     }
 
     /// Early resolution of pipelined calls (`Results::set_pipeline`).
@@ -307,6 +333,15 @@ impl AnswerRef {
 
     /// Delivers a call made on a pipelined field of this answer.
     pub(crate) fn deliver_pipelined(&self, path: &[u16], call: Call) {
+        if call
+            .completer
+            .answer()
+            .is_some_and(|a| Arc::ptr_eq(a, &self.answer))
+        {
+            // A call whose own answer it would have to wait for.
+            call.fail(error::cycle());
+            return;
+        }
         let mut s = self.answer.lock();
         if let Some(f) = &s.forwarder {
             f.do_send(Forward(path.to_vec(), call));
@@ -353,7 +388,8 @@ pub(crate) struct AnswerActor {
     resolution: Option<Outcome>,
     /// Targets already looked up, by path.
     targets: Vec<(Vec<u16>, CapRef)>,
-    scope: usize,
+    /// Last: see `ActorGuard`.
+    _guard: registry::ActorGuard,
 }
 
 impl AnswerActor {
@@ -375,13 +411,8 @@ impl AnswerActor {
 impl Actor for AnswerActor {
     type Context = actix::Context<Self>;
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.scope = registry::current_scope();
-        registry::actor_started(self.scope);
         // Calls can pile up here; they are bounded by the callers' own limits.
         ctx.set_mailbox_capacity(usize::MAX);
-    }
-    fn stopped(&mut self, _: &mut Self::Context) {
-        registry::actor_stopped(self.scope);
     }
 }
 

@@ -21,10 +21,13 @@ use crate::error;
 use crate::host::{spawn_host_with, CallBody, Host};
 use crate::payload::payload_from_reader;
 
+/// A proxy's node and the original hook, by hook identity.
+type ProxyTable = HashMap<usize, (Weak<Node>, Box<dyn ClientHook>)>;
+
 thread_local! {
     /// Foreign hooks of this thread that have a proxy: hook identity
     /// (`get_ptr`) to the proxy's node and the original hook.
-    static PROXIES: RefCell<HashMap<usize, (Weak<Node>, Box<dyn ClientHook>)>> = RefCell::new(HashMap::new());
+    static PROXIES: RefCell<ProxyTable> = RefCell::new(HashMap::new());
 }
 
 /// The proxy capability for a foreign hook (made on first use).

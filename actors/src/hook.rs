@@ -55,6 +55,18 @@ pub(crate) fn our_cap(hook: &dyn ClientHook) -> Option<&CapRef> {
     Some(unsafe { &(*(hook as *const dyn ClientHook as *const CapHook)).cap })
 }
 
+/// Our request inside a request hook made by this runtime, if it is one.
+#[allow(unsafe_code)]
+fn our_request(request: &dyn RequestHook) -> Option<&OutgoingRequest> {
+    if request.get_brand() != brand() {
+        return None;
+    }
+    // SAFETY: only `OutgoingRequest` reports `brand()` among request hooks
+    // (see `our_cap`). Tested by `tail_call_on_own_answer_is_a_cycle` in
+    // tests/local_scenarios.rs, which goes through this path.
+    Some(unsafe { &*(request as *const dyn RequestHook as *const OutgoingRequest) })
+}
+
 /// Turns a hook into a sendable capability handle, keeping identity: our
 /// own hooks give back their capability; other runtimes' hooks get a proxy
 /// (the same proxy for the same hook).
@@ -91,7 +103,7 @@ pub(crate) fn send_call(
     method_id: u16,
     params: Payload,
 ) -> AnswerRef {
-    let (answer, completer) = Answer::new();
+    let (answer, completer) = Answer::open();
     target.deliver(Call {
         interface_id,
         method_id,
@@ -290,6 +302,15 @@ pub(crate) struct AnswerPipeline {
     pub(crate) answer: AnswerRef,
 }
 
+impl AnswerPipeline {
+    /// A pipeline whose every field is broken with `error`.
+    fn broken(error: capnp::Error) -> Box<dyn PipelineHook> {
+        let (answer, completer) = Answer::open();
+        completer.complete(Err(error));
+        Box::new(AnswerPipeline { answer })
+    }
+}
+
 impl PipelineHook for AnswerPipeline {
     fn add_ref(&self) -> Box<dyn PipelineHook> {
         Box::new(AnswerPipeline {
@@ -359,6 +380,18 @@ impl LocalResults {
         }
     }
 
+    /// A tail call to a field of this call's own answer would wait for
+    /// itself for ever.
+    fn depends_on_self(&self, request: &dyn RequestHook) -> bool {
+        match (our_request(request), &self.answer) {
+            (Some(r), Some(a)) => {
+                let target = r.target.shortened();
+                a.path_on_self(&target).is_some()
+            }
+            _ => false,
+        }
+    }
+
     fn payload_copy(&mut self) -> capnp::Result<Payload> {
         let Some(m) = &self.message else {
             return Err(crate::error::internal("results already taken"));
@@ -404,6 +437,9 @@ impl ResultsHook for LocalResults {
     }
 
     fn tail_call(mut self: Box<Self>, request: Box<dyn RequestHook>) -> Promise<(), capnp::Error> {
+        if self.depends_on_self(request.as_ref()) {
+            return Promise::err(crate::error::cycle());
+        }
         let remote = request.send();
         Promise::from_future(async move {
             let response = remote.promise.await?;
@@ -416,6 +452,10 @@ impl ResultsHook for LocalResults {
         mut self: Box<Self>,
         request: Box<dyn RequestHook>,
     ) -> (Promise<(), capnp::Error>, Box<dyn PipelineHook>) {
+        if self.depends_on_self(request.as_ref()) {
+            let p = AnswerPipeline::broken(crate::error::cycle());
+            return (Promise::err(crate::error::cycle()), p);
+        }
         let remote = request.send();
         let pipeline = remote.pipeline.hook;
         let promise = remote.promise;

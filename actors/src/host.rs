@@ -192,7 +192,8 @@ pub(crate) struct CapActor<H: Host> {
     id: u64,
     running: FuturesUnordered<LocalBoxFuture<'static, ()>>,
     driving: bool,
-    scope: usize,
+    /// Last: see `ActorGuard`.
+    _guard: registry::ActorGuard,
 }
 
 impl<H: Host> CapActor<H> {
@@ -202,7 +203,7 @@ impl<H: Host> CapActor<H> {
             id,
             running: FuturesUnordered::new(),
             driving: false,
-            scope: 0,
+            _guard: registry::ActorGuard::new(),
         }
     }
 }
@@ -211,15 +212,9 @@ impl<H: Host> Actor for CapActor<H> {
     type Context = actix::Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.scope = registry::current_scope();
-        registry::actor_started(self.scope);
         // Calls are never refused for a full mailbox here; limits on how
         // many calls may be outstanding belong to the callers (connections).
         ctx.set_mailbox_capacity(usize::MAX);
-    }
-
-    fn stopped(&mut self, _: &mut Self::Context) {
-        registry::actor_stopped(self.scope);
     }
 }
 

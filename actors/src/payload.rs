@@ -38,6 +38,18 @@ impl Payload {
         f(root)
     }
 
+    /// The capability at a pipeline path, read from this payload.
+    pub(crate) fn cap_at(&self, path: &[u16]) -> CapRef {
+        let ops: Vec<PipelineOp> = path
+            .iter()
+            .map(|&i| PipelineOp::GetPointerField(i))
+            .collect();
+        match self.with_root(|root| root.get_pipelined_cap(&ops)) {
+            Ok(h) => hook::to_cap(h),
+            Err(e) => CapRef::broken(e),
+        }
+    }
+
     /// Freezes a finished payload into the shareable form used for answers.
     pub(crate) fn freeze(self) -> Arc<Frozen> {
         Arc::new(Frozen::copy_of(&self.message, self.caps))

@@ -102,18 +102,14 @@ impl Drop for Resolver {
 pub(crate) struct PromiseActor {
     queue: VecDeque<Call>,
     target: Option<CapRef>,
-    scope: usize,
+    /// Last: see `ActorGuard`.
+    _guard: registry::ActorGuard,
 }
 
 impl Actor for PromiseActor {
     type Context = actix::Context<Self>;
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.scope = registry::current_scope();
-        registry::actor_started(self.scope);
         ctx.set_mailbox_capacity(usize::MAX);
-    }
-    fn stopped(&mut self, _: &mut Self::Context) {
-        registry::actor_stopped(self.scope);
     }
 }
 

@@ -93,12 +93,31 @@ pub(crate) fn remove_cap(scope: usize, id: u64) {
     with_scope(scope, |s| s.caps.remove(&id));
 }
 
-pub(crate) fn actor_started(scope: usize) {
-    with_scope(scope, |s| s.actors += 1);
+/// Counts a runtime actor from its construction until it is dropped. Keep
+/// it as the actor's last field, so that the count drops only after
+/// everything the actor owned (a service and its release hook) is gone.
+pub(crate) struct ActorGuard {
+    scope: usize,
 }
 
-pub(crate) fn actor_stopped(scope: usize) {
-    with_scope(scope, |s| s.actors = s.actors.saturating_sub(1));
+impl ActorGuard {
+    pub(crate) fn new() -> Self {
+        let scope = current_scope();
+        with_scope(scope, |s| s.actors += 1);
+        ActorGuard { scope }
+    }
+}
+
+impl Default for ActorGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ActorGuard {
+    fn drop(&mut self) {
+        with_scope(self.scope, |s| s.actors = s.actors.saturating_sub(1));
+    }
 }
 
 /// What is alive in the calling thread's actix system right now.

@@ -54,3 +54,8 @@ pub mod calculator_capnp;
 #[rustfmt::skip]
 #[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs, rustdoc::all, unused, unused_qualifications, non_camel_case_types, non_snake_case)]
 pub mod bench_capnp;
+
+/// Generated from `test_api.capnp`: interfaces for capnp-actix's own tests.
+#[rustfmt::skip]
+#[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs, rustdoc::all, unused, unused_qualifications, non_camel_case_types, non_snake_case)]
+pub mod test_api_capnp;

@@ -25,6 +25,7 @@ const SCHEMAS: &[&str] = &[
     "echo_api.capnp",
     "calculator.capnp",
     "bench.capnp",
+    "test_api.capnp",
 ];
 
 fn schemas_dir() -> PathBuf {

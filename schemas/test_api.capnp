@@ -1,0 +1,20 @@
+@0xc5e1a3b7d9f20486;
+# Interfaces used by capnp-actix's own tests of the runtime and protocol.
+
+interface Probe {
+  # Records the calls it receives, in arrival order.
+  call @0 (seq :UInt64) -> (seq :UInt64);
+}
+
+struct Pair {
+  # Two capabilities at different pointer indexes of one struct.
+  first @0 :Probe;
+  second @1 :Probe;
+}
+
+interface Maker {
+  # Returns two capabilities; a test decides what they are.
+  pair @0 () -> (pair :Pair);
+  # Returns the probe it is given, after the test releases it.
+  hold @1 (probe :Probe) -> (probe :Probe);
+}

@@ -1,0 +1,165 @@
+//! Test services: a `Probe` that records the calls it gets, and a `Maker`
+//! whose answers the test controls.
+#![allow(dead_code)]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use capnp_actix::schemas::test_api_capnp::{maker, probe};
+use capnp_actix::Cap;
+use futures::channel::oneshot;
+
+/// What probes observed, shared with the test.
+#[derive(Clone, Default)]
+pub struct Log {
+    /// `seq` of each call, in the order the method bodies started.
+    pub calls: Arc<Mutex<Vec<u64>>>,
+    /// How many probes were released (their `Drop` ran).
+    pub released: Arc<AtomicUsize>,
+}
+
+impl Log {
+    pub fn calls(&self) -> Vec<u64> {
+        self.calls.lock().unwrap().clone()
+    }
+    pub fn released(&self) -> usize {
+        self.released.load(Ordering::SeqCst)
+    }
+}
+
+/// Records each call. `seq == PANIC` panics; a `seq` in `gates` waits for
+/// the gate to open before replying.
+pub struct Probe {
+    pub log: Log,
+    pub gates: RefCell<Vec<(u64, oneshot::Receiver<()>)>>,
+}
+
+pub const PANIC: u64 = u64::MAX - 13;
+
+impl Probe {
+    pub fn new(log: &Log) -> Self {
+        Probe {
+            log: log.clone(),
+            gates: RefCell::new(Vec::new()),
+        }
+    }
+    pub fn cap(log: &Log) -> Cap<probe::Client> {
+        Cap::new(Probe::new(log))
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.log.released.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl probe::Server for Probe {
+    async fn call(
+        self: Rc<Self>,
+        params: probe::CallParams,
+        mut results: probe::CallResults,
+    ) -> Result<(), capnp::Error> {
+        let seq = params.get()?.get_seq();
+        self.log.calls.lock().unwrap().push(seq);
+        if seq == PANIC {
+            panic!("probe told to panic");
+        }
+        let gate = {
+            let mut gates = self.gates.borrow_mut();
+            gates
+                .iter()
+                .position(|(s, _)| *s == seq)
+                .map(|i| gates.remove(i).1)
+        };
+        if let Some(g) = gate {
+            let _ = g.await;
+        }
+        results.get().set_seq(seq);
+        Ok(())
+    }
+}
+
+pub async fn call(p: &probe::Client, seq: u64) -> Result<u64, capnp::Error> {
+    let mut req = p.call_request();
+    req.get().set_seq(seq);
+    Ok(req.send().promise.await?.get()?.get_seq())
+}
+
+/// Two probes, as `pair` returns them.
+pub type ProbePair = (Cap<probe::Client>, Cap<probe::Client>);
+
+/// Answers `pair` with what the test sends through the channel it gets
+/// from `next_pair`; `hold` returns its argument.
+#[derive(Default)]
+pub struct Maker {
+    pub pairs: RefCell<Vec<oneshot::Receiver<ProbePair>>>,
+    /// Set when a `pair` body finishes (not cancelled).
+    pub finished: Arc<AtomicUsize>,
+    /// Set when a `pair` body is dropped before finishing.
+    pub dropped: Arc<AtomicUsize>,
+    /// Call `set_pipeline` before waiting.
+    pub early: Option<ProbePair>,
+}
+
+struct DropFlag(Arc<AtomicUsize>, bool);
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl maker::Server for Maker {
+    async fn pair(
+        self: Rc<Self>,
+        _: maker::PairParams,
+        mut results: maker::PairResults,
+    ) -> Result<(), capnp::Error> {
+        let mut flag = DropFlag(self.dropped.clone(), false);
+        if let Some((a, b)) = &self.early {
+            let mut p = results.get().init_pair();
+            p.set_first(a.client());
+            p.set_second(b.client());
+            results.set_pipeline()?;
+        }
+        let rx = self.pairs.borrow_mut().pop();
+        let (a, b) = match rx {
+            Some(rx) => rx
+                .await
+                .map_err(|_| capnp::Error::failed("no pair sent".into()))?,
+            None => return Err(capnp::Error::failed("no pair expected".into())),
+        };
+        if self.early.is_none() {
+            // (Re-initialising a struct that holds capabilities panics in
+            // capnp 0.27, so early results stay as they are.)
+            let mut p = results.get().init_pair();
+            p.set_first(a.client());
+            p.set_second(b.client());
+        }
+        flag.1 = true;
+        self.finished.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn hold(
+        self: Rc<Self>,
+        params: maker::HoldParams,
+        mut results: maker::HoldResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?.get_probe()?;
+        results.get().set_probe(p);
+        Ok(())
+    }
+}
+
+/// A maker with one pending `pair`, and the sender that answers it.
+pub fn maker_with_pair() -> (Maker, oneshot::Sender<ProbePair>) {
+    let (tx, rx) = oneshot::channel();
+    let m = Maker::default();
+    m.pairs.borrow_mut().push(rx);
+    (m, tx)
+}
