@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use capnp::message::{self, HeapAllocator, ReaderOptions, ReaderSegments};
+use capnp::any_pointer;
+use capnp::message::{self, HeapAllocator, ReaderOptions};
 use capnp::private::capability::{ClientHook, PipelineOp};
 use capnp::traits::{Imbue, ImbueMut};
-use capnp::{any_pointer, Word};
+use capnp_actix_proto::WordSegments;
 
 use crate::cap::CapRef;
 use crate::hook;
@@ -68,22 +69,12 @@ pub(crate) struct Frozen {
 
 impl Frozen {
     pub(crate) fn copy_of(builder: &message::Builder<HeapAllocator>, caps: SendCapTable) -> Self {
-        let out = builder.get_segments_for_output();
-        let total: usize = out.iter().map(|s| s.len() / 8).sum();
-        let mut words = Word::allocate_zeroed_vec(total);
-        let mut bounds = Vec::with_capacity(out.len());
-        let mut at = 0;
-        for seg in out.iter() {
-            let n = seg.len() / 8;
-            Word::words_to_bytes_mut(&mut words[at..at + n]).copy_from_slice(&seg[..n * 8]);
-            bounds.push((at, at + n));
-            at += n;
-        }
+        let segments = WordSegments::copy_of(&builder.get_segments_for_output());
         // Our own data: it was built by this process, so no traversal limit
         // is needed (and a shared answer is read many times).
         let options = *ReaderOptions::new().traversal_limit_in_words(None);
         Frozen {
-            message: message::Reader::new(WordSegments { words, bounds }, options),
+            message: message::Reader::new(segments, options),
             caps,
         }
     }
@@ -120,22 +111,6 @@ impl Frozen {
     pub(crate) fn copy_into(&self, mut dest: any_pointer::Builder<'_>) -> capnp::Result<()> {
         let table = hook::to_hooks(&self.caps);
         dest.set_as(self.root(&table)?)
-    }
-}
-
-/// Segments stored back to back in one word buffer.
-pub(crate) struct WordSegments {
-    words: Vec<Word>,
-    bounds: Vec<(usize, usize)>,
-}
-
-impl ReaderSegments for WordSegments {
-    fn get_segment(&self, idx: u32) -> Option<&[u8]> {
-        let (a, b) = *self.bounds.get(idx as usize)?;
-        self.words.get(a..b).map(Word::words_to_bytes)
-    }
-    fn len(&self) -> usize {
-        self.bounds.len()
     }
 }
 
