@@ -42,7 +42,8 @@ impl callback::Server for Logger {
 }
 
 /// The echo service: `ping` replies `echo:MSG`; `heartbeat` calls the
-/// given callback three times; `getLogger` returns the service's logger.
+/// given callback three times, `interval` apart; `getLogger` returns the
+/// service's logger.
 pub struct EchoService {
     pub interval: Duration,
     pub logger: Cap<callback::Client>,
@@ -84,11 +85,13 @@ impl echo::Server for EchoService {
         let p = params.get()?;
         let msg = p.get_msg()?.to_string()?;
         let callback = p.get_callback()?;
-        for _ in 0..3 {
+        for beat in 0..3 {
+            if beat > 0 {
+                actix_rt::time::sleep(self.interval).await;
+            }
             let mut req = callback.log_request();
             req.get().set_msg(&msg[..]);
             req.send().promise.await?;
-            actix_rt::time::sleep(self.interval).await;
         }
         Ok(())
     }

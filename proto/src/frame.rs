@@ -215,7 +215,7 @@ pub fn encode(segments: &[&[u8]], out: &mut Vec<u8>) {
     for s in segments {
         out.extend_from_slice(&((s.len() / 8) as u32).to_le_bytes());
     }
-    if count % 2 == 0 {
+    if count.is_multiple_of(2) {
         out.extend_from_slice(&[0; 4]);
     }
     for s in segments {
