@@ -18,10 +18,31 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod captp;
 pub mod exception;
 pub mod frame;
+mod index_hook;
 pub mod limits;
 
 pub use capnp_actix_schemas::{persistent_capnp, rpc_capnp, rpc_twoparty_capnp};
 pub use frame::{FrameDecoder, FrameError, WordSegments};
 pub use limits::Limits;
+
+/// Helpers for tests of code that drives [`captp::Conn`].
+pub mod testing {
+    use capnp::message::{Builder, HeapAllocator};
+
+    /// A message whose root is a capability pointer to cap index 0.
+    pub fn cap_root_message() -> Builder<HeapAllocator> {
+        let mut m = Builder::new_default();
+        let mut table = Vec::new();
+        {
+            let mut root: capnp::any_pointer::Builder<'_> = m.init_root();
+            capnp::traits::ImbueMut::imbue_mut(&mut root, &mut table);
+            if let Some(Some(h)) = crate::index_hook::placeholders(1).pop() {
+                root.set_as_capability(h);
+            }
+        }
+        m
+    }
+}

@@ -1,0 +1,1434 @@
+//! The CapTP state machine of one two-party connection, sans IO.
+//!
+//! [`Conn`] keeps the four tables of the protocol (questions we asked,
+//! answers we owe, capabilities we exported, capabilities we imported) and
+//! turns both what the peer sends ([`Conn::receive`]) and what the local
+//! runtime asks for (`bootstrap`, `call`, `return_*`, `finish`, `release`)
+//! into framed outgoing bytes ([`Conn::take_output`]) and [`Event`]s for
+//! the runtime. It never blocks, spawns, reads a clock or touches a socket.
+//!
+//! It is generic over `L`, the runtime's handle to a local capability
+//! (what gets exported), which only needs equality and hashing so that
+//! exporting the same capability twice uses one export entry.
+//!
+//! Every table is bounded ([`ConnLimits`]); a peer that breaks the protocol
+//! gets an `abort` with the reason and the connection is over ([`Conn::aborted`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+
+use capnp::message::{self, Builder, HeapAllocator};
+use capnp::{any_pointer, Error};
+
+use crate::exception;
+use crate::frame::{self, FrameDecoder, WordSegments};
+use crate::index_hook::{placeholders, source_indexes};
+use crate::limits::Limits;
+use crate::rpc_capnp::{
+    cap_descriptor, message as rpc_message, message_target, payload, promised_answer, return_,
+};
+use capnp::traits::{Imbue, ImbueMut};
+
+/// Bounds on the tables of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Questions we may have outstanding; a call beyond fails with Overloaded.
+    pub max_questions: usize,
+    /// Answers the peer may have us owe at once; beyond, the call is
+    /// answered with Overloaded.
+    pub max_answers: usize,
+    /// Distinct capabilities exported to the peer; beyond, the capability is
+    /// sent as broken (Overloaded).
+    pub max_exports: usize,
+    /// Distinct capabilities imported from the peer; beyond, abort.
+    pub max_imports: usize,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            max_questions: 65_536,
+            max_answers: 65_536,
+            max_exports: 65_536,
+            max_imports: 65_536,
+        }
+    }
+}
+
+/// How a capability in an outgoing payload is described to the peer.
+#[derive(Debug, Clone)]
+pub enum OutCap<L> {
+    /// A capability of ours: exported (`senderHosted`).
+    Local(L),
+    /// A capability the peer exported to us (`receiverHosted`).
+    Import(u32),
+    /// A field of one of our questions to the peer (`receiverAnswer`).
+    Answer {
+        /// Our question.
+        question: u32,
+        /// Pointer fields from the results' root.
+        path: Vec<u16>,
+    },
+    /// A broken capability: sent as a promise, resolved at once to the error.
+    Broken(Error),
+    /// No capability.
+    None,
+}
+
+/// What a capability in an incoming payload is, for the runtime.
+#[derive(Debug, Clone)]
+pub enum InCap<L> {
+    /// A capability the peer exports to us (counted: release it once
+    /// with [`Conn::release_import`]).
+    Import {
+        /// Its import id.
+        id: u32,
+        /// Whether it is a promise that may be resolved later.
+        promise: bool,
+    },
+    /// One of our own capabilities, coming back.
+    Local(L),
+    /// A field of one of our answers (a call the peer made on us).
+    Answer {
+        /// Our answer id (the peer's question id).
+        answer: u32,
+        /// Pointer fields from the results' root.
+        path: Vec<u16>,
+    },
+    /// No capability.
+    None,
+}
+
+/// The target of a call the peer made on us.
+#[derive(Debug, Clone)]
+pub enum CallTarget<L> {
+    /// One of our exported capabilities.
+    Local(L),
+    /// A field of one of our answers (promise pipelining).
+    Answer {
+        /// Our answer id.
+        answer: u32,
+        /// Pointer fields from the results' root.
+        path: Vec<u16>,
+    },
+}
+
+/// Where a call of ours goes.
+#[derive(Debug, Clone)]
+pub enum OutTarget {
+    /// A capability the peer exported to us.
+    Import(u32),
+    /// A field of one of our questions (promise pipelining).
+    Answer {
+        /// Our question.
+        question: u32,
+        /// Pointer fields from the results' root.
+        path: Vec<u16>,
+    },
+}
+
+/// A received payload: the whole received message (owned) plus what each
+/// capability index of its content stands for.
+pub struct InPayload<L> {
+    message: message::Reader<WordSegments>,
+    /// What each capability index of the content stands for.
+    pub caps: Vec<InCap<L>>,
+}
+
+impl<L> InPayload<L> {
+    /// The content: the params of a call or the results of a return.
+    pub fn content(&self) -> capnp::Result<any_pointer::Reader<'_>> {
+        let m: rpc_message::Reader<'_> = self.message.get_root()?;
+        match m.which() {
+            Ok(rpc_message::Call(c)) => Ok(c?.get_params()?.get_content()),
+            Ok(rpc_message::Return(r)) => match r?.which() {
+                Ok(return_::Results(p)) => Ok(p?.get_content()),
+                _ => Err(Error::failed("return carries no results".into())),
+            },
+            _ => Err(Error::failed("message carries no payload".into())),
+        }
+    }
+}
+
+/// What the runtime must act on.
+pub enum Event<L> {
+    /// The peer asks for a bootstrap capability: answer with
+    /// [`Conn::return_results`] (one capability at the root) or
+    /// [`Conn::return_error`].
+    Bootstrap {
+        /// Our answer id.
+        answer: u32,
+        /// The service ID the peer sent (empty when it sent none).
+        object_id: Vec<u8>,
+    },
+    /// The peer calls one of our capabilities: answer with `return_*`.
+    Call {
+        /// Our answer id.
+        answer: u32,
+        /// What is called.
+        target: CallTarget<L>,
+        /// Interface id.
+        interface_id: u64,
+        /// Method ordinal.
+        method_id: u16,
+        /// The parameters.
+        params: InPayload<L>,
+    },
+    /// The peer no longer wants an answer it has not had yet: cancel it
+    /// (and still answer; the reply will say `canceled`).
+    Cancel {
+        /// Our answer id.
+        answer: u32,
+    },
+    /// One of our questions was answered. The question is finished.
+    Return {
+        /// Our question.
+        question: u32,
+        /// The results, or why there are none.
+        result: Result<InPayload<L>, Error>,
+    },
+    /// A promise the peer exported to us has resolved.
+    Resolve {
+        /// The import.
+        import: u32,
+        /// What it resolved to.
+        to: Result<InCap<L>, Error>,
+    },
+    /// The peer asks us to reflect a disembargo: find what `target`
+    /// refers to on our side (it must be a capability of the peer) and
+    /// call [`Conn::disembargo_reply`].
+    Loopback {
+        /// The peer's embargo id.
+        embargo: u32,
+        /// What it targets.
+        target: CallTarget<L>,
+    },
+    /// The connection is over: the peer aborted, or we did.
+    Aborted(Error),
+}
+
+struct Question {
+    returned: bool,
+    /// Exports listed in the params (released if the peer says
+    /// `releaseParamCaps`, or does not implement the call).
+    param_exports: Vec<u32>,
+}
+
+struct Answer {
+    returned: bool,
+    finished: bool,
+    /// Exports listed in the results we sent (released on
+    /// `releaseResultCaps`).
+    result_exports: Vec<u32>,
+}
+
+struct Export<L> {
+    /// `None` for a broken capability sent as a promise.
+    cap: Option<L>,
+    refs: u32,
+}
+
+struct Import {
+    refs: u32,
+    promise: bool,
+    resolved: bool,
+}
+
+/// Table of entries with small reusable ids (lowest free first).
+struct Slots<T> {
+    items: Vec<Option<T>>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl<T> Slots<T> {
+    fn new() -> Self {
+        Slots {
+            items: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+    fn insert(&mut self, t: T) -> u32 {
+        self.len += 1;
+        match self.free.pop() {
+            Some(id) => {
+                self.items[id as usize] = Some(t);
+                id
+            }
+            None => {
+                self.items.push(Some(t));
+                (self.items.len() - 1) as u32
+            }
+        }
+    }
+    fn get_mut(&mut self, id: u32) -> Option<&mut T> {
+        self.items.get_mut(id as usize).and_then(Option::as_mut)
+    }
+    fn get(&self, id: u32) -> Option<&T> {
+        self.items.get(id as usize).and_then(Option::as_ref)
+    }
+    fn remove(&mut self, id: u32) -> Option<T> {
+        let t = self.items.get_mut(id as usize)?.take()?;
+        self.len -= 1;
+        self.free.push(id);
+        // Keep the free list ordered so that the lowest id is reused first.
+        self.free.sort_unstable_by(|a, b| b.cmp(a));
+        Some(t)
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn drain(&mut self) -> Vec<T> {
+        self.free.clear();
+        self.len = 0;
+        self.items.drain(..).flatten().collect()
+    }
+}
+
+/// Sizes of a connection's tables, for tests and debug dumps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TableSizes {
+    /// Our outstanding questions.
+    pub questions: usize,
+    /// Answers we owe or keep.
+    pub answers: usize,
+    /// Capabilities we export.
+    pub exports: usize,
+    /// Capabilities we import.
+    pub imports: usize,
+}
+
+impl TableSizes {
+    /// True when every table is empty.
+    pub fn is_empty(&self) -> bool {
+        *self == TableSizes::default()
+    }
+}
+
+/// One side of a two-party connection; see the module docs.
+pub struct Conn<L> {
+    limits: ConnLimits,
+    questions: Slots<Question>,
+    answers: HashMap<u32, Answer>,
+    exports: Slots<Export<L>>,
+    export_ids: HashMap<L, u32>,
+    imports: HashMap<u32, Import>,
+    decoder: FrameDecoder,
+    out: Vec<u8>,
+    events: VecDeque<Event<L>>,
+    aborted: Option<Error>,
+}
+
+/// What writing a payload produced: broken exports that need a
+/// `resolve`, and every export the payload lists.
+type Written = (Vec<(u32, Error)>, Vec<u32>);
+
+fn protocol_error(reason: impl Into<String>) -> Error {
+    Error::failed(format!("protocol error: {}", reason.into()))
+}
+
+impl<L: Clone + Eq + Hash> Conn<L> {
+    /// A connection with these limits on its tables.
+    pub fn new(limits: ConnLimits, reader: Limits) -> Self {
+        Conn {
+            limits,
+            decoder: FrameDecoder::new(reader),
+            questions: Slots::new(),
+            answers: HashMap::new(),
+            exports: Slots::new(),
+            export_ids: HashMap::new(),
+            imports: HashMap::new(),
+            out: Vec::new(),
+            events: VecDeque::new(),
+            aborted: None,
+        }
+    }
+
+    /// Framed bytes to write to the peer (everything produced so far, so
+    /// that one batch of input leads to one write).
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// True if there are bytes to write.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// The next event for the runtime.
+    pub fn next_event(&mut self) -> Option<Event<L>> {
+        self.events.pop_front()
+    }
+
+    /// Why the connection is over, if it is.
+    pub fn aborted(&self) -> Option<&Error> {
+        self.aborted.as_ref()
+    }
+
+    /// Sizes of the tables.
+    pub fn table_sizes(&self) -> TableSizes {
+        TableSizes {
+            questions: self.questions.len(),
+            answers: self.answers.len(),
+            exports: self.exports.len(),
+            imports: self.imports.len(),
+        }
+    }
+
+    /// A human-readable dump of the tables.
+    pub fn dump(&self) -> String {
+        let mut s = format!("{:?}\n", self.table_sizes());
+        let mut ex: Vec<_> = self
+            .exports
+            .items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.as_ref().map(|e| (i, e.refs)))
+            .collect();
+        ex.sort();
+        for (i, refs) in ex {
+            s.push_str(&format!("  export {i} refs={refs}\n"));
+        }
+        let mut im: Vec<_> = self.imports.iter().collect();
+        im.sort_by_key(|(i, _)| **i);
+        for (i, imp) in im {
+            s.push_str(&format!("  import {i} refs={}\n", imp.refs));
+        }
+        let mut an: Vec<_> = self.answers.iter().collect();
+        an.sort_by_key(|(i, _)| **i);
+        for (i, a) in an {
+            s.push_str(&format!(
+                "  answer {i} returned={} finished={}\n",
+                a.returned, a.finished
+            ));
+        }
+        s
+    }
+
+    fn send(&mut self, m: &Builder<HeapAllocator>) {
+        frame::encode(&m.get_segments_for_output(), &mut self.out);
+    }
+
+    /// Ends the connection: sends `abort` with `reason`, forgets every
+    /// table (handles of exported capabilities are dropped), and reports
+    /// [`Event::Aborted`]. Further input is ignored.
+    pub fn abort(&mut self, reason: Error) {
+        if self.aborted.is_some() {
+            return;
+        }
+        let mut m = Builder::new_default();
+        exception::write(
+            &reason,
+            m.init_root::<rpc_message::Builder<'_>>().init_abort(),
+        );
+        self.send(&m);
+        self.disconnected(reason);
+    }
+
+    /// The transport is gone (or we aborted): forget every table and
+    /// report [`Event::Aborted`] once.
+    pub fn disconnected(&mut self, reason: Error) {
+        if self.aborted.is_some() {
+            return;
+        }
+        self.questions.drain();
+        self.answers.clear();
+        self.exports.drain();
+        self.export_ids.clear();
+        self.imports.clear();
+        self.aborted = Some(reason.clone());
+        self.events.push_back(Event::Aborted(reason));
+    }
+
+    // ---- what the runtime asks for -------------------------------------
+
+    fn new_question(&mut self) -> Result<u32, Error> {
+        if let Some(e) = &self.aborted {
+            return Err(e.clone());
+        }
+        if self.questions.len() >= self.limits.max_questions {
+            return Err(Error::overloaded(format!(
+                "too many outstanding questions on this connection (limit {})",
+                self.limits.max_questions
+            )));
+        }
+        Ok(self.questions.insert(Question {
+            returned: false,
+            param_exports: Vec::new(),
+        }))
+    }
+
+    /// Asks for the peer's bootstrap capability, with a service ID (none
+    /// is sent when it is empty). Returns the question id.
+    pub fn bootstrap(&mut self, object_id: &[u8]) -> Result<u32, Error> {
+        let q = self.new_question()?;
+        let mut m = Builder::new_default();
+        {
+            let mut b = m.init_root::<rpc_message::Builder<'_>>().init_bootstrap();
+            b.set_question_id(q);
+            if !object_id.is_empty() {
+                // The ID travels as Text holding its raw bytes.
+                let t = b
+                    .init_deprecated_object_id()
+                    .initn_as::<capnp::text::Builder<'_>>(object_id.len() as u32);
+                t.as_bytes_mut().copy_from_slice(object_id);
+            }
+        }
+        self.send(&m);
+        Ok(q)
+    }
+
+    /// Sends a call. `content` is the params content, whose capability
+    /// pointers index `caps`. Returns the question id.
+    pub fn call(
+        &mut self,
+        target: &OutTarget,
+        interface_id: u64,
+        method_id: u16,
+        content: any_pointer::Reader<'_>,
+        caps: &[OutCap<L>],
+    ) -> Result<u32, Error> {
+        if let OutTarget::Answer { question, .. } = target {
+            if self.questions.get(*question).is_none_or(|q| q.returned) {
+                return Err(Error::failed(format!(
+                    "question {question} is no longer pipelinable"
+                )));
+            }
+        }
+        let q = self.new_question()?;
+        let mut m = Builder::new_default();
+        {
+            let mut c = m.init_root::<rpc_message::Builder<'_>>().init_call();
+            c.set_question_id(q);
+            c.set_interface_id(interface_id);
+            c.set_method_id(method_id);
+            write_target(target, c.reborrow().init_target());
+            c.reborrow().init_send_results_to().set_caller(());
+            c.init_params();
+        }
+        let resolves = self.write_payload(&mut m, call_params, content, caps);
+        let resolves = match resolves {
+            Ok((r, exports)) => {
+                if let Some(question) = self.questions.get_mut(q) {
+                    question.param_exports = exports;
+                }
+                r
+            }
+            Err(e) => {
+                self.questions.remove(q);
+                return Err(e);
+            }
+        };
+        self.send(&m);
+        self.send_broken_resolves(resolves);
+        Ok(q)
+    }
+
+    /// We no longer want the answer to `question` (sent after its return,
+    /// or to cancel it). The question id is freed once returned.
+    pub fn finish(&mut self, question: u32) {
+        if self.aborted.is_some() {
+            return;
+        }
+        let returned = match self.questions.get(question) {
+            Some(q) => q.returned,
+            None => return,
+        };
+        let mut m = Builder::new_default();
+        {
+            let mut f = m.init_root::<rpc_message::Builder<'_>>().init_finish();
+            f.set_question_id(question);
+            f.set_release_result_caps(false);
+        }
+        self.send(&m);
+        if returned {
+            self.questions.remove(question);
+        }
+    }
+
+    /// Releases every reference we hold on an import.
+    pub fn release_import(&mut self, import: u32) {
+        if self.aborted.is_some() {
+            return;
+        }
+        let Some(count) = self.imports.remove(&import).map(|i| i.refs) else {
+            return;
+        };
+        let mut m = Builder::new_default();
+        {
+            let mut r = m.init_root::<rpc_message::Builder<'_>>().init_release();
+            r.set_id(import);
+            r.set_reference_count(count);
+        }
+        self.send(&m);
+    }
+
+    /// Answers `answer` with results.
+    pub fn return_results(
+        &mut self,
+        answer: u32,
+        content: any_pointer::Reader<'_>,
+        caps: &[OutCap<L>],
+    ) {
+        if !self.answer_pending(answer) {
+            return;
+        }
+        let mut m = Builder::new_default();
+        {
+            let mut r = m.init_root::<rpc_message::Builder<'_>>().init_return();
+            r.set_answer_id(answer);
+            r.set_release_param_caps(false);
+            r.init_results();
+        }
+        let written = self.write_payload(&mut m, return_results, content, caps);
+        match written {
+            Ok((resolves, exports)) => {
+                self.send(&m);
+                self.send_broken_resolves(resolves);
+                self.answered(answer, exports);
+            }
+            Err(e) => self.return_error(answer, e),
+        }
+    }
+
+    /// Answers `answer` with an error.
+    pub fn return_error(&mut self, answer: u32, error: Error) {
+        if !self.answer_pending(answer) {
+            return;
+        }
+        let mut m = Builder::new_default();
+        {
+            let mut r = m.init_root::<rpc_message::Builder<'_>>().init_return();
+            r.set_answer_id(answer);
+            r.set_release_param_caps(false);
+            exception::write(&error, r.init_exception());
+        }
+        self.send(&m);
+        self.answered(answer, Vec::new());
+    }
+
+    /// Answers `answer` as cancelled (after [`Event::Cancel`]).
+    pub fn return_canceled(&mut self, answer: u32) {
+        if !self.answer_pending(answer) {
+            return;
+        }
+        let mut m = Builder::new_default();
+        {
+            let mut r = m.init_root::<rpc_message::Builder<'_>>().init_return();
+            r.set_answer_id(answer);
+            r.set_release_param_caps(false);
+            r.set_canceled(());
+        }
+        self.send(&m);
+        self.answered(answer, Vec::new());
+    }
+
+    /// Reflects a disembargo ([`Event::Loopback`]) back to the peer, on the
+    /// import the target turned out to be.
+    pub fn disembargo_reply(&mut self, embargo: u32, import: u32) {
+        if self.aborted.is_some() {
+            return;
+        }
+        let mut m = Builder::new_default();
+        {
+            let mut d = m.init_root::<rpc_message::Builder<'_>>().init_disembargo();
+            d.reborrow().init_target().set_imported_cap(import);
+            d.init_context().set_receiver_loopback(embargo);
+        }
+        self.send(&m);
+    }
+
+    fn answer_pending(&self, answer: u32) -> bool {
+        self.aborted.is_none() && self.answers.get(&answer).is_some_and(|a| !a.returned)
+    }
+
+    fn answered(&mut self, answer: u32, exports: Vec<u32>) {
+        let finished = match self.answers.get_mut(&answer) {
+            Some(a) => {
+                a.returned = true;
+                a.result_exports = exports;
+                a.finished
+            }
+            None => false,
+        };
+        if finished {
+            self.answers.remove(&answer);
+        }
+    }
+
+    /// Writes a payload into `m` (reached through `nav`): copies `content`
+    /// (whose capability pointers index `caps`), then writes the cap table
+    /// in the copy's order. Returns the exports of broken capabilities that
+    /// need a `resolve`, and the exports the payload lists.
+    fn write_payload<F>(
+        &mut self,
+        m: &mut Builder<HeapAllocator>,
+        nav: F,
+        content: any_pointer::Reader<'_>,
+        caps: &[OutCap<L>],
+    ) -> Result<Written, Error>
+    where
+        F: for<'x> Fn(&'x mut Builder<HeapAllocator>) -> capnp::Result<payload::Builder<'x>>,
+    {
+        let sources = placeholders(caps.len());
+        let mut copied = Vec::new();
+        {
+            // Readers are covariant in their lifetime: shorten it to the
+            // placeholders' so it can be imbued with them.
+            let mut src: any_pointer::Reader<'_> = content;
+            src.imbue(&sources);
+            let mut dst = nav(m)?.init_content();
+            dst.imbue_mut(&mut copied);
+            dst.set_as(src)?;
+        }
+        let order = source_indexes(&copied);
+        drop(copied);
+        let mut p = nav(m)?;
+        let mut table = p.reborrow().init_cap_table(order.len() as u32);
+        let mut resolves = Vec::new();
+        let mut exports = Vec::new();
+        for (i, src) in order.into_iter().enumerate() {
+            let d = table.reborrow().get(i as u32);
+            match caps.get(src).unwrap_or(&OutCap::None) {
+                OutCap::None => {
+                    let mut d = d;
+                    d.set_none(())
+                }
+                OutCap::Local(l) => match self.export(l.clone()) {
+                    Some(id) => {
+                        exports.push(id);
+                        let mut d = d;
+                        d.set_sender_hosted(id)
+                    }
+                    None => {
+                        let e = Error::overloaded(
+                            "too many capabilities exported on this connection".into(),
+                        );
+                        self.write_broken(d, e, &mut resolves, &mut exports)
+                    }
+                },
+                OutCap::Broken(e) => self.write_broken(d, e.clone(), &mut resolves, &mut exports),
+                OutCap::Import(id) => {
+                    let mut d = d;
+                    d.set_receiver_hosted(*id)
+                }
+                OutCap::Answer { question, path } => {
+                    let mut pa = d.init_receiver_answer();
+                    pa.set_question_id(*question);
+                    write_path(path, pa);
+                }
+            }
+        }
+        Ok((resolves, exports))
+    }
+
+    /// A broken capability is exported as a promise (a fresh export entry
+    /// with nothing behind it) and resolved to its error right after.
+    fn write_broken(
+        &mut self,
+        mut d: cap_descriptor::Builder<'_>,
+        e: Error,
+        resolves: &mut Vec<(u32, Error)>,
+        exports: &mut Vec<u32>,
+    ) {
+        // The entry holds no capability, so it is not in `export_ids`.
+        if self.exports.len() >= self.limits.max_exports {
+            d.set_none(());
+            return;
+        }
+        let id = self.exports.insert(Export { cap: None, refs: 1 });
+        d.set_sender_promise(id);
+        resolves.push((id, e));
+        exports.push(id);
+    }
+
+    fn send_broken_resolves(&mut self, resolves: Vec<(u32, Error)>) {
+        for (id, e) in resolves {
+            let mut m = Builder::new_default();
+            {
+                let mut r = m.init_root::<rpc_message::Builder<'_>>().init_resolve();
+                r.set_promise_id(id);
+                exception::write(&e, r.init_exception());
+            }
+            self.send(&m);
+        }
+    }
+
+    fn export(&mut self, cap: L) -> Option<u32> {
+        if let Some(&id) = self.export_ids.get(&cap) {
+            if let Some(e) = self.exports.get_mut(id) {
+                e.refs += 1;
+                return Some(id);
+            }
+        }
+        if self.exports.len() >= self.limits.max_exports {
+            return None;
+        }
+        let id = self.exports.insert(Export {
+            cap: Some(cap.clone()),
+            refs: 1,
+        });
+        self.export_ids.insert(cap, id);
+        Some(id)
+    }
+
+    // ---- what the peer sends ---------------------------------------------
+
+    /// Feeds bytes received from the peer. Complete messages are handled at
+    /// once; their effects are in [`Conn::next_event`] and
+    /// [`Conn::take_output`].
+    pub fn receive(&mut self, bytes: &[u8]) {
+        if self.aborted.is_some() {
+            return;
+        }
+        self.decoder.push(bytes);
+        loop {
+            if self.aborted.is_some() {
+                return;
+            }
+            match self.decoder.next_message() {
+                Ok(Some(m)) => self.handle(m),
+                Ok(None) => return,
+                Err(e) => return self.abort(protocol_error(e.to_string())),
+            }
+        }
+    }
+
+    /// The peer closed its side of the stream.
+    pub fn receive_end(&mut self) {
+        let reason = match self.decoder.finish() {
+            Ok(()) => Error::disconnected("the peer closed the connection".into()),
+            Err(e) => Error::disconnected(format!("the peer closed the connection: {e}")),
+        };
+        self.disconnected(reason);
+    }
+
+    /// Handles one decoded message.
+    pub fn handle(&mut self, msg: message::Reader<WordSegments>) {
+        if self.aborted.is_some() {
+            return;
+        }
+        let parsed = match parse(&msg) {
+            Ok(p) => p,
+            Err(e) => return self.abort(protocol_error(format!("malformed message: {e}"))),
+        };
+        if let Err(e) = self.act(parsed, msg) {
+            self.abort(e);
+        }
+    }
+
+    fn act(&mut self, parsed: Parsed, msg: message::Reader<WordSegments>) -> Result<(), Error> {
+        match parsed {
+            Parsed::Unknown => {
+                let root: rpc_message::Reader<'_> = msg.get_root()?;
+                let mut m = Builder::new_default();
+                m.init_root::<rpc_message::Builder<'_>>()
+                    .set_unimplemented(root)?;
+                self.send(&m);
+            }
+            Parsed::Abort(e) => self.disconnected(e),
+            Parsed::Unimplemented(inner) => self.on_unimplemented(inner)?,
+            Parsed::Bootstrap {
+                question,
+                object_id,
+            } => {
+                self.new_answer(question)?;
+                self.events.push_back(Event::Bootstrap {
+                    answer: question,
+                    object_id,
+                });
+            }
+            Parsed::Call {
+                question,
+                target,
+                interface_id,
+                method_id,
+                caps,
+                to_caller,
+            } => {
+                self.new_answer(question)?;
+                let caps = self.import_caps(caps)?;
+                let target = match target {
+                    RawTarget::Import(id) => match self.exports.get(id) {
+                        Some(Export { cap: Some(l), .. }) => CallTarget::Local(l.clone()),
+                        Some(Export { cap: None, .. }) => {
+                            self.drop_in_caps(&caps);
+                            self.return_error(
+                                question,
+                                Error::failed("call on a broken capability".into()),
+                            );
+                            return Ok(());
+                        }
+                        None => return Err(protocol_error(format!("call on unknown export {id}"))),
+                    },
+                    RawTarget::Answer(a, path) => {
+                        if !self.answers.contains_key(&a) {
+                            return Err(protocol_error(format!(
+                                "call pipelined on unknown answer {a}"
+                            )));
+                        }
+                        CallTarget::Answer { answer: a, path }
+                    }
+                };
+                if !to_caller {
+                    self.drop_in_caps(&caps);
+                    self.return_error(
+                        question,
+                        Error::unimplemented(
+                            "sending results elsewhere is not supported yet".into(),
+                        ),
+                    );
+                    return Ok(());
+                }
+                self.events.push_back(Event::Call {
+                    answer: question,
+                    target,
+                    interface_id,
+                    method_id,
+                    params: InPayload { message: msg, caps },
+                });
+            }
+            Parsed::Return {
+                answer,
+                release_params,
+                no_finish_needed,
+                result,
+            } => {
+                let q = match self.questions.get_mut(answer) {
+                    Some(q) if !q.returned => q,
+                    _ => {
+                        return Err(protocol_error(format!(
+                            "return for unknown question {answer}"
+                        )))
+                    }
+                };
+                q.returned = true;
+                let params = std::mem::take(&mut q.param_exports);
+                if release_params {
+                    for id in params {
+                        self.release_export(id, 1)?;
+                    }
+                }
+                let result = match result {
+                    RawReturn::Results(caps) => {
+                        let caps = self.import_caps(caps)?;
+                        Ok(InPayload { message: msg, caps })
+                    }
+                    RawReturn::Error(e) => Err(e),
+                };
+                if no_finish_needed {
+                    self.questions.remove(answer);
+                } else {
+                    self.finish(answer);
+                }
+                self.events.push_back(Event::Return {
+                    question: answer,
+                    result,
+                });
+            }
+            Parsed::Finish {
+                question,
+                release_results,
+            } => {
+                let Some(a) = self.answers.get_mut(&question) else {
+                    return Err(protocol_error(format!(
+                        "finish for unknown question {question}"
+                    )));
+                };
+                if a.finished {
+                    return Err(protocol_error(format!(
+                        "finish sent twice for question {question}"
+                    )));
+                }
+                a.finished = true;
+                let returned = a.returned;
+                let results = std::mem::take(&mut a.result_exports);
+                if release_results {
+                    for id in results {
+                        self.release_export(id, 1)?;
+                    }
+                }
+                if returned {
+                    self.answers.remove(&question);
+                } else {
+                    self.events.push_back(Event::Cancel { answer: question });
+                }
+            }
+            Parsed::Resolve { promise, to } => {
+                let known = match self.imports.get_mut(&promise) {
+                    Some(i) if !i.promise || i.resolved => {
+                        return Err(protocol_error(format!(
+                            "resolve of settled import {promise}"
+                        )));
+                    }
+                    Some(i) => {
+                        i.resolved = true;
+                        true
+                    }
+                    None => false,
+                };
+                let to = match to {
+                    Ok(d) => Ok(self.import_cap(d)?),
+                    Err(e) => Err(e),
+                };
+                if known {
+                    self.events.push_back(Event::Resolve {
+                        import: promise,
+                        to,
+                    });
+                } else if let Ok(c) = to {
+                    // We released that promise already: drop what it became.
+                    self.drop_in_caps(&[c]);
+                }
+            }
+            Parsed::Release { id, count } => self.release_export(id, count)?,
+            Parsed::Disembargo { target, context } => match context {
+                RawEmbargo::SenderLoopback(embargo) => match target {
+                    RawTarget::Answer(a, path) if self.answers.contains_key(&a) => {
+                        self.events.push_back(Event::Loopback {
+                            embargo,
+                            target: CallTarget::Answer { answer: a, path },
+                        });
+                    }
+                    RawTarget::Answer(a, _) => {
+                        return Err(protocol_error(format!("disembargo on unknown answer {a}")));
+                    }
+                    RawTarget::Import(id) => {
+                        return Err(protocol_error(format!(
+                            "disembargo on export {id}, which is not a resolved promise"
+                        )));
+                    }
+                },
+                RawEmbargo::ReceiverLoopback(e) => {
+                    return Err(protocol_error(format!(
+                        "disembargo for unknown embargo {e}"
+                    )));
+                }
+                RawEmbargo::Other => {
+                    let root: rpc_message::Reader<'_> = msg.get_root()?;
+                    let mut m = Builder::new_default();
+                    m.init_root::<rpc_message::Builder<'_>>()
+                        .set_unimplemented(root)?;
+                    self.send(&m);
+                }
+            },
+        }
+        Ok(())
+    }
+
+    fn new_answer(&mut self, id: u32) -> Result<(), Error> {
+        if self.answers.contains_key(&id) {
+            return Err(protocol_error(format!(
+                "question id {id} is already in use"
+            )));
+        }
+        if self.answers.len() >= self.limits.max_answers {
+            return Err(Error::overloaded(format!(
+                "peer has more than {} calls outstanding on this connection",
+                self.limits.max_answers
+            )));
+        }
+        self.answers.insert(
+            id,
+            Answer {
+                returned: false,
+                finished: false,
+                result_exports: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    fn release_export(&mut self, id: u32, count: u32) -> Result<(), Error> {
+        let Some(e) = self.exports.get_mut(id) else {
+            return Err(protocol_error(format!("release of unknown export {id}")));
+        };
+        if e.refs < count {
+            return Err(protocol_error(format!(
+                "release of {count} references to export {id}, which has {}",
+                e.refs
+            )));
+        }
+        e.refs -= count;
+        if e.refs == 0 {
+            if let Some(Export { cap: Some(l), .. }) = self.exports.remove(id) {
+                self.export_ids.remove(&l);
+            }
+        }
+        Ok(())
+    }
+
+    fn import_caps(&mut self, raw: Vec<RawCap>) -> Result<Vec<InCap<L>>, Error> {
+        raw.into_iter().map(|d| self.import_cap(d)).collect()
+    }
+
+    fn import_cap(&mut self, d: RawCap) -> Result<InCap<L>, Error> {
+        Ok(match d {
+            RawCap::None => InCap::None,
+            RawCap::Sender(id, promise) => {
+                let at_limit = self.imports.len() >= self.limits.max_imports;
+                match self.imports.get_mut(&id) {
+                    Some(i) => i.refs += 1,
+                    None if at_limit => {
+                        return Err(Error::overloaded(format!(
+                            "peer exported more than {} capabilities on this connection",
+                            self.limits.max_imports
+                        )))
+                    }
+                    None => {
+                        self.imports.insert(
+                            id,
+                            Import {
+                                refs: 1,
+                                promise,
+                                resolved: false,
+                            },
+                        );
+                    }
+                }
+                InCap::Import { id, promise }
+            }
+            RawCap::Receiver(id) => match self.exports.get(id) {
+                Some(Export { cap: Some(l), .. }) => InCap::Local(l.clone()),
+                Some(Export { cap: None, .. }) => InCap::None,
+                None => {
+                    return Err(protocol_error(format!(
+                        "descriptor names unknown export {id}"
+                    )))
+                }
+            },
+            RawCap::Answer(a, path) => {
+                if !self.answers.contains_key(&a) {
+                    return Err(protocol_error(format!(
+                        "descriptor names unknown answer {a}"
+                    )));
+                }
+                InCap::Answer { answer: a, path }
+            }
+        })
+    }
+
+    /// Gives back one reference per import in `caps` (a payload that will
+    /// not be delivered).
+    fn drop_in_caps(&mut self, caps: &[InCap<L>]) {
+        for c in caps {
+            if let InCap::Import { id, .. } = c {
+                let gone = match self.imports.get_mut(id) {
+                    Some(i) => {
+                        i.refs -= 1;
+                        i.refs == 0
+                    }
+                    None => false,
+                };
+                if gone {
+                    self.imports.remove(id);
+                }
+                let mut m = Builder::new_default();
+                {
+                    let mut r = m.init_root::<rpc_message::Builder<'_>>().init_release();
+                    r.set_id(*id);
+                    r.set_reference_count(1);
+                }
+                self.send(&m);
+            }
+        }
+    }
+
+    fn on_unimplemented(&mut self, inner: RawUnimplemented) -> Result<(), Error> {
+        match inner {
+            RawUnimplemented::Resolve(id) => {
+                // A level-0 peer: it will never use the promise.
+                if self.exports.get(id).is_some() {
+                    self.release_export(id, 1)?;
+                }
+            }
+            RawUnimplemented::Question(q) => {
+                let Some(question) = self.questions.remove(q) else {
+                    return Err(protocol_error(format!(
+                        "unimplemented for unknown question {q}"
+                    )));
+                };
+                for id in question.param_exports {
+                    let _ = self.release_export(id, 1);
+                }
+                self.events.push_back(Event::Return {
+                    question: q,
+                    result: Err(Error::unimplemented(
+                        "the peer does not implement this message".into(),
+                    )),
+                });
+            }
+            RawUnimplemented::Other => {
+                return Err(protocol_error(
+                    "peer did not understand a message it must handle",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---- parsing: everything read from the message before acting on it ------
+
+enum RawTarget {
+    Import(u32),
+    Answer(u32, Vec<u16>),
+}
+
+enum RawCap {
+    None,
+    Sender(u32, bool),
+    Receiver(u32),
+    Answer(u32, Vec<u16>),
+}
+
+enum RawReturn {
+    Results(Vec<RawCap>),
+    Error(Error),
+}
+
+enum RawEmbargo {
+    SenderLoopback(u32),
+    ReceiverLoopback(u32),
+    Other,
+}
+
+enum RawUnimplemented {
+    Resolve(u32),
+    Question(u32),
+    Other,
+}
+
+enum Parsed {
+    Unknown,
+    Abort(Error),
+    Unimplemented(RawUnimplemented),
+    Bootstrap {
+        question: u32,
+        object_id: Vec<u8>,
+    },
+    Call {
+        question: u32,
+        target: RawTarget,
+        interface_id: u64,
+        method_id: u16,
+        caps: Vec<RawCap>,
+        to_caller: bool,
+    },
+    Return {
+        answer: u32,
+        release_params: bool,
+        no_finish_needed: bool,
+        result: RawReturn,
+    },
+    Finish {
+        question: u32,
+        release_results: bool,
+    },
+    Resolve {
+        promise: u32,
+        to: Result<RawCap, Error>,
+    },
+    Release {
+        id: u32,
+        count: u32,
+    },
+    Disembargo {
+        target: RawTarget,
+        context: RawEmbargo,
+    },
+}
+
+/// Longest promised-answer transform accepted.
+const MAX_PATH: u32 = 64;
+
+fn parse_path(pa: promised_answer::Reader<'_>) -> capnp::Result<(u32, Vec<u16>)> {
+    let ops = pa.get_transform()?;
+    if ops.len() > MAX_PATH {
+        return Err(Error::failed(format!("transform of {} ops", ops.len())));
+    }
+    let mut path = Vec::with_capacity(ops.len() as usize);
+    for op in ops.iter() {
+        match op.which()? {
+            promised_answer::op::Noop(()) => {}
+            promised_answer::op::GetPointerField(f) => path.push(f),
+        }
+    }
+    Ok((pa.get_question_id(), path))
+}
+
+fn parse_target(t: message_target::Reader<'_>) -> capnp::Result<RawTarget> {
+    Ok(match t.which()? {
+        message_target::ImportedCap(id) => RawTarget::Import(id),
+        message_target::PromisedAnswer(pa) => {
+            let (q, path) = parse_path(pa?)?;
+            RawTarget::Answer(q, path)
+        }
+    })
+}
+
+fn parse_cap(d: cap_descriptor::Reader<'_>) -> capnp::Result<RawCap> {
+    Ok(match d.which()? {
+        cap_descriptor::None(()) => RawCap::None,
+        cap_descriptor::SenderHosted(id) => RawCap::Sender(id, false),
+        cap_descriptor::SenderPromise(id) => RawCap::Sender(id, true),
+        cap_descriptor::ReceiverHosted(id) => RawCap::Receiver(id),
+        cap_descriptor::ReceiverAnswer(pa) => {
+            let (q, path) = parse_path(pa?)?;
+            RawCap::Answer(q, path)
+        }
+        // Without three-party handoff, the vine is the capability.
+        cap_descriptor::ThirdPartyHosted(t) => RawCap::Sender(t?.get_vine_id(), false),
+    })
+}
+
+fn parse_caps(p: payload::Reader<'_>) -> capnp::Result<Vec<RawCap>> {
+    p.get_cap_table()?.iter().map(parse_cap).collect()
+}
+
+fn parse(msg: &message::Reader<WordSegments>) -> capnp::Result<Parsed> {
+    let root: rpc_message::Reader<'_> = msg.get_root()?;
+    let which = match root.which() {
+        Ok(w) => w,
+        Err(_) => return Ok(Parsed::Unknown),
+    };
+    Ok(match which {
+        rpc_message::Unimplemented(m) => {
+            let m = m?;
+            Parsed::Unimplemented(match m.which() {
+                Ok(rpc_message::Resolve(r)) => RawUnimplemented::Resolve(r?.get_promise_id()),
+                Ok(rpc_message::Bootstrap(b)) => RawUnimplemented::Question(b?.get_question_id()),
+                Ok(rpc_message::Call(c)) => RawUnimplemented::Question(c?.get_question_id()),
+                _ => RawUnimplemented::Other,
+            })
+        }
+        rpc_message::Abort(e) => Parsed::Abort(exception::read(e?)),
+        rpc_message::Bootstrap(b) => {
+            let b = b?;
+            let id = b.get_deprecated_object_id();
+            let object_id = if id.is_null() {
+                Vec::new()
+            } else {
+                id.get_as::<capnp::text::Reader<'_>>()?.as_bytes().to_vec()
+            };
+            Parsed::Bootstrap {
+                question: b.get_question_id(),
+                object_id,
+            }
+        }
+        rpc_message::Call(c) => {
+            let c = c?;
+            let to_caller = matches!(
+                c.get_send_results_to().which()?,
+                crate::rpc_capnp::call::send_results_to::Caller(())
+            );
+            Parsed::Call {
+                question: c.get_question_id(),
+                target: parse_target(c.get_target()?)?,
+                interface_id: c.get_interface_id(),
+                method_id: c.get_method_id(),
+                caps: parse_caps(c.get_params()?)?,
+                to_caller,
+            }
+        }
+        rpc_message::Return(r) => {
+            let r = r?;
+            let result = match r.which()? {
+                return_::Results(p) => RawReturn::Results(parse_caps(p?)?),
+                return_::Exception(e) => RawReturn::Error(exception::read(e?)),
+                return_::Canceled(()) => RawReturn::Error(Error::failed("call canceled".into())),
+                return_::ResultsSentElsewhere(()) => {
+                    RawReturn::Error(Error::failed("results were sent elsewhere".into()))
+                }
+                return_::TakeFromOtherQuestion(_) | return_::AcceptFromThirdParty(_) => {
+                    RawReturn::Error(Error::unimplemented(
+                        "tail-call returns are not supported yet".into(),
+                    ))
+                }
+            };
+            Parsed::Return {
+                answer: r.get_answer_id(),
+                release_params: r.get_release_param_caps(),
+                no_finish_needed: r.get_no_finish_needed(),
+                result,
+            }
+        }
+        rpc_message::Finish(f) => {
+            let f = f?;
+            Parsed::Finish {
+                question: f.get_question_id(),
+                release_results: f.get_release_result_caps(),
+            }
+        }
+        rpc_message::Resolve(r) => {
+            let r = r?;
+            Parsed::Resolve {
+                promise: r.get_promise_id(),
+                to: match r.which()? {
+                    crate::rpc_capnp::resolve::Cap(d) => Ok(parse_cap(d?)?),
+                    crate::rpc_capnp::resolve::Exception(e) => Err(exception::read(e?)),
+                },
+            }
+        }
+        rpc_message::Release(r) => {
+            let r = r?;
+            Parsed::Release {
+                id: r.get_id(),
+                count: r.get_reference_count(),
+            }
+        }
+        rpc_message::Disembargo(d) => {
+            let d = d?;
+            use crate::rpc_capnp::disembargo::context;
+            Parsed::Disembargo {
+                target: parse_target(d.get_target()?)?,
+                context: match d.get_context().which()? {
+                    context::SenderLoopback(e) => RawEmbargo::SenderLoopback(e),
+                    context::ReceiverLoopback(e) => RawEmbargo::ReceiverLoopback(e),
+                    _ => RawEmbargo::Other,
+                },
+            }
+        }
+        rpc_message::ObsoleteSave(_)
+        | rpc_message::ObsoleteDelete(_)
+        | rpc_message::Provide(_)
+        | rpc_message::Accept(_)
+        | rpc_message::Join(_) => Parsed::Unknown,
+    })
+}
+
+fn call_params(m: &mut Builder<HeapAllocator>) -> capnp::Result<payload::Builder<'_>> {
+    match m.get_root::<rpc_message::Builder<'_>>()?.which()? {
+        rpc_message::Call(c) => c?.get_params(),
+        _ => Err(Error::failed("not a call".into())),
+    }
+}
+
+fn return_results(m: &mut Builder<HeapAllocator>) -> capnp::Result<payload::Builder<'_>> {
+    match m.get_root::<rpc_message::Builder<'_>>()?.which()? {
+        rpc_message::Return(r) => match r?.which()? {
+            return_::Results(p) => p,
+            _ => Err(Error::failed("not results".into())),
+        },
+        _ => Err(Error::failed("not a return".into())),
+    }
+}
+
+fn write_target(target: &OutTarget, mut t: message_target::Builder<'_>) {
+    match target {
+        OutTarget::Import(id) => t.set_imported_cap(*id),
+        OutTarget::Answer { question, path } => {
+            let mut pa = t.init_promised_answer();
+            pa.set_question_id(*question);
+            write_path(path, pa);
+        }
+    }
+}
+
+fn write_path(path: &[u16], pa: promised_answer::Builder<'_>) {
+    let mut ops = pa.init_transform(path.len() as u32);
+    for (i, f) in path.iter().enumerate() {
+        ops.reborrow().get(i as u32).set_get_pointer_field(*f);
+    }
+}
