@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 
-use actix::{Actor, ActorContext, Addr, Handler, Message};
+use actix::{Actor, ActorContext, Addr, Handler, Message, Recipient};
 
 use crate::cap::{CapRef, Kind, Node};
 use crate::error;
@@ -109,6 +109,11 @@ struct AnswerState {
     /// Pipelined capabilities made so far, by path, so that asking twice for
     /// one field gives one capability.
     pipelined: Vec<(Vec<u16>, Weak<Node>)>,
+    /// For a question to a peer: the connection and the question id, so
+    /// that pipelined calls go over the wire at once.
+    remote: Option<(Recipient<crate::connection::ConnMsg>, u64)>,
+    /// Run when the last caller reference goes before the outcome.
+    on_cancel: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl AnswerState {
@@ -203,6 +208,28 @@ impl Answer {
         payload.caps = replaced;
     }
 
+    /// Makes this the answer to a call sent to a peer on connection
+    /// `conn_id`: pipelined calls go over the wire at once, and the
+    /// connection hears when the callers give up.
+    pub(crate) fn set_remote(
+        self: &Arc<Self>,
+        conn: Recipient<crate::connection::ConnMsg>,
+        conn_id: u64,
+    ) {
+        let weak = Arc::downgrade(self);
+        let notify = conn.clone();
+        let mut s = self.lock();
+        s.remote = Some((conn, conn_id));
+        s.on_cancel = Some(Box::new(move || {
+            notify.do_send(crate::connection::ConnMsg::Cancel { answer: weak });
+        }));
+    }
+
+    /// The resolution so far (results or early pipeline), if any.
+    pub(crate) fn resolution_now(&self) -> Option<Outcome> {
+        self.lock().resolution()
+    }
+
     /// Early resolution of pipelined calls (`Results::set_pipeline`).
     pub(crate) fn set_pipeline(self: &Arc<Self>, mut payload: Payload) {
         self.break_self_references(&mut payload);
@@ -275,6 +302,15 @@ impl Drop for AnswerRef {
             if let Some(w) = s.cancel_waker.take() {
                 w.wake();
             }
+            let hook = if s.outcome.is_none() {
+                s.on_cancel.take()
+            } else {
+                None
+            };
+            drop(s);
+            if let Some(h) = hook {
+                h();
+            }
         }
     }
 }
@@ -331,6 +367,11 @@ impl AnswerRef {
         cap
     }
 
+    /// The shared answer.
+    pub(crate) fn shared(&self) -> &Arc<Answer> {
+        &self.answer
+    }
+
     /// Delivers a call made on a pipelined field of this answer.
     pub(crate) fn deliver_pipelined(&self, path: &[u16], call: Call) {
         if call
@@ -352,6 +393,19 @@ impl AnswerRef {
             // cannot overtake an earlier pipelined call.
             drop(s);
             resolve_path(&resolution, path).deliver(call);
+            return;
+        }
+        if let Some((conn, _)) = &s.remote {
+            // Promise pipelining over the wire: the connection sends it as a
+            // call on a promised answer (or, if the return has arrived
+            // meanwhile, to what the field became).
+            conn.do_send(crate::connection::ConnMsg::Call {
+                target: crate::connection::RemoteTarget::Answer {
+                    answer: self.answer.clone(),
+                    path: path.to_vec(),
+                },
+                call,
+            });
             return;
         }
         let forwarder = AnswerActor::default().start();
@@ -410,10 +464,6 @@ impl AnswerActor {
 
 impl Actor for AnswerActor {
     type Context = actix::Context<Self>;
-    fn started(&mut self, ctx: &mut Self::Context) {
-        // Calls can pile up here; they are bounded by the callers' own limits.
-        ctx.set_mailbox_capacity(usize::MAX);
-    }
 }
 
 struct Forward(Vec<u16>, Call);

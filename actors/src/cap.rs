@@ -44,6 +44,13 @@ pub(crate) enum Kind {
     Pipelined { answer: AnswerRef, path: Vec<u16> },
     /// A capability that fails every call with this error.
     Broken(capnp::Error),
+    /// A capability imported from a peer over a connection: calls go to the
+    /// connection actor.
+    Remote {
+        conn: Recipient<crate::connection::ConnMsg>,
+        conn_id: u64,
+        import: u32,
+    },
     /// A capability of another runtime (a hook made by the capnp-rpc crate,
     /// say), served through a proxy actor on the thread the hook lives on.
     Foreign {
@@ -61,6 +68,7 @@ impl Kind {
             Kind::Pipelined { .. } => "pipelined",
             Kind::Broken(_) => "broken",
             Kind::Foreign { .. } => "foreign",
+            Kind::Remote { .. } => "remote",
         }
     }
 }
@@ -120,6 +128,12 @@ pub(crate) struct Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        if let Kind::Remote { conn, import, .. } = &self.kind {
+            conn.do_send(crate::connection::ConnMsg::Release {
+                import: *import,
+                node: self.id,
+            });
+        }
         registry::remove_cap(self.scope, self.id);
         tracing::trace!(
             cap = self.id,
@@ -147,6 +161,12 @@ impl PartialEq for CapRef {
     }
 }
 impl Eq for CapRef {}
+
+impl std::hash::Hash for CapRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.node) as usize).hash(state)
+    }
+}
 
 impl CapRef {
     pub(crate) fn from_kind(kind: Kind) -> Self {
@@ -244,6 +264,19 @@ impl CapRef {
                 r.do_send(IncomingCall { call });
             }
             Kind::Promise(p) => p.deliver(call),
+            Kind::Remote {
+                conn,
+                conn_id,
+                import,
+            } => {
+                if let Some(a) = call.completer.answer() {
+                    a.set_remote(conn.clone(), *conn_id);
+                }
+                conn.do_send(crate::connection::ConnMsg::Call {
+                    target: crate::connection::RemoteTarget::Import(*import),
+                    call,
+                })
+            }
             Kind::Pipelined { answer, path } => answer.deliver_pipelined(path, call),
             Kind::Broken(e) => call.fail(e.clone()),
         }

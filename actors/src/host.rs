@@ -210,12 +210,6 @@ impl<H: Host> CapActor<H> {
 
 impl<H: Host> Actor for CapActor<H> {
     type Context = actix::Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        // Calls are never refused for a full mailbox here; limits on how
-        // many calls may be outstanding belong to the callers (connections).
-        ctx.set_mailbox_capacity(usize::MAX);
-    }
 }
 
 impl<H: Host> Handler<IncomingCall> for CapActor<H> {

@@ -45,6 +45,7 @@
 
 mod answer;
 mod cap;
+pub mod connection;
 pub mod error;
 mod foreign;
 mod hook;
@@ -108,6 +109,11 @@ impl<C> Cap<C> {
             raw,
             marker: PhantomData,
         }
+    }
+
+    /// A typed handle for an untyped capability.
+    pub fn from_raw(raw: CapRef) -> Self {
+        Cap::wrap(raw)
     }
 
     /// The untyped handle.

@@ -39,6 +39,11 @@ impl Payload {
         f(root)
     }
 
+    /// The root pointer, with capability pointers as bare indexes.
+    pub(crate) fn raw_root(&self) -> capnp::Result<any_pointer::Reader<'_>> {
+        self.message.get_root_as_reader()
+    }
+
     /// The capability at a pipeline path, read from this payload.
     pub(crate) fn cap_at(&self, path: &[u16]) -> CapRef {
         let ops: Vec<PipelineOp> = path
@@ -77,6 +82,12 @@ impl Frozen {
             message: message::Reader::new(segments, options),
             caps,
         }
+    }
+
+    /// The root pointer, with capability pointers as bare indexes into
+    /// `caps` (for code that renumbers them, such as a connection).
+    pub(crate) fn raw_root(&self) -> capnp::Result<any_pointer::Reader<'_>> {
+        self.message.get_root()
     }
 
     /// The root pointer, imbued with the given hook table.

@@ -108,9 +108,6 @@ pub(crate) struct PromiseActor {
 
 impl Actor for PromiseActor {
     type Context = actix::Context<Self>;
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(usize::MAX);
-    }
 }
 
 pub(crate) enum PromiseMsg {

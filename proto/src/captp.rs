@@ -180,6 +180,12 @@ pub enum Event<L> {
         /// Our answer id.
         answer: u32,
     },
+    /// The peer is done with an answer we already gave: forget it (no
+    /// more calls will be pipelined on it).
+    Finished {
+        /// Our answer id.
+        answer: u32,
+    },
     /// One of our questions was answered. The question is finished.
     Return {
         /// Our question.
@@ -654,6 +660,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         };
         if finished {
             self.answers.remove(&answer);
+            self.events.push_back(Event::Finished { answer });
         }
     }
 
@@ -951,6 +958,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                 }
                 if returned {
                     self.answers.remove(&question);
+                    self.events.push_back(Event::Finished { answer: question });
                 } else {
                     self.events.push_back(Event::Cancel { answer: question });
                 }

@@ -28,11 +28,12 @@ pub use capnp_actix_schemas::{persistent_capnp, rpc_capnp, rpc_twoparty_capnp};
 pub use frame::{FrameDecoder, FrameError, WordSegments};
 pub use limits::Limits;
 
-/// Helpers for tests of code that drives [`captp::Conn`].
+/// Helpers for building payloads.
 pub mod testing {
     use capnp::message::{Builder, HeapAllocator};
 
-    /// A message whose root is a capability pointer to cap index 0.
+    /// A message whose root is a capability pointer to cap index 0: the
+    /// content of a bootstrap answer.
     pub fn cap_root_message() -> Builder<HeapAllocator> {
         let mut m = Builder::new_default();
         let mut table = Vec::new();

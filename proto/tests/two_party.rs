@@ -82,6 +82,10 @@ fn bootstrap_call_return_release_leaves_every_table_empty() {
     };
     // A finished the question on its own when the return arrived.
     assert_eq!(deliver(&mut a, &mut b), ["finish:q0"]);
+    assert!(matches!(
+        b.next_event(),
+        Some(Event::Finished { answer: 0 })
+    ));
     assert!(b.next_event().is_none());
 
     // A calls the import; B sees a call on its capability 7.
@@ -112,6 +116,10 @@ fn bootstrap_call_return_release_leaves_every_table_empty() {
         matches!(a.next_event(), Some(Event::Return { question, result: Ok(_) }) if question == q2)
     );
     assert_eq!(deliver(&mut a, &mut b), ["finish:q0"]);
+    assert!(matches!(
+        b.next_event(),
+        Some(Event::Finished { answer: 0 })
+    ));
 
     a.release_import(import);
     assert_eq!(deliver(&mut a, &mut b), ["release:0x1"]);

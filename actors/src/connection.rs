@@ -1,0 +1,537 @@
+//! The connection actor: one two-party RPC connection over any byte stream.
+//!
+//! The actor owns the sans-IO protocol core (`capnp_actix_proto::captp::Conn`)
+//! and bridges it to the runtime: calls the peer makes are delivered to our
+//! capabilities like any other call; calls on capabilities imported from the
+//! peer (and pipelined calls on our questions to it) come here as messages
+//! and go out on the wire. Everything produced while handling one message
+//! or one chunk of input is written in one write.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use actix::{
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Handler, Message, Recipient, SpawnHandle,
+    StreamHandler, WrapFuture,
+};
+use bytes::Bytes;
+use capnp::traits::Imbue;
+use capnp_actix_proto::captp::{
+    CallTarget, Conn, ConnLimits, Event, InCap, InPayload, OutCap, OutTarget, TableSizes,
+};
+use capnp_actix_proto::Limits;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::answer::{Answer, AnswerRef, Call, Completer, Outcome};
+use crate::cap::{next_id, CapRef, Kind, Node};
+use crate::error;
+use crate::hook::{self, send_call, WaitOutcome};
+use crate::payload::{payload_from_reader, Payload};
+use crate::registry;
+
+/// Finds the bootstrap capability for a service ID (the ID's raw bytes;
+/// empty when the peer sent none).
+pub type BootstrapFn = Arc<dyn Fn(&[u8]) -> Result<CapRef, capnp::Error> + Send + Sync>;
+
+/// Options of one connection.
+#[derive(Clone, Default)]
+pub struct ConnectionOptions {
+    /// Bounds on the connection's tables.
+    pub tables: ConnLimits,
+    /// Limits on incoming messages.
+    pub reader: Limits,
+    /// What the peer gets when it asks for a bootstrap capability.
+    pub bootstrap: Option<BootstrapFn>,
+}
+
+impl std::fmt::Debug for ConnectionOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionOptions")
+            .field("tables", &self.tables)
+            .field("reader", &self.reader)
+            .field("bootstrap", &self.bootstrap.is_some())
+            .finish()
+    }
+}
+
+/// Where a call of ours goes on the wire.
+pub(crate) enum RemoteTarget {
+    /// A capability the peer exported to us.
+    Import(u32),
+    /// A field of the answer to one of our questions.
+    Answer { answer: Arc<Answer>, path: Vec<u16> },
+}
+
+/// What the rest of the runtime tells a connection.
+pub(crate) enum ConnMsg {
+    Call {
+        target: RemoteTarget,
+        call: Call,
+    },
+    /// The node holding an import was dropped.
+    Release {
+        import: u32,
+        node: u64,
+    },
+    /// The callers gave up on the answer to one of our questions.
+    Cancel {
+        answer: Weak<Answer>,
+    },
+}
+
+impl Message for ConnMsg {
+    type Result = ();
+}
+
+/// Asks the peer for its bootstrap capability.
+pub(crate) struct BootstrapMsg {
+    object_id: Vec<u8>,
+    completer: Completer,
+}
+
+impl Message for BootstrapMsg {
+    type Result = ();
+}
+
+/// Asks for a connection's table sizes and a dump.
+pub struct Inspect;
+
+impl Message for Inspect {
+    type Result = (TableSizes, String);
+}
+
+/// A handle to a connection actor.
+#[derive(Clone)]
+pub struct ConnectionHandle {
+    addr: actix::Addr<Connection>,
+}
+
+impl std::fmt::Debug for ConnectionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConnectionHandle")
+    }
+}
+
+impl ConnectionHandle {
+    /// The peer's bootstrap capability for `service_id` (empty: the
+    /// default service). Usable at once: calls made on it are pipelined.
+    pub fn bootstrap(&self, service_id: &[u8]) -> CapRef {
+        let (answer, completer) = Answer::open();
+        if let Some(a) = completer.answer() {
+            a.set_remote(self.addr.clone().recipient(), u64::MAX);
+        }
+        self.addr.do_send(BootstrapMsg {
+            object_id: service_id.to_vec(),
+            completer,
+        });
+        answer.pipelined_cap(Vec::new())
+    }
+
+    /// The sizes of the connection's tables and a dump of them (for tests
+    /// and debugging). `None` once the connection has ended.
+    pub async fn inspect(&self) -> Option<(TableSizes, String)> {
+        self.addr.send(Inspect).await.ok()
+    }
+
+    /// True while the connection actor runs.
+    pub fn is_open(&self) -> bool {
+        self.addr.connected()
+    }
+}
+
+/// Starts a connection actor on the current arbiter for `stream`.
+pub fn start_connection<S>(stream: S, options: ConnectionOptions) -> ConnectionHandle
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let (read, mut write) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    // The writer: everything queued since the last write goes out in one.
+    actix_rt::spawn(async move {
+        while let Some(mut buf) = rx.recv().await {
+            while let Ok(more) = rx.try_recv() {
+                buf.extend_from_slice(&more);
+            }
+            if write.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+        let _ = write.shutdown().await;
+    });
+    let addr = Connection::create(move |ctx| {
+        ctx.add_stream(tokio_util::io::ReaderStream::with_capacity(read, 64 * 1024));
+        Connection {
+            id: next_id(),
+            core: Conn::new(options.tables, options.reader),
+            out: Some(tx),
+            bootstrap: options.bootstrap,
+            me: ctx.address().recipient(),
+            questions: HashMap::new(),
+            question_of: HashMap::new(),
+            answers: HashMap::new(),
+            imports: HashMap::new(),
+            _guard: registry::ActorGuard::new(),
+        }
+    });
+    ConnectionHandle { addr }
+}
+
+/// See the module docs.
+pub struct Connection {
+    id: u64,
+    core: Conn<CapRef>,
+    out: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    bootstrap: Option<BootstrapFn>,
+    me: Recipient<ConnMsg>,
+    /// Our questions: who waits for the answer.
+    questions: HashMap<u32, (Completer, Option<Arc<Answer>>)>,
+    /// Question id by answer identity.
+    question_of: HashMap<usize, u32>,
+    /// The peer's questions: our answers, and the future sending each return.
+    answers: HashMap<u32, (AnswerRef, Option<SpawnHandle>)>,
+    /// Imports and the node that holds each.
+    imports: HashMap<u32, (Weak<Node>, u64)>,
+    /// Last: see `ActorGuard`.
+    _guard: registry::ActorGuard,
+}
+
+impl Actor for Connection {
+    type Context = actix::Context<Self>;
+}
+
+fn key(a: &Arc<Answer>) -> usize {
+    Arc::as_ptr(a) as usize
+}
+
+impl Connection {
+    /// Handles the core's events and writes what the core produced.
+    fn settle(&mut self, ctx: &mut actix::Context<Self>) {
+        while let Some(event) = self.core.next_event() {
+            self.on_event(event, ctx);
+        }
+        let bytes = self.core.take_output();
+        if !bytes.is_empty() {
+            if let Some(out) = &self.out {
+                let _ = out.send(bytes);
+            }
+        }
+        if self.core.aborted().is_some() {
+            self.out = None;
+            ctx.stop();
+        }
+    }
+
+    fn on_event(&mut self, event: Event<CapRef>, ctx: &mut actix::Context<Self>) {
+        match event {
+            Event::Bootstrap { answer, object_id } => {
+                let found = match &self.bootstrap {
+                    Some(b) => b(&object_id),
+                    None => Err(capnp::Error::failed(
+                        "this vat offers no bootstrap capability".into(),
+                    )),
+                };
+                // The answer is kept like any other, so that calls the peer
+                // pipelines on it reach the capability (or get the error).
+                let (answer_ref, completer) = Answer::open();
+                match found {
+                    Ok(cap) => completer.complete_payload(Payload {
+                        message: capnp_actix_proto::testing::cap_root_message(),
+                        caps: vec![Some(cap)],
+                    }),
+                    Err(e) => completer.complete(Err(e)),
+                }
+                let outcome = answer_ref.shared().resolution_now();
+                self.answers.insert(answer, (answer_ref, None));
+                if let Some(o) = outcome {
+                    self.send_return(answer, o);
+                }
+            }
+            Event::Call {
+                answer,
+                target,
+                interface_id,
+                method_id,
+                params,
+            } => {
+                let target = match target {
+                    CallTarget::Local(c) => c,
+                    CallTarget::Answer { answer: a, path } => match self.answers.get(&a) {
+                        Some((r, _)) => r.pipelined_cap(path),
+                        None => CapRef::broken(error::internal("pipelined on a forgotten answer")),
+                    },
+                };
+                let payload = match self.in_payload(params) {
+                    Ok(p) => p,
+                    Err(e) => return self.core.return_error(answer, e),
+                };
+                let answer_ref = send_call(&target, interface_id, method_id, payload);
+                let waiter = WaitOutcome {
+                    answer: answer_ref.clone(),
+                };
+                let handle = ctx.spawn(waiter.into_actor(self).map(move |outcome, act, ctx| {
+                    if let Some(entry) = act.answers.get_mut(&answer) {
+                        entry.1 = None;
+                    }
+                    act.send_return(answer, outcome);
+                    act.settle(ctx);
+                }));
+                self.answers.insert(answer, (answer_ref, Some(handle)));
+            }
+            Event::Cancel { answer } => {
+                if let Some((r, h)) = self.answers.remove(&answer) {
+                    if let Some(h) = h {
+                        ctx.cancel_future(h);
+                    }
+                    drop(r);
+                }
+                self.core.return_canceled(answer);
+            }
+            Event::Finished { answer } => {
+                self.answers.remove(&answer);
+            }
+            Event::Return { question, result } => {
+                if let Some((completer, a)) = self.questions.remove(&question) {
+                    if let Some(a) = a {
+                        self.question_of.remove(&key(&a));
+                    }
+                    match result.and_then(|p| self.in_payload(p)) {
+                        Ok(p) => completer.complete_payload(p),
+                        Err(e) => completer.complete(Err(e)),
+                    }
+                }
+            }
+            Event::Resolve { import: _, to } => {
+                // Calls on the promise keep going through the peer, which
+                // forwards them; what it resolved to is not needed here.
+                if let Ok(c) = to {
+                    drop(self.in_cap(c));
+                }
+            }
+            Event::Loopback { embargo, target } => {
+                let found = match target {
+                    CallTarget::Answer { answer, path } => self
+                        .answers
+                        .get(&answer)
+                        .and_then(|(r, _)| r.shared().resolution_now())
+                        .and_then(|o| o.ok())
+                        .map(|f| f.cap_at(&path).shortened()),
+                    CallTarget::Local(_) => None,
+                };
+                match found.as_ref().map(CapRef::kind) {
+                    Some(&Kind::Remote {
+                        conn_id, import, ..
+                    }) if conn_id == self.id => self.core.disembargo_reply(embargo, import),
+                    _ => self.core.abort(capnp::Error::failed(
+                        "protocol error: disembargo target does not point back to the sender"
+                            .into(),
+                    )),
+                }
+            }
+            Event::Aborted(e) => {
+                tracing::debug!(conn = self.id, "connection ended: {e}");
+                for (_, (c, _)) in self.questions.drain() {
+                    c.complete(Err(e.clone()));
+                }
+                self.question_of.clear();
+                for (_, (_, h)) in self.answers.drain() {
+                    if let Some(h) = h {
+                        ctx.cancel_future(h);
+                    }
+                }
+                self.imports.clear();
+            }
+        }
+    }
+
+    /// Sends the return for one of the peer's questions.
+    fn send_return(&mut self, answer: u32, outcome: Outcome) {
+        match outcome {
+            Ok(frozen) => {
+                let caps: Vec<OutCap<CapRef>> = frozen
+                    .caps
+                    .iter()
+                    .map(|c| self.out_cap(c.as_ref()))
+                    .collect();
+                match frozen.raw_root() {
+                    Ok(root) => self.core.return_results(answer, root, &caps),
+                    Err(e) => self.core.return_error(answer, e),
+                }
+            }
+            Err(e) => self.core.return_error(answer, e),
+        }
+    }
+
+    /// How a capability of a payload we send is described to the peer.
+    fn out_cap(&self, cap: Option<&CapRef>) -> OutCap<CapRef> {
+        let Some(cap) = cap else {
+            return OutCap::None;
+        };
+        let end = cap.shortened();
+        match end.kind() {
+            Kind::Remote {
+                conn_id, import, ..
+            } if *conn_id == self.id => OutCap::Import(*import),
+            Kind::Pipelined { answer, path } => match self.question_of.get(&key(answer.shared())) {
+                Some(&question) => OutCap::Answer {
+                    question,
+                    path: path.clone(),
+                },
+                None => OutCap::Local(cap.clone()),
+            },
+            Kind::Broken(e) => OutCap::Broken(e.clone()),
+            _ => OutCap::Local(cap.clone()),
+        }
+    }
+
+    /// Our handle for a capability of a payload the peer sent.
+    fn in_cap(&mut self, cap: InCap<CapRef>) -> Option<CapRef> {
+        match cap {
+            InCap::None => None,
+            InCap::Local(c) => Some(c),
+            InCap::Answer { answer, path } => self
+                .answers
+                .get(&answer)
+                .map(|(r, _)| r.pipelined_cap(path)),
+            InCap::Import { id, .. } => {
+                if let Some(node) = self.imports.get(&id).and_then(|(w, _)| w.upgrade()) {
+                    return Some(CapRef { node });
+                }
+                // New, or its node is going away (its release will find the
+                // new node in charge and do nothing): the new node now holds
+                // every reference counted so far.
+                let cap = CapRef::from_kind(Kind::Remote {
+                    conn: self.me.clone(),
+                    conn_id: self.id,
+                    import: id,
+                });
+                self.imports
+                    .insert(id, (Arc::downgrade(&cap.node), cap.id()));
+                Some(cap)
+            }
+        }
+    }
+
+    fn in_payload(&mut self, p: InPayload<CapRef>) -> Result<Payload, capnp::Error> {
+        let caps: Vec<Option<CapRef>> =
+            p.caps.clone().into_iter().map(|c| self.in_cap(c)).collect();
+        let table = hook::to_hooks(&caps);
+        let mut content = p.content()?;
+        content.imbue(&table);
+        payload_from_reader(content)
+    }
+
+    fn send_call(&mut self, target: RemoteTarget, call: Call) {
+        let Call {
+            interface_id,
+            method_id,
+            params,
+            completer,
+        } = call;
+        if completer.is_cancelled() {
+            return completer.complete(Err(error::cancelled()));
+        }
+        let out_target = match target {
+            RemoteTarget::Import(id) => OutTarget::Import(id),
+            RemoteTarget::Answer { answer, path } => match self.question_of.get(&key(&answer)) {
+                Some(&question) => OutTarget::Answer { question, path },
+                None => {
+                    // The return has arrived: the field is known locally.
+                    let target = match answer.resolution_now() {
+                        Some(Ok(f)) => f.cap_at(&path),
+                        Some(Err(e)) => CapRef::broken(e),
+                        None => {
+                            CapRef::broken(error::internal("pipelined call on an unknown question"))
+                        }
+                    };
+                    return target.deliver(Call {
+                        interface_id,
+                        method_id,
+                        params,
+                        completer,
+                    });
+                }
+            },
+        };
+        let caps: Vec<OutCap<CapRef>> = params
+            .caps
+            .iter()
+            .map(|c| self.out_cap(c.as_ref()))
+            .collect();
+        let sent = params.raw_root().and_then(|root| {
+            self.core
+                .call(&out_target, interface_id, method_id, root, &caps)
+        });
+        match sent {
+            Ok(q) => self.register_question(q, completer),
+            Err(e) => completer.complete(Err(e)),
+        }
+    }
+
+    fn register_question(&mut self, q: u32, completer: Completer) {
+        let answer = completer.answer().cloned();
+        if let Some(a) = &answer {
+            a.set_remote(self.me.clone(), self.id);
+            self.question_of.insert(key(a), q);
+        }
+        self.questions.insert(q, (completer, answer));
+    }
+}
+
+impl StreamHandler<Result<Bytes, std::io::Error>> for Connection {
+    fn handle(&mut self, item: Result<Bytes, std::io::Error>, ctx: &mut Self::Context) {
+        match item {
+            Ok(bytes) => self.core.receive(&bytes),
+            Err(e) => self.core.disconnected(capnp::Error::disconnected(format!(
+                "connection read failed: {e}"
+            ))),
+        }
+        self.settle(ctx);
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        self.core.receive_end();
+        self.settle(ctx);
+    }
+}
+
+impl Handler<ConnMsg> for Connection {
+    type Result = ();
+    fn handle(&mut self, msg: ConnMsg, ctx: &mut Self::Context) {
+        match msg {
+            ConnMsg::Call { target, call } => self.send_call(target, call),
+            ConnMsg::Release { import, node } => {
+                if self.imports.get(&import).is_some_and(|(_, n)| *n == node) {
+                    self.imports.remove(&import);
+                    self.core.release_import(import);
+                }
+            }
+            ConnMsg::Cancel { answer } => {
+                if let Some(a) = answer.upgrade() {
+                    if let Some(&q) = self.question_of.get(&key(&a)) {
+                        self.core.finish(q);
+                    }
+                }
+            }
+        }
+        self.settle(ctx);
+    }
+}
+
+impl Handler<BootstrapMsg> for Connection {
+    type Result = ();
+    fn handle(&mut self, msg: BootstrapMsg, ctx: &mut Self::Context) {
+        match self.core.bootstrap(&msg.object_id) {
+            Ok(q) => self.register_question(q, msg.completer),
+            Err(e) => msg.completer.complete(Err(e)),
+        }
+        self.settle(ctx);
+    }
+}
+
+impl Handler<Inspect> for Connection {
+    type Result = actix::MessageResult<Inspect>;
+    fn handle(&mut self, _: Inspect, _: &mut Self::Context) -> Self::Result {
+        actix::MessageResult((self.core.table_sizes(), self.core.dump()))
+    }
+}

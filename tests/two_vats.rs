@@ -1,0 +1,114 @@
+//! Two of our vats joined by a real socket pair.
+
+#[path = "../examples/common/echo_service.rs"]
+#[allow(dead_code)]
+mod echo_service;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use capnp_actix::connection::{start_connection, ConnectionOptions};
+use capnp_actix::schemas::echo_api_capnp::{callback, echo};
+use capnp_actix::{Cap, CapRef};
+use echo_service::{EchoService, Sink};
+
+struct Recorder(Arc<Mutex<Vec<String>>>);
+impl callback::Server for Recorder {
+    async fn log(
+        self: std::rc::Rc<Self>,
+        params: callback::LogParams,
+        _: callback::LogResults,
+    ) -> Result<(), capnp::Error> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(params.get()?.get_msg()?.to_string()?);
+        Ok(())
+    }
+}
+
+#[actix::test]
+async fn echo_over_a_socket_pair_ping_heartbeat_and_pipelined_logger() {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let (a, b) = tokio::net::UnixStream::pair().unwrap();
+    let service: Cap<echo::Client> = Cap::new(EchoService::new(
+        Duration::from_millis(1),
+        Sink::Memory(lines.clone()),
+    ));
+    let raw = service.raw().clone();
+    let server = start_connection(
+        a,
+        ConnectionOptions {
+            bootstrap: Some(Arc::new(move |id: &[u8]| {
+                if id == b"main" || id.is_empty() {
+                    Ok(raw.clone())
+                } else {
+                    Err(capnp::Error::failed("Unknown persistent service ID".into()))
+                }
+            })),
+            ..Default::default()
+        },
+    );
+    let client = start_connection(b, ConnectionOptions::default());
+    {
+        let remote: Cap<echo::Client> = Cap::from_raw(client.bootstrap(b"main"));
+        let echo = remote.client();
+        let mut req = echo.ping_request();
+        req.get().set_msg("foo");
+        let reply = req.send().promise.await.unwrap();
+        assert_eq!(
+            reply.get().unwrap().get_reply().unwrap().to_str().unwrap(),
+            "echo:foo"
+        );
+
+        // A callback of ours, called by the server over the wire.
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let mut req = echo.heartbeat_request();
+        req.get().set_msg("beat");
+        req.get()
+            .set_callback(capnp_actix::new_client(Recorder(got.clone())));
+        req.send().promise.await.unwrap();
+        assert_eq!(*got.lock().unwrap(), ["beat", "beat", "beat"]);
+
+        // Pipelined: log on the logger before getLogger has returned.
+        let logger = echo.get_logger_request().send().pipeline.get_callback();
+        let mut req = logger.log_request();
+        req.get().set_msg("hi");
+        req.send().promise.await.unwrap();
+        assert_eq!(*lines.lock().unwrap(), ["Service logger: hi"]);
+
+        // An unknown service ID is an error for that call, not an abort.
+        let other: Cap<echo::Client> = Cap::from_raw(client.bootstrap(b"nope"));
+        let e = other
+            .client()
+            .ping_request()
+            .send()
+            .promise
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("Unknown persistent service ID"),
+            "{e}"
+        );
+        assert!(client.is_open());
+    }
+    // Everything the client held is released: both tables drain.
+    let mut sizes = None;
+    for _ in 0..200 {
+        let (c, _) = client.inspect().await.unwrap();
+        let (s, _) = server.inspect().await.unwrap();
+        if c.is_empty() && s.is_empty() {
+            sizes = Some((c, s));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        sizes.is_some(),
+        "client: {:?}\nserver: {:?}",
+        client.inspect().await,
+        server.inspect().await
+    );
+    let _unused: Option<CapRef> = None;
+}
