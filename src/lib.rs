@@ -26,4 +26,10 @@ pub use capnp_actix_schemas as schemas;
 /// Errors: one type with the protocol's kinds and a reason.
 pub use capnp::{Error, ErrorKind};
 
+pub mod address;
 pub mod tutorial;
+pub mod uri;
+pub mod vat;
+
+pub use address::Address;
+pub use uri::{SturdyUri, VatAuth};

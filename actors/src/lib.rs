@@ -215,6 +215,18 @@ impl<C: FromClientHook> Cap<C> {
     }
 }
 
+impl<C> From<Cap<C>> for CapRef {
+    fn from(c: Cap<C>) -> Self {
+        c.raw
+    }
+}
+
+impl<C> From<&Cap<C>> for CapRef {
+    fn from(c: &Cap<C>) -> Self {
+        c.raw.clone()
+    }
+}
+
 /// Hosts `server` in a new capability actor and returns its generated
 /// client: the counterpart of `capnp_rpc::new_client`.
 pub fn new_client<C, S>(server: S) -> C
