@@ -46,4 +46,22 @@ pub mod testing {
         }
         m
     }
+
+    /// A message whose root is a struct with `n` pointer fields, field i
+    /// holding capability i (for tests of payloads with several caps).
+    pub fn caps_message(n: u32) -> Builder<HeapAllocator> {
+        let mut m = Builder::new_default();
+        let mut table = Vec::new();
+        {
+            let mut root: capnp::any_pointer::Builder<'_> = m.init_root();
+            capnp::traits::ImbueMut::imbue_mut(&mut root, &mut table);
+            let mut list = root.initn_as::<capnp::any_pointer_list::Builder<'_>>(n);
+            for (i, h) in crate::index_hook::placeholders(n as usize).into_iter().enumerate() {
+                if let Some(h) = h {
+                    list.reborrow().get(i as u32).set_as_capability(h);
+                }
+            }
+        }
+        m
+    }
 }

@@ -1,0 +1,194 @@
+//! An actix-web front end for a Cap'n Proto capability.
+//!
+//! Run it with `cargo run --example web` and open
+//! <http://127.0.0.1:8080/ping/hello>: the reply is `echo:hello`, computed by
+//! the echo service of the tutorial (`examples/common/echo_service.rs`).
+//! `--bind ADDR` picks another address; `--self-test` serves on a free port,
+//! fetches `/ping/hello` once with a tiny HTTP/1.1 client, checks the body
+//! and exits (0 when it is right).
+//!
+//! How it fits together: the echo service is hosted with [`Cap::new`] in the
+//! main actix `System`, so its actor lives on the main thread. The resulting
+//! `Cap<echo::Client>` is `Send + Sync`, so it goes into `web::Data` and is
+//! shared by every actix-web worker (each worker is its own arbiter, on its
+//! own thread). A handler calls [`Cap::client`] to get the generated client
+//! on its worker thread, and the call travels to the service's actor on the
+//! main thread and back.
+
+#[path = "common/echo_service.rs"]
+#[allow(dead_code)]
+mod echo_service;
+
+use std::error::Error;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use capnp_actix::schemas::echo_api_capnp::echo;
+use capnp_actix::Cap;
+use clap::Parser;
+use echo_service::{EchoService, Sink};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Serve the echo capability over HTTP: `GET /ping/{msg}`.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    bind: SocketAddr,
+
+    /// Number of actix-web worker threads.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: u16,
+
+    /// Serve on a free local port, fetch /ping/hello once, check the reply
+    /// and exit.
+    #[arg(long)]
+    self_test: bool,
+}
+
+type BoxError = Box<dyn Error>;
+
+/// `GET /ping/{msg}`: pings the echo capability and returns its reply.
+async fn ping(service: web::Data<Cap<echo::Client>>, msg: web::Path<String>) -> HttpResponse {
+    // The generated client is made here, on this worker's thread.
+    let client = service.client();
+    let mut request = client.ping_request();
+    request.get().set_msg(msg.as_str());
+    let reply = async {
+        let response = request.send().promise.await?;
+        Ok::<_, capnp::Error>(response.get()?.get_reply()?.to_str()?.to_owned())
+    }
+    .await;
+    match reply {
+        Ok(text) => HttpResponse::Ok()
+            .content_type("text/plain; charset=utf-8")
+            .body(text),
+        Err(e) => HttpResponse::BadGateway()
+            .content_type("text/plain; charset=utf-8")
+            .body(format!("echo service failed: {e}\n")),
+    }
+}
+
+/// Builds the HTTP server on `bind` and returns it (not yet running) with
+/// the address it listens on.
+fn server(
+    service: Cap<echo::Client>,
+    bind: SocketAddr,
+    workers: u16,
+) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
+    let data = web::Data::new(service);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/ping/{msg}", web::get().to(ping))
+    })
+    .workers(workers.into())
+    .bind(bind)?;
+    let addr = *server
+        .addrs()
+        .first()
+        .ok_or_else(|| std::io::Error::other("bound to no address"))?;
+    println!("listening on http://{addr}/ping/{{msg}}");
+    Ok((server.run(), addr))
+}
+
+/// A minimal HTTP/1.1 GET: returns the status code and the body.
+async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), BoxError> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let raw = String::from_utf8(raw)?;
+
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or("response has no end of headers")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let mut content_length = None;
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            let (name, value) = (name.trim(), value.trim());
+            if name.eq_ignore_ascii_case("content-length") {
+                content_length = Some(value.parse::<usize>()?);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                return Err(format!("unexpected transfer-encoding {value:?}").into());
+            }
+        }
+    }
+    let body = match content_length {
+        Some(n) => body
+            .get(..n)
+            .ok_or_else(|| format!("body shorter than its content-length {n}"))?,
+        // With `Connection: close`, the body runs to the end of the stream.
+        None => body,
+    };
+    Ok((status, body.to_owned()))
+}
+
+async fn self_test(workers: u16) -> Result<(), BoxError> {
+    {
+        let service: Cap<echo::Client> =
+            Cap::new(EchoService::new(Duration::from_millis(10), Sink::Stdout));
+        // Port 0: the system picks a free port.
+        let (running, addr) = server(service, ([127, 0, 0, 1], 0).into(), workers)?;
+        let handle = running.handle();
+        let serving = actix_rt::spawn(running);
+
+        let outcome = match tokio::time::timeout(
+            Duration::from_secs(10),
+            http_get(addr, "/ping/hello"),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err("no HTTP response within 10 s".into()),
+        };
+
+        handle.stop(true).await;
+        let _ = serving.await;
+        let (status, body) = outcome?;
+        println!("GET /ping/hello -> {status} {body:?}");
+        if status != 200 || body != "echo:hello" {
+            return Err(format!("expected 200 \"echo:hello\", got {status} {body:?}").into());
+        }
+    }
+    capnp_actix::debug::settle(Duration::from_secs(2))
+        .await
+        .map_err(|report| format!("capabilities or actors still alive after 2 s:\n{report}"))?;
+    println!("self-test passed");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let system = actix::System::new();
+    let outcome = if args.self_test {
+        system.block_on(self_test(args.workers))
+    } else {
+        system.block_on(async {
+            let service: Cap<echo::Client> =
+                Cap::new(EchoService::new(Duration::from_secs(1), Sink::Stdout));
+            // Runs until Ctrl-C (actix-web stops on SIGINT and SIGTERM).
+            let (running, _) = server(service, args.bind, args.workers)?;
+            running.await?;
+            Ok(())
+        })
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("web: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
