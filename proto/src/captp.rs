@@ -215,6 +215,8 @@ pub enum Event<L> {
 
 struct Question {
     returned: bool,
+    /// We sent `finish` (cancelled it) before the return.
+    finished: bool,
     /// Exports listed in the params (released if the peer says
     /// `releaseParamCaps`, or does not implement the call).
     param_exports: Vec<u32>,
@@ -461,6 +463,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         }
         Ok(self.questions.insert(Question {
             returned: false,
+            finished: false,
             param_exports: Vec::new(),
         }))
     }
@@ -537,8 +540,12 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         if self.aborted.is_some() {
             return;
         }
-        let returned = match self.questions.get(question) {
-            Some(q) => q.returned,
+        let returned = match self.questions.get_mut(question) {
+            Some(q) if q.finished => return,
+            Some(q) => {
+                q.finished = true;
+                q.returned
+            }
             None => return,
         };
         let mut m = Builder::new_default();
@@ -911,6 +918,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                     }
                 };
                 q.returned = true;
+                let already_finished = q.finished;
                 let params = std::mem::take(&mut q.param_exports);
                 if release_params {
                     for id in params {
@@ -924,7 +932,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                     }
                     RawReturn::Error(e) => Err(e),
                 };
-                if no_finish_needed {
+                if no_finish_needed || already_finished {
                     self.questions.remove(answer);
                 } else {
                     self.finish(answer);

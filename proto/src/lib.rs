@@ -56,7 +56,10 @@ pub mod testing {
             let mut root: capnp::any_pointer::Builder<'_> = m.init_root();
             capnp::traits::ImbueMut::imbue_mut(&mut root, &mut table);
             let mut list = root.initn_as::<capnp::any_pointer_list::Builder<'_>>(n);
-            for (i, h) in crate::index_hook::placeholders(n as usize).into_iter().enumerate() {
+            for (i, h) in crate::index_hook::placeholders(n as usize)
+                .into_iter()
+                .enumerate()
+            {
                 if let Some(h) = h {
                     list.reborrow().get(i as u32).set_as_capability(h);
                 }

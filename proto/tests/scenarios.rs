@@ -1,0 +1,601 @@
+//! SCENARIOS.md, at the protocol level: two cores joined by in-memory
+//! queues, one message at a time, each message's kind and target checked,
+//! every test ending with all tables empty on both sides.
+//!
+//! The runtime's part (which local object a call reaches, when a handle is
+//! dropped) is played by the test itself, so these pin what goes on the
+//! wire. The same scenarios with real capabilities run over sockets in the
+//! root crate's tests.
+
+mod harness;
+
+use capnp::message::Builder;
+use capnp_actix_proto::captp::{CallTarget, Event, InCap, OutCap, OutTarget};
+use capnp_actix_proto::rpc_capnp::message;
+use capnp_actix_proto::testing::cap_root_message;
+use harness::{frame, plain, with_caps, Pair};
+
+/// A bootstraps B, whose bootstrap capability is local object 1; returns
+/// A's import id for it.
+fn bootstrapped(p: &mut Pair) -> u32 {
+    p.a.conn.bootstrap(b"").unwrap();
+    assert_eq!(p.a_to_b(), "bootstrap:q0");
+    let Some(Event::Bootstrap { answer, .. }) = p.b.conn.next_event() else {
+        panic!("no bootstrap")
+    };
+    p.b.conn.return_results(
+        answer,
+        cap_root_message().get_root_as_reader().unwrap(),
+        &[OutCap::Local(1)],
+    );
+    assert_eq!(p.b_to_a(), "return:a0:results [sender-hosted:0]");
+    let Some(Event::Return {
+        result: Ok(payload),
+        ..
+    }) = p.a.conn.next_event()
+    else {
+        panic!("no return")
+    };
+    let [InCap::Import { id, promise: false }] = payload.caps.as_slice() else {
+        panic!("{:?}", payload.caps)
+    };
+    assert_eq!(p.a_to_b(), "finish:q0");
+    assert!(matches!(
+        p.b.conn.next_event(),
+        Some(Event::Finished { answer: 0 })
+    ));
+    *id
+}
+
+/// B answers its next event (a call) with `content` and `caps`.
+fn b_returns(
+    p: &mut Pair,
+    content: &Builder<capnp::message::HeapAllocator>,
+    caps: &[OutCap<u32>],
+) -> u32 {
+    let Some(Event::Call { answer, .. }) = p.b.conn.next_event() else {
+        panic!("no call")
+    };
+    p.b.conn
+        .return_results(answer, content.get_root_as_reader().unwrap(), caps);
+    answer
+}
+
+#[test]
+fn scenario_03_bootstrap_then_a_call_then_the_return_with_the_right_payload() {
+    let mut p = Pair::new();
+    let import = bootstrapped(&mut p);
+    p.a.conn
+        .call(
+            &OutTarget::Import(import),
+            0xabcd,
+            2,
+            plain().get_root_as_reader().unwrap(),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(p.a_to_b(), "call:q0->import:0");
+    let Some(Event::Call {
+        answer,
+        target: CallTarget::Local(1),
+        interface_id: 0xabcd,
+        method_id: 2,
+        ..
+    }) = p.b.conn.next_event()
+    else {
+        panic!()
+    };
+    let mut reply = Builder::new_default();
+    reply
+        .init_root::<capnp::any_pointer::Builder<'_>>()
+        .set_as("echo:foo")
+        .unwrap();
+    p.b.conn
+        .return_results(answer, reply.get_root_as_reader().unwrap(), &[]);
+    assert_eq!(p.b_to_a(), "return:a0:results");
+    let Some(Event::Return {
+        result: Ok(payload),
+        ..
+    }) = p.a.conn.next_event()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        payload
+            .content()
+            .unwrap()
+            .get_as::<capnp::text::Reader<'_>>()
+            .unwrap(),
+        "echo:foo"
+    );
+    assert_eq!(p.a_to_b(), "finish:q0");
+    p.b.events();
+    p.a.conn.release_import(import);
+    assert_eq!(p.a_to_b(), "release:0x1");
+    p.assert_finished();
+}
+
+#[test]
+fn scenario_01_a_local_capability_sent_out_and_back_is_the_original() {
+    let mut p = Pair::new();
+    let import = bootstrapped(&mut p);
+    p.a.conn
+        .call(
+            &OutTarget::Import(import),
+            1,
+            0,
+            with_caps(1).get_root_as_reader().unwrap(),
+            &[OutCap::Local(7)],
+        )
+        .unwrap();
+    assert_eq!(p.a_to_b(), "call:q0->import:0 [sender-hosted:0]");
+    let Some(Event::Call { answer, params, .. }) = p.b.conn.next_event() else {
+        panic!()
+    };
+    let [InCap::Import { id: theirs, .. }] = params.caps.as_slice() else {
+        panic!()
+    };
+    // B echoes it back: a receiver-hosted descriptor, A sees its object 7.
+    let theirs = *theirs;
+    p.b.conn.return_results(
+        answer,
+        cap_root_message().get_root_as_reader().unwrap(),
+        &[OutCap::Import(theirs)],
+    );
+    assert_eq!(p.b_to_a(), "return:a0:results [receiver-hosted:0]");
+    let Some(Event::Return {
+        result: Ok(payload),
+        ..
+    }) = p.a.conn.next_event()
+    else {
+        panic!()
+    };
+    assert!(matches!(payload.caps.as_slice(), [InCap::Local(7)]));
+    assert_eq!(p.a_to_b(), "finish:q0");
+    p.b.events();
+    // Releases flow both ways.
+    p.b.conn.release_import(theirs);
+    assert_eq!(p.b_to_a(), "release:0x1");
+    p.a.conn.release_import(import);
+    assert_eq!(p.a_to_b(), "release:0x1");
+    p.assert_finished();
+}
+
+#[test]
+fn scenario_04_the_same_capability_twice_in_one_call_is_one_export_counted_twice() {
+    let mut p = Pair::new();
+    let import = bootstrapped(&mut p);
+    let caps = [OutCap::Local(7), OutCap::Local(7)];
+    p.a.conn
+        .call(
+            &OutTarget::Import(import),
+            1,
+            0,
+            with_caps(2).get_root_as_reader().unwrap(),
+            &caps,
+        )
+        .unwrap();
+    assert_eq!(
+        p.a_to_b(),
+        "call:q0->import:0 [sender-hosted:0, sender-hosted:0]"
+    );
+    assert_eq!(p.a.conn.table_sizes().exports, 1);
+    let Some(Event::Call { answer, params, .. }) = p.b.conn.next_event() else {
+        panic!()
+    };
+    assert!(matches!(
+        params.caps.as_slice(),
+        [InCap::Import { id: 0, .. }, InCap::Import { id: 0, .. }]
+    ));
+    p.b.conn
+        .return_results(answer, plain().get_root_as_reader().unwrap(), &[]);
+    assert_eq!(p.b_to_a(), "return:a0:results");
+    p.a.events();
+    assert_eq!(p.a_to_b(), "finish:q0");
+    p.b.events();
+    p.b.conn.release_import(0);
+    assert_eq!(p.b_to_a(), "release:0x2");
+    p.a.conn.release_import(import);
+    assert_eq!(p.a_to_b(), "release:0x1");
+    p.assert_finished();
+}
+
+#[test]
+fn scenario_05_exporting_one_capability_across_calls_uses_one_entry() {
+    let mut p = Pair::new();
+    let import = bootstrapped(&mut p);
+    for q in 0..2 {
+        p.a.conn
+            .call(
+                &OutTarget::Import(import),
+                1,
+                0,
+                with_caps(1).get_root_as_reader().unwrap(),
+                &[OutCap::Local(7)],
+            )
+            .unwrap();
+        assert_eq!(p.a_to_b(), format!("call:q{q}->import:0 [sender-hosted:0]"));
+    }
+    assert_eq!(p.a.conn.table_sizes().exports, 1);
+    for _ in 0..2 {
+        b_returns(&mut p, &plain(), &[]);
+    }
+    p.flush();
+    p.a.events();
+    p.b.events();
+    p.b.conn.release_import(0);
+    assert_eq!(p.b_to_a(), "release:0x2");
+    p.a.conn.release_import(import);
+    p.flush();
+    p.assert_finished();
+}
+
+#[test]
+fn scenario_08_a_pipelined_call_is_sent_to_a_promised_answer() {
+    let mut p = Pair::new();
+    p.a.conn.bootstrap(b"").unwrap();
+    // Before the bootstrap returns, call its result.
+    p.a.conn
+        .call(
+            &OutTarget::Answer {
+                question: 0,
+                path: vec![],
+            },
+            1,
+            0,
+            plain().get_root_as_reader().unwrap(),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(p.a_to_b(), "bootstrap:q0");
+    assert_eq!(p.a_to_b(), "call:q1->answer:0[]");
+    let Some(Event::Bootstrap { answer: 0, .. }) = p.b.conn.next_event() else {
+        panic!()
+    };
+    let Some(Event::Call {
+        answer: 1,
+        target: CallTarget::Answer { answer: 0, path },
+        ..
+    }) = p.b.conn.next_event()
+    else {
+        panic!()
+    };
+    assert!(path.is_empty());
+    p.b.conn.return_results(
+        0,
+        cap_root_message().get_root_as_reader().unwrap(),
+        &[OutCap::Local(1)],
+    );
+    p.b.conn
+        .return_results(1, plain().get_root_as_reader().unwrap(), &[]);
+    assert_eq!(
+        p.flush(),
+        [
+            "B return:a0:results [sender-hosted:0]",
+            "A finish:q0",
+            "B return:a1:results",
+            "A finish:q1"
+        ]
+    );
+    p.a.events();
+    p.b.events();
+    p.a.conn.release_import(0);
+    p.flush();
+    p.assert_finished();
+}
+
+#[test]
+fn scenario_09_a_field_of_a_remote_promise_sent_back_is_a_receiver_answer() {
+    let mut p = Pair::new();
+    let import = bootstrapped(&mut p);
+    p.a.conn
+        .call(
+            &OutTarget::Import(import),
+            1,
+            0,
+            plain().get_root_as_reader().unwrap(),
+            &[],
+        )
+        .unwrap();
+    // Send field [0] of that unanswered question back to B.
+    p.a.conn
+        .call(
+            &OutTarget::Import(import),
+            1,
+            1,
+            with_caps(1).get_root_as_reader().unwrap(),
+            &[OutCap::Answer {
+                question: 0,
+                path: vec![0],
+            }],
+        )
+        .unwrap();
+    assert_eq!(p.a_to_b(), "call:q0->import:0");
+    assert_eq!(p.a_to_b(), "call:q1->import:0 [receiver-answer:0]");
+    let _first = p.b.conn.next_event();
+    let Some(Event::Call { params, .. }) = p.b.conn.next_event() else {
+        panic!()
+    };
+    let [InCap::Answer { answer: 0, path }] = params.caps.as_slice() else {
+        panic!("{:?}", params.caps)
+    };
+    assert_eq!(path, &[0]);
+    p.b.conn
+        .return_results(0, plain().get_root_as_reader().unwrap(), &[]);
+    p.b.conn
+        .return_results(1, plain().get_root_as_reader().unwrap(), &[]);
+    p.flush();
+    p.a.events();
+    p.b.events();
+    p.a.conn.release_import(import);
+    p.flush();
+    p.assert_finished();
+}
+
+#[test]
+fn scenario_36_a_broken_capability_travels_as_a_promise_then_a_resolve_to_the_error() {
+    let mut p = Pair::new();
+    let import = bootstrapped(&mut p);
+    let broken = OutCap::Broken(capnp::Error::failed("it broke".into()));
+    p.a.conn
+        .call(
+            &OutTarget::Import(import),
+            1,
+            0,
+            with_caps(1).get_root_as_reader().unwrap(),
+            &[broken],
+        )
+        .unwrap();
+    assert_eq!(p.a_to_b(), "call:q0->import:0 [sender-promise:0]");
+    assert_eq!(p.a_to_b(), "resolve:0:exception");
+    let Some(Event::Call { answer, params, .. }) = p.b.conn.next_event() else {
+        panic!()
+    };
+    assert!(matches!(
+        params.caps.as_slice(),
+        [InCap::Import {
+            id: 0,
+            promise: true
+        }]
+    ));
+    let Some(Event::Resolve {
+        import: 0,
+        to: Err(e),
+    }) = p.b.conn.next_event()
+    else {
+        panic!()
+    };
+    assert!(e.to_string().contains("it broke"));
+    p.b.conn
+        .return_results(answer, plain().get_root_as_reader().unwrap(), &[]);
+    p.b.conn.release_import(0);
+    p.flush();
+    p.a.events();
+    p.b.events();
+    p.a.conn.release_import(import);
+    p.flush();
+    p.assert_finished();
+}
+
+#[test]
+fn scenario_44_dropping_a_question_before_its_return_sends_finish_and_gets_canceled() {
+    let mut p = Pair::new();
+    let import = bootstrapped(&mut p);
+    let q =
+        p.a.conn
+            .call(
+                &OutTarget::Import(import),
+                1,
+                0,
+                plain().get_root_as_reader().unwrap(),
+                &[],
+            )
+            .unwrap();
+    assert_eq!(p.a_to_b(), "call:q0->import:0");
+    p.a.conn.finish(q);
+    assert_eq!(p.a_to_b(), "finish:q0");
+    let Some(Event::Call { answer, .. }) = p.b.conn.next_event() else {
+        panic!()
+    };
+    let Some(Event::Cancel { answer: cancelled }) = p.b.conn.next_event() else {
+        panic!()
+    };
+    assert_eq!(answer, cancelled);
+    p.b.conn.return_canceled(answer);
+    assert_eq!(p.b_to_a(), "return:a0:canceled");
+    let Some(Event::Return { result: Err(_), .. }) = p.a.conn.next_event() else {
+        panic!()
+    };
+    // No second finish: the question is gone.
+    p.b.events();
+    p.a.conn.release_import(import);
+    assert_eq!(p.flush(), ["A release:0x1"]);
+    p.assert_finished();
+}
+
+#[test]
+fn scenario_48_level_0_peer_release_flags_and_unimplemented_replies() {
+    // releaseResultCaps on finish: B drops the caps it returned.
+    let mut p = Pair::new();
+    p.a.conn.bootstrap(b"").unwrap();
+    p.a_to_b();
+    p.b.events();
+    p.b.conn.return_results(
+        0,
+        cap_root_message().get_root_as_reader().unwrap(),
+        &[OutCap::Local(1)],
+    );
+    p.b.collect_sent_for_test();
+    let mut fin = Builder::new_default();
+    {
+        let mut f = fin.init_root::<message::Builder<'_>>().init_finish();
+        f.set_question_id(0);
+        f.set_release_result_caps(true);
+    }
+    p.b.conn.receive(&frame(&fin));
+    assert!(p.b.conn.table_sizes().is_empty(), "{}", p.b.conn.dump());
+
+    // Unimplemented in reply to our bootstrap and call: the questions fail,
+    // the params' exports are released.
+    let mut p = Pair::new();
+    p.a.conn.bootstrap(b"").unwrap();
+    p.a.conn
+        .call(
+            &OutTarget::Answer {
+                question: 0,
+                path: vec![],
+            },
+            1,
+            0,
+            with_caps(1).get_root_as_reader().unwrap(),
+            &[OutCap::Local(3)],
+        )
+        .unwrap();
+    p.a.collect_sent_for_test();
+    for q in [0, 1] {
+        let mut m = Builder::new_default();
+        {
+            let u = m.init_root::<message::Builder<'_>>().init_unimplemented();
+            if q == 0 {
+                u.init_bootstrap().set_question_id(0);
+            } else {
+                let mut c = u.init_call();
+                c.set_question_id(1);
+                c.init_target().set_imported_cap(0);
+            }
+        }
+        p.a.conn.receive(&frame(&m));
+    }
+    let events = p.a.events();
+    assert_eq!(events.len(), 2);
+    for e in events {
+        let Event::Return { result: Err(e), .. } = e else {
+            panic!()
+        };
+        assert_eq!(e.kind, capnp::ErrorKind::Unimplemented);
+    }
+    assert!(p.a.conn.table_sizes().is_empty(), "{}", p.a.conn.dump());
+    assert!(p.a.conn.aborted().is_none());
+}
+
+/// Feeds B a hand-built message and checks that it aborts with `reason`.
+fn aborts(p: &mut Pair, m: Builder<capnp::message::HeapAllocator>, reason: &str) {
+    p.b.conn.receive(&frame(&m));
+    let e =
+        p.b.conn
+            .aborted()
+            .unwrap_or_else(|| panic!("no abort for {reason}"))
+            .to_string();
+    assert!(e.contains(reason), "{e}");
+    p.b.collect_sent_for_test();
+    let last =
+        p.b.sent
+            .back()
+            .map(|f| harness::summary(f))
+            .unwrap_or_default();
+    assert!(
+        last.starts_with("abort(") && last.contains(reason),
+        "{last}"
+    );
+    assert!(p.b.conn.table_sizes().is_empty());
+}
+
+#[test]
+fn protocol_errors_abort_with_a_reason_and_empty_the_tables() {
+    // A return for a question never asked.
+    let mut m = Builder::new_default();
+    m.init_root::<message::Builder<'_>>()
+        .init_return()
+        .set_answer_id(9);
+    aborts(&mut Pair::new(), m, "return for unknown question 9");
+
+    // A finish sent twice.
+    let mut p = Pair::new();
+    bootstrapped(&mut p);
+    let mut m = Builder::new_default();
+    m.init_root::<message::Builder<'_>>()
+        .init_finish()
+        .set_question_id(0);
+    aborts(&mut p, m, "finish for unknown question 0");
+
+    // Releasing more references than were exported.
+    let mut p = Pair::new();
+    bootstrapped(&mut p);
+    let mut m = Builder::new_default();
+    {
+        let mut r = m.init_root::<message::Builder<'_>>().init_release();
+        r.set_id(0);
+        r.set_reference_count(2);
+    }
+    aborts(
+        &mut p,
+        m,
+        "release of 2 references to export 0, which has 1",
+    );
+
+    // A call on an export that does not exist.
+    let mut m = Builder::new_default();
+    {
+        let mut c = m.init_root::<message::Builder<'_>>().init_call();
+        c.set_question_id(0);
+        c.init_target().set_imported_cap(42);
+    }
+    aborts(&mut Pair::new(), m, "call on unknown export 42");
+
+    // A disembargo on something that is not a promise.
+    let mut p = Pair::new();
+    bootstrapped(&mut p);
+    let mut m = Builder::new_default();
+    {
+        let mut d = m.init_root::<message::Builder<'_>>().init_disembargo();
+        d.reborrow().init_target().set_imported_cap(0);
+        d.init_context().set_sender_loopback(1);
+    }
+    aborts(&mut p, m, "not a resolved promise");
+
+    // The same question id used twice.
+    let mut p = Pair::new();
+    p.a.conn.bootstrap(b"").unwrap();
+    p.a.collect_sent_for_test();
+    let again = p.a.sent.pop_front().unwrap();
+    p.b.conn.receive(&again);
+    p.b.conn.receive(&again);
+    assert!(p
+        .b
+        .conn
+        .aborted()
+        .unwrap()
+        .to_string()
+        .contains("question id 0 is already in use"));
+
+    // A resolve for an import that is not a promise.
+    let mut p = Pair::new();
+    bootstrapped(&mut p);
+    let mut m = Builder::new_default();
+    {
+        let mut r = m.init_root::<message::Builder<'_>>().init_resolve();
+        r.set_promise_id(0);
+        r.init_exception().set_reason("x");
+    }
+    p.a.conn.receive(&frame(&m));
+    assert!(p
+        .a
+        .conn
+        .aborted()
+        .unwrap()
+        .to_string()
+        .contains("resolve of settled import 0"));
+}
+
+#[test]
+fn an_abort_from_the_peer_ends_the_connection_and_empties_the_tables() {
+    let mut p = Pair::new();
+    bootstrapped(&mut p);
+    p.b.conn.abort(capnp::Error::failed("going away".into()));
+    p.b_to_a();
+    let Some(Event::Aborted(e)) = p.a.conn.next_event() else {
+        panic!()
+    };
+    assert!(e.to_string().contains("going away"));
+    assert!(p.a.conn.table_sizes().is_empty() && p.b.conn.table_sizes().is_empty());
+}
