@@ -112,3 +112,114 @@ async fn echo_over_a_socket_pair_ping_heartbeat_and_pipelined_logger() {
     );
     let _unused: Option<CapRef> = None;
 }
+
+fn echo_server_options() -> (Cap<echo::Client>, ConnectionOptions) {
+    let service: Cap<echo::Client> = Cap::new(EchoService::new(
+        Duration::from_millis(1),
+        Sink::Memory(Arc::default()),
+    ));
+    let raw = service.raw().clone();
+    let options = ConnectionOptions {
+        bootstrap: Some(Arc::new(move |_: &[u8]| Ok(raw.clone()))),
+        ..Default::default()
+    };
+    (service, options)
+}
+
+async fn ping(cap: &Cap<echo::Client>) -> Result<String, capnp::Error> {
+    let mut req = cap.client().ping_request();
+    req.get().set_msg("x");
+    Ok(req.send().promise.await?.get()?.get_reply()?.to_string()?)
+}
+
+#[actix::test]
+async fn scenario_56_a_vat_killed_under_a_held_capability_breaks_it_with_disconnected() {
+    let (a, b) = tokio::net::UnixStream::pair().unwrap();
+    let (service, options) = echo_server_options();
+    let server = start_connection(a, options);
+    let client = start_connection(b, ConnectionOptions::default());
+    {
+        let remote: Cap<echo::Client> = Cap::from_raw(client.bootstrap(b""));
+        assert_eq!(ping(&remote).await.unwrap(), "echo:x");
+        let (tx, rx) = futures::channel::oneshot::channel();
+        remote.on_broken(move |e| {
+            let _ = tx.send(e);
+        });
+        server.close("vat killed");
+        let e = tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.kind, capnp::ErrorKind::Disconnected, "{e}");
+        let e = ping(&remote).await.unwrap_err();
+        assert_eq!(e.kind, capnp::ErrorKind::Disconnected, "{e}");
+        assert!(remote.raw().broken_error().is_some());
+        // A watcher added now fires at once.
+        let (tx, mut rx) = futures::channel::oneshot::channel();
+        remote.on_broken(move |e| {
+            let _ = tx.send(e);
+        });
+        assert!(rx.try_recv().unwrap().is_some());
+    }
+    drop(service);
+    capnp_actix::debug::assert_all_released().await;
+    assert!(!client.is_open() && !server.is_open());
+}
+
+#[actix::test]
+async fn scenario_58_after_disconnect_questions_fail_and_nothing_is_left_on_either_side() {
+    let (a, b) = tokio::net::UnixStream::pair().unwrap();
+    struct Never;
+    impl echo::Server for Never {
+        async fn ping(
+            self: std::rc::Rc<Self>,
+            _: echo::PingParams,
+            _: echo::PingResults,
+        ) -> Result<(), capnp::Error> {
+            futures::future::pending::<()>().await;
+            Ok(())
+        }
+        async fn heartbeat(
+            self: std::rc::Rc<Self>,
+            params: echo::HeartbeatParams,
+            _: echo::HeartbeatResults,
+        ) -> Result<(), capnp::Error> {
+            let _held = params.get()?.get_callback()?;
+            futures::future::pending::<()>().await;
+            Ok(())
+        }
+    }
+    let never: Cap<echo::Client> = Cap::new(Never);
+    let raw = never.raw().clone();
+    let server = start_connection(
+        a,
+        ConnectionOptions {
+            bootstrap: Some(Arc::new(move |_: &[u8]| Ok(raw.clone()))),
+            ..Default::default()
+        },
+    );
+    let client = start_connection(b, ConnectionOptions::default());
+    {
+        let remote: Cap<echo::Client> = Cap::from_raw(client.bootstrap(b""));
+        // A question outstanding, a callback exported by the client.
+        let pending = {
+            let r = remote.clone();
+            tokio::task::spawn_local(async move { ping(&r).await })
+        };
+        let mut req = remote.client().heartbeat_request();
+        req.get()
+            .set_callback(capnp_actix::new_client(Recorder(Arc::default())));
+        let _hb = req.send();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (c, _) = client.inspect().await.unwrap();
+        assert!(c.questions > 0 && c.imports > 0 && c.exports > 0, "{c:?}");
+        client.close("client going away");
+        let e = pending.await.unwrap().unwrap_err();
+        assert_eq!(e.kind, capnp::ErrorKind::Disconnected, "{e}");
+    }
+    drop(never);
+    // The server released the client's callback and its answers; nothing
+    // of either side is left.
+    capnp_actix::debug::assert_all_released().await;
+    assert!(!client.is_open() && !server.is_open());
+}

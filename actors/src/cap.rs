@@ -174,8 +174,14 @@ impl CapRef {
     }
 
     pub(crate) fn from_kind_id(kind: Kind, id: u64) -> Self {
-        let settle =
-            matches!(kind, Kind::Promise(_) | Kind::Pipelined { .. }).then(Settle::default);
+        // Promise-like nodes settle when resolved; imports "settle" only
+        // when they break (their connection ends, or the peer resolves
+        // them to an error).
+        let settle = matches!(
+            kind,
+            Kind::Promise(_) | Kind::Pipelined { .. } | Kind::Remote { .. }
+        )
+        .then(Settle::default);
         let scope = registry::current_scope();
         let name = kind.name();
         let node = Arc::new(Node {
@@ -210,7 +216,7 @@ impl CapRef {
     /// True for a capability that is not settled yet (a local promise or a
     /// pipelined field, unresolved or resolved).
     pub fn is_promise(&self) -> bool {
-        self.node.settle.is_some()
+        matches!(self.kind(), Kind::Promise(_) | Kind::Pipelined { .. })
     }
 
     /// The error, if this capability is broken (following resolved promises).
@@ -269,6 +275,9 @@ impl CapRef {
                 conn_id,
                 import,
             } => {
+                if let Some(broken) = self.resolved() {
+                    return broken.deliver(call);
+                }
                 if let Some(a) = call.completer.answer() {
                     a.set_remote(conn.clone(), *conn_id);
                 }
@@ -295,6 +304,10 @@ impl CapRef {
                 let Some(settle) = cur.node.settle.as_ref() else {
                     return Ok(());
                 };
+                if let (Kind::Remote { .. }, None) = (cur.kind(), settle.target()) {
+                    // A working import is settled.
+                    return Ok(());
+                }
                 let rx = {
                     let mut s = settle.lock();
                     match &s.target {

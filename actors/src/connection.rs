@@ -94,6 +94,21 @@ impl Message for BootstrapMsg {
     type Result = ();
 }
 
+/// Ends a connection from this side.
+pub(crate) struct Close(capnp::Error);
+
+impl Message for Close {
+    type Result = ();
+}
+
+impl Handler<Close> for Connection {
+    type Result = ();
+    fn handle(&mut self, Close(reason): Close, ctx: &mut Self::Context) {
+        self.core.abort(reason);
+        self.settle(ctx);
+    }
+}
+
 /// Asks for a connection's table sizes and a dump.
 pub struct Inspect;
 
@@ -132,6 +147,13 @@ impl ConnectionHandle {
     /// and debugging). `None` once the connection has ended.
     pub async fn inspect(&self) -> Option<(TableSizes, String)> {
         self.addr.send(Inspect).await.ok()
+    }
+
+    /// Ends the connection: the peer gets an `abort` with `reason`, and
+    /// every capability imported over it breaks.
+    pub fn close(&self, reason: &str) {
+        self.addr
+            .do_send(Close(capnp::Error::disconnected(reason.to_string())));
     }
 
     /// True while the connection actor runs.
@@ -301,13 +323,13 @@ impl Connection {
                     }
                 }
             }
-            Event::Resolve { import: _, to } => {
+            Event::Resolve { import, to } => match to {
                 // Calls on the promise keep going through the peer, which
                 // forwards them; what it resolved to is not needed here.
-                if let Ok(c) = to {
-                    drop(self.in_cap(c));
-                }
-            }
+                Ok(c) => drop(self.in_cap(c)),
+                // An error needs no embargo: the import is broken from now on.
+                Err(e) => self.break_import(import, e),
+            },
             Event::Loopback { embargo, target } => {
                 let found = match target {
                     CallTarget::Answer { answer, path } => self
@@ -339,8 +361,19 @@ impl Connection {
                         ctx.cancel_future(h);
                     }
                 }
+                for id in self.imports.keys().copied().collect::<Vec<_>>() {
+                    self.break_import(id, e.clone());
+                }
                 self.imports.clear();
             }
+        }
+    }
+
+    /// Breaks the node of an import (its watchers fire, calls fail).
+    fn break_import(&mut self, import: u32, e: capnp::Error) {
+        let node = self.imports.get(&import).and_then(|(w, _)| w.upgrade());
+        if let Some(settle) = node.as_ref().and_then(|n| n.settle.as_ref()) {
+            settle.settle(CapRef::broken(e));
         }
     }
 
