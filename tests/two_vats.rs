@@ -1,5 +1,7 @@
 //! Two of our vats joined by a real socket pair.
 
+mod support;
+
 #[path = "../examples/common/echo_service.rs"]
 #[allow(dead_code)]
 mod echo_service;
@@ -7,7 +9,7 @@ mod echo_service;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use capnp_actix::connection::{start_connection, ConnectionOptions};
+use capnp_actix::connection::{start_connection, ConnectionHandle, ConnectionOptions};
 use capnp_actix::schemas::echo_api_capnp::{callback, echo};
 use capnp_actix::{Cap, CapRef};
 use echo_service::{EchoService, Sink};
@@ -222,4 +224,73 @@ async fn scenario_58_after_disconnect_questions_fail_and_nothing_is_left_on_eith
     // of either side is left.
     capnp_actix::debug::assert_all_released().await;
     assert!(!client.is_open() && !server.is_open());
+}
+
+/// A connected pair: a server offering `bootstrap`, and the client's handle.
+fn pair_serving(bootstrap: capnp_actix::CapRef) -> (ConnectionHandle, ConnectionHandle) {
+    let (a, b) = tokio::net::UnixStream::pair().unwrap();
+    let server = start_connection(
+        a,
+        ConnectionOptions {
+            bootstrap: Some(Arc::new(move |_: &[u8]| Ok(bootstrap.clone()))),
+            ..Default::default()
+        },
+    );
+    (server, start_connection(b, ConnectionOptions::default()))
+}
+
+#[actix::test]
+async fn scenario_13_calls_pipelined_through_an_answer_that_is_our_own_object_keep_order() {
+    use capnp_actix::schemas::test_api_capnp::maker;
+    use support::{call, Log, Maker, Probe};
+    let log = Log::default();
+    let maker: Cap<maker::Client> = Cap::new(Maker::default());
+    let (server, client) = pair_serving(maker.raw().clone());
+    {
+        let remote: Cap<maker::Client> = Cap::from_raw(client.bootstrap(b""));
+        let mine = Probe::cap(&log);
+        let mut req = remote.client().hold_request();
+        req.get().set_probe(mine.client());
+        let pending = req.send();
+        let field = pending.pipeline.get_probe();
+        // M1: pipelined over the wire; they come back to our probe via the server.
+        let mut calls: Vec<_> = (0..100)
+            .map(|i| {
+                let c = field.clone();
+                tokio::task::spawn_local(async move { call(&c, i).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        pending.promise.await.unwrap();
+        // M2: the field is now known to be our own probe, but these must
+        // still arrive after the M1 calls.
+        calls.extend((100..200).map(|i| {
+            let c = field.clone();
+            tokio::task::spawn_local(async move { call(&c, i).await })
+        }));
+        for (i, h) in calls.into_iter().enumerate() {
+            assert_eq!(h.await.unwrap().unwrap(), i as u64);
+        }
+        assert_eq!(log.calls(), (0..200).collect::<Vec<_>>());
+        let (c, dump) = client.inspect().await.unwrap();
+        assert_eq!(c.embargoes, 0, "{dump}");
+    }
+    for _ in 0..200 {
+        let (c, _) = client.inspect().await.unwrap();
+        let (s, _) = server.inspect().await.unwrap();
+        if c.is_empty() && s.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        client.inspect().await.unwrap().0.is_empty(),
+        "{:?}",
+        client.inspect().await
+    );
+    assert!(
+        server.inspect().await.unwrap().0.is_empty(),
+        "{:?}",
+        server.inspect().await
+    );
 }

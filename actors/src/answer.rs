@@ -35,6 +35,11 @@ pub(crate) struct Call {
     pub(crate) method_id: u16,
     pub(crate) params: Payload,
     pub(crate) completer: Completer,
+    /// Not a call but a disembargo's loopback marker (connection id,
+    /// embargo id): it travels the path calls on the target take, so that
+    /// the connection reflects the disembargo only once every earlier call
+    /// has gone out. Capabilities that serve calls drop it.
+    pub(crate) marker: Option<(u64, u32)>,
 }
 
 impl Call {
@@ -114,6 +119,9 @@ struct AnswerState {
     remote: Option<(Recipient<crate::connection::ConnMsg>, u64)>,
     /// Run when the last caller reference goes before the outcome.
     on_cancel: Option<Box<dyn FnOnce() + Send>>,
+    /// Fields under a network embargo: calls on them keep going through
+    /// the connection, which holds them until the embargo lifts.
+    embargoed: Vec<Vec<u16>>,
 }
 
 impl AnswerState {
@@ -223,6 +231,14 @@ impl Answer {
         s.on_cancel = Some(Box::new(move || {
             notify.do_send(crate::connection::ConnMsg::Cancel { answer: weak });
         }));
+    }
+
+    /// Puts field `path` under an embargo (see `embargoed`).
+    pub(crate) fn embargo(&self, path: &[u16]) {
+        let mut s = self.lock();
+        if !s.embargoed.iter().any(|p| p == path) {
+            s.embargoed.push(path.to_vec());
+        }
     }
 
     /// The resolution so far (results or early pipeline), if any.
@@ -388,7 +404,8 @@ impl AnswerRef {
             f.do_send(Forward(path.to_vec(), call));
             return;
         }
-        if let Some(resolution) = s.resolution() {
+        let embargoed = s.embargoed.iter().any(|p| p == path);
+        if let (Some(resolution), false) = (s.resolution(), embargoed) {
             // Nothing was ever queued on this answer, so delivering directly
             // cannot overtake an earlier pipelined call.
             drop(s);

@@ -193,6 +193,8 @@ where
             question_of: HashMap::new(),
             answers: HashMap::new(),
             imports: HashMap::new(),
+            pipelined: HashMap::new(),
+            embargoes: HashMap::new(),
             _guard: registry::ActorGuard::new(),
         }
     });
@@ -214,6 +216,10 @@ pub struct Connection {
     answers: HashMap<u32, (AnswerRef, Option<SpawnHandle>)>,
     /// Imports and the node that holds each.
     imports: HashMap<u32, (Weak<Node>, u64)>,
+    /// Fields of each outstanding question that calls were pipelined on.
+    pipelined: HashMap<u32, Vec<Vec<u16>>>,
+    /// Our embargoes, by id.
+    embargoes: HashMap<u32, Embargo>,
     /// Last: see `ActorGuard`.
     _guard: registry::ActorGuard,
 }
@@ -224,6 +230,23 @@ impl Actor for Connection {
 
 fn key(a: &Arc<Answer>) -> usize {
     Arc::as_ptr(a) as usize
+}
+
+/// What field `path` of an answered question is.
+fn field_of(answer: &Arc<Answer>, path: &[u16]) -> CapRef {
+    match answer.resolution_now() {
+        Some(Ok(f)) => f.cap_at(path),
+        Some(Err(e)) => CapRef::broken(e),
+        None => CapRef::broken(error::internal("pipelined call on an unknown question")),
+    }
+}
+
+/// An embargo of ours: calls on one field of an answered question, held
+/// until the peer reflects the disembargo.
+struct Embargo {
+    answer: Arc<Answer>,
+    path: Vec<u16>,
+    held: Vec<Call>,
 }
 
 impl Connection {
@@ -313,13 +336,27 @@ impl Connection {
                 self.answers.remove(&answer);
             }
             Event::Return { question, result } => {
+                let pipelined = self.pipelined.remove(&question).unwrap_or_default();
                 if let Some((completer, a)) = self.questions.remove(&question) {
-                    if let Some(a) = a {
-                        self.question_of.remove(&key(&a));
+                    if let Some(a) = &a {
+                        self.question_of.remove(&key(a));
                     }
                     match result.and_then(|p| self.in_payload(p)) {
-                        Ok(p) => completer.complete_payload(p),
+                        Ok(p) => {
+                            if let Some(a) = &a {
+                                self.embargo_local_fields(question, a, &p, pipelined);
+                            }
+                            completer.complete_payload(p)
+                        }
                         Err(e) => completer.complete(Err(e)),
+                    }
+                }
+            }
+            Event::EmbargoLifted { embargo } => {
+                if let Some(e) = self.embargoes.remove(&embargo) {
+                    let target = field_of(&e.answer, &e.path);
+                    for call in e.held {
+                        target.deliver(call);
                     }
                 }
             }
@@ -331,19 +368,36 @@ impl Connection {
                 Err(e) => self.break_import(import, e),
             },
             Event::Loopback { embargo, target } => {
-                let found = match target {
+                let resolved = match &target {
                     CallTarget::Answer { answer, path } => self
                         .answers
-                        .get(&answer)
+                        .get(answer)
                         .and_then(|(r, _)| r.shared().resolution_now())
                         .and_then(|o| o.ok())
-                        .map(|f| f.cap_at(&path).shortened()),
+                        .map(|f| f.cap_at(path).shortened()),
                     CallTarget::Local(_) => None,
                 };
-                match found.as_ref().map(CapRef::kind) {
-                    Some(&Kind::Remote {
-                        conn_id, import, ..
-                    }) if conn_id == self.id => self.core.disembargo_reply(embargo, import),
+                let back_to_sender = matches!(
+                    resolved.as_ref().map(CapRef::kind),
+                    Some(Kind::Remote { conn_id, .. }) if *conn_id == self.id
+                );
+                match target {
+                    CallTarget::Answer { answer, path } if back_to_sender => {
+                        // Reflect it along the path calls on that field take
+                        // (through any queue on our side), so that it goes
+                        // out after every call the peer pipelined before it.
+                        let (_, completer) = Answer::open();
+                        let marker = Call {
+                            interface_id: 0,
+                            method_id: 0,
+                            params: Payload::empty(),
+                            completer,
+                            marker: Some((self.id, embargo)),
+                        };
+                        if let Some((r, _)) = self.answers.get(&answer) {
+                            r.deliver_pipelined(&path, marker);
+                        }
+                    }
                     _ => self.core.abort(capnp::Error::failed(
                         "protocol error: disembargo target does not point back to the sender"
                             .into(),
@@ -365,6 +419,44 @@ impl Connection {
                     self.break_import(id, e.clone());
                 }
                 self.imports.clear();
+                self.pipelined.clear();
+                for (_, emb) in self.embargoes.drain() {
+                    for call in emb.held {
+                        call.fail(e.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a return: a field that calls were pipelined on over the wire
+    /// and that turns out not to be the peer's (one of our own objects, or
+    /// one on another connection) gets an embargo, so that calls made on it
+    /// from now on wait for those still coming back through the peer.
+    fn embargo_local_fields(
+        &mut self,
+        question: u32,
+        answer: &Arc<Answer>,
+        results: &Payload,
+        pipelined: Vec<Vec<u16>>,
+    ) {
+        for path in pipelined {
+            let field = results.cap_at(&path).shortened();
+            let theirs =
+                matches!(field.kind(), Kind::Remote { conn_id, .. } if *conn_id == self.id);
+            if theirs || matches!(field.kind(), Kind::Broken(_)) {
+                continue;
+            }
+            if let Some(id) = self.core.disembargo_request(question, &path) {
+                answer.embargo(&path);
+                self.embargoes.insert(
+                    id,
+                    Embargo {
+                        answer: answer.clone(),
+                        path,
+                        held: Vec::new(),
+                    },
+                );
             }
         }
     }
@@ -455,37 +547,53 @@ impl Connection {
     }
 
     fn send_call(&mut self, target: RemoteTarget, call: Call) {
+        if let Some((conn_id, embargo)) = call.marker {
+            // A disembargo marker has come through every earlier call on
+            // its target: reflect it, if the target is our peer's.
+            if let (RemoteTarget::Import(import), true) = (&target, conn_id == self.id) {
+                self.core.disembargo_reply(embargo, *import);
+            }
+            return;
+        }
+        let out_target = match target {
+            RemoteTarget::Import(id) => OutTarget::Import(id),
+            RemoteTarget::Answer { answer, path } => match self.question_of.get(&key(&answer)) {
+                Some(&question) => {
+                    self.pipelined
+                        .entry(question)
+                        .or_default()
+                        .retain(|p| *p != path);
+                    self.pipelined
+                        .entry(question)
+                        .or_default()
+                        .push(path.clone());
+                    OutTarget::Answer { question, path }
+                }
+                None => {
+                    if let Some(e) = self
+                        .embargoes
+                        .values_mut()
+                        .find(|e| Arc::ptr_eq(&e.answer, &answer) && e.path == path)
+                    {
+                        // Held until the calls sent before the return are through.
+                        e.held.push(call);
+                        return;
+                    }
+                    // The return has arrived: the field is known locally.
+                    return field_of(&answer, &path).deliver(call);
+                }
+            },
+        };
         let Call {
             interface_id,
             method_id,
             params,
             completer,
+            ..
         } = call;
         if completer.is_cancelled() {
             return completer.complete(Err(error::cancelled()));
         }
-        let out_target = match target {
-            RemoteTarget::Import(id) => OutTarget::Import(id),
-            RemoteTarget::Answer { answer, path } => match self.question_of.get(&key(&answer)) {
-                Some(&question) => OutTarget::Answer { question, path },
-                None => {
-                    // The return has arrived: the field is known locally.
-                    let target = match answer.resolution_now() {
-                        Some(Ok(f)) => f.cap_at(&path),
-                        Some(Err(e)) => CapRef::broken(e),
-                        None => {
-                            CapRef::broken(error::internal("pipelined call on an unknown question"))
-                        }
-                    };
-                    return target.deliver(Call {
-                        interface_id,
-                        method_id,
-                        params,
-                        completer,
-                    });
-                }
-            },
-        };
         let caps: Vec<OutCap<CapRef>> = params
             .caps
             .iter()

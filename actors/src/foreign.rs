@@ -89,6 +89,7 @@ impl Host for ForeignHost {
             method_id,
             params,
             completer,
+            ..
         } = call;
         let mut request = self.hook.new_call(interface_id, method_id, None);
         let copied = params.with_root(|root| request.hook.get().set_as(root));

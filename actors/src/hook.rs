@@ -109,6 +109,7 @@ pub(crate) fn send_call(
         method_id,
         params,
         completer,
+        marker: None,
     });
     answer
 }

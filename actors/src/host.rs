@@ -116,6 +116,7 @@ impl<D: Server + Clone + 'static> Host for ServerHost<D> {
             method_id,
             params,
             completer,
+            ..
         } = call;
         let slot: hook::ResultsSlot = Rc::new(RefCell::new(None));
         let results = LocalResults::new(completer.answer().cloned(), slot.clone());
@@ -147,6 +148,12 @@ pub(crate) fn start_call<H: Host + ?Sized>(
     cap_id: u64,
     call: Call,
 ) -> Option<LocalBoxFuture<'static, ()>> {
+    if call.marker.is_some() {
+        // A disembargo marker that reached a served capability: the peer
+        // claimed the target pointed back to it, which it does not. Its
+        // embargo never lifts; nothing else is affected.
+        return None;
+    }
     if call.completer.is_cancelled() {
         // Nobody waits for it: it never starts.
         call.fail(error::cancelled());

@@ -27,6 +27,16 @@ pub(crate) struct Payload {
 }
 
 impl Payload {
+    /// A payload with an empty root.
+    pub(crate) fn empty() -> Self {
+        let mut message = message::Builder::new(HeapAllocator::new().first_segment_words(1));
+        message.init_root::<any_pointer::Builder<'_>>();
+        Payload {
+            message,
+            caps: Vec::new(),
+        }
+    }
+
     /// Reads the root pointer with the cap table turned into hooks that live
     /// on the current thread.
     pub(crate) fn with_root<R>(

@@ -209,6 +209,11 @@ pub enum Event<L> {
         /// What it targets.
         target: CallTarget<L>,
     },
+    /// The peer reflected one of our embargoes: calls held by it may go.
+    EmbargoLifted {
+        /// Our embargo id.
+        embargo: u32,
+    },
     /// The connection is over: the peer aborted, or we did.
     Aborted(Error),
 }
@@ -305,6 +310,8 @@ pub struct TableSizes {
     pub exports: usize,
     /// Capabilities we import.
     pub imports: usize,
+    /// Our embargoes awaiting their loopback.
+    pub embargoes: usize,
 }
 
 impl TableSizes {
@@ -324,6 +331,11 @@ pub struct Conn<L> {
     imports: HashMap<u32, Import>,
     decoder: FrameDecoder,
     out: Vec<u8>,
+    /// Finishes for returned questions, sent after whatever the runtime
+    /// writes while handling the return (a disembargo must precede them).
+    deferred_finish: Vec<u32>,
+    /// Our embargoes awaiting their loopback.
+    embargoes: Slots<()>,
     events: VecDeque<Event<L>>,
     aborted: Option<Error>,
 }
@@ -348,6 +360,8 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             export_ids: HashMap::new(),
             imports: HashMap::new(),
             out: Vec::new(),
+            deferred_finish: Vec::new(),
+            embargoes: Slots::new(),
             events: VecDeque::new(),
             aborted: None,
         }
@@ -356,12 +370,15 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     /// Framed bytes to write to the peer (everything produced so far, so
     /// that one batch of input leads to one write).
     pub fn take_output(&mut self) -> Vec<u8> {
+        for q in std::mem::take(&mut self.deferred_finish) {
+            self.finish(q);
+        }
         std::mem::take(&mut self.out)
     }
 
     /// True if there are bytes to write.
     pub fn has_output(&self) -> bool {
-        !self.out.is_empty()
+        !self.out.is_empty() || !self.deferred_finish.is_empty()
     }
 
     /// The next event for the runtime.
@@ -381,6 +398,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             answers: self.answers.len(),
             exports: self.exports.len(),
             imports: self.imports.len(),
+            embargoes: self.embargoes.len(),
         }
     }
 
@@ -445,6 +463,8 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         self.exports.drain();
         self.export_ids.clear();
         self.imports.clear();
+        self.embargoes.drain();
+        self.deferred_finish.clear();
         self.aborted = Some(reason.clone());
         self.events.push_back(Event::Aborted(reason));
     }
@@ -635,6 +655,34 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         }
         self.send(&m);
         self.answered(answer, Vec::new());
+    }
+
+    /// Starts an embargo on field `path` of a question that has just
+    /// returned with a capability that is not the peer's: calls pipelined
+    /// on that field before the return are still on their way back through
+    /// the peer, and later calls must wait for them. Sends a disembargo to
+    /// the peer, who reflects it once those calls are through; then
+    /// [`Event::EmbargoLifted`] reports it. Call while handling the
+    /// [`Event::Return`] (before the question's finish is written).
+    pub fn disembargo_request(&mut self, question: u32, path: &[u16]) -> Option<u32> {
+        if self.aborted.is_some() {
+            return None;
+        }
+        let id = self.embargoes.insert(());
+        let mut m = Builder::new_default();
+        {
+            let mut d = m.init_root::<rpc_message::Builder<'_>>().init_disembargo();
+            write_target(
+                &OutTarget::Answer {
+                    question,
+                    path: path.to_vec(),
+                },
+                d.reborrow().init_target(),
+            );
+            d.init_context().set_sender_loopback(id);
+        }
+        self.send(&m);
+        Some(id)
     }
 
     /// Reflects a disembargo ([`Event::Loopback`]) back to the peer, on the
@@ -935,7 +983,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                 if no_finish_needed || already_finished {
                     self.questions.remove(answer);
                 } else {
-                    self.finish(answer);
+                    self.deferred_finish.push(answer);
                 }
                 self.events.push_back(Event::Return {
                     question: answer,
@@ -1017,9 +1065,12 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                     }
                 },
                 RawEmbargo::ReceiverLoopback(e) => {
-                    return Err(protocol_error(format!(
-                        "disembargo for unknown embargo {e}"
-                    )));
+                    if self.embargoes.remove(e).is_none() {
+                        return Err(protocol_error(format!(
+                            "disembargo for unknown embargo {e}"
+                        )));
+                    }
+                    self.events.push_back(Event::EmbargoLifted { embargo: e });
                 }
                 RawEmbargo::Other => {
                     let root: rpc_message::Reader<'_> = msg.get_root()?;
