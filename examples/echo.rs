@@ -26,12 +26,30 @@
 //!
 //! Standard output carries exactly the lines the tutorial prints; errors and
 //! diagnostics go to standard error, and any failure exits non-zero.
+//!
+//! The same service and callback also run over the network (no TLS yet):
+//!
+//! ```text
+//! echo serve --capnp-listen-address unix:/tmp/echo.sock --capnp-disable-tls
+//! echo service running at: capnp://insecure@/tmp/echo.sock/bWFpbg
+//!
+//! echo ping capnp://insecure@/tmp/echo.sock/bWFpbg hello    # Got reply "echo:hello"
+//! echo log capnp://insecure@/tmp/echo.sock/bWFpbg hello     # server: Service logger: hello
+//! echo connect capnp://insecure@/tmp/echo.sock/bWFpbg       # Callback got "foo" (x3)
+//! ```
+//!
+//! `serve` offers the service under the ID `main` (the URI it prints) and,
+//! because TLS is off, under the empty ID too, which is what clients that
+//! cannot send an ID (pycapnp, the C++ EzRpc client) ask for. Exit codes:
+//! 0 on success, 1 when a call or the connection fails, 2 for a bad
+//! command line (an address or URI that does not parse, TLS requested).
 
 #[path = "common/echo_service.rs"]
 #[allow(dead_code)]
 mod echo_service;
 
 use std::error::Error;
+use std::io::Write;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,11 +57,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use capnp_actix::schemas::echo_api_capnp::{callback, echo};
-use capnp_actix::Cap;
+use capnp_actix::vat::{self, Services};
+use capnp_actix::{Address, Cap, SturdyUri};
 use clap::{Parser, Subcommand};
 use echo_service::{EchoService, Sink};
 
-/// The capnp-actix echo tutorial (and, later, an echo client and server).
+/// The capnp-actix echo tutorial, and an echo server and clients.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
@@ -62,10 +81,51 @@ struct Args {
     heartbeat_interval: Duration,
 }
 
-/// Subcommands. Reserved: `serve`, `connect`, `ping` and `log` (over the
-/// network) come later; none exists yet.
+/// The network subcommands.
 #[derive(Subcommand, Debug)]
-enum Command {}
+enum Command {
+    /// Serve the echo service (ID `main`, and the empty ID) until killed.
+    Serve {
+        /// Where to listen: tcp:HOST:PORT (port 0 picks one) or unix:PATH.
+        #[arg(long, value_name = "ADDR")]
+        capnp_listen_address: Address,
+
+        /// Serve without TLS (required: TLS vats are not supported yet).
+        #[arg(long)]
+        capnp_disable_tls: bool,
+
+        /// Seconds between the service's heartbeat callbacks.
+        #[arg(
+            long,
+            value_name = "SECS",
+            default_value = "1.0",
+            value_parser = parse_interval,
+            allow_hyphen_values = true
+        )]
+        heartbeat_interval: Duration,
+    },
+    /// Call `heartbeat("foo", callback)` with a callback of ours, which
+    /// the service calls three times.
+    Connect {
+        /// The service's sturdy URI, as `serve` prints it.
+        uri: SturdyUri,
+    },
+    /// Call `ping(MSG)` and print the reply.
+    Ping {
+        /// The service's sturdy URI, as `serve` prints it.
+        uri: SturdyUri,
+        /// What to send.
+        msg: String,
+    },
+    /// Call `log(MSG)` on the service's logger, pipelined on `getLogger`
+    /// (the server prints `Service logger: MSG`).
+    Log {
+        /// The service's sturdy URI, as `serve` prints it.
+        uri: SturdyUri,
+        /// What to log.
+        msg: String,
+    },
+}
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
     let secs: f64 = s.parse().map_err(|e| format!("not a number: {e}"))?;
@@ -92,6 +152,9 @@ impl callback::Server for PrintCallback {
 }
 
 type BoxError = Box<dyn Error>;
+
+/// Exit status for a command line we cannot act on (as clap uses).
+const USAGE: u8 = 2;
 
 async fn tutorial(interval: Duration) -> Result<(), BoxError> {
     // Everything lives in this block, so that it is all dropped before the
@@ -141,6 +204,70 @@ async fn tutorial(interval: Duration) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// `echo serve`: offer the service until the process is killed.
+async fn serve(address: Address, interval: Duration) -> Result<(), BoxError> {
+    let service: Cap<echo::Client> = Cap::new(EchoService::new(interval, Sink::Stdout));
+    let mut services = Services::new();
+    // Without TLS, clients that cannot send a service ID get it too.
+    services.add("main", &service).add("", &service);
+    let listening = vat::serve(&address, services).await?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "echo service running at: {}", listening.uri(b"main"))?;
+    stdout.flush()?;
+    drop(stdout);
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// The echo service a sturdy URI names (calls on it are pipelined on the
+/// connection and the bootstrap).
+async fn import_echo(uri: &SturdyUri) -> Result<echo::Client, BoxError> {
+    let raw = vat::import(uri).await?;
+    Ok(Cap::<echo::Client>::from_raw(raw).client())
+}
+
+/// `echo ping`: one call, its reply printed.
+async fn ping(uri: SturdyUri, msg: String) -> Result<(), BoxError> {
+    let echo = import_echo(&uri).await?;
+    let mut request = echo.ping_request();
+    request.get().set_msg(&msg[..]);
+    let response = request.send().promise.await?;
+    let reply = response.get()?.get_reply()?.to_str()?;
+    println!("Got reply {reply:?}");
+    Ok(())
+}
+
+/// `echo connect`: `heartbeat` with a callback of ours, called over the
+/// connection by the service.
+async fn connect(uri: SturdyUri) -> Result<(), BoxError> {
+    let echo = import_echo(&uri).await?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let callback: Cap<callback::Client> = Cap::new(PrintCallback {
+        calls: calls.clone(),
+    });
+    let mut request = echo.heartbeat_request();
+    request.get().set_msg("foo");
+    request.get().set_callback(callback.client());
+    request.send().promise.await?;
+    let n = calls.load(Ordering::SeqCst);
+    if n != 3 {
+        return Err(format!("heartbeat: expected 3 callbacks, got {n}").into());
+    }
+    Ok(())
+}
+
+/// `echo log`: `log(MSG)` sent to the logger `getLogger` will return,
+/// without waiting for `getLogger`'s answer; only `log` is awaited.
+async fn log(uri: SturdyUri, msg: String) -> Result<(), BoxError> {
+    let echo = import_echo(&uri).await?;
+    let pending = echo.get_logger_request().send();
+    let logger = pending.pipeline.get_callback();
+    let mut request = logger.log_request();
+    request.get().set_msg(&msg[..]);
+    request.send().promise.await?;
+    Ok(())
+}
+
 fn init_tracing() {
     // Diagnostics on stderr, chosen with RUST_LOG (off by default). The
     // runtime runs each call in a `call` span: print spans as they close.
@@ -157,9 +284,26 @@ fn init_tracing() {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing();
+    let system = actix::System::new();
     let outcome = match args.command {
-        None => actix::System::new().block_on(tutorial(args.heartbeat_interval)),
-        Some(command) => match command {},
+        None => system.block_on(tutorial(args.heartbeat_interval)),
+        Some(Command::Serve {
+            capnp_listen_address,
+            capnp_disable_tls,
+            heartbeat_interval,
+        }) => {
+            if !capnp_disable_tls {
+                eprintln!(
+                    "echo: TLS vats are not supported yet; \
+                     serve with --capnp-disable-tls"
+                );
+                return ExitCode::from(USAGE);
+            }
+            system.block_on(serve(capnp_listen_address, heartbeat_interval))
+        }
+        Some(Command::Connect { uri }) => system.block_on(connect(uri)),
+        Some(Command::Ping { uri, msg }) => system.block_on(ping(uri, msg)),
+        Some(Command::Log { uri, msg }) => system.block_on(log(uri, msg)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

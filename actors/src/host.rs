@@ -58,6 +58,13 @@ impl IncomingCall {
         self.call.method_id
     }
 
+    /// Fails this call with `error` without running anything (for example
+    /// `capnp::Error::unimplemented` for an interface the actor does not
+    /// serve).
+    pub fn fail(self, error: capnp::Error) {
+        self.call.fail(error);
+    }
+
     /// Serves this call with `server`, a value implementing a generated
     /// `Server` trait (for example `echo::Server`), typically built from the
     /// hosting actor's state. The method starts now, in mailbox order, and

@@ -15,7 +15,10 @@
 //! [`Cap`] is `Send + Sync`: it may be moved to another arbiter, thread or
 //! actix-web worker and called there ([`Cap::client`] builds the generated
 //! client on the calling thread). Generated clients themselves are `!Send`,
-//! as capnp's hook types are.
+//! as capnp's hook types are, and so are the futures of their calls: on
+//! another arbiter, start them with `arbiter.spawn_fn(move || {
+//! actix::spawn(async move { cap.client()... }) })` rather than
+//! `arbiter.spawn`, which wants a `Send` future.
 //!
 //! # Release
 //!
@@ -164,8 +167,10 @@ impl<C> Cap<C> {
 
     /// A capability served by a user's own actor: each call arrives as an
     /// [`IncomingCall`] message, which the actor answers with
-    /// [`IncomingCall::serve`], with full access to its state and context.
-    /// The actor decides its own lifetime.
+    /// [`IncomingCall::serve`] (or [`IncomingCall::fail`]), with full access
+    /// to its state and context. The actor decides its own lifetime. Each
+    /// call makes a new capability: keep the `Cap` and clone it to hand out
+    /// one identity.
     pub fn from_actor<A>(addr: Addr<A>) -> Self
     where
         A: Actor + Handler<IncomingCall>,
