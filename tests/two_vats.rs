@@ -294,3 +294,61 @@ async fn scenario_13_calls_pipelined_through_an_answer_that_is_our_own_object_ke
         server.inspect().await
     );
 }
+
+#[actix::test]
+async fn scenario_02_a_call_on_a_broken_bootstrap_fails_and_releases_its_arguments() {
+    use support::{Log, Probe};
+    let log = Log::default();
+    let (a, b) = tokio::net::UnixStream::pair().unwrap();
+    let server = start_connection(
+        a,
+        ConnectionOptions {
+            bootstrap: Some(Arc::new(|_: &[u8]| {
+                Err(capnp::Error::failed("no such service".into()))
+            })),
+            ..Default::default()
+        },
+    );
+    let client = start_connection(b, ConnectionOptions::default());
+    {
+        use capnp_actix::schemas::test_api_capnp::maker;
+        let broken: Cap<maker::Client> = Cap::from_raw(client.bootstrap(b""));
+        let mut req = broken.client().hold_request();
+        req.get().set_probe(Probe::cap(&log).client());
+        let e = req.send().promise.await.err().unwrap();
+        assert!(e.to_string().contains("no such service"), "{e}");
+    }
+    for _ in 0..400 {
+        if log.released() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        log.released(),
+        1,
+        "the probe passed to the broken bootstrap is released"
+    );
+    let (c, d) = client.inspect().await.unwrap();
+    assert!(c.is_empty(), "{d}");
+    let (s, d) = server.inspect().await.unwrap();
+    assert!(s.is_empty(), "{d}");
+}
+
+#[actix::test]
+async fn scenario_16_a_pipelined_call_on_a_missing_field_fails_with_an_error() {
+    use capnp_actix::schemas::test_api_capnp::maker;
+    use support::{call, Maker};
+    let maker: Cap<maker::Client> = Cap::new(Maker::default());
+    let (server, client) = pair_serving(maker.raw().clone());
+    {
+        let remote: Cap<maker::Client> = Cap::from_raw(client.bootstrap(b""));
+        // `hold` with no probe: the returned field is null.
+        let pending = remote.client().hold_request().send();
+        let e = call(&pending.pipeline.get_probe(), 1).await.unwrap_err();
+        assert!(e.to_string().to_lowercase().contains("null"), "{e}");
+        let (c, _) = client.inspect().await.unwrap();
+        assert_eq!(c.embargoes, 0, "errors are never embargoed");
+    }
+    let _ = server;
+}
