@@ -34,8 +34,10 @@ use capnp::traits::{Imbue, ImbueMut};
 pub struct ConnLimits {
     /// Questions we may have outstanding; a call beyond fails with Overloaded.
     pub max_questions: usize,
-    /// Answers the peer may have us owe at once; beyond, the call is
-    /// answered with Overloaded.
+    /// Calls the peer may have outstanding on us at once (answers not yet
+    /// finished); a peer that goes beyond is aborted with Overloaded: it is
+    /// flooding us, and refusing calls one by one would still cost a table
+    /// entry each until their finish.
     pub max_answers: usize,
     /// Distinct capabilities exported to the peer; beyond, the capability is
     /// sent as broken (Overloaded).
