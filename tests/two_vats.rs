@@ -352,3 +352,60 @@ async fn scenario_16_a_pipelined_call_on_a_missing_field_fails_with_an_error() {
     }
     let _ = server;
 }
+
+#[actix::test]
+async fn a_peer_that_never_reads_is_cut_off_and_others_are_unaffected() {
+    use capnp_actix::proto::captp::{Conn, ConnLimits, OutTarget};
+    use capnp_actix::proto::Limits;
+    use tokio::io::AsyncWriteExt;
+    let (service, mut options) = echo_server_options();
+    options.max_outgoing_bytes = 4 << 20;
+    let (a, mut b) = tokio::net::UnixStream::pair().unwrap();
+    let server = start_connection(a, options.clone());
+    // A raw client: bootstrap, then 40 pings of 512 KiB, never reading.
+    let mut core: Conn<u32> = Conn::new(ConnLimits::default(), Limits::default());
+    let q = core.bootstrap(b"").unwrap();
+    let big = "x".repeat(512 * 1024);
+    for _ in 0..40 {
+        let mut m = capnp::message::Builder::new_default();
+        m.init_root::<echo::ping_params::Builder<'_>>()
+            .set_msg(&big[..]);
+        core.call(
+            &OutTarget::Answer {
+                question: q,
+                path: vec![],
+            },
+            <echo::Client as capnp::traits::HasTypeId>::TYPE_ID,
+            0,
+            m.get_root_as_reader().unwrap(),
+            &[],
+        )
+        .unwrap();
+    }
+    let bytes = core.take_output();
+    tokio::task::spawn_local(async move {
+        let _ = b.write_all(&bytes).await;
+        // Hold the socket open without reading.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(b);
+    });
+    let mut closed = false;
+    for _ in 0..400 {
+        if !server.is_open() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        closed,
+        "the server kept queueing for a peer that does not read"
+    );
+    // Another connection to the same service works.
+    let (a2, b2) = tokio::net::UnixStream::pair().unwrap();
+    let _server2 = start_connection(a2, options);
+    let client2 = start_connection(b2, ConnectionOptions::default());
+    let cap: Cap<echo::Client> = Cap::from_raw(client2.bootstrap(b""));
+    assert_eq!(ping(&cap).await.unwrap(), "echo:x");
+    drop(service);
+}

@@ -8,6 +8,7 @@
 //! or one chunk of input is written in one write.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use actix::{
@@ -43,7 +44,14 @@ pub struct ConnectionOptions {
     pub reader: Limits,
     /// What the peer gets when it asks for a bootstrap capability.
     pub bootstrap: Option<BootstrapFn>,
+    /// Bytes written but not yet taken by the peer that we accept to hold;
+    /// beyond, the connection is aborted (a peer that does not read).
+    /// `0` means the default, 64 MiB.
+    pub max_outgoing_bytes: usize,
 }
+
+/// Default of [`ConnectionOptions::max_outgoing_bytes`].
+pub const DEFAULT_MAX_OUTGOING_BYTES: usize = 64 << 20;
 
 impl std::fmt::Debug for ConnectionOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -169,6 +177,8 @@ where
 {
     let (read, mut write) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let written = queued.clone();
     // The writer: everything queued since the last write goes out in one.
     actix_rt::spawn(async move {
         while let Some(mut buf) = rx.recv().await {
@@ -178,15 +188,22 @@ where
             if write.write_all(&buf).await.is_err() {
                 break;
             }
+            written.fetch_sub(buf.len(), Ordering::Relaxed);
         }
         let _ = write.shutdown().await;
     });
+    let max_outgoing = match options.max_outgoing_bytes {
+        0 => DEFAULT_MAX_OUTGOING_BYTES,
+        n => n,
+    };
     let addr = Connection::create(move |ctx| {
         ctx.add_stream(tokio_util::io::ReaderStream::with_capacity(read, 64 * 1024));
         Connection {
             id: next_id(),
             core: Conn::new(options.tables, options.reader),
             out: Some(tx),
+            queued,
+            max_outgoing,
             bootstrap: options.bootstrap,
             me: ctx.address().recipient(),
             questions: HashMap::new(),
@@ -206,6 +223,9 @@ pub struct Connection {
     id: u64,
     core: Conn<CapRef>,
     out: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    /// Bytes handed to the writer and not yet written.
+    queued: Arc<AtomicUsize>,
+    max_outgoing: usize,
     bootstrap: Option<BootstrapFn>,
     me: Recipient<ConnMsg>,
     /// Our questions: who waits for the answer.
@@ -255,9 +275,24 @@ impl Connection {
         while let Some(event) = self.core.next_event() {
             self.on_event(event, ctx);
         }
-        let bytes = self.core.take_output();
+        let mut bytes = self.core.take_output();
+        if !bytes.is_empty()
+            && self.queued.load(Ordering::Relaxed) + bytes.len() > self.max_outgoing
+            && self.core.aborted().is_none()
+        {
+            self.core.abort(capnp::Error::overloaded(format!(
+                "the peer is not reading: more than {} bytes wait to be written",
+                self.max_outgoing
+            )));
+            while let Some(event) = self.core.next_event() {
+                self.on_event(event, ctx);
+            }
+            // Only the abort itself goes out.
+            bytes = self.core.take_output();
+        }
         if !bytes.is_empty() {
             if let Some(out) = &self.out {
+                self.queued.fetch_add(bytes.len(), Ordering::Relaxed);
                 let _ = out.send(bytes);
             }
         }
