@@ -412,7 +412,12 @@ impl AnswerRef {
             resolve_path(&resolution, path).deliver(call);
             return;
         }
-        if let Some((conn, _)) = &s.remote {
+        if let Some((conn, conn_id)) = &s.remote {
+            // The call's own answer is remote too from now on, so that calls
+            // pipelined on *its* fields go out at once as well.
+            if let Some(a) = call.completer.answer() {
+                a.set_remote(conn.clone(), *conn_id);
+            }
             // Promise pipelining over the wire: the connection sends it as a
             // call on a promised answer (or, if the return has arrived
             // meanwhile, to what the field became).
