@@ -70,7 +70,8 @@ struct Args {
     #[command(subcommand)]
     command: Option<Command>,
 
-    /// Seconds between the service's heartbeat callbacks.
+    /// Seconds between the service's heartbeat callbacks, in the tutorial
+    /// (`serve` takes its own).
     #[arg(
         long,
         value_name = "SECS",
@@ -212,7 +213,11 @@ async fn serve(address: Address, interval: Duration) -> Result<(), BoxError> {
     services.add("main", &service).add("", &service);
     let listening = vat::serve(&address, services).await?;
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "echo service running at: {}", listening.uri(b"main"))?;
+    writeln!(
+        stdout,
+        "echo service running at: {}",
+        listening.uri(b"main")
+    )?;
     stdout.flush()?;
     drop(stdout);
     std::future::pending::<()>().await;

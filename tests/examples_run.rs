@@ -1,21 +1,26 @@
-//! Runs the examples (`echo`, `actor_service`, `web --self-test`) as their
-//! users would and checks what they print.
+//! Runs the examples (`echo`, `actor_service`, `web --self-test`, `bench`)
+//! as their users would and checks what they print; the network ones
+//! (`echo serve` with `echo ping` / `log` / `connect`, `bench serve` with
+//! `bench client`) across processes.
 //!
 //! Cargo does not tell an integration test where example binaries are, and
 //! does not build them for `cargo test --test examples_run`. So the first
 //! test to need them runs `cargo build --examples`-style once (with the same
 //! cargo and the profile this test was built with; a no-op when they are
 //! up to date) and takes the binaries' paths from cargo's JSON messages.
-//! Each example runs under a timeout and is killed if it overruns.
+//! Each example runs under a timeout and is killed if it overruns; servers
+//! started in the background are killed when their test ends, however it
+//! ends.
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const EXAMPLES: [&str; 3] = ["echo", "actor_service", "web"];
+const EXAMPLES: [&str; 4] = ["echo", "actor_service", "web", "bench"];
 
 /// How long one example may run.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -261,4 +266,347 @@ fn web_self_test_passes() {
         "{run}"
     );
     assert_eq!(lines.last(), Some(&"self-test passed"), "{run}");
+}
+
+/// A directory of our own under the system's temporary directory (for
+/// Unix sockets), removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir =
+            std::env::temp_dir().join(format!("capnp-actix-examples-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// How long a server may take to say where it listens, and to print a line
+/// we expect.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An example serving in the background until the test drops it (then it
+/// is killed).
+struct Server {
+    child: Child,
+    /// Lines of its standard output, as they come.
+    lines: mpsc::Receiver<String>,
+    /// Every line read so far (for failure messages).
+    seen: Vec<String>,
+    stderr: Option<JoinHandle<String>>,
+    /// The URI it printed.
+    uri: String,
+}
+
+impl Server {
+    /// Starts example `name` with `args` and waits for the line starting
+    /// with `banner`, which ends with the service's URI.
+    fn start(name: &str, args: &[&str], banner: &str) -> Server {
+        let path = &example_binaries()[name];
+        let mut child = Command::new(path)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start {}: {e}", path.display()));
+        let (tx, lines) = mpsc::channel();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stderr_pipe = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr_pipe.read_to_string(&mut text);
+            text
+        });
+        let mut server = Server {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr: Some(stderr),
+            uri: String::new(),
+        };
+        let line = server.expect(|l| l.starts_with(banner), &format!("{banner}URI"));
+        server.uri = line[banner.len()..].to_string();
+        server
+    }
+
+    /// Waits for a line of standard output that `wanted` accepts.
+    fn expect(&mut self, wanted: impl Fn(&str) -> bool, what: &str) -> String {
+        let deadline = Instant::now() + SERVER_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if wanted(&line) {
+                        return line;
+                    }
+                }
+                Err(e) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    let stderr = self
+                        .stderr
+                        .take()
+                        .and_then(|t| t.join().ok())
+                        .unwrap_or_default();
+                    panic!(
+                        "the server never printed {what:?} ({e:?})\n\
+                         --- stdout ---\n{}\n--- stderr ---\n{stderr}",
+                        self.seen.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits for exactly `line` on standard output.
+    fn expect_line(&mut self, line: &str) {
+        self.expect(|l| l == line, line);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn exit_code(run: &Run) -> Option<i32> {
+    run.status.code()
+}
+
+/// `echo serve` on `address`, with a fast heartbeat.
+fn echo_server(address: &str) -> Server {
+    Server::start(
+        "echo",
+        &[
+            "serve",
+            "--capnp-listen-address",
+            address,
+            "--capnp-disable-tls",
+            "--heartbeat-interval",
+            "0.01",
+        ],
+        "echo service running at: ",
+    )
+}
+
+/// `echo ping`, `echo log` and `echo connect` against a running server.
+fn exercise_echo_clients(server: &mut Server) {
+    let uri = server.uri.clone();
+
+    let run = run_example("echo", &["ping", &uri, "hello"]);
+    assert!(run.status.success(), "{run}");
+    assert_eq!(run.lines(), [r#"Got reply "echo:hello""#], "{run}");
+    assert!(run.stderr.is_empty(), "{run}");
+
+    let run = run_example("echo", &["log", &uri, "over the wire"]);
+    assert!(run.status.success(), "{run}");
+    assert!(run.stdout.is_empty(), "{run}");
+    assert!(run.stderr.is_empty(), "{run}");
+    server.expect_line("Service logger: over the wire");
+
+    let run = run_example("echo", &["connect", &uri]);
+    assert!(run.status.success(), "{run}");
+    assert_eq!(run.lines(), [r#"Callback got "foo""#; 3], "{run}");
+    assert!(run.stderr.is_empty(), "{run}");
+}
+
+#[test]
+fn echo_serve_and_clients_over_a_unix_socket() {
+    let dir = TempDir::new("echo-unix");
+    let socket = dir.path().join("echo.sock");
+    let mut server = echo_server(&format!("unix:{}", socket.display()));
+    assert_eq!(
+        server.uri,
+        format!("capnp://insecure@{}/bWFpbg", socket.display())
+    );
+    exercise_echo_clients(&mut server);
+
+    // The empty service ID is served too (TLS is off).
+    let empty = server.uri.strip_suffix("bWFpbg").unwrap().to_string();
+    let run = run_example("echo", &["ping", &empty, "no id"]);
+    assert!(run.status.success(), "{run}");
+    assert_eq!(run.lines(), [r#"Got reply "echo:no id""#], "{run}");
+
+    // An ID nobody serves fails the call: exit 1, the error on stderr.
+    let unknown = format!("{empty}bm9wZQ");
+    let run = run_example("echo", &["ping", &unknown, "x"]);
+    assert_eq!(exit_code(&run), Some(1), "{run}");
+    assert!(run.stdout.is_empty(), "{run}");
+    assert!(
+        run.stderr.contains("Unknown persistent service ID"),
+        "{run}"
+    );
+}
+
+#[test]
+fn echo_serve_and_clients_over_tcp_on_a_chosen_port() {
+    let mut server = echo_server("tcp:127.0.0.1:0");
+    let port = server
+        .uri
+        .strip_prefix("capnp://insecure@127.0.0.1:")
+        .and_then(|rest| rest.strip_suffix("/bWFpbg"))
+        .and_then(|port| port.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("unexpected URI {:?}", server.uri));
+    assert_ne!(port, 0);
+    exercise_echo_clients(&mut server);
+}
+
+#[test]
+fn echo_serve_refuses_tls_and_bad_addresses() {
+    let run = run_example(
+        "echo",
+        &["serve", "--capnp-listen-address", "tcp:127.0.0.1:0"],
+    );
+    assert_eq!(exit_code(&run), Some(2), "{run}");
+    assert!(run.stdout.is_empty(), "{run}");
+    assert!(
+        run.stderr.contains("TLS vats are not supported yet"),
+        "{run}"
+    );
+    assert!(run.stderr.contains("--capnp-disable-tls"), "{run}");
+
+    for (bad, problem) in [
+        (
+            "udp:127.0.0.1:7000",
+            "Only tcp:HOST:PORT and unix:PATH addresses are supported",
+        ),
+        ("tcp:localhost", "missing a port"),
+        ("tcp:localhost:http", "invalid port \"http\""),
+        ("unix:", "missing a socket path"),
+        ("localhost", "missing ':'"),
+    ] {
+        let run = run_example(
+            "echo",
+            &[
+                "serve",
+                "--capnp-listen-address",
+                bad,
+                "--capnp-disable-tls",
+            ],
+        );
+        assert_eq!(exit_code(&run), Some(2), "{bad}: {run}");
+        assert!(run.stdout.is_empty(), "{bad}: {run}");
+        assert!(run.stderr.contains(problem), "{bad}: {run}");
+    }
+}
+
+#[test]
+fn echo_clients_refuse_bad_uris() {
+    for (bad, problem) in [
+        ("http://insecure@127.0.0.1:7000/bWFpbg", "wrong scheme"),
+        ("capnp://insecure@127.0.0.1/bWFpbg", "missing port"),
+        ("capnp://127.0.0.1:7000/bWFpbg", "missing digest hash type"),
+        ("capnp://insecure@127.0.0.1:7000/!!", "service ID"),
+        ("not a uri", "not a valid URI"),
+    ] {
+        for args in [
+            vec!["ping", bad, "x"],
+            vec!["log", bad, "x"],
+            vec!["connect", bad],
+        ] {
+            let run = run_example("echo", &args);
+            assert_eq!(exit_code(&run), Some(2), "{args:?}: {run}");
+            assert!(run.stdout.is_empty(), "{args:?}: {run}");
+            assert!(run.stderr.contains(problem), "{args:?}: {run}");
+        }
+    }
+}
+
+#[test]
+fn echo_clients_fail_when_nothing_listens() {
+    let dir = TempDir::new("echo-nothing");
+    let socket = dir.path().join("nobody.sock");
+    let uri = format!("capnp://insecure@{}/bWFpbg", socket.display());
+    for args in [
+        vec!["ping", &uri, "x"],
+        vec!["log", &uri, "x"],
+        vec!["connect", &uri],
+    ] {
+        let run = run_example("echo", &args);
+        assert_eq!(exit_code(&run), Some(1), "{args:?}: {run}");
+        assert!(run.stdout.is_empty(), "{args:?}: {run}");
+        assert!(
+            run.stderr.starts_with("echo: ") && run.stderr.contains(&socket.display().to_string()),
+            "{args:?}: {run}"
+        );
+    }
+}
+
+#[test]
+fn bench_serve_and_client_across_processes() {
+    let dir = TempDir::new("bench");
+    let socket = dir.path().join("bench.sock");
+    let server = Server::start(
+        "bench",
+        &["serve", &format!("unix:{}", socket.display())],
+        "bench service running at: ",
+    );
+    let run = run_example(
+        "bench",
+        &["client", &server.uri, "--calls", "20", "--rounds", "1"],
+    );
+    assert!(run.status.success(), "{run}");
+    assert!(
+        run.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("median: ping median ")),
+        "{run}"
+    );
+}
+
+#[test]
+fn bench_compare_runs_both_runtimes_and_prints_ratios() {
+    let run = run_example("bench", &["compare", "--quick", "--calls", "20"]);
+    assert!(run.status.success(), "{run}");
+    assert!(run.stderr.is_empty(), "{run}");
+    for row in [
+        "ping round trip, median (µs)",
+        "ping round trip, p99 (µs)",
+        "pings/s, 100 in flight",
+        "echoBytes 64 KiB (MB/s)",
+    ] {
+        let line = run
+            .lines()
+            .into_iter()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no row {row:?}\n{run}"));
+        // Two figures and a ratio, all positive numbers.
+        let figures: Vec<f64> = line[row.len()..]
+            .split_whitespace()
+            .take(3)
+            .map(|f| f.parse().unwrap_or(f64::NAN))
+            .collect();
+        assert!(
+            figures.len() == 3 && figures.iter().all(|f| *f > 0.0),
+            "{line}\n{run}"
+        );
+    }
+    assert!(
+        run.stdout.contains("ratio > 1 means capnp-actix is faster"),
+        "{run}"
+    );
 }

@@ -1,0 +1,697 @@
+//! Network benchmark: Cap'n Proto RPC calls over a socket, on our runtime
+//! and on the capnp-rpc crate, for the `Bench` interface of
+//! `schemas/bench.capnp`.
+//!
+//! ```text
+//! cargo run --release --example bench -- compare            # both runtimes, one run
+//! cargo run --release --example bench -- compare --quick    # fewer calls, one round
+//! cargo run --release --example bench -- serve unix:/tmp/bench.sock
+//! cargo run --release --example bench -- client capnp://insecure@/tmp/bench.sock/bWFpbg
+//! ```
+//!
+//! The service: `ping(n)` returns `n + 1` (so that a reply shows the
+//! server read the request) and `echoBytes(data)` returns `data`. The same
+//! server type runs on both runtimes. The client checks every reply; it
+//! also accepts `n` from `ping`, which is what the schema's comment asks
+//! for, so `bench client` works against other implementations' servers.
+//!
+//! `compare` runs, in one process, over Unix sockets in a temporary
+//! directory:
+//!
+//! - our server on a thread of its own (its own actix system), and our
+//!   client on another, connected with `vat::import`;
+//! - a capnp-rpc server on a third thread (tokio current-thread runtime and
+//!   `LocalSet`) and the capnp-rpc client on a fourth.
+//!
+//! Each round measures, per pair, after a warm-up:
+//!
+//! - sequential `ping`: one call at a time; median and 99th percentile of
+//!   the round trip, in µs;
+//! - `ping` with 100 calls in flight: calls/s;
+//! - sequential `echoBytes` of 64 KiB: MB/s of payload echoed (10^6 bytes
+//!   of `data` sent and the same returned per MB).
+//!
+//! The pairs take turns (ours first in rounds 1, 3, ..., theirs first in
+//! rounds 2, 4, ...), so a slow patch of the machine does not hit only one
+//! of them.
+//! Each figure is the median over rounds. The table gives our ratio to
+//! capnp-rpc, always oriented so that > 1 means we are faster: theirs/ours
+//! for latency, ours/theirs for throughput. See BENCHMARKING.md for the
+//! targets and for pinning both threads of a pair to one CPU
+//! (`taskset -c 0`).
+//!
+//! Standard output carries the results; errors go to standard error and
+//! exit 1 (2 for a bad command line).
+
+use std::error::Error;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use capnp_actix::schemas::bench_capnp::bench;
+use capnp_actix::vat::{self, Services};
+use capnp_actix::{Address, Cap, SturdyUri};
+use capnp_rpc::rpc_twoparty_capnp::Side;
+use capnp_rpc::{twoparty, RpcSystem};
+use clap::{Parser, Subcommand};
+use futures::channel::oneshot;
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_util::compat::TokioAsyncReadCompatExt;
+
+/// Cap'n Proto RPC over a socket: capnp-actix against the capnp-rpc crate.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the bench service on ADDR (no TLS) until killed, under the
+    /// service ID `main` and the empty ID.
+    Serve {
+        /// tcp:HOST:PORT (port 0 picks one) or unix:PATH.
+        address: Address,
+    },
+    /// Measure our client against the service a sturdy URI names (any
+    /// runtime's server).
+    Client {
+        /// The service's sturdy URI, as `serve` prints it.
+        uri: SturdyUri,
+        #[command(flatten)]
+        size: Size,
+    },
+    /// Measure both runtimes, client and server, over Unix sockets, and
+    /// print our ratio to capnp-rpc.
+    Compare {
+        #[command(flatten)]
+        size: Size,
+    },
+}
+
+/// How much to measure.
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct Size {
+    /// Fewer calls (2,000 sequential pings) and one round.
+    #[arg(long)]
+    quick: bool,
+    /// Sequential pings per round (default 20,000); the in-flight test
+    /// makes 5 times as many calls and the echo test a tenth as many.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    calls: Option<u64>,
+    /// Rounds (default 3, or 1 with --quick); each figure is the median
+    /// over rounds.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: Option<u64>,
+}
+
+/// Calls in flight in the throughput test.
+const WINDOW: usize = 100;
+/// Bytes per `echoBytes` call.
+const ECHO_SIZE: usize = 64 * 1024;
+
+/// One round's work, for one client.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    warmup: u64,
+    sequential: u64,
+    in_flight: u64,
+    echoes: u64,
+    rounds: u64,
+}
+
+impl Size {
+    fn plan(self) -> Plan {
+        let calls = self
+            .calls
+            .unwrap_or(if self.quick { 2_000 } else { 20_000 });
+        Plan {
+            warmup: (calls / 10).clamp(1, 2_000),
+            sequential: calls,
+            in_flight: calls * 5,
+            echoes: (calls / 10).max(1),
+            rounds: self.rounds.unwrap_or(if self.quick { 1 } else { 3 }),
+        }
+    }
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "per round: {} sequential pings, {} pings with {WINDOW} in flight, \
+             {} sequential 64 KiB echoBytes (after {} warm-up pings); \
+             median of {} round(s)",
+            self.sequential, self.in_flight, self.echoes, self.warmup, self.rounds
+        )
+    }
+}
+
+/// What one round measured.
+#[derive(Debug, Clone, Copy)]
+struct Metrics {
+    /// Sequential ping round trip, median, µs.
+    median_us: f64,
+    /// Sequential ping round trip, 99th percentile, µs.
+    p99_us: f64,
+    /// Pings per second with [`WINDOW`] in flight.
+    calls_per_s: f64,
+    /// Payload MB per second of sequential 64 KiB echoes.
+    echo_mb_s: f64,
+}
+
+impl std::fmt::Display for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ping median {:.1} µs, p99 {:.1} µs; {:.0} calls/s with {WINDOW} in flight; \
+             echoBytes {:.0} MB/s",
+            self.median_us, self.p99_us, self.calls_per_s, self.echo_mb_s
+        )
+    }
+}
+
+/// The benchmark service, for either runtime.
+struct BenchServer;
+
+impl bench::Server for BenchServer {
+    async fn ping(
+        self: Rc<Self>,
+        params: bench::PingParams,
+        mut results: bench::PingResults,
+    ) -> Result<(), capnp::Error> {
+        let n = params.get()?.get_n();
+        results.get().set_n(n.wrapping_add(1));
+        Ok(())
+    }
+
+    async fn echo_bytes(
+        self: Rc<Self>,
+        params: bench::EchoBytesParams,
+        mut results: bench::EchoBytesResults,
+    ) -> Result<(), capnp::Error> {
+        let data = params.get()?.get_data()?;
+        results.get().set_data(data);
+        Ok(())
+    }
+}
+
+type BoxError = Box<dyn Error>;
+
+async fn ping(client: &bench::Client, n: u64) -> Result<(), capnp::Error> {
+    let mut request = client.ping_request();
+    request.get().set_n(n);
+    let reply = request.send().promise.await?;
+    let got = reply.get()?.get_n();
+    if got != n.wrapping_add(1) && got != n {
+        return Err(capnp::Error::failed(format!(
+            "ping({n}) returned {got}, expected {} (or {n})",
+            n.wrapping_add(1)
+        )));
+    }
+    Ok(())
+}
+
+async fn echo(client: &bench::Client, payload: &[u8]) -> Result<(), capnp::Error> {
+    let mut request = client.echo_bytes_request();
+    request.get().set_data(payload);
+    let reply = request.send().promise.await?;
+    if reply.get()?.get_data()? != payload {
+        return Err(capnp::Error::failed(
+            "echoBytes returned other bytes".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The `q` quantile of sorted samples (nearest rank).
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    let rank = (sorted.len() as f64 * q).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// One round of all three tests on `client`.
+async fn measure(client: &bench::Client, plan: &Plan) -> Result<Metrics, capnp::Error> {
+    let payload: Vec<u8> = (0..ECHO_SIZE).map(|i| (i % 251) as u8).collect();
+    for i in 0..plan.warmup {
+        ping(client, i).await?;
+    }
+    for _ in 0..plan.echoes.min(10) {
+        echo(client, &payload).await?;
+    }
+
+    // Sequential round trips.
+    let mut samples = Vec::with_capacity(plan.sequential as usize);
+    for i in 0..plan.sequential {
+        let start = Instant::now();
+        ping(client, i).await?;
+        samples.push(start.elapsed());
+    }
+    samples.sort_unstable();
+
+    // A window of calls in flight.
+    let start = Instant::now();
+    let mut running = FuturesUnordered::new();
+    let mut sent = 0;
+    let mut done = 0;
+    while done < plan.in_flight {
+        while running.len() < WINDOW && sent < plan.in_flight {
+            running.push(ping(client, sent));
+            sent += 1;
+        }
+        if let Some(result) = running.next().await {
+            result?;
+            done += 1;
+        }
+    }
+    let calls_per_s = plan.in_flight as f64 / start.elapsed().as_secs_f64();
+
+    // Bulk data, one call at a time.
+    let start = Instant::now();
+    for _ in 0..plan.echoes {
+        echo(client, &payload).await?;
+    }
+    let echo_mb_s = (plan.echoes as f64 * ECHO_SIZE as f64) / start.elapsed().as_secs_f64() / 1e6;
+
+    Ok(Metrics {
+        median_us: micros(quantile(&samples, 0.5)),
+        p99_us: micros(quantile(&samples, 0.99)),
+        calls_per_s,
+        echo_mb_s,
+    })
+}
+
+/// Runs rounds as they are asked for, on the client's own thread, until
+/// the sender of plans is dropped.
+async fn drive(
+    client: bench::Client,
+    mut plans: mpsc::UnboundedReceiver<Plan>,
+    results: std_mpsc::Sender<Result<Metrics, String>>,
+) {
+    while let Some(plan) = plans.recv().await {
+        let outcome = measure(&client, &plan).await.map_err(|e| e.to_string());
+        if results.send(outcome).is_err() {
+            break;
+        }
+    }
+}
+
+/// A client and its server, each on its own thread, idle between rounds.
+struct Pair {
+    name: &'static str,
+    plans: Option<mpsc::UnboundedSender<Plan>>,
+    results: std_mpsc::Receiver<Result<Metrics, String>>,
+    stop_server: Option<oneshot::Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pair {
+    /// One round, run on the client's thread.
+    fn round(&self, plan: Plan) -> Result<Metrics, String> {
+        self.plans
+            .as_ref()
+            .and_then(|p| p.send(plan).ok())
+            .ok_or_else(|| format!("{}: the client thread has stopped", self.name))?;
+        self.results
+            .recv()
+            .map_err(|_| format!("{}: the client thread has stopped", self.name))?
+            .map_err(|e| format!("{}: {e}", self.name))
+    }
+
+    /// Stops the client, then the server, and waits for their threads.
+    fn finish(mut self) {
+        self.plans = None;
+        // The client thread ends when it sees the closed channel; the
+        // server's turn comes after, so the client never sees it vanish.
+        if let Some(client) = self.threads.pop() {
+            let _ = client.join();
+        }
+        if let Some(stop) = self.stop_server.take() {
+            let _ = stop.send(());
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, String> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| format!("could not start thread {name}: {e}"))
+}
+
+/// Our service, on the current arbiter.
+async fn serve_ours(address: &Address) -> std::io::Result<vat::Listening> {
+    let service: Cap<bench::Client> = Cap::new(BenchServer);
+    let mut services = Services::new();
+    services.add("main", &service).add("", &service);
+    vat::serve(address, services).await
+}
+
+/// Our server and our client, over a Unix socket at `path`.
+fn start_ours(path: &Path) -> Result<Pair, String> {
+    let address = Address::Unix(path.to_owned());
+    let (ready_tx, ready_rx) = std_mpsc::channel();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = spawn_thread("ours-server", move || {
+        actix::System::new().block_on(async move {
+            match serve_ours(&address).await {
+                Ok(listening) => {
+                    let _ = ready_tx.send(Ok(listening.uri(b"main")));
+                    let _ = stop_rx.await;
+                    listening.stop();
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                }
+            }
+        })
+    })?;
+    let uri = ready_rx
+        .recv()
+        .map_err(|_| "capnp-actix server thread died".to_string())??;
+
+    let (plans_tx, plans_rx) = mpsc::unbounded_channel();
+    let (results_tx, results_rx) = std_mpsc::channel();
+    let client = spawn_thread("ours-client", move || {
+        actix::System::new().block_on(async move {
+            match vat::import(&uri).await {
+                Ok(raw) => {
+                    let client = Cap::<bench::Client>::from_raw(raw).client();
+                    drive(client, plans_rx, results_tx).await;
+                }
+                Err(e) => {
+                    let _ = results_tx.send(Err(e.to_string()));
+                }
+            }
+        })
+    })?;
+    Ok(Pair {
+        name: "capnp-actix",
+        plans: Some(plans_tx),
+        results: results_rx,
+        stop_server: Some(stop_tx),
+        threads: vec![server, client],
+    })
+}
+
+/// A capnp-rpc two-party RPC system over `stream`.
+fn their_rpc<S>(
+    stream: S,
+    side: Side,
+    bootstrap: Option<capnp::capability::Client>,
+) -> RpcSystem<Side>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let (read, write) = stream.compat().split();
+    let network = twoparty::VatNetwork::new(read, write, side, Default::default());
+    RpcSystem::new(Box::new(network), bootstrap)
+}
+
+/// Runs `f` on a tokio current-thread runtime with a `LocalSet`, as
+/// capnp-rpc needs.
+fn on_local_set<Fut: std::future::Future<Output = ()>>(f: impl FnOnce() -> Fut) {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => tokio::task::LocalSet::new().block_on(&rt, f()),
+        Err(e) => eprintln!("bench: could not start a tokio runtime: {e}"),
+    }
+}
+
+/// The capnp-rpc server and client, over a Unix socket at `path`.
+fn start_theirs(path: &Path) -> Result<Pair, String> {
+    let (ready_tx, ready_rx) = std_mpsc::channel();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server_path = path.to_owned();
+    let server = spawn_thread("capnp-rpc-server", move || {
+        on_local_set(|| async move {
+            let listener = match tokio::net::UnixListener::bind(&server_path) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("{}: {e}", server_path.display())));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            let service: bench::Client = capnp_rpc::new_client(BenchServer);
+            let accept = async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let rpc = their_rpc(stream, Side::Server, Some(service.clone().client));
+                    tokio::task::spawn_local(async move {
+                        let _ = rpc.await;
+                    });
+                }
+            };
+            futures::pin_mut!(accept);
+            futures::future::select(accept, stop_rx).await;
+        })
+    })?;
+    ready_rx
+        .recv()
+        .map_err(|_| "capnp-rpc server thread died".to_string())??;
+
+    let (plans_tx, plans_rx) = mpsc::unbounded_channel();
+    let (results_tx, results_rx) = std_mpsc::channel();
+    let client_path = path.to_owned();
+    let client = spawn_thread("capnp-rpc-client", move || {
+        on_local_set(|| async move {
+            let stream = match tokio::net::UnixStream::connect(&client_path).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = results_tx.send(Err(format!("{}: {e}", client_path.display())));
+                    return;
+                }
+            };
+            let mut rpc = their_rpc(stream, Side::Client, None);
+            let client: bench::Client = rpc.bootstrap(Side::Server);
+            tokio::task::spawn_local(async move {
+                let _ = rpc.await;
+            });
+            drive(client, plans_rx, results_tx).await;
+        })
+    })?;
+    Ok(Pair {
+        name: "capnp-rpc",
+        plans: Some(plans_tx),
+        results: results_rx,
+        stop_server: Some(stop_tx),
+        threads: vec![server, client],
+    })
+}
+
+/// The median of some figures.
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// Per-metric medians over rounds.
+fn medians(runs: &[Metrics]) -> Metrics {
+    let of = |f: fn(&Metrics) -> f64| median(runs.iter().map(f).collect());
+    Metrics {
+        median_us: of(|m| m.median_us),
+        p99_us: of(|m| m.p99_us),
+        calls_per_s: of(|m| m.calls_per_s),
+        echo_mb_s: of(|m| m.echo_mb_s),
+    }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A temporary directory for the sockets, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<Self, String> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir =
+            std::env::temp_dir().join(format!("capnp-actix-bench-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `bench compare`.
+fn compare(plan: Plan) -> Result<(), BoxError> {
+    let dir = TempDir::new()?;
+    let ours = start_ours(&dir.0.join("capnp-actix.sock"))?;
+    let theirs = start_theirs(&dir.0.join("capnp-rpc.sock"))?;
+    println!(
+        "Cap'n Proto RPC over a Unix socket, capnp-actix against the capnp-rpc crate \
+         ({} CPU(s) available)",
+        cpus()
+    );
+    println!("{plan}");
+    let mut ours_runs = Vec::new();
+    let mut theirs_runs = Vec::new();
+    for round in 0..plan.rounds {
+        let order = if round % 2 == 0 {
+            [(&ours, &mut ours_runs), (&theirs, &mut theirs_runs)]
+        } else {
+            [(&theirs, &mut theirs_runs), (&ours, &mut ours_runs)]
+        };
+        for (pair, runs) in order {
+            let m = pair.round(plan)?;
+            println!(
+                "  round {}/{} {:<11} {m}",
+                round + 1,
+                plan.rounds,
+                pair.name
+            );
+            std::io::stdout().flush()?;
+            runs.push(m);
+        }
+    }
+    ours.finish();
+    theirs.finish();
+    print_table(&medians(&ours_runs), &medians(&theirs_runs));
+    Ok(())
+}
+
+fn print_table(ours: &Metrics, theirs: &Metrics) {
+    struct Row {
+        name: &'static str,
+        ours: f64,
+        theirs: f64,
+        lower_is_better: bool,
+        target: Option<f64>,
+    }
+    let rows = [
+        Row {
+            name: "ping round trip, median (µs)",
+            ours: ours.median_us,
+            theirs: theirs.median_us,
+            lower_is_better: true,
+            target: Some(1.0),
+        },
+        Row {
+            name: "ping round trip, p99 (µs)",
+            ours: ours.p99_us,
+            theirs: theirs.p99_us,
+            lower_is_better: true,
+            target: None,
+        },
+        Row {
+            name: "pings/s, 100 in flight",
+            ours: ours.calls_per_s,
+            theirs: theirs.calls_per_s,
+            lower_is_better: false,
+            target: Some(1.5),
+        },
+        Row {
+            name: "echoBytes 64 KiB (MB/s)",
+            ours: ours.echo_mb_s,
+            theirs: theirs.echo_mb_s,
+            lower_is_better: false,
+            target: Some(1.0),
+        },
+    ];
+    println!();
+    println!(
+        "{:<30} {:>12} {:>12} {:>7}   target",
+        "", "capnp-actix", "capnp-rpc", "ratio"
+    );
+    for row in rows {
+        let ratio = if row.lower_is_better {
+            row.theirs / row.ours
+        } else {
+            row.ours / row.theirs
+        };
+        let digits = if row.ours < 1000.0 { 1 } else { 0 };
+        let target = match row.target {
+            Some(t) if ratio >= t => format!(">= {t:.2}  met"),
+            Some(t) => format!(">= {t:.2}  MISSED"),
+            None => "-".into(),
+        };
+        println!(
+            "{:<30} {:>12.digits$} {:>12.digits$} {:>7.2}   {target}",
+            row.name, row.ours, row.theirs, ratio
+        );
+    }
+    println!(
+        "ratio > 1 means capnp-actix is faster: capnp-rpc/capnp-actix for latency, \
+         capnp-actix/capnp-rpc for throughput"
+    );
+}
+
+/// `bench client`: our client against any server.
+async fn client(uri: SturdyUri, plan: Plan) -> Result<(), BoxError> {
+    let raw = vat::import(&uri).await?;
+    let client = Cap::<bench::Client>::from_raw(raw).client();
+    println!(
+        "capnp-actix client against {uri} ({} CPU(s) available)",
+        cpus()
+    );
+    println!("{plan}");
+    let mut runs = Vec::new();
+    for round in 0..plan.rounds {
+        let m = measure(&client, &plan).await?;
+        println!("  round {}/{} {m}", round + 1, plan.rounds);
+        std::io::stdout().flush()?;
+        runs.push(m);
+    }
+    println!("median: {}", medians(&runs));
+    Ok(())
+}
+
+/// `bench serve`: until killed.
+async fn serve(address: Address) -> Result<(), BoxError> {
+    let listening = serve_ours(&address).await?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "bench service running at: {}",
+        listening.uri(b"main")
+    )?;
+    stdout.flush()?;
+    drop(stdout);
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let outcome = match args.command {
+        Command::Serve { address } => actix::System::new().block_on(serve(address)),
+        Command::Client { uri, size } => actix::System::new().block_on(client(uri, size.plan())),
+        Command::Compare { size } => compare(size.plan()),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
