@@ -387,6 +387,28 @@ impl Connection {
                     }
                 }
             }
+            Event::ReturnTakeFrom { question, answer } => {
+                // A tail call the peer made on our behalf: our question's
+                // results are those of a call it made on us.
+                self.pipelined.remove(&question);
+                if let Some((completer, a)) = self.questions.remove(&question) {
+                    if let Some(a) = &a {
+                        self.question_of.remove(&key(a));
+                    }
+                    match self.answers.get(&answer).map(|(r, _)| r.clone()) {
+                        Some(source) => {
+                            ctx.spawn(
+                                WaitOutcome { answer: source }
+                                    .into_actor(self)
+                                    .map(move |outcome, _, _| completer.complete(outcome)),
+                            );
+                        }
+                        None => {
+                            completer.complete(Err(error::internal("tail call source forgotten")))
+                        }
+                    }
+                }
+            }
             Event::EmbargoLifted { embargo } => {
                 if let Some(e) = self.embargoes.remove(&embargo) {
                     let target = field_of(&e.answer, &e.path);

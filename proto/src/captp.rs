@@ -195,6 +195,15 @@ pub enum Event<L> {
         /// The results, or why there are none.
         result: Result<InPayload<L>, Error>,
     },
+    /// One of our questions was answered by a tail call: its results are
+    /// those of `answer`, a call the peer made on us asking us to keep its
+    /// results. The question is finished.
+    ReturnTakeFrom {
+        /// Our question.
+        question: u32,
+        /// Our answer whose results it takes.
+        answer: u32,
+    },
     /// A promise the peer exported to us has resolved.
     Resolve {
         /// The import.
@@ -231,6 +240,8 @@ struct Question {
 
 struct Answer {
     returned: bool,
+    /// The caller asked us to keep the results (`sendResultsTo.yourself`).
+    results_to_yourself: bool,
     finished: bool,
     /// Exports listed in the results we sent (released on
     /// `releaseResultCaps`).
@@ -609,6 +620,9 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         if !self.answer_pending(answer) {
             return;
         }
+        if self.kept_for_tail_call(answer) {
+            return;
+        }
         let mut m = Builder::new_default();
         {
             let mut r = m.init_root::<rpc_message::Builder<'_>>().init_return();
@@ -630,6 +644,9 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     /// Answers `answer` with an error.
     pub fn return_error(&mut self, answer: u32, error: Error) {
         if !self.answer_pending(answer) {
+            return;
+        }
+        if self.kept_for_tail_call(answer) {
             return;
         }
         let mut m = Builder::new_default();
@@ -700,6 +717,29 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             d.init_context().set_receiver_loopback(embargo);
         }
         self.send(&m);
+    }
+
+    /// For a call whose caller asked us to keep the results: the runtime
+    /// keeps them (for the peer's `takeFromOtherQuestion`); the peer gets
+    /// `resultsSentElsewhere`.
+    fn kept_for_tail_call(&mut self, answer: u32) -> bool {
+        if !self
+            .answers
+            .get(&answer)
+            .is_some_and(|a| a.results_to_yourself)
+        {
+            return false;
+        }
+        let mut m = Builder::new_default();
+        {
+            let mut r = m.init_root::<rpc_message::Builder<'_>>().init_return();
+            r.set_answer_id(answer);
+            r.set_release_param_caps(false);
+            r.set_results_sent_elsewhere(());
+        }
+        self.send(&m);
+        self.answered(answer, Vec::new());
+        true
     }
 
     fn answer_pending(&self, answer: u32) -> bool {
@@ -909,7 +949,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                 interface_id,
                 method_id,
                 caps,
-                to_caller,
+                to,
             } => {
                 self.new_answer(question)?;
                 let caps = self.import_caps(caps)?;
@@ -935,15 +975,21 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                         CallTarget::Answer { answer: a, path }
                     }
                 };
-                if !to_caller {
-                    self.drop_in_caps(&caps);
-                    self.return_error(
-                        question,
-                        Error::unimplemented(
-                            "sending results elsewhere is not supported yet".into(),
-                        ),
-                    );
-                    return Ok(());
+                match to {
+                    ResultsTo::Caller => {}
+                    ResultsTo::Yourself => {
+                        if let Some(a) = self.answers.get_mut(&question) {
+                            a.results_to_yourself = true;
+                        }
+                    }
+                    ResultsTo::ThirdParty => {
+                        self.drop_in_caps(&caps);
+                        self.return_error(
+                            question,
+                            Error::unimplemented("three-party handoff is not supported yet".into()),
+                        );
+                        return Ok(());
+                    }
                 }
                 self.events.push_back(Event::Call {
                     answer: question,
@@ -981,6 +1027,27 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                         Ok(InPayload { message: msg, caps })
                     }
                     RawReturn::Error(e) => Err(e),
+                    RawReturn::TakeFrom(other) => {
+                        if !self
+                            .answers
+                            .get(&other)
+                            .is_some_and(|a| a.results_to_yourself)
+                        {
+                            return Err(protocol_error(format!(
+                                "takeFromOtherQuestion names {other}, which is not a call whose results we keep"
+                            )));
+                        }
+                        if no_finish_needed || already_finished {
+                            self.questions.remove(answer);
+                        } else {
+                            self.deferred_finish.push(answer);
+                        }
+                        self.events.push_back(Event::ReturnTakeFrom {
+                            question: answer,
+                            answer: other,
+                        });
+                        return Ok(());
+                    }
                 };
                 if no_finish_needed || already_finished {
                     self.questions.remove(answer);
@@ -1102,6 +1169,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             id,
             Answer {
                 returned: false,
+                results_to_yourself: false,
                 finished: false,
                 result_exports: Vec::new(),
             },
@@ -1255,6 +1323,17 @@ enum RawCap {
 enum RawReturn {
     Results(Vec<RawCap>),
     Error(Error),
+    TakeFrom(u32),
+}
+
+/// Where the results of a call the peer makes should go.
+#[derive(PartialEq, Eq)]
+enum ResultsTo {
+    Caller,
+    /// Keep them: the peer will name this call in a `takeFromOtherQuestion`
+    /// (a tail call it made on our behalf).
+    Yourself,
+    ThirdParty,
 }
 
 enum RawEmbargo {
@@ -1283,7 +1362,7 @@ enum Parsed {
         interface_id: u64,
         method_id: u16,
         caps: Vec<RawCap>,
-        to_caller: bool,
+        to: ResultsTo,
     },
     Return {
         answer: u32,
@@ -1388,17 +1467,19 @@ fn parse(msg: &message::Reader<WordSegments>) -> capnp::Result<Parsed> {
         }
         rpc_message::Call(c) => {
             let c = c?;
-            let to_caller = matches!(
-                c.get_send_results_to().which()?,
-                crate::rpc_capnp::call::send_results_to::Caller(())
-            );
+            use crate::rpc_capnp::call::send_results_to;
+            let to = match c.get_send_results_to().which()? {
+                send_results_to::Caller(()) => ResultsTo::Caller,
+                send_results_to::Yourself(()) => ResultsTo::Yourself,
+                send_results_to::ThirdParty(_) => ResultsTo::ThirdParty,
+            };
             Parsed::Call {
                 question: c.get_question_id(),
                 target: parse_target(c.get_target()?)?,
                 interface_id: c.get_interface_id(),
                 method_id: c.get_method_id(),
                 caps: parse_caps(c.get_params()?)?,
-                to_caller,
+                to,
             }
         }
         rpc_message::Return(r) => {
@@ -1410,11 +1491,10 @@ fn parse(msg: &message::Reader<WordSegments>) -> capnp::Result<Parsed> {
                 return_::ResultsSentElsewhere(()) => {
                     RawReturn::Error(Error::failed("results were sent elsewhere".into()))
                 }
-                return_::TakeFromOtherQuestion(_) | return_::AcceptFromThirdParty(_) => {
-                    RawReturn::Error(Error::unimplemented(
-                        "tail-call returns are not supported yet".into(),
-                    ))
-                }
+                return_::TakeFromOtherQuestion(a) => RawReturn::TakeFrom(a),
+                return_::AcceptFromThirdParty(_) => RawReturn::Error(Error::unimplemented(
+                    "three-party handoff is not supported yet".into(),
+                )),
             };
             Parsed::Return {
                 answer: r.get_answer_id(),

@@ -599,3 +599,139 @@ fn an_abort_from_the_peer_ends_the_connection_and_empties_the_tables() {
     assert!(e.to_string().contains("going away"));
     assert!(p.a.conn.table_sizes().is_empty() && p.b.conn.table_sizes().is_empty());
 }
+
+#[test]
+fn scenario_22_a_tail_call_sent_back_to_us_keeps_its_results_for_take_from_other_question() {
+    // B asks A a question (q0 on A's capability 5, which A passed to B).
+    let mut p = Pair::new();
+    let import = bootstrapped(&mut p);
+    p.a.conn
+        .call(
+            &OutTarget::Import(import),
+            1,
+            0,
+            with_caps(1).get_root_as_reader().unwrap(),
+            &[OutCap::Local(5)],
+        )
+        .unwrap();
+    p.a_to_b();
+    let Some(Event::Call {
+        answer: a_call,
+        params,
+        ..
+    }) = p.b.conn.next_event()
+    else {
+        panic!()
+    };
+    let [InCap::Import { id: five, .. }] = params.caps.as_slice() else {
+        panic!()
+    };
+    let b_q =
+        p.b.conn
+            .call(
+                &OutTarget::Import(*five),
+                2,
+                0,
+                plain().get_root_as_reader().unwrap(),
+                &[],
+            )
+            .unwrap();
+    assert_eq!(p.b_to_a(), format!("call:q{b_q}->import:0"));
+    let Some(Event::Call { .. }) = p.a.conn.next_event() else {
+        panic!()
+    };
+
+    // A answers B's question by a tail call to B's own bootstrap object:
+    // the call asks B to keep its results (sendResultsTo.yourself) ...
+    let mut m = Builder::new_default();
+    {
+        let mut c = m.init_root::<message::Builder<'_>>().init_call();
+        c.set_question_id(99);
+        c.set_interface_id(3);
+        c.reborrow().init_target().set_imported_cap(import);
+        c.reborrow().init_send_results_to().set_yourself(());
+        c.init_params().init_content().set_as("tail").unwrap();
+    }
+    p.b.conn.receive(&frame(&m));
+    let Some(Event::Call {
+        answer: 99,
+        target: CallTarget::Local(1),
+        ..
+    }) = p.b.conn.next_event()
+    else {
+        panic!()
+    };
+    p.b.conn
+        .return_results(99, plain().get_root_as_reader().unwrap(), &[]);
+    p.b.collect_sent_for_test();
+    let sent = harness::summary(&p.b.sent.pop_back().unwrap());
+    assert_eq!(sent, "return:a99:other", "results sent elsewhere, not to A");
+
+    // ... and A's return for B's question says: take them from 99.
+    let mut m = Builder::new_default();
+    {
+        let mut r = m.init_root::<message::Builder<'_>>().init_return();
+        r.set_answer_id(b_q);
+        r.set_take_from_other_question(99);
+    }
+    p.b.conn.receive(&frame(&m));
+    let Some(Event::ReturnTakeFrom {
+        question,
+        answer: 99,
+    }) = p.b.conn.next_event()
+    else {
+        panic!()
+    };
+    assert_eq!(question, b_q);
+    assert!(p.b.conn.aborted().is_none());
+    let _ = a_call;
+}
+
+#[test]
+fn take_from_other_question_naming_a_call_whose_results_we_did_not_keep_aborts() {
+    let mut p = Pair::new();
+    let import = bootstrapped(&mut p);
+    // B has a question out to A, and A has an ordinary call on B (answer 0).
+    p.a.conn
+        .call(
+            &OutTarget::Import(import),
+            1,
+            0,
+            with_caps(1).get_root_as_reader().unwrap(),
+            &[OutCap::Local(5)],
+        )
+        .unwrap();
+    p.a_to_b();
+    let Some(Event::Call {
+        answer: ordinary,
+        params,
+        ..
+    }) = p.b.conn.next_event()
+    else {
+        panic!()
+    };
+    let [InCap::Import { id: five, .. }] = params.caps.as_slice() else {
+        panic!()
+    };
+    let b_q =
+        p.b.conn
+            .call(
+                &OutTarget::Import(*five),
+                2,
+                0,
+                plain().get_root_as_reader().unwrap(),
+                &[],
+            )
+            .unwrap();
+    p.b_to_a();
+    let mut m = Builder::new_default();
+    {
+        let mut r = m.init_root::<message::Builder<'_>>().init_return();
+        r.set_answer_id(b_q);
+        r.set_take_from_other_question(ordinary);
+    }
+    p.b.conn.receive(&frame(&m));
+    let e = p.b.conn.aborted().expect("abort").to_string();
+    assert!(e.contains("not a call whose results we keep"), "{e}");
+    assert!(p.b.conn.table_sizes().is_empty());
+}
