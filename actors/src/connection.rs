@@ -50,6 +50,9 @@ pub struct ConnectionOptions {
     pub max_outgoing_bytes: usize,
 }
 
+/// How long the writer may go on after the connection ended.
+const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Default of [`ConnectionOptions::max_outgoing_bytes`].
 pub const DEFAULT_MAX_OUTGOING_BYTES: usize = 64 << 20;
 
@@ -180,7 +183,7 @@ where
     let queued = Arc::new(AtomicUsize::new(0));
     let written = queued.clone();
     // The writer: everything queued since the last write goes out in one.
-    actix_rt::spawn(async move {
+    let writer = actix_rt::spawn(async move {
         while let Some(mut buf) = rx.recv().await {
             while let Ok(more) = rx.try_recv() {
                 buf.extend_from_slice(&more);
@@ -202,6 +205,7 @@ where
             id: next_id(),
             core: Conn::new(options.tables, options.reader),
             out: Some(tx),
+            writer: Some(writer),
             queued,
             max_outgoing,
             bootstrap: options.bootstrap,
@@ -223,6 +227,9 @@ pub struct Connection {
     id: u64,
     core: Conn<CapRef>,
     out: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    /// The writer task (aborted shortly after the connection ends, so a
+    /// peer that does not read cannot hold the socket and its bytes).
+    writer: Option<actix_rt::task::JoinHandle<()>>,
     /// Bytes handed to the writer and not yet written.
     queued: Arc<AtomicUsize>,
     max_outgoing: usize,
@@ -298,6 +305,13 @@ impl Connection {
         }
         if self.core.aborted().is_some() {
             self.out = None;
+            if let Some(writer) = self.writer.take() {
+                // Give the last bytes (the abort) a moment to go out.
+                actix_rt::spawn(async move {
+                    tokio::time::sleep(WRITER_GRACE).await;
+                    writer.abort();
+                });
+            }
             ctx.stop();
         }
     }

@@ -263,7 +263,8 @@ struct Import {
 /// Table of entries with small reusable ids (lowest free first).
 struct Slots<T> {
     items: Vec<Option<T>>,
-    free: Vec<u32>,
+    /// Free ids, lowest first.
+    free: std::collections::BinaryHeap<std::cmp::Reverse<u32>>,
     len: usize,
 }
 
@@ -271,15 +272,17 @@ impl<T> Slots<T> {
     fn new() -> Self {
         Slots {
             items: Vec::new(),
-            free: Vec::new(),
+            free: std::collections::BinaryHeap::new(),
             len: 0,
         }
     }
     fn insert(&mut self, t: T) -> u32 {
         self.len += 1;
         match self.free.pop() {
-            Some(id) => {
-                self.items[id as usize] = Some(t);
+            Some(std::cmp::Reverse(id)) => {
+                if let Some(slot) = self.items.get_mut(id as usize) {
+                    *slot = Some(t);
+                }
                 id
             }
             None => {
@@ -297,9 +300,7 @@ impl<T> Slots<T> {
     fn remove(&mut self, id: u32) -> Option<T> {
         let t = self.items.get_mut(id as usize)?.take()?;
         self.len -= 1;
-        self.free.push(id);
-        // Keep the free list ordered so that the lowest id is reused first.
-        self.free.sort_unstable_by(|a, b| b.cmp(a));
+        self.free.push(std::cmp::Reverse(id));
         Some(t)
     }
     fn len(&self) -> usize {
@@ -862,7 +863,9 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     fn export(&mut self, cap: L) -> Option<u32> {
         if let Some(&id) = self.export_ids.get(&cap) {
             if let Some(e) = self.exports.get_mut(id) {
-                e.refs += 1;
+                // Saturating: past u32::MAX the extra references are
+                // simply never released by the peer's count (harmless).
+                e.refs = e.refs.saturating_add(1);
                 return Some(id);
             }
         }
@@ -1206,7 +1209,11 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             RawCap::Sender(id, promise) => {
                 let at_limit = self.imports.len() >= self.limits.max_imports;
                 match self.imports.get_mut(&id) {
-                    Some(i) => i.refs += 1,
+                    Some(i) => {
+                        i.refs = i.refs.checked_add(1).ok_or_else(|| {
+                            protocol_error(format!("import {id} received more than 2^32 times"))
+                        })?
+                    }
                     None if at_limit => {
                         return Err(Error::overloaded(format!(
                             "peer exported more than {} capabilities on this connection",
@@ -1431,8 +1438,18 @@ fn parse_cap(d: cap_descriptor::Reader<'_>) -> capnp::Result<RawCap> {
     })
 }
 
+/// Longest cap table accepted in one payload.
+const MAX_CAP_TABLE: u32 = 16_384;
+
 fn parse_caps(p: payload::Reader<'_>) -> capnp::Result<Vec<RawCap>> {
-    p.get_cap_table()?.iter().map(parse_cap).collect()
+    let table = p.get_cap_table()?;
+    if table.len() > MAX_CAP_TABLE {
+        return Err(Error::failed(format!(
+            "cap table of {} entries (at most {MAX_CAP_TABLE})",
+            table.len()
+        )));
+    }
+    table.iter().map(parse_cap).collect()
 }
 
 fn parse(msg: &message::Reader<WordSegments>) -> capnp::Result<Parsed> {

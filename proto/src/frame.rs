@@ -100,6 +100,11 @@ impl ReaderSegments for WordSegments {
     }
 }
 
+/// Words a received message may have read, per word it contains.
+pub const TRAVERSALS_PER_WORD: usize = 8;
+/// Words a received message may have read beyond that (for tiny messages).
+pub const TRAVERSAL_SLACK_WORDS: usize = 8192;
+
 /// Incremental decoder of frames; see the module docs.
 pub struct FrameDecoder {
     limits: Limits,
@@ -184,7 +189,15 @@ impl FrameDecoder {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        let options = self.limits.reader_options();
+        // Each message may be traversed a few times over (parsed, copied
+        // once), never more: a small message whose pointers all share one
+        // subtree cannot make us read (or copy) far more than it weighs.
+        let mut options = self.limits.reader_options();
+        let budget = (total as usize)
+            .saturating_mul(TRAVERSALS_PER_WORD)
+            .saturating_add(TRAVERSAL_SLACK_WORDS)
+            .min(self.limits.traversal_limit_words);
+        options.traversal_limit_in_words(Some(budget));
         Ok(Some(message::Reader::new(
             WordSegments { words, bounds },
             options,

@@ -735,3 +735,45 @@ fn take_from_other_question_naming_a_call_whose_results_we_did_not_keep_aborts()
     assert!(e.contains("not a call whose results we keep"), "{e}");
     assert!(p.b.conn.table_sizes().is_empty());
 }
+
+/// A tiny message whose pointers all share one subtree, `levels` deep:
+/// read naively it is 2^levels nodes.
+fn shared_chain(tag: u16, levels: u64) -> Vec<u8> {
+    let ptr = |offset: u64| (offset << 2) | (2u64 << 48);
+    let mut words: Vec<u64> = vec![
+        1u64 << 32 | 1u64 << 48, // root: struct at +0, 1 data word, 1 pointer
+        u64::from(tag),          // the union discriminant
+        ptr(0),                  // pointer 0 -> first node right after
+    ];
+    for level in 0..levels {
+        if level + 1 == levels {
+            words.extend([0, 0]);
+        } else {
+            words.extend([ptr(1), ptr(0)]);
+        }
+    }
+    let mut frame = 0u32.to_le_bytes().to_vec();
+    frame.extend((words.len() as u32).to_le_bytes());
+    for w in words {
+        frame.extend(w.to_le_bytes());
+    }
+    frame
+}
+
+#[test]
+fn a_small_message_with_shared_pointers_cannot_make_us_write_much() {
+    // An unknown message kind is echoed back as `unimplemented`: the echo
+    // must not expand the shared subtree (2^20 nodes from 330 bytes).
+    let mut p = Pair::new();
+    p.b.conn.receive(&shared_chain(0xffff, 20));
+    let out = p.b.conn.take_output();
+    assert!(
+        out.len() < 64 * 1024,
+        "{} bytes written for a 330-byte message",
+        out.len()
+    );
+    assert!(
+        p.b.conn.aborted().is_some(),
+        "an over-budget message ends the connection"
+    );
+}
