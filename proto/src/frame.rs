@@ -169,7 +169,6 @@ impl FrameDecoder {
         }
         let body = total as usize * 8;
         if data.len() < header + body {
-            self.buf.reserve(header + body - data.len());
             return Ok(None);
         }
         let mut words = Word::allocate_zeroed_vec(total as usize);
