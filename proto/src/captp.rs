@@ -644,34 +644,27 @@ impl<L: Clone + Eq + Hash> Conn<L> {
 
     /// Answers `answer` with an error.
     pub fn return_error(&mut self, answer: u32, error: Error) {
-        if !self.answer_pending(answer) {
-            return;
+        if self.answer_pending(answer) && !self.kept_for_tail_call(answer) {
+            self.send_bare_return(answer, |r| exception::write(&error, r.init_exception()));
         }
-        if self.kept_for_tail_call(answer) {
-            return;
-        }
-        let mut m = Builder::new_default();
-        {
-            let mut r = m.init_root::<rpc_message::Builder<'_>>().init_return();
-            r.set_answer_id(answer);
-            r.set_release_param_caps(false);
-            exception::write(&error, r.init_exception());
-        }
-        self.send(&m);
-        self.answered(answer, Vec::new());
     }
 
     /// Answers `answer` as cancelled (after [`Event::Cancel`]).
     pub fn return_canceled(&mut self, answer: u32) {
-        if !self.answer_pending(answer) {
-            return;
+        if self.answer_pending(answer) {
+            self.send_bare_return(answer, |mut r| r.set_canceled(()));
         }
+    }
+
+    /// Sends a return without results (`fill` sets which kind) and records
+    /// the answer as returned.
+    fn send_bare_return(&mut self, answer: u32, fill: impl FnOnce(return_::Builder<'_>)) {
         let mut m = Builder::new_default();
         {
             let mut r = m.init_root::<rpc_message::Builder<'_>>().init_return();
             r.set_answer_id(answer);
             r.set_release_param_caps(false);
-            r.set_canceled(());
+            fill(r);
         }
         self.send(&m);
         self.answered(answer, Vec::new());
@@ -731,15 +724,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         {
             return false;
         }
-        let mut m = Builder::new_default();
-        {
-            let mut r = m.init_root::<rpc_message::Builder<'_>>().init_return();
-            r.set_answer_id(answer);
-            r.set_release_param_caps(false);
-            r.set_results_sent_elsewhere(());
-        }
-        self.send(&m);
-        self.answered(answer, Vec::new());
+        self.send_bare_return(answer, |mut r| r.set_results_sent_elsewhere(()));
         true
     }
 
