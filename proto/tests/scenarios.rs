@@ -600,11 +600,11 @@ fn an_abort_from_the_peer_ends_the_connection_and_empties_the_tables() {
     assert!(p.a.conn.table_sizes().is_empty() && p.b.conn.table_sizes().is_empty());
 }
 
-#[test]
-fn scenario_22_a_tail_call_sent_back_to_us_keeps_its_results_for_take_from_other_question() {
-    // B asks A a question (q0 on A's capability 5, which A passed to B).
-    let mut p = Pair::new();
-    let import = bootstrapped(&mut p);
+/// A passes its capability 5 to B in a call (B's answer `ordinary`), and B
+/// asks A a question on it (`b_q`, delivered). Returns (import of B's
+/// bootstrap at A, ordinary, b_q).
+fn b_asks_a(p: &mut Pair) -> (u32, u32, u32) {
+    let import = bootstrapped(p);
     p.a.conn
         .call(
             &OutTarget::Import(import),
@@ -616,7 +616,7 @@ fn scenario_22_a_tail_call_sent_back_to_us_keeps_its_results_for_take_from_other
         .unwrap();
     p.a_to_b();
     let Some(Event::Call {
-        answer: a_call,
+        answer: ordinary,
         params,
         ..
     }) = p.b.conn.next_event()
@@ -637,6 +637,14 @@ fn scenario_22_a_tail_call_sent_back_to_us_keeps_its_results_for_take_from_other
             )
             .unwrap();
     assert_eq!(p.b_to_a(), format!("call:q{b_q}->import:0"));
+    (import, ordinary, b_q)
+}
+
+#[test]
+fn scenario_22_a_tail_call_sent_back_to_us_keeps_its_results_for_take_from_other_question() {
+    // B asks A a question on A's capability 5, which A passed to B.
+    let mut p = Pair::new();
+    let (import, _, b_q) = b_asks_a(&mut p);
     let Some(Event::Call { .. }) = p.a.conn.next_event() else {
         panic!()
     };
@@ -684,46 +692,12 @@ fn scenario_22_a_tail_call_sent_back_to_us_keeps_its_results_for_take_from_other
     };
     assert_eq!(question, b_q);
     assert!(p.b.conn.aborted().is_none());
-    let _ = a_call;
 }
 
 #[test]
 fn take_from_other_question_naming_a_call_whose_results_we_did_not_keep_aborts() {
     let mut p = Pair::new();
-    let import = bootstrapped(&mut p);
-    // B has a question out to A, and A has an ordinary call on B (answer 0).
-    p.a.conn
-        .call(
-            &OutTarget::Import(import),
-            1,
-            0,
-            with_caps(1).get_root_as_reader().unwrap(),
-            &[OutCap::Local(5)],
-        )
-        .unwrap();
-    p.a_to_b();
-    let Some(Event::Call {
-        answer: ordinary,
-        params,
-        ..
-    }) = p.b.conn.next_event()
-    else {
-        panic!()
-    };
-    let [InCap::Import { id: five, .. }] = params.caps.as_slice() else {
-        panic!()
-    };
-    let b_q =
-        p.b.conn
-            .call(
-                &OutTarget::Import(*five),
-                2,
-                0,
-                plain().get_root_as_reader().unwrap(),
-                &[],
-            )
-            .unwrap();
-    p.b_to_a();
+    let (_, ordinary, b_q) = b_asks_a(&mut p);
     let mut m = Builder::new_default();
     {
         let mut r = m.init_root::<message::Builder<'_>>().init_return();
