@@ -36,7 +36,7 @@ async fn scripted_peer(mut sock: tokio::net::UnixStream) {
         while let Some(e) = core.next_event() {
             match e {
                 Event::Bootstrap { answer, .. } => {
-                    let m = capnp_actix::proto::testing::cap_root_message();
+                    let m = capnp_actix::proto::content::cap_root_message();
                     core.return_results(
                         answer,
                         m.get_root_as_reader().unwrap(),

@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 
-use actix::{Actor, ActorContext, Addr, Handler, Message, Recipient};
+use actix::{Actor, Addr, Handler, Message, Recipient};
 
 use crate::cap::{CapRef, Kind, Node};
 use crate::error;
@@ -511,7 +511,7 @@ impl Handler<Forward> for AnswerActor {
 
 impl Handler<Resolved> for AnswerActor {
     type Result = ();
-    fn handle(&mut self, Resolved(outcome): Resolved, ctx: &mut Self::Context) {
+    fn handle(&mut self, Resolved(outcome): Resolved, _: &mut Self::Context) {
         if self.resolution.is_some() {
             return;
         }
@@ -519,14 +519,5 @@ impl Handler<Resolved> for AnswerActor {
         while let Some((path, call)) = self.queue.pop_front() {
             self.target(&path).deliver(call);
         }
-        let _ = ctx; // the actor stops when the answer (its only address) goes
     }
-}
-
-#[allow(dead_code)]
-fn _assert_send() {
-    fn s<T: Send>() {}
-    s::<Call>();
-    s::<AnswerRef>();
-    let _ = |c: &mut actix::Context<AnswerActor>| c.stop();
 }

@@ -330,7 +330,7 @@ impl Connection {
                 let (answer_ref, completer) = Answer::open();
                 match found {
                     Ok(cap) => completer.complete_payload(Payload {
-                        message: capnp_actix_proto::testing::cap_root_message(),
+                        message: capnp_actix_proto::content::cap_root_message(),
                         caps: vec![Some(cap)],
                     }),
                     Err(e) => completer.complete(Err(e)),

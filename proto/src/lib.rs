@@ -28,8 +28,8 @@ pub use capnp_actix_schemas::{persistent_capnp, rpc_capnp, rpc_twoparty_capnp};
 pub use frame::{FrameDecoder, FrameError, WordSegments};
 pub use limits::Limits;
 
-/// Helpers for building payloads.
-pub mod testing {
+/// Ready-made payload contents.
+pub mod content {
     use capnp::message::{Builder, HeapAllocator};
 
     /// A message whose root is a capability pointer to cap index 0: the

@@ -11,8 +11,8 @@ mod harness;
 
 use capnp::message::Builder;
 use capnp_actix_proto::captp::{CallTarget, Event, InCap, OutCap, OutTarget};
+use capnp_actix_proto::content::cap_root_message;
 use capnp_actix_proto::rpc_capnp::message;
-use capnp_actix_proto::testing::cap_root_message;
 use harness::{frame, plain, with_caps, Pair};
 
 /// A bootstraps B, whose bootstrap capability is local object 1; returns

@@ -64,7 +64,7 @@ fn bootstrap_call_return_release_leaves_every_table_empty() {
     assert_eq!((answer, object_id.as_slice()), (q, &b"main"[..]));
 
     // B answers with its capability 7 at the root.
-    let content = capnp_actix_proto::testing::cap_root_message();
+    let content = capnp_actix_proto::content::cap_root_message();
     b.return_results(
         answer,
         content.get_root_as_reader().unwrap(),

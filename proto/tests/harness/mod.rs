@@ -277,7 +277,7 @@ pub fn plain() -> Builder<HeapAllocator> {
 /// list of payloads would do; we use a list of AnyPointer via `Payload`
 /// structs): entry i holds capability i.
 pub fn with_caps(n: u32) -> Builder<HeapAllocator> {
-    capnp_actix_proto::testing::caps_message(n)
+    capnp_actix_proto::content::caps_message(n)
 }
 
 /// Frames a raw RPC message built by a test (for hostile-input tests).
