@@ -86,7 +86,7 @@ pub async fn serve(address: &Address, services: Services) -> io::Result<Listenin
     let options = move || ConnectionOptions {
         bootstrap: Some({
             let s = services.clone();
-            Arc::new(move |id: &[u8]| s.lookup(id))
+            capnp_actix_actors::connection::bootstrap_fn(move |id: &[u8]| s.lookup(id))
         }),
         ..Default::default()
     };

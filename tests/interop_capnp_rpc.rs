@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use capnp_actix::connection::{start_connection, ConnectionOptions};
+use capnp_actix::connection::{bootstrap_fn, start_connection, ConnectionOptions};
 use capnp_actix::schemas::echo_api_capnp::{callback, echo};
 use capnp_actix::Cap;
 use capnp_rpc::{rpc_twoparty_capnp::Side, twoparty, RpcSystem};
@@ -147,7 +147,7 @@ async fn their_client_our_server(transport: Transport) {
     ));
     let raw = service.raw().clone();
     let options = ConnectionOptions {
-        bootstrap: Some(Arc::new(move |_: &[u8]| Ok(raw.clone()))),
+        bootstrap: Some(bootstrap_fn(move |_: &[u8]| Ok(raw.clone()))),
         ..Default::default()
     };
     let their = match transport {

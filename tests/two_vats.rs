@@ -9,7 +9,7 @@ mod echo_service;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use capnp_actix::connection::{start_connection, ConnectionHandle, ConnectionOptions};
+use capnp_actix::connection::{bootstrap_fn, start_connection, ConnectionHandle, ConnectionOptions};
 use capnp_actix::schemas::echo_api_capnp::{callback, echo};
 use capnp_actix::{Cap, CapRef};
 use echo_service::{EchoService, Sink};
@@ -41,7 +41,7 @@ async fn echo_over_a_socket_pair_ping_heartbeat_and_pipelined_logger() {
     let server = start_connection(
         a,
         ConnectionOptions {
-            bootstrap: Some(Arc::new(move |id: &[u8]| {
+            bootstrap: Some(bootstrap_fn(move |id: &[u8]| {
                 if id == b"main" || id.is_empty() {
                     Ok(raw.clone())
                 } else {
@@ -122,7 +122,7 @@ fn echo_server_options() -> (Cap<echo::Client>, ConnectionOptions) {
     ));
     let raw = service.raw().clone();
     let options = ConnectionOptions {
-        bootstrap: Some(Arc::new(move |_: &[u8]| Ok(raw.clone()))),
+        bootstrap: Some(bootstrap_fn(move |_: &[u8]| Ok(raw.clone()))),
         ..Default::default()
     };
     (service, options)
@@ -196,7 +196,7 @@ async fn scenario_58_after_disconnect_questions_fail_and_nothing_is_left_on_eith
     let server = start_connection(
         a,
         ConnectionOptions {
-            bootstrap: Some(Arc::new(move |_: &[u8]| Ok(raw.clone()))),
+            bootstrap: Some(bootstrap_fn(move |_: &[u8]| Ok(raw.clone()))),
             ..Default::default()
         },
     );
@@ -232,7 +232,7 @@ fn pair_serving(bootstrap: capnp_actix::CapRef) -> (ConnectionHandle, Connection
     let server = start_connection(
         a,
         ConnectionOptions {
-            bootstrap: Some(Arc::new(move |_: &[u8]| Ok(bootstrap.clone()))),
+            bootstrap: Some(bootstrap_fn(move |_: &[u8]| Ok(bootstrap.clone()))),
             ..Default::default()
         },
     );
@@ -308,7 +308,7 @@ async fn scenario_02_a_call_on_a_broken_bootstrap_fails_and_releases_its_argumen
     let server = start_connection(
         a,
         ConnectionOptions {
-            bootstrap: Some(Arc::new(|_: &[u8]| {
+            bootstrap: Some(bootstrap_fn(|_: &[u8]| {
                 Err(capnp::Error::failed("no such service".into()))
             })),
             ..Default::default()

@@ -168,6 +168,20 @@ impl std::hash::Hash for CapRef {
     }
 }
 
+/// A handle that does not keep its capability alive; see
+/// [`CapRef::downgrade`].
+#[derive(Clone, Debug)]
+pub struct WeakCapRef {
+    node: std::sync::Weak<Node>,
+}
+
+impl WeakCapRef {
+    /// The capability, if some [`CapRef`] still holds it.
+    pub fn upgrade(&self) -> Option<CapRef> {
+        self.node.upgrade().map(|node| CapRef { node })
+    }
+}
+
 impl CapRef {
     pub(crate) fn from_kind(kind: Kind) -> Self {
         Self::from_kind_id(kind, next_id())
@@ -207,6 +221,14 @@ impl CapRef {
     /// How many handles refer to this capability.
     pub fn ref_count(&self) -> usize {
         Arc::strong_count(&self.node)
+    }
+
+    /// A weak handle: it does not keep the capability alive, and gives it
+    /// back while some other handle does (caches of restored services).
+    pub fn downgrade(&self) -> WeakCapRef {
+        WeakCapRef {
+            node: Arc::downgrade(&self.node),
+        }
     }
 
     pub(crate) fn kind(&self) -> &Kind {

@@ -15,6 +15,8 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Handler, Message, Recipient, SpawnHandle,
     StreamHandler, WrapFuture,
 };
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use bytes::Bytes;
 use capnp::traits::Imbue;
 use capnp_actix_proto::captp::{
@@ -32,8 +34,18 @@ use crate::payload::{payload_from_reader, Payload};
 use crate::registry;
 
 /// Finds the bootstrap capability for a service ID (the ID's raw bytes;
-/// empty when the peer sent none).
-pub type BootstrapFn = Arc<dyn Fn(&[u8]) -> Result<CapRef, capnp::Error> + Send + Sync>;
+/// empty when the peer sent none). The lookup may take time (a restorer
+/// loading a saved service); calls the peer pipelines on the bootstrap
+/// capability meanwhile wait for it.
+pub type BootstrapFn =
+    Arc<dyn Fn(&[u8]) -> BoxFuture<'static, Result<CapRef, capnp::Error>> + Send + Sync>;
+
+/// A [`BootstrapFn`] from a lookup that answers at once.
+pub fn bootstrap_fn(
+    lookup: impl Fn(&[u8]) -> Result<CapRef, capnp::Error> + Send + Sync + 'static,
+) -> BootstrapFn {
+    Arc::new(move |id: &[u8]| futures::future::ready(lookup(id)).boxed())
+}
 
 /// Options of one connection.
 #[derive(Clone, Default)]
@@ -319,26 +331,53 @@ impl Connection {
     fn on_event(&mut self, event: Event<CapRef>, ctx: &mut actix::Context<Self>) {
         match event {
             Event::Bootstrap { answer, object_id } => {
-                let found = match &self.bootstrap {
+                let mut found = match &self.bootstrap {
                     Some(b) => b(&object_id),
-                    None => Err(capnp::Error::failed(
+                    None => futures::future::ready(Err(capnp::Error::failed(
                         "this vat offers no bootstrap capability".into(),
-                    )),
+                    )))
+                    .boxed(),
                 };
                 // The answer is kept like any other, so that calls the peer
                 // pipelines on it reach the capability (or get the error).
                 let (answer_ref, completer) = Answer::open();
-                match found {
+                let complete = move |found: Result<CapRef, capnp::Error>| match found {
                     Ok(cap) => completer.complete_payload(Payload {
                         message: capnp_actix_proto::content::cap_root_message(),
                         caps: vec![Some(cap)],
                     }),
                     Err(e) => completer.complete(Err(e)),
-                }
-                let outcome = answer_ref.shared().resolution_now();
-                self.answers.insert(answer, (answer_ref, None));
-                if let Some(o) = outcome {
-                    self.send_return(answer, o);
+                };
+                match (&mut found).now_or_never() {
+                    Some(found) => {
+                        complete(found);
+                        let outcome = answer_ref.shared().resolution_now();
+                        self.answers.insert(answer, (answer_ref, None));
+                        if let Some(o) = outcome {
+                            self.send_return(answer, o);
+                        }
+                    }
+                    None => {
+                        // Dropped with the connection (or on the peer's
+                        // finish): the lookup itself may go on elsewhere.
+                        let handle = ctx.spawn(actix::fut::wrap_future(found).map(
+                            move |found, act: &mut Self, ctx| {
+                                complete(found);
+                                let outcome = act
+                                    .answers
+                                    .get_mut(&answer)
+                                    .and_then(|entry| {
+                                        entry.1 = None;
+                                        entry.0.shared().resolution_now()
+                                    });
+                                if let Some(o) = outcome {
+                                    act.send_return(answer, o);
+                                }
+                                act.settle(ctx);
+                            },
+                        ));
+                        self.answers.insert(answer, (answer_ref, Some(handle)));
+                    }
                 }
             }
             Event::Call {

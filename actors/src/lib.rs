@@ -67,7 +67,7 @@ use actix::dev::ToEnvelope;
 use actix::{Actor, Addr, ArbiterHandle, Handler};
 use capnp::capability::{FromClientHook, FromServer};
 
-pub use cap::CapRef;
+pub use cap::{CapRef, WeakCapRef};
 pub use host::IncomingCall;
 pub use promise::Resolver;
 
