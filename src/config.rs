@@ -1,0 +1,339 @@
+//! A vat's options: its key file, listen and public addresses, and whether
+//! it uses TLS, with the command-line spelling of the reference vats.
+//!
+//! [`VatConfig`] is a clap [`Args`](clap::Args) struct, so a program adds
+//! the vat's options to its own command line by flattening it:
+//!
+//! ```
+//! use capnp_actix::config::VatConfig;
+//! use clap::Parser;
+//!
+//! /// A calculator server.
+//! #[derive(Parser)]
+//! struct Cli {
+//!     #[command(flatten)]
+//!     vat: VatConfig,
+//!     /// The program's own options sit beside the vat's.
+//!     #[arg(long)]
+//!     verbose: bool,
+//! }
+//!
+//! let cli = Cli::try_parse_from([
+//!     "calc-server",
+//!     "--capnp-listen-address",
+//!     "tcp:127.0.0.1:7000",
+//!     "--capnp-disable-tls",
+//! ])?;
+//! let uri = cli.vat.sturdy_uri(b"main")?;
+//! assert_eq!(uri.to_string(), "capnp://insecure@127.0.0.1:7000/bWFpbg");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use clap::builder::TypedValueParser as _;
+
+use crate::address::Address;
+use crate::identity::{KeyError, SecretKey};
+use crate::uri::{SturdyUri, VatAuth};
+
+/// The vat's options; also a clap [`Args`](clap::Args) struct that a
+/// program's own parser can `#[command(flatten)]`:
+///
+/// ```
+/// use capnp_actix::config::VatConfig;
+/// use clap::Parser;
+///
+/// #[derive(Parser)]
+/// struct Cli {
+///     #[command(flatten)]
+///     vat: VatConfig,
+/// }
+///
+/// let cli = Cli::try_parse_from(["server", "--capnp-listen-address", "unix:/tmp/calc.socket"])?;
+/// assert!(cli.vat.tls());
+/// assert_eq!(cli.vat.public_address(), cli.vat.listen_address.as_ref());
+/// # Ok::<(), clap::Error>(())
+/// ```
+///
+/// Or, without a command line:
+///
+/// ```
+/// use capnp_actix::config::VatConfig;
+/// use capnp_actix::Address;
+///
+/// let vat = VatConfig::new()
+///     .with_listen_address(Address::parse("tcp:0.0.0.0:7000")?)
+///     .with_public_address(Address::parse("tcp:calc.example.com:7000")?);
+/// let uri = vat.sturdy_uri(&vat.derived_id("main")?)?;
+/// assert!(uri.to_string().starts_with("capnp://sha-256:"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// The secret key is loaded (or generated) on the first call that needs
+/// it and kept, so a key file is read once and an ephemeral key stays the
+/// same for the life of the configuration and its clones.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct VatConfig {
+    /// `--capnp-secret-key-file PATH`: the file holding the vat's secret
+    /// key (PEM), created with a new RSA-2048 key if missing. An empty
+    /// string, or no option, means an ephemeral key (new each run).
+    #[arg(
+        long = "capnp-secret-key-file",
+        value_name = "PATH",
+        // Not `PathBuf`'s own parser, which rejects the empty string.
+        value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from),
+        help = "File with the vat's secret key (PEM), created if missing; \
+                \"\" means an ephemeral key"
+    )]
+    pub secret_key_file: Option<PathBuf>,
+
+    /// `--capnp-listen-address ADDR`: where to listen, as `tcp:HOST:PORT`,
+    /// `tcp:[IPv6]:PORT` or `unix:PATH` (see [`Address`]).
+    #[arg(
+        long = "capnp-listen-address",
+        value_name = "ADDR",
+        help = "Address to listen on: tcp:HOST:PORT, tcp:[IPv6]:PORT or unix:PATH"
+    )]
+    pub listen_address: Option<Address>,
+
+    /// `--capnp-public-address ADDR`: the address to put in sturdy URIs,
+    /// when peers reach the vat somewhere other than the listen address
+    /// (behind NAT, a proxy, a container's port mapping). Defaults to the
+    /// listen address.
+    #[arg(
+        long = "capnp-public-address",
+        value_name = "ADDR",
+        help = "Address to put in sturdy refs (default: the listen address)"
+    )]
+    pub public_address: Option<Address>,
+
+    /// `--capnp-disable-tls`: plain connections, without TLS; sturdy URIs
+    /// then say `insecure` instead of naming the key's fingerprint.
+    #[arg(
+        long = "capnp-disable-tls",
+        help = "Use plain connections, without TLS"
+    )]
+    pub disable_tls: bool,
+
+    /// Keys given to, or loaded for, this configuration.
+    #[arg(skip)]
+    keys: KeyCache,
+}
+
+/// Why the configuration could not give a key, an ID or a sturdy URI.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The secret key could not be loaded or created.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A sturdy URI was asked for, but the vat has no address.
+    #[error(
+        "no --capnp-listen-address or --capnp-public-address: \
+         the vat has no address to put in sturdy URIs"
+    )]
+    NoAddress,
+}
+
+impl VatConfig {
+    /// No options: an ephemeral key, TLS on, no address.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Use (or create) the key in this file; an empty path means an
+    /// ephemeral key. Replaces any key given with
+    /// [`VatConfig::with_secret_key`].
+    pub fn with_secret_key_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.secret_key_file = Some(path.into());
+        self.keys.given = None;
+        self
+    }
+
+    /// Use this key; it takes precedence over any key file.
+    pub fn with_secret_key(mut self, key: SecretKey) -> Self {
+        self.keys.given = Some(key);
+        self
+    }
+
+    /// Listen on this address (and, unless a public address is set, put it
+    /// in sturdy URIs).
+    pub fn with_listen_address(mut self, address: Address) -> Self {
+        self.listen_address = Some(address);
+        self
+    }
+
+    /// Put this address in sturdy URIs instead of the listen address.
+    pub fn with_public_address(mut self, address: Address) -> Self {
+        self.public_address = Some(address);
+        self
+    }
+
+    /// Turn TLS on (the default) or off.
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.disable_tls = !tls;
+        self
+    }
+
+    /// The vat's secret key: the one given with
+    /// [`VatConfig::with_secret_key`]; else the one in the key file, created
+    /// there if missing; else (no file, or an empty path) an ephemeral one.
+    /// Loaded on the first call and kept, so later calls (also on clones)
+    /// return the same key without reading the file again.
+    pub fn secret_key(&self) -> Result<SecretKey, ConfigError> {
+        if let Some(key) = &self.keys.given {
+            return Ok(key.clone());
+        }
+        let file = self.key_file();
+        // Held while loading so that concurrent first calls load once.
+        let mut loaded = self
+            .keys
+            .loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, key)) = loaded.iter().find(|(f, _)| f.as_deref() == file) {
+            return Ok(key.clone());
+        }
+        let key = match file {
+            Some(path) => SecretKey::load_or_create(path)?,
+            None => SecretKey::try_ephemeral()?,
+        };
+        loaded.push((file.map(Path::to_path_buf), key.clone()));
+        Ok(key)
+    }
+
+    /// Whether connections use TLS (unless `--capnp-disable-tls`).
+    pub fn tls(&self) -> bool {
+        !self.disable_tls
+    }
+
+    /// The address for sturdy URIs: the public address, else the listen
+    /// address.
+    pub fn public_address(&self) -> Option<&Address> {
+        self.public_address
+            .as_ref()
+            .or(self.listen_address.as_ref())
+    }
+
+    /// How clients authenticate this vat: `insecure` without TLS, else the
+    /// SHA-256 fingerprint of the secret key (loading it if need be).
+    pub fn auth(&self) -> Result<VatAuth, ConfigError> {
+        if !self.tls() {
+            return Ok(VatAuth::Insecure);
+        }
+        Ok(self.secret_key()?.fingerprint().into())
+    }
+
+    /// The service ID derived from the secret key and `name` (see
+    /// [`SecretKey::derived_id`]): stable as long as the key file is.
+    pub fn derived_id(&self, name: &str) -> Result<Vec<u8>, ConfigError> {
+        Ok(self.secret_key()?.derived_id(name.as_bytes()))
+    }
+
+    /// The sturdy URI for a service on this vat: its authentication, its
+    /// public address and the service ID.
+    pub fn sturdy_uri(&self, service_id: &[u8]) -> Result<SturdyUri, ConfigError> {
+        let address = self.public_address().ok_or(ConfigError::NoAddress)?.clone();
+        Ok(SturdyUri {
+            auth: self.auth()?,
+            address,
+            service_id: service_id.to_vec(),
+        })
+    }
+
+    /// The key file to use; `None` for an ephemeral key.
+    fn key_file(&self) -> Option<&Path> {
+        self.secret_key_file
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+    }
+}
+
+/// Keys for a [`VatConfig`]: one given explicitly, and those loaded so far,
+/// by key file (`None` for the ephemeral key). Clones share what is loaded,
+/// so each source is loaded once even if a clone changes the key file.
+#[derive(Clone, Default)]
+struct KeyCache {
+    given: Option<SecretKey>,
+    loaded: Arc<Mutex<Vec<LoadedKey>>>,
+}
+
+/// A key and the file it came from (`None`: ephemeral).
+type LoadedKey = (Option<PathBuf>, SecretKey);
+
+impl fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        f.debug_struct("KeyCache")
+            .field("given", &self.given)
+            .field("loaded", &loaded.iter().map(|(_, k)| k).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(s: &str) -> Address {
+        Address::parse(s).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_tls_with_an_ephemeral_key_and_no_address() {
+        let vat = VatConfig::new();
+        assert!(vat.tls());
+        assert_eq!(vat.public_address(), None);
+        let key = vat.secret_key().unwrap();
+        // Kept: the same ephemeral key every time, also on clones.
+        assert_eq!(vat.secret_key().unwrap().fingerprint(), key.fingerprint());
+        assert_eq!(
+            vat.clone().secret_key().unwrap().fingerprint(),
+            key.fingerprint()
+        );
+        assert_eq!(vat.auth().unwrap(), VatAuth::Sha256(key.fingerprint().0));
+        assert!(matches!(
+            vat.sturdy_uri(b"main"),
+            Err(ConfigError::NoAddress)
+        ));
+    }
+
+    #[test]
+    fn builders_set_addresses_tls_and_key() {
+        let key = SecretKey::ephemeral();
+        let vat = VatConfig::new()
+            .with_listen_address(tcp("tcp:0.0.0.0:7000"))
+            .with_tls(false)
+            .with_secret_key(key.clone());
+        assert_eq!(vat.public_address(), Some(&tcp("tcp:0.0.0.0:7000")));
+        assert_eq!(vat.auth().unwrap(), VatAuth::Insecure);
+        assert_eq!(vat.derived_id("x").unwrap(), key.derived_id(b"x"));
+        let vat = vat
+            .with_public_address(tcp("tcp:example.com:1"))
+            .with_tls(true);
+        assert_eq!(vat.public_address(), Some(&tcp("tcp:example.com:1")));
+        assert_eq!(vat.auth().unwrap(), key.fingerprint().into());
+        // A key file set later replaces the given key; "" is ephemeral.
+        let vat = vat.with_secret_key_file("");
+        assert_ne!(vat.secret_key().unwrap().fingerprint(), key.fingerprint());
+    }
+
+    #[test]
+    fn changing_the_key_file_on_a_clone_does_not_disturb_the_original() {
+        let a = VatConfig::new();
+        let ephemeral = a.secret_key().unwrap().fingerprint();
+        let mut b = a.clone();
+        b.secret_key_file = Some("/nonexistent-dir-for-capnp-actix/k.pem".into());
+        assert!(b.secret_key().is_err());
+        assert_eq!(a.secret_key().unwrap().fingerprint(), ephemeral);
+    }
+
+    #[test]
+    fn no_address_error_names_the_options() {
+        let e = ConfigError::NoAddress.to_string();
+        assert!(e.contains("--capnp-listen-address"), "{e}");
+        assert!(e.contains("--capnp-public-address"), "{e}");
+    }
+}
