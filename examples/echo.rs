@@ -56,11 +56,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use capnp_actix::identity::generated_service_id;
+use capnp_actix::persist::{save_client, with_sturdy_ref};
+use capnp_actix::restorer::{digest, Loader, Table};
+use capnp_actix::schemas::echo_api_capnp::saved_service;
 use capnp_actix::schemas::echo_api_capnp::{callback, echo};
-use capnp_actix::vat::{self, Services};
-use capnp_actix::{Address, Cap, SturdyUri};
+use capnp_actix::vat::{UriMaker, Vat};
+use capnp_actix::{Cap, CapRef, FileStore, SturdyUri, VatConfig};
 use clap::{Parser, Subcommand};
-use echo_service::{EchoService, Sink};
+use echo_service::{EchoService, Logger, Sink};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use std::path::PathBuf;
 
 /// The capnp-actix echo tutorial, and an echo server and clients.
 #[derive(Parser, Debug)]
@@ -85,15 +92,15 @@ struct Args {
 /// The network subcommands.
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve the echo service (ID `main`, and the empty ID) until killed.
+    /// Serve the echo service and its logger until killed.
     Serve {
-        /// Where to listen: tcp:HOST:PORT (port 0 picks one) or unix:PATH.
-        #[arg(long, value_name = "ADDR")]
-        capnp_listen_address: Address,
+        /// The vat: key file, addresses, TLS.
+        #[command(flatten)]
+        vat: VatConfig,
 
-        /// Serve without TLS (required: TLS vats are not supported yet).
-        #[arg(long)]
-        capnp_disable_tls: bool,
+        /// Where loggers made by `createLogger` are saved.
+        #[arg(long, value_name = "DIR", default_value = "echo-store")]
+        store_dir: PathBuf,
 
         /// Seconds between the service's heartbeat callbacks.
         #[arg(
@@ -118,13 +125,22 @@ enum Command {
         /// What to send.
         msg: String,
     },
-    /// Call `log(MSG)` on the service's logger, pipelined on `getLogger`
-    /// (the server prints `Service logger: MSG`).
+    /// Log MSG: through a logger's URI (as `serve` or `create-logger`
+    /// print it), or, given the echo service's URI, through `getLogger`
+    /// with `log` pipelined on its answer (the server prints `LABEL: MSG`).
     Log {
-        /// The service's sturdy URI, as `serve` prints it.
+        /// A logger's or the echo service's sturdy URI.
         uri: SturdyUri,
         /// What to log.
         msg: String,
+    },
+    /// Create a saved logger labelled LABEL (`createLogger`, with `save`
+    /// and a first `log` pipelined on it: one round trip) and print its URI.
+    CreateLogger {
+        /// The echo service's sturdy URI.
+        uri: SturdyUri,
+        /// The new logger's label.
+        label: String,
     },
 }
 
@@ -153,9 +169,6 @@ impl callback::Server for PrintCallback {
 }
 
 type BoxError = Box<dyn Error>;
-
-/// Exit status for a command line we cannot act on (as clap uses).
-const USAGE: u8 = 2;
 
 async fn tutorial(interval: Duration) -> Result<(), BoxError> {
     // Everything lives in this block, so that it is all dropped before the
@@ -206,29 +219,132 @@ async fn tutorial(interval: Duration) -> Result<(), BoxError> {
 }
 
 /// `echo serve`: offer the service until the process is killed.
-async fn serve(address: Address, interval: Duration) -> Result<(), BoxError> {
-    let service: Cap<echo::Client> = Cap::new(EchoService::new(interval, Sink::Stdout));
-    let mut services = Services::new();
-    // Without TLS, clients that cannot send a service ID get it too.
-    services.add("main", &service).add("", &service);
-    let listening = vat::serve(&address, services).await?;
+///
+/// With TLS the service IDs are derived from the key (`main` and
+/// `logger`), so the URIs stay the same across restarts with the same key
+/// file. Without TLS they are the plain names, and the service is also
+/// offered under the empty ID, for clients that cannot send one.
+async fn serve(config: VatConfig, store_dir: PathBuf, interval: Duration) -> Result<(), BoxError> {
+    if config.listen_address.is_none() {
+        return Err("serve needs --capnp-listen-address".into());
+    }
+    let store = Arc::new(FileStore::open(&store_dir)?);
+    let (main_id, logger_id) = if config.tls() {
+        (config.derived_id("main")?, config.derived_id("logger")?)
+    } else {
+        (b"main".to_vec(), b"logger".to_vec())
+    };
+    let mut echo = EchoService::new(interval, Sink::Stdout);
+    let service_logger = echo.logger.raw().clone();
+    let mut services = None;
+    // `createLogger` saves each new logger; the table's loader brings a
+    // saved one back when a client restores its URI (after a restart too).
+    let vat = Vat::start_with(&config, |uris| {
+        let table = Table::with_loader(
+            {
+                let uris = uris.clone();
+                move |id| uris.sturdy_uri(id)
+            },
+            SavedLoggers {
+                store: store.clone(),
+            },
+        );
+        echo.make_logger = Some(Rc::new({
+            let (store, uris) = (store.clone(), uris.clone());
+            move |label| create_logger(&store, &uris, label)
+        }));
+        services = Some(table.clone());
+        table
+    })
+    .await?;
+    let table = services.ok_or("the vat did not build its restorer")?;
+    let service: Cap<echo::Client> = Cap::new(echo);
+    table.add(&main_id, service.raw().clone());
+    if !config.tls() {
+        table.add(b"", service.raw().clone());
+    }
+    let logger_uri = vat.sturdy_uri(&logger_id)?;
+    table.add(&logger_id, with_sturdy_ref(service_logger, &logger_uri));
     let mut stdout = std::io::stdout().lock();
     writeln!(
         stdout,
         "echo service running at: {}",
-        listening.uri(b"main")
+        vat.sturdy_uri(&main_id)?
     )?;
+    writeln!(stdout, "logger running at: {logger_uri}")?;
     stdout.flush()?;
     drop(stdout);
     std::future::pending::<()>().await;
     Ok(())
 }
 
-/// The echo service a sturdy URI names (calls on it are pipelined on the
-/// connection and the bootstrap).
+/// Saved loggers, by the digest of their IDs.
+struct SavedLoggers {
+    store: Arc<FileStore>,
+}
+
+impl Loader for SavedLoggers {
+    fn load(
+        &self,
+        uri: SturdyUri,
+        digest: [u8; 32],
+    ) -> BoxFuture<'static, Result<CapRef, capnp::Error>> {
+        let loaded = self
+            .store
+            .load(&digest)
+            .map_err(|e| capnp::Error::failed(e.to_string()));
+        let restored = loaded.and_then(|saved| {
+            let Some(saved) = saved else {
+                return Err(capnp::Error::failed("Unknown persistent service ID".into()));
+            };
+            let saved: saved_service::Reader = saved.get_root()?;
+            let label = saved.get_logger()?.get_label()?.to_string()?;
+            let logger: Cap<callback::Client> = Cap::new(Logger {
+                label,
+                sink: Sink::Stdout,
+            });
+            Ok(with_sturdy_ref(logger, &uri))
+        });
+        futures::future::ready(restored).boxed()
+    }
+}
+
+/// `createLogger` of `serve`: a new logger under a fresh secret ID, saved
+/// in the store before its URI is handed out.
+fn create_logger(
+    store: &FileStore,
+    uris: &UriMaker,
+    label: &str,
+) -> Result<Cap<callback::Client>, capnp::Error> {
+    let id = generated_service_id();
+    let mut message = capnp::message::Builder::new_default();
+    message
+        .init_root::<saved_service::Builder>()
+        .init_logger()
+        .set_label(label);
+    store
+        .save(&digest(&id), &message)
+        .map_err(|e| capnp::Error::failed(format!("cannot save the logger: {e}")))?;
+    let logger: Cap<callback::Client> = Cap::new(Logger {
+        label: label.to_string(),
+        sink: Sink::Stdout,
+    });
+    Ok(Cap::from_raw(with_sturdy_ref(
+        logger,
+        &uris.sturdy_uri(&id),
+    )))
+}
+
+/// The capability a sturdy URI names, through a client-only vat (calls
+/// on it are pipelined on the connection and the bootstrap). The vat has
+/// an ephemeral key, so it can reach TLS vats and insecure ones alike.
+async fn import<C>(uri: &SturdyUri) -> Result<Cap<C>, BoxError> {
+    let vat = Vat::client(&VatConfig::new()).await?;
+    Ok(vat.import_as(uri).await?)
+}
+
 async fn import_echo(uri: &SturdyUri) -> Result<echo::Client, BoxError> {
-    let raw = vat::import(uri).await?;
-    Ok(Cap::<echo::Client>::from_raw(raw).client())
+    Ok(import::<echo::Client>(uri).await?.client())
 }
 
 /// `echo ping`: one call, its reply printed.
@@ -261,15 +377,42 @@ async fn connect(uri: SturdyUri) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// `echo log`: `log(MSG)` sent to the logger `getLogger` will return,
+/// `echo log`: `log(MSG)` on a logger's URI; given the echo service's
+/// URI instead (which answers a logger's method with Unimplemented), the
+/// service's logger: `log` is sent to the logger `getLogger` will return,
 /// without waiting for `getLogger`'s answer; only `log` is awaited.
 async fn log(uri: SturdyUri, msg: String) -> Result<(), BoxError> {
-    let echo = import_echo(&uri).await?;
+    let cap = import::<callback::Client>(&uri).await?;
+    let mut request = cap.client().log_request();
+    request.get().set_msg(&msg[..]);
+    match request.send().promise.await {
+        Err(e) if e.kind == capnp::ErrorKind::Unimplemented => {}
+        other => return Ok(other.map(drop)?),
+    }
+    let echo = cap.cast::<echo::Client>().client();
     let pending = echo.get_logger_request().send();
     let logger = pending.pipeline.get_callback();
     let mut request = logger.log_request();
     request.get().set_msg(&msg[..]);
     request.send().promise.await?;
+    Ok(())
+}
+
+/// `echo create-logger`: `createLogger(LABEL)`, then `save` and a first
+/// `log` on the new logger, both pipelined: everything goes out before
+/// any answer comes back.
+async fn create_logger_command(uri: SturdyUri, label: String) -> Result<(), BoxError> {
+    let echo = import_echo(&uri).await?;
+    let mut request = echo.create_logger_request();
+    request.get().set_label(&label[..]);
+    let pending = request.send();
+    let logger = pending.pipeline.get_callback();
+    let saved = save_client(&logger);
+    let mut first = logger.log_request();
+    first.get().set_msg("created");
+    let (saved, logged) = futures::join!(saved, first.send().promise);
+    logged?;
+    println!("new logger at: {}", saved?);
     Ok(())
 }
 
@@ -293,22 +436,16 @@ fn main() -> ExitCode {
     let outcome = match args.command {
         None => system.block_on(tutorial(args.heartbeat_interval)),
         Some(Command::Serve {
-            capnp_listen_address,
-            capnp_disable_tls,
+            vat,
+            store_dir,
             heartbeat_interval,
-        }) => {
-            if !capnp_disable_tls {
-                eprintln!(
-                    "echo: TLS vats are not supported yet; \
-                     serve with --capnp-disable-tls"
-                );
-                return ExitCode::from(USAGE);
-            }
-            system.block_on(serve(capnp_listen_address, heartbeat_interval))
-        }
+        }) => system.block_on(serve(vat, store_dir, heartbeat_interval)),
         Some(Command::Connect { uri }) => system.block_on(connect(uri)),
         Some(Command::Ping { uri, msg }) => system.block_on(ping(uri, msg)),
         Some(Command::Log { uri, msg }) => system.block_on(log(uri, msg)),
+        Some(Command::CreateLogger { uri, label }) => {
+            system.block_on(create_logger_command(uri, label))
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -27,9 +27,21 @@ pub use capnp_actix_schemas as schemas;
 pub use capnp::{Error, ErrorKind};
 
 pub mod address;
+pub mod config;
+pub mod identity;
+mod listener;
+pub mod net;
+pub mod persist;
+pub mod restorer;
+pub mod store;
+pub mod tls;
 pub mod tutorial;
 pub mod uri;
 pub mod vat;
 
 pub use address::Address;
+pub use config::{ConfigError, VatConfig};
+pub use identity::{Fingerprint, KeyError, SecretKey};
+pub use restorer::Restorer;
+pub use store::FileStore;
 pub use uri::{SturdyUri, VatAuth};

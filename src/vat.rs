@@ -1,19 +1,753 @@
-//! Serving capabilities on, and connecting to, network addresses.
+//! Vats: a supervisor actor per vat owns its identity, listeners,
+//! connections and restorer.
 //!
-//! This is the insecure (no TLS) part of a vat: a listener that serves
-//! bootstrap capabilities by service ID to every connection, and
-//! [`connect`] / [`import`] for the client side. TLS identities, the
-//! restorer and the vat supervisor build on it.
+//! [`Vat::start`] loads the vat's key (see [`VatConfig`]), binds its listen
+//! address and starts the supervisor. The supervisor:
+//! - runs each listener under an actix supervisor (an accept error releases
+//!   the socket and the listener binds again after a backoff);
+//! - runs the TLS handshake of every connection (in both directions) and
+//!   keys connections by the peer's fingerprint: parallel imports of one
+//!   vat share one connection, and when two vats connect to each other at
+//!   the same moment both keep the connection opened by the vat with the
+//!   greater fingerprint and close the other once nothing uses it;
+//! - answers every peer's bootstrap with its [`Restorer`].
+//!
+//! [`Vat::import`] turns a sturdy URI into a capability; a URI naming this
+//! vat gives the local object itself.
+//!
+//! The free functions at the end ([`serve`], [`connect`], [`import`]) are
+//! the insecure building blocks without a supervisor.
 
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
-use capnp_actix_actors::connection::{start_connection, ConnectionHandle, ConnectionOptions};
-use capnp_actix_actors::CapRef;
+use actix::prelude::*;
+use capnp_actix_actors::connection::{
+    start_connection, BootstrapFn, ConnectionHandle, ConnectionOptions,
+};
+use capnp_actix_actors::{Cap, CapRef};
+use capnp_actix_proto::captp::TableSizes;
+use futures::channel::oneshot;
+use futures::FutureExt;
 
 use crate::address::Address;
+use crate::config::{ConfigError, VatConfig};
+use crate::identity::{Fingerprint, SecretKey};
+use crate::listener::{Accepted, ListenerActor, StopListening};
+use crate::net;
+use crate::restorer::Restorer;
+use crate::tls;
 use crate::uri::{SturdyUri, VatAuth};
+
+/// How long a peer may take over the TLS handshake before it is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+static NEXT_ANONYMOUS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// How often a connection replaced by a crossed one is checked for use.
+const RETIRE_CHECK: Duration = Duration::from_millis(200);
+
+/// Why a vat could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum VatError {
+    /// The configuration (key file, addresses) is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listen address could not be bound, or TLS not set up.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Who is at the other end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Peer {
+    /// A TLS peer, known by its key's fingerprint.
+    Vat(Fingerprint),
+    /// A vat we reached without TLS, known by its address.
+    Insecure(Address),
+    /// A client that connected to us without TLS.
+    Anonymous(u64),
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Vat(fp) => write!(f, "sha-256:{fp}"),
+            Peer::Insecure(a) => write!(f, "insecure@{a}"),
+            Peer::Anonymous(id) => write!(f, "anonymous client #{id}"),
+        }
+    }
+}
+
+/// One connection of a vat, as [`Vat::connections`] reports it.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// The peer.
+    pub peer: Peer,
+    /// True if this vat opened the connection.
+    pub initiated_by_us: bool,
+    /// True if the connection was replaced by a crossed one and will be
+    /// closed once nothing uses it.
+    pub retiring: bool,
+    /// Its table sizes.
+    pub tables: TableSizes,
+    /// A dump of its tables.
+    pub dump: String,
+}
+
+/// What the supervisor knows of the vat, shared with its handles.
+struct VatShared {
+    supervisor: Addr<VatSupervisor>,
+    fingerprint: Option<Fingerprint>,
+    public: Option<Address>,
+    restorer: Arc<dyn Restorer>,
+}
+
+/// A running vat: a handle to its supervisor actor. `Clone + Send + Sync`.
+#[derive(Clone)]
+pub struct Vat {
+    shared: Arc<VatShared>,
+}
+
+impl std::fmt::Debug for Vat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vat")
+            .field("fingerprint", &self.shared.fingerprint)
+            .field("address", &self.shared.public)
+            .finish()
+    }
+}
+
+/// Makes the sturdy URIs of one vat's services.
+#[derive(Debug, Clone)]
+pub struct UriMaker {
+    auth: VatAuth,
+    address: Option<Address>,
+}
+
+impl UriMaker {
+    /// The URI of service `service_id`. A vat without an address (a
+    /// client-only vat) makes URIs with the placeholder address
+    /// `unix:/nonexistent`, which no one can connect to.
+    pub fn sturdy_uri(&self, service_id: &[u8]) -> SturdyUri {
+        SturdyUri {
+            auth: self.auth.clone(),
+            address: self
+                .address
+                .clone()
+                .unwrap_or_else(|| Address::Unix("/nonexistent".into())),
+            service_id: service_id.to_vec(),
+        }
+    }
+}
+
+/// A restorer that knows no services (client-only vats).
+struct NoServices;
+
+impl Restorer for NoServices {
+    fn restore(
+        &self,
+        _id: &[u8],
+    ) -> futures::future::BoxFuture<'static, Result<CapRef, capnp::Error>> {
+        futures::future::ready(Err(crate::restorer::unknown_service())).boxed()
+    }
+}
+
+impl Vat {
+    /// Starts a vat on the current arbiter: loads (or creates) its key,
+    /// binds its listen address if it has one, and serves `restorer`'s
+    /// services to every peer.
+    pub async fn start(config: &VatConfig, restorer: impl Restorer) -> Result<Vat, VatError> {
+        Self::start_with(config, |_| restorer).await
+    }
+
+    /// Like [`Vat::start`], for a restorer that needs the vat's sturdy
+    /// URIs (a [`Table`](crate::restorer::Table)): `make` gets a
+    /// [`UriMaker`] once the address is bound and the key loaded.
+    ///
+    /// ```no_run
+    /// # async fn f(config: capnp_actix::VatConfig) -> Result<(), capnp_actix::vat::VatError> {
+    /// use capnp_actix::restorer::Table;
+    /// let vat = capnp_actix::vat::Vat::start_with(&config, |uris| {
+    ///     Table::new(move |id| uris.sturdy_uri(id))
+    /// })
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn start_with<R: Restorer>(
+        config: &VatConfig,
+        make: impl FnOnce(UriMaker) -> R,
+    ) -> Result<Vat, VatError> {
+        let key = if config.tls() {
+            Some(config.secret_key()?)
+        } else {
+            None
+        };
+        let fingerprint = key.as_ref().map(SecretKey::fingerprint);
+        let acceptor = key.as_ref().map(tls::Acceptor::new).transpose()?;
+        let bound = match &config.listen_address {
+            Some(address) => {
+                let socket = net::Listener::bind(address).await?;
+                let local = socket.local_address(address)?;
+                Some((local, socket))
+            }
+            None => None,
+        };
+        let public = match (config.public_address.clone(), &bound) {
+            (Some(p), _) => Some(p),
+            (None, Some((local, _))) => Some(local.clone()),
+            (None, None) => None,
+        };
+        let uris = UriMaker {
+            auth: match fingerprint {
+                Some(fp) => VatAuth::Sha256(fp.0),
+                None => VatAuth::Insecure,
+            },
+            address: public.clone(),
+        };
+        let restorer: Arc<dyn Restorer> = Arc::new(make(uris));
+        let bootstrap: BootstrapFn = {
+            let restorer = restorer.clone();
+            Arc::new(move |id: &[u8]| restorer.restore(id))
+        };
+        let supervisor = VatSupervisor::create(move |ctx| {
+            let listeners = bound
+                .into_iter()
+                .map(|(local, socket)| {
+                    tracing::info!(address = %local, tls = fingerprint.is_some(), "vat listening");
+                    ListenerActor::start(local, socket, ctx.address().recipient())
+                })
+                .collect();
+            VatSupervisor {
+                key,
+                fingerprint,
+                acceptor,
+                bootstrap,
+                listeners,
+                peers: HashMap::new(),
+                anonymous: HashMap::new(),
+            }
+        });
+        Ok(Vat {
+            shared: Arc::new(VatShared {
+                supervisor,
+                fingerprint,
+                public,
+                restorer,
+            }),
+        })
+    }
+
+    /// A vat that only connects to others (it listens nowhere and serves
+    /// nothing). With TLS on, it still has a key: the one configured, or an
+    /// ephemeral one.
+    pub async fn client(config: &VatConfig) -> Result<Vat, VatError> {
+        let mut config = config.clone();
+        config.listen_address = None;
+        config.public_address = None;
+        Self::start(&config, NoServices).await
+    }
+
+    /// The fingerprint of this vat's key (`None` without TLS).
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        self.shared.fingerprint
+    }
+
+    /// The address put in this vat's sturdy URIs: the public address, or
+    /// the listen address as bound (with the port chosen, for port 0).
+    pub fn address(&self) -> Option<&Address> {
+        self.shared.public.as_ref()
+    }
+
+    /// The sturdy URI of service `service_id` on this vat.
+    pub fn sturdy_uri(&self, service_id: &[u8]) -> Result<SturdyUri, ConfigError> {
+        let address = self.shared.public.clone().ok_or(ConfigError::NoAddress)?;
+        Ok(SturdyUri {
+            auth: self.auth(),
+            address,
+            service_id: service_id.to_vec(),
+        })
+    }
+
+    fn auth(&self) -> VatAuth {
+        match self.shared.fingerprint {
+            Some(fp) => VatAuth::Sha256(fp.0),
+            None => VatAuth::Insecure,
+        }
+    }
+
+    /// True if `uri` names this vat.
+    pub fn is_self(&self, uri: &SturdyUri) -> bool {
+        match (&uri.auth, self.shared.fingerprint) {
+            (VatAuth::Sha256(fp), Some(ours)) => fp == &ours.0,
+            (VatAuth::Insecure, None) => self.shared.public.as_ref() == Some(&uri.address),
+            _ => false,
+        }
+    }
+
+    /// The service a sturdy URI names. A URI of this vat gives the local
+    /// object itself; otherwise the vat connects (or reuses its connection
+    /// to that vat) and asks for the service. The capability is usable at
+    /// once: calls made on it are pipelined behind the bootstrap.
+    pub async fn import(&self, uri: &SturdyUri) -> Result<CapRef, capnp::Error> {
+        if self.is_self(uri) {
+            return self.shared.restorer.restore(&uri.service_id).await;
+        }
+        let conn = self.connection_to(uri).await?;
+        Ok(conn.bootstrap(&uri.service_id))
+    }
+
+    /// [`Vat::import`] as a typed capability.
+    pub async fn import_as<C>(&self, uri: &SturdyUri) -> Result<Cap<C>, capnp::Error> {
+        self.import(uri).await.map(Cap::from_raw)
+    }
+
+    /// The connection to the vat `uri` names, opened if needed.
+    pub async fn connection_to(&self, uri: &SturdyUri) -> Result<ConnectionHandle, capnp::Error> {
+        let peer = match &uri.auth {
+            VatAuth::Sha256(fp) => Peer::Vat(Fingerprint(*fp)),
+            VatAuth::Insecure => Peer::Insecure(uri.address.clone()),
+        };
+        let (reply, answer) = oneshot::channel();
+        self.shared.supervisor.do_send(Connect {
+            peer,
+            address: uri.address.clone(),
+            reply,
+        });
+        answer
+            .await
+            .unwrap_or_else(|_| Err(capnp::Error::disconnected("the vat has stopped".into())))
+    }
+
+    /// Every connection with its peer and tables.
+    pub async fn connections(&self) -> Vec<ConnectionInfo> {
+        let Ok(list) = self.shared.supervisor.send(ListConnections).await else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(list.len());
+        for (peer, initiated_by_us, retiring, conn) in list {
+            if let Some((tables, dump)) = conn.inspect().await {
+                out.push(ConnectionInfo {
+                    peer,
+                    initiated_by_us,
+                    retiring,
+                    tables,
+                    dump,
+                });
+            }
+        }
+        out
+    }
+
+    /// A dump of every connection's tables, for debugging.
+    pub async fn dump(&self) -> String {
+        let mut s = String::new();
+        for c in self.connections().await {
+            s.push_str(&format!(
+                "connection to {} ({}{}):\n{}\n",
+                c.peer,
+                if c.initiated_by_us { "ours" } else { "theirs" },
+                if c.retiring { ", retiring" } else { "" },
+                c.dump
+            ));
+        }
+        s
+    }
+
+    /// Stops listening and closes every connection.
+    pub fn stop(&self) {
+        self.shared.supervisor.do_send(StopVat);
+    }
+}
+
+/// A connection to a known peer, or the attempt to open one.
+#[derive(Default)]
+struct PeerEntry {
+    current: Option<(ConnectionHandle, bool)>,
+    /// Imports waiting for our connect to finish.
+    waiting: Vec<oneshot::Sender<Result<ConnectionHandle, capnp::Error>>>,
+    connecting: bool,
+    /// Connections replaced by a crossed one, closed once unused.
+    retired: Vec<(ConnectionHandle, bool)>,
+}
+
+/// See the module docs.
+pub struct VatSupervisor {
+    key: Option<SecretKey>,
+    fingerprint: Option<Fingerprint>,
+    acceptor: Option<tls::Acceptor>,
+    bootstrap: BootstrapFn,
+    listeners: Vec<Addr<ListenerActor>>,
+    peers: HashMap<Peer, PeerEntry>,
+    anonymous: HashMap<u64, ConnectionHandle>,
+}
+
+impl Actor for VatSupervisor {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        for l in self.listeners.drain(..) {
+            l.do_send(StopListening);
+        }
+        for (_, entry) in self.peers.drain() {
+            for (c, _) in entry.current.into_iter().chain(entry.retired) {
+                c.close("the vat has stopped");
+            }
+            for w in entry.waiting {
+                let _ = w.send(Err(capnp::Error::disconnected(
+                    "the vat has stopped".into(),
+                )));
+            }
+        }
+        for (_, c) in self.anonymous.drain() {
+            c.close("the vat has stopped");
+        }
+    }
+}
+
+struct Connect {
+    peer: Peer,
+    address: Address,
+    reply: oneshot::Sender<Result<ConnectionHandle, capnp::Error>>,
+}
+
+impl Message for Connect {
+    type Result = ();
+}
+
+/// A connection whose handshake finished.
+struct Established {
+    peer: Peer,
+    conn: ConnectionHandle,
+    initiated_by_us: bool,
+}
+
+impl Message for Established {
+    type Result = ();
+}
+
+struct ConnectFailed {
+    peer: Peer,
+    error: capnp::Error,
+}
+
+impl Message for ConnectFailed {
+    type Result = ();
+}
+
+struct Closed {
+    peer: Peer,
+    conn_id: u64,
+}
+
+impl Message for Closed {
+    type Result = ();
+}
+
+struct ListConnections;
+
+impl Message for ListConnections {
+    type Result = Vec<(Peer, bool, bool, ConnectionHandle)>;
+}
+
+struct StopVat;
+
+impl Message for StopVat {
+    type Result = ();
+}
+
+impl VatSupervisor {
+    fn options(&self) -> ConnectionOptions {
+        ConnectionOptions {
+            bootstrap: Some(self.bootstrap.clone()),
+            ..Default::default()
+        }
+    }
+
+    /// Starts the connection actor and watches for its end.
+    fn run(
+        &mut self,
+        stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+        peer: &Peer,
+        ctx: &mut Context<Self>,
+    ) -> ConnectionHandle {
+        let conn = start_connection(stream, self.options());
+        let closed = conn.closed();
+        let (peer, conn_id) = (peer.clone(), conn.id());
+        ctx.spawn(actix::fut::wrap_future(closed).map(
+            move |reason, _, ctx: &mut Context<Self>| {
+                tracing::debug!(%peer, "connection ended: {reason}");
+                ctx.notify(Closed { peer, conn_id });
+            },
+        ));
+        conn
+    }
+
+    /// The connection to keep of two to one peer: the one opened by the
+    /// vat with the greater fingerprint. True if that is ours.
+    fn ours_wins(&self, peer: &Peer) -> bool {
+        match (peer, self.fingerprint) {
+            (Peer::Vat(theirs), Some(ours)) => ours > *theirs,
+            _ => true,
+        }
+    }
+
+    fn retire(conn: ConnectionHandle, ctx: &mut Context<Self>) {
+        // Close it once neither side has anything on it; the peer makes the
+        // same choice of connection, so it stops using it too.
+        ctx.spawn(actix::fut::wrap_future(async move {
+            let mut idle_checks = 0;
+            while conn.is_open() {
+                tokio::time::sleep(RETIRE_CHECK).await;
+                match conn.inspect().await {
+                    Some((t, _))
+                        if t.questions + t.answers + t.exports + t.imports + t.embargoes == 0 =>
+                    {
+                        idle_checks += 1;
+                        if idle_checks >= 2 {
+                            conn.close("replaced by a crossed connection");
+                        }
+                    }
+                    Some(_) => idle_checks = 0,
+                    None => break,
+                }
+            }
+        }));
+    }
+}
+
+impl Handler<Connect> for VatSupervisor {
+    type Result = ();
+    fn handle(&mut self, msg: Connect, ctx: &mut Context<Self>) {
+        let entry = self.peers.entry(msg.peer.clone()).or_default();
+        if let Some((conn, _)) = &entry.current {
+            if conn.is_open() {
+                let _ = msg.reply.send(Ok(conn.clone()));
+                return;
+            }
+            // Gone (its end is being reported): a new connection waits for
+            // nothing of it.
+            entry.current = None;
+        }
+        entry.waiting.push(msg.reply);
+        if entry.connecting {
+            return;
+        }
+        entry.connecting = true;
+        let key = self.key.clone();
+        let (peer, address) = (msg.peer, msg.address);
+        let expected = match &peer {
+            Peer::Vat(fp) => Some(*fp),
+            _ => None,
+        };
+        ctx.spawn(
+            actix::fut::wrap_future(async move {
+                let stream = net::dial(&address).await?;
+                match (expected, key) {
+                    (Some(fp), Some(key)) => {
+                        let tls =
+                            tokio::time::timeout(HANDSHAKE_TIMEOUT, tls::connect(stream, &key, fp))
+                                .await
+                                .map_err(|_| {
+                                    io::Error::new(
+                                        io::ErrorKind::TimedOut,
+                                        "TLS handshake timed out",
+                                    )
+                                })??;
+                        Ok::<_, io::Error>(Box::new(tls) as Box<dyn AsyncStream>)
+                    }
+                    (Some(_), None) => Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "a TLS sturdy ref needs a vat with TLS enabled",
+                    )),
+                    _ => Ok(Box::new(stream) as Box<dyn AsyncStream>),
+                }
+                .map_err(|e| connecting_to(e, &address))
+            })
+            .map(move |result, act: &mut Self, ctx| match result {
+                Ok(stream) => {
+                    let conn = act.run(stream, &peer, ctx);
+                    ctx.notify(Established {
+                        peer,
+                        conn,
+                        initiated_by_us: true,
+                    });
+                }
+                Err(e) => {
+                    let error = if e.kind() == io::ErrorKind::PermissionDenied {
+                        capnp::Error::failed(e.to_string())
+                    } else {
+                        capnp::Error::disconnected(e.to_string())
+                    };
+                    ctx.notify(ConnectFailed { peer, error });
+                }
+            }),
+        );
+    }
+}
+
+fn connecting_to(e: io::Error, address: &Address) -> io::Error {
+    io::Error::new(e.kind(), format!("connecting to {address}: {e}"))
+}
+
+/// What a connection actor can run over.
+trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> AsyncStream for T {}
+
+impl Handler<ConnectFailed> for VatSupervisor {
+    type Result = ();
+    fn handle(&mut self, msg: ConnectFailed, _: &mut Context<Self>) {
+        if let Some(entry) = self.peers.get_mut(&msg.peer) {
+            entry.connecting = false;
+            tracing::warn!(peer = %msg.peer, "connect failed: {}", msg.error);
+            for w in entry.waiting.drain(..) {
+                let _ = w.send(Err(msg.error.clone()));
+            }
+            if entry.current.is_none() && entry.retired.is_empty() {
+                self.peers.remove(&msg.peer);
+            }
+        }
+    }
+}
+
+impl Handler<Established> for VatSupervisor {
+    type Result = ();
+    fn handle(&mut self, msg: Established, ctx: &mut Context<Self>) {
+        if let Peer::Anonymous(id) = msg.peer {
+            self.anonymous.insert(id, msg.conn);
+            return;
+        }
+        let ours_wins = self.ours_wins(&msg.peer);
+        let entry = self.peers.entry(msg.peer.clone()).or_default();
+        if msg.initiated_by_us {
+            entry.connecting = false;
+        }
+        let keep_new = match &entry.current {
+            Some((old, old_ours)) if old.is_open() => {
+                // Crossed connections: keep the one opened by the vat with
+                // the greater fingerprint.
+                let new_wins = msg.initiated_by_us == ours_wins;
+                let old_wins = *old_ours == ours_wins;
+                // Two of the same kind: the peer opened a new one because
+                // it thinks the old one is gone.
+                let keep_new = new_wins || !old_wins;
+                tracing::debug!(peer = %msg.peer, keep_new, "crossed connections");
+                keep_new
+            }
+            _ => true,
+        };
+        let retired = if keep_new {
+            let old = entry.current.replace((msg.conn, msg.initiated_by_us));
+            old.filter(|(c, _)| c.is_open())
+        } else {
+            Some((msg.conn, msg.initiated_by_us))
+        };
+        if let Some((conn, ours)) = retired {
+            entry.retired.push((conn.clone(), ours));
+            Self::retire(conn, ctx);
+        }
+        if let Some((conn, _)) = &entry.current {
+            for w in entry.waiting.drain(..) {
+                let _ = w.send(Ok(conn.clone()));
+            }
+        }
+    }
+}
+
+impl Handler<Closed> for VatSupervisor {
+    type Result = ();
+    fn handle(&mut self, msg: Closed, _: &mut Context<Self>) {
+        if let Peer::Anonymous(id) = msg.peer {
+            self.anonymous.remove(&id);
+            return;
+        }
+        if let Some(entry) = self.peers.get_mut(&msg.peer) {
+            if entry
+                .current
+                .as_ref()
+                .is_some_and(|(c, _)| c.id() == msg.conn_id)
+            {
+                entry.current = None;
+            }
+            entry.retired.retain(|(c, _)| c.id() != msg.conn_id);
+            if entry.current.is_none() && entry.retired.is_empty() && !entry.connecting {
+                self.peers.remove(&msg.peer);
+            }
+        }
+    }
+}
+
+impl Handler<Accepted> for VatSupervisor {
+    type Result = ();
+    fn handle(&mut self, msg: Accepted, ctx: &mut Context<Self>) {
+        let Accepted { stream, peer } = msg;
+        match self.acceptor.clone() {
+            None => {
+                let id = NEXT_ANONYMOUS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let who = Peer::Anonymous(id);
+                let conn = self.run(stream, &who, ctx);
+                ctx.notify(Established {
+                    peer: who,
+                    conn,
+                    initiated_by_us: false,
+                });
+            }
+            Some(acceptor) => {
+                ctx.spawn(
+                    actix::fut::wrap_future(async move {
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    })
+                    .map(move |result, act: &mut Self, ctx| match result {
+                        Ok(Ok((tls, fingerprint))) => {
+                            let who = Peer::Vat(fingerprint);
+                            tracing::debug!(%peer, client = %who, "TLS connection accepted");
+                            let conn = act.run(tls, &who, ctx);
+                            ctx.notify(Established {
+                                peer: who,
+                                conn,
+                                initiated_by_us: false,
+                            });
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(%peer, "TLS handshake with a client failed: {e}")
+                        }
+                        Err(_) => tracing::warn!(%peer, "TLS handshake with a client timed out"),
+                    }),
+                );
+            }
+        }
+    }
+}
+
+impl Handler<ListConnections> for VatSupervisor {
+    type Result = MessageResult<ListConnections>;
+    fn handle(&mut self, _: ListConnections, _: &mut Context<Self>) -> Self::Result {
+        let mut out = Vec::new();
+        for (peer, entry) in &self.peers {
+            if let Some((c, ours)) = &entry.current {
+                out.push((peer.clone(), *ours, false, c.clone()));
+            }
+            for (c, ours) in &entry.retired {
+                out.push((peer.clone(), *ours, true, c.clone()));
+            }
+        }
+        for (id, c) in &self.anonymous {
+            out.push((Peer::Anonymous(*id), false, false, c.clone()));
+        }
+        MessageResult(out)
+    }
+}
+
+impl Handler<StopVat> for VatSupervisor {
+    type Result = ();
+    fn handle(&mut self, _: StopVat, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Insecure building blocks without a supervisor.
 
 /// Bootstrap capabilities by service ID.
 #[derive(Clone, Default)]

@@ -476,18 +476,28 @@ fn echo_serve_and_clients_over_tcp_on_a_chosen_port() {
 }
 
 #[test]
-fn echo_serve_refuses_tls_and_bad_addresses() {
+fn echo_serve_refuses_bad_addresses_and_key_files() {
+    let run = run_example("echo", &["serve", "--capnp-disable-tls"]);
+    assert_eq!(exit_code(&run), Some(1), "{run}");
+    assert!(run.stdout.is_empty(), "{run}");
+    assert!(run.stderr.contains("--capnp-listen-address"), "{run}");
+
+    // A key file that cannot be read (a directory) is named.
+    let dir = TempDir::new("echo-badkey");
+    let key = dir.path().display().to_string();
     let run = run_example(
         "echo",
-        &["serve", "--capnp-listen-address", "tcp:127.0.0.1:0"],
+        &[
+            "serve",
+            "--capnp-listen-address",
+            "tcp:127.0.0.1:0",
+            "--capnp-secret-key-file",
+            &key,
+        ],
     );
-    assert_eq!(exit_code(&run), Some(2), "{run}");
+    assert_eq!(exit_code(&run), Some(1), "{run}");
     assert!(run.stdout.is_empty(), "{run}");
-    assert!(
-        run.stderr.contains("TLS vats are not supported yet"),
-        "{run}"
-    );
-    assert!(run.stderr.contains("--capnp-disable-tls"), "{run}");
+    assert!(run.stderr.contains(&key), "{run}");
 
     for (bad, problem) in [
         (
@@ -609,4 +619,106 @@ fn bench_compare_runs_both_runtimes_and_prints_ratios() {
         run.stdout.contains("ratio > 1 means capnp-actix is faster"),
         "{run}"
     );
+}
+
+/// A TCP port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `echo serve` over TLS with a key file and a store of loggers.
+fn tls_echo_server(dir: &Path, port: u16) -> (Server, String) {
+    let key = dir.join("key.pem").display().to_string();
+    let store = dir.join("loggers").display().to_string();
+    let address = format!("tcp:127.0.0.1:{port}");
+    let mut server = Server::start(
+        "echo",
+        &[
+            "serve",
+            "--capnp-secret-key-file",
+            &key,
+            "--capnp-listen-address",
+            &address,
+            "--store-dir",
+            &store,
+            "--heartbeat-interval",
+            "0.01",
+        ],
+        "echo service running at: ",
+    );
+    let banner = "logger running at: ";
+    let logger = server.expect(|l| l.starts_with(banner), "the logger's URI");
+    (server, logger[banner.len()..].to_string())
+}
+
+/// Issue 4's tutorial across processes, and SCENARIOS 61: a TLS vat whose
+/// URIs survive a restart with the same key file, loggers created and
+/// saved through one round trip, and their URIs still working after the
+/// server is killed with SIGKILL and started again.
+#[test]
+fn echo_over_tls_keeps_its_uris_and_saved_loggers_across_a_kill() {
+    let dir = TempDir::new("echo-tls");
+    let port = free_port();
+    let (mut server, logger) = tls_echo_server(dir.path(), port);
+    let prefix = "capnp://sha-256:".to_string();
+    assert!(server.uri.starts_with(&prefix), "{}", server.uri);
+    assert!(
+        server.uri.contains(&format!("@127.0.0.1:{port}/")),
+        "{}",
+        server.uri
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("key.pem"))
+        .expect("the key file was created")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    exercise_echo_clients(&mut server);
+
+    // The service's logger through its own URI.
+    let run = run_example("echo", &["log", &logger, "through the logger's URI"]);
+    assert!(run.status.success(), "{run}");
+    server.expect_line("Service logger: through the logger's URI");
+
+    // A new saved logger.
+    let run = run_example("echo", &["create-logger", &server.uri, "alice"]);
+    assert!(run.status.success(), "{run}");
+    let saved = run
+        .stdout
+        .strip_prefix("new logger at: ")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no URI printed: {run}"));
+    assert!(saved.starts_with(&prefix), "{saved}");
+    server.expect_line("alice: created");
+    let run = run_example("echo", &["log", &saved, "before"]);
+    assert!(run.status.success(), "{run}");
+    server.expect_line("alice: before");
+
+    // SIGKILL, then the same key file and store again.
+    let first_uri = server.uri.clone();
+    drop(server);
+    let (mut server, logger_again) = tls_echo_server(dir.path(), port);
+    assert_eq!(server.uri, first_uri, "the echo URI survives a restart");
+    assert_eq!(logger_again, logger, "the logger URI survives a restart");
+    let run = run_example("echo", &["log", &saved, "after the restart"]);
+    assert!(run.status.success(), "{run}");
+    server.expect_line("alice: after the restart");
+
+    // A URI with another key's fingerprint is refused: exit 1, a clear
+    // error, and the server goes on serving.
+    let other = {
+        let mut u = first_uri.clone();
+        let at = u.find('@').unwrap();
+        let fake = "A".repeat(43);
+        u.replace_range("capnp://sha-256:".len()..at, &fake);
+        u
+    };
+    let run = run_example("echo", &["ping", &other, "x"]);
+    assert_eq!(exit_code(&run), Some(1), "{run}");
+    assert!(run.stderr.contains("TLS authentication failed"), "{run}");
+    let run = run_example("echo", &["ping", &first_uri, "still here"]);
+    assert!(run.status.success(), "{run}");
 }

@@ -9,7 +9,9 @@ mod echo_service;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use capnp_actix::connection::{bootstrap_fn, start_connection, ConnectionHandle, ConnectionOptions};
+use capnp_actix::connection::{
+    bootstrap_fn, start_connection, ConnectionHandle, ConnectionOptions,
+};
 use capnp_actix::schemas::echo_api_capnp::{callback, echo};
 use capnp_actix::{Cap, CapRef};
 use echo_service::{EchoService, Sink};

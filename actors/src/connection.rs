@@ -15,14 +15,14 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Handler, Message, Recipient, SpawnHandle,
     StreamHandler, WrapFuture,
 };
-use futures::future::BoxFuture;
-use futures::FutureExt;
 use bytes::Bytes;
 use capnp::traits::Imbue;
 use capnp_actix_proto::captp::{
     CallTarget, Conn, ConnLimits, Event, InCap, InPayload, OutCap, OutTarget, TableSizes,
 };
 use capnp_actix_proto::Limits;
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -143,6 +143,8 @@ impl Message for Inspect {
 #[derive(Clone)]
 pub struct ConnectionHandle {
     addr: actix::Addr<Connection>,
+    closed: futures::future::Shared<futures::channel::oneshot::Receiver<capnp::Error>>,
+    id: u64,
 }
 
 impl std::fmt::Debug for ConnectionHandle {
@@ -183,6 +185,21 @@ impl ConnectionHandle {
     pub fn is_open(&self) -> bool {
         self.addr.connected()
     }
+
+    /// Resolves when the connection has ended, with the reason.
+    pub fn closed(&self) -> impl std::future::Future<Output = capnp::Error> + Send + 'static {
+        let closed = self.closed.clone();
+        async move {
+            closed
+                .await
+                .unwrap_or_else(|_| capnp::Error::disconnected("connection closed".into()))
+        }
+    }
+
+    /// The connection's identifier, unique within the process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
 }
 
 /// Starts a connection actor on the current arbiter for `stream`.
@@ -211,10 +228,13 @@ where
         0 => DEFAULT_MAX_OUTGOING_BYTES,
         n => n,
     };
+    let (closed_tx, closed_rx) = futures::channel::oneshot::channel();
+    let id = next_id();
     let addr = Connection::create(move |ctx| {
         ctx.add_stream(tokio_util::io::ReaderStream::with_capacity(read, 64 * 1024));
         Connection {
-            id: next_id(),
+            id,
+            closed: Some(closed_tx),
             core: Conn::new(options.tables, options.reader),
             out: Some(tx),
             writer: Some(writer),
@@ -231,7 +251,11 @@ where
             _guard: registry::ActorGuard::new(),
         }
     });
-    ConnectionHandle { addr }
+    ConnectionHandle {
+        addr,
+        closed: closed_rx.shared(),
+        id,
+    }
 }
 
 /// See the module docs.
@@ -259,12 +283,25 @@ pub struct Connection {
     pipelined: HashMap<u32, Vec<Vec<u16>>>,
     /// Our embargoes, by id.
     embargoes: HashMap<u32, Embargo>,
+    /// Told why the connection ended, when it does.
+    closed: Option<futures::channel::oneshot::Sender<capnp::Error>>,
     /// Last: see `ActorGuard`.
     _guard: registry::ActorGuard,
 }
 
 impl Actor for Connection {
     type Context = actix::Context<Self>;
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(tx) = self.closed.take() {
+            let reason = self
+                .core
+                .aborted()
+                .cloned()
+                .unwrap_or_else(|| capnp::Error::disconnected("connection closed".into()));
+            let _ = tx.send(reason);
+        }
+    }
 }
 
 fn key(a: &Arc<Answer>) -> usize {
@@ -363,13 +400,10 @@ impl Connection {
                         let handle = ctx.spawn(actix::fut::wrap_future(found).map(
                             move |found, act: &mut Self, ctx| {
                                 complete(found);
-                                let outcome = act
-                                    .answers
-                                    .get_mut(&answer)
-                                    .and_then(|entry| {
-                                        entry.1 = None;
-                                        entry.0.shared().resolution_now()
-                                    });
+                                let outcome = act.answers.get_mut(&answer).and_then(|entry| {
+                                    entry.1 = None;
+                                    entry.0.shared().resolution_now()
+                                });
                                 if let Some(o) = outcome {
                                     act.send_return(answer, o);
                                 }

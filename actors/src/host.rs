@@ -58,6 +58,13 @@ impl IncomingCall {
         self.call.method_id
     }
 
+    /// Passes this call on to `target`, as if the caller had made it there:
+    /// its reply (and any call pipelined on it) goes straight back to the
+    /// caller. For wrappers that serve some methods and delegate the rest.
+    pub fn forward(self, target: &crate::CapRef) {
+        target.deliver(self.call);
+    }
+
     /// Fails this call with `error` without running anything (for example
     /// `capnp::Error::unimplemented` for an interface the actor does not
     /// serve).

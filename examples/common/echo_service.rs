@@ -49,7 +49,12 @@ pub struct EchoService {
     pub logger: Cap<callback::Client>,
     pub sink: Sink,
     pub created: RefCell<Vec<Cap<callback::Client>>>,
+    /// How `createLogger` makes a logger; `None`: a plain, unsaved one.
+    pub make_logger: Option<MakeLogger>,
 }
+
+/// Makes a labelled logger (one that can be saved, for example).
+pub type MakeLogger = std::rc::Rc<dyn Fn(&str) -> Result<Cap<callback::Client>, capnp::Error>>;
 
 impl EchoService {
     pub fn new(interval: Duration, sink: Sink) -> Self {
@@ -62,6 +67,7 @@ impl EchoService {
             logger,
             sink,
             created: RefCell::new(Vec::new()),
+            make_logger: None,
         }
     }
 }
@@ -111,10 +117,13 @@ impl echo::Server for EchoService {
         mut results: echo::CreateLoggerResults,
     ) -> Result<(), capnp::Error> {
         let label = params.get()?.get_label()?.to_string()?;
-        let logger = Cap::<callback::Client>::new(Logger {
-            label,
-            sink: self.sink.clone(),
-        });
+        let logger = match &self.make_logger {
+            Some(make) => make(&label)?,
+            None => Cap::<callback::Client>::new(Logger {
+                label,
+                sink: self.sink.clone(),
+            }),
+        };
         results.get().set_callback(logger.client());
         Ok(())
     }

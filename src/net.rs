@@ -1,0 +1,182 @@
+//! Sockets: dialing and listening on [`Address`]es.
+//!
+//! Every TCP connection gets TCP_NODELAY (calls are small and latency
+//! matters more than packet count); connections we open also get
+//! SO_KEEPALIVE, so that a peer that vanished is noticed.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener, UnixStream};
+
+use crate::address::Address;
+
+/// A connected socket, TCP or Unix.
+#[derive(Debug)]
+pub enum Stream {
+    /// A TCP connection.
+    Tcp(TcpStream),
+    /// A Unix-domain socket connection.
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Adds the address to an I/O error, so that it names what failed.
+pub(crate) fn with_context(e: io::Error, address: &Address) -> io::Error {
+    io::Error::new(e.kind(), format!("{address}: {e}"))
+}
+
+/// Opens a connection to `address`: every address a TCP host name
+/// resolves to is tried in turn.
+pub async fn dial(address: &Address) -> io::Result<Stream> {
+    match address {
+        Address::Tcp { host, port } => {
+            let mut last = None;
+            let addrs = tokio::net::lookup_host((host.as_str(), *port))
+                .await
+                .map_err(|e| with_context(e, address))?;
+            for addr in addrs {
+                let socket = if addr.is_ipv4() {
+                    TcpSocket::new_v4()
+                } else {
+                    TcpSocket::new_v6()
+                }?;
+                socket.set_keepalive(true)?;
+                socket.set_nodelay(true)?;
+                match socket.connect(addr).await {
+                    Ok(s) => return Ok(Stream::Tcp(s)),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(with_context(
+                last.unwrap_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, "the host name resolves to nothing")
+                }),
+                address,
+            ))
+        }
+        Address::Unix(path) => UnixStream::connect(path)
+            .await
+            .map(Stream::Unix)
+            .map_err(|e| with_context(e, address)),
+    }
+}
+
+/// A bound listening socket.
+#[derive(Debug)]
+pub enum Listener {
+    /// TCP.
+    Tcp(TcpListener),
+    /// A Unix-domain socket.
+    Unix(UnixListener),
+}
+
+impl Listener {
+    /// Binds `address`. A stale Unix socket file at the path (left by a
+    /// process that died) is replaced; any other file there is an error.
+    pub async fn bind(address: &Address) -> io::Result<Self> {
+        match address {
+            Address::Tcp { host, port } => TcpListener::bind((host.as_str(), *port))
+                .await
+                .map(Listener::Tcp)
+                .map_err(|e| with_context(e, address)),
+            Address::Unix(path) => {
+                if std::fs::symlink_metadata(path).is_ok_and(|m| {
+                    use std::os::unix::fs::FileTypeExt;
+                    m.file_type().is_socket()
+                }) {
+                    let _ = std::fs::remove_file(path);
+                }
+                UnixListener::bind(path)
+                    .map(Listener::Unix)
+                    .map_err(|e| with_context(e, address))
+            }
+        }
+    }
+
+    /// The address actually bound (the port chosen, for port 0).
+    pub fn local_address(&self, requested: &Address) -> io::Result<Address> {
+        match (self, requested) {
+            (Listener::Tcp(l), Address::Tcp { host, .. }) => Ok(Address::Tcp {
+                host: host.clone(),
+                port: l.local_addr()?.port(),
+            }),
+            _ => Ok(requested.clone()),
+        }
+    }
+
+    /// Waits for the next connection; gives it with a description of the
+    /// peer for logs. TCP connections get TCP_NODELAY.
+    pub async fn accept(&self) -> io::Result<(Stream, String)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok((Stream::Tcp(s), peer.to_string()))
+            }
+            Listener::Unix(l) => {
+                let (s, _) = l.accept().await?;
+                Ok((Stream::Unix(s), "unix socket peer".into()))
+            }
+        }
+    }
+}
