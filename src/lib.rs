@@ -13,9 +13,10 @@
 //! - `capnp-actix-schemas`: the wire schemas and the tutorial's schemas,
 //!   with their generated code (re-exported as [`schemas`]).
 //!
-//! Status: in-process capabilities, pipelining, promises and cancellation
-//! work today; the network (two-party RPC over TCP, Unix sockets and TLS,
-//! sturdy refs and persistence) is being built; see the README.
+//! Status: in-process capabilities, pipelining, promises and
+//! cancellation; two-party RPC over TCP and Unix sockets; TLS vat
+//! identities, sturdy URIs, restorers and persistence ([`vat`],
+//! [`restorer`], [`persist`]). See the README for what is next.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

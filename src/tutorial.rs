@@ -213,10 +213,157 @@
 //!   running, its future is dropped, unless the method wrapped its work in
 //!   [`shield`].
 //!
-//! ## Coming next
+//! ## 6. The network
 //!
-//! The network chapters (two vats over TCP and Unix sockets, TLS identities,
-//! sturdy references and persistence) arrive with the network layer.
+//! A [`Vat`](crate::vat::Vat) is one participant in the network: a
+//! supervisor actor that owns its key, its listeners, its connections and
+//! its [`Restorer`](crate::restorer::Restorer), the table that says which
+//! service a peer gets for which service ID. A service is named by a
+//! *sturdy URI*, `capnp://AUTH@ADDRESS/SERVICE-ID`; [`Vat::import`](crate::vat::Vat::import)
+//! turns one into a capability, connecting (or reusing the connection) on
+//! the way. Calls made on it at once are pipelined behind the bootstrap.
+//!
+//! ```
+//! # use capnp_actix::schemas::echo_api_capnp::echo;
+//! # use std::rc::Rc;
+//! # struct Echo;
+//! # impl echo::Server for Echo {
+//! #     async fn ping(self: Rc<Self>, params: echo::PingParams, mut results: echo::PingResults)
+//! #         -> Result<(), capnp::Error>
+//! #     {
+//! #         let msg = params.get()?.get_msg()?.to_str()?;
+//! #         results.get().set_reply(format!("echo:{msg}"));
+//! #         Ok(())
+//! #     }
+//! # }
+//! use capnp_actix::restorer::Table;
+//! use capnp_actix::vat::Vat;
+//! use capnp_actix::{Address, Cap, VatConfig};
+//!
+//! actix::System::new().block_on(async {
+//!     // The server: no TLS here, listening on a Unix socket.
+//!     let path = std::env::temp_dir().join(format!("tutorial-6-{}.sock", std::process::id()));
+//!     let config = VatConfig::new()
+//!         .with_listen_address(Address::Unix(path))
+//!         .with_tls(false);
+//!     let service: Cap<echo::Client> = Cap::new(Echo);
+//!     let raw = service.raw().clone();
+//!     let server = Vat::start_with(&config, |uris| {
+//!         let table = Table::new(move |id| uris.sturdy_uri(id));
+//!         table.add(b"main", raw);
+//!         table
+//!     })
+//!     .await
+//!     .unwrap();
+//!     let uri = server.sturdy_uri(b"main").unwrap();
+//!     assert!(uri.to_string().starts_with("capnp://insecure@/"));
+//!     assert!(uri.to_string().ends_with("/bWFpbg")); // "main", base64url
+//!
+//!     // The client: a vat that only connects.
+//!     let client = Vat::client(&VatConfig::new()).await.unwrap();
+//!     let echo: Cap<echo::Client> = client.import_as(&uri).await?;
+//!     let mut request = echo.client().ping_request();
+//!     request.get().set_msg("over the wire");
+//!     let reply = request.send().promise.await?;
+//!     assert_eq!(reply.get()?.get_reply()?.to_str()?, "echo:over the wire");
+//!     client.stop();
+//!     server.stop();
+//!     Ok::<_, capnp::Error>(())
+//! }).unwrap();
+//! ```
+//!
+//! Everything of chapters 1 to 5 works across the connection: callbacks
+//! passed to the other vat, pipelining, release, cancellation. When a
+//! connection ends, every capability that came over it breaks with
+//! `Disconnected` (and `on_broken` watchers fire).
+//!
+//! ## 7. Vat identities and TLS
+//!
+//! With TLS on (the default), a vat has a secret key and is known by its
+//! public key's fingerprint, which its URIs carry:
+//! `capnp://sha-256:FINGERPRINT@127.0.0.1:7000/SERVICE-ID`. A client
+//! checks that the server holds exactly that key; no certificate
+//! authority is involved. The key comes from a file (created on first use,
+//! so the URIs stay the same across restarts) or is ephemeral.
+//!
+//! With a secret, unguessable service ID, the URI itself is the permission
+//! to use the service: whoever has it can connect. Derive the ID from the
+//! key for services that must keep their URI ([`VatConfig::derived_id`](crate::VatConfig::derived_id)),
+//! or generate a random one ([`identity::generated_service_id`](crate::identity::generated_service_id)).
+//!
+//! ```
+//! # use capnp_actix::schemas::echo_api_capnp::echo;
+//! # use std::rc::Rc;
+//! # struct Echo;
+//! # impl echo::Server for Echo {
+//! #     async fn ping(self: Rc<Self>, params: echo::PingParams, mut results: echo::PingResults)
+//! #         -> Result<(), capnp::Error>
+//! #     {
+//! #         results.get().set_reply(format!("echo:{}", params.get()?.get_msg()?.to_str()?));
+//! #         Ok(())
+//! #     }
+//! # }
+//! use capnp_actix::restorer::Table;
+//! use capnp_actix::vat::Vat;
+//! use capnp_actix::{Address, Cap, SecretKey, VatConfig};
+//!
+//! actix::System::new().block_on(async {
+//!     let config = VatConfig::new()
+//!         .with_listen_address(Address::parse("tcp:127.0.0.1:0").unwrap())
+//!         .with_secret_key(SecretKey::ephemeral()); // or .with_secret_key_file("key.pem")
+//!     let id = config.derived_id("main").unwrap(); // stable for a given key
+//!     let service: Cap<echo::Client> = Cap::new(Echo);
+//!     let (raw, id2) = (service.raw().clone(), id.clone());
+//!     let server = Vat::start_with(&config, |uris| {
+//!         let table = Table::new(move |id| uris.sturdy_uri(id));
+//!         table.add(&id2, raw);
+//!         table
+//!     })
+//!     .await
+//!     .unwrap();
+//!     let uri = server.sturdy_uri(&id).unwrap();
+//!     assert!(uri.to_string().starts_with("capnp://sha-256:"));
+//!
+//!     let client = Vat::client(&VatConfig::new()).await.unwrap();
+//!     let echo: Cap<echo::Client> = client.import_as(&uri).await?;
+//!     let mut request = echo.client().ping_request();
+//!     request.get().set_msg("privately");
+//!     assert_eq!(request.send().promise.await?.get()?.get_reply()?.to_str()?, "echo:privately");
+//!
+//!     // Importing our own URI gives the object itself, no connection.
+//!     let local = server.import(&uri).await?;
+//!     assert_eq!(&local, service.raw());
+//!     client.stop();
+//!     server.stop();
+//!     Ok::<_, capnp::Error>(())
+//! }).unwrap();
+//! ```
+//!
+//! The vat's options are a clap `Args` you can flatten into your own
+//! command line: `--capnp-secret-key-file`, `--capnp-listen-address`,
+//! `--capnp-public-address`, `--capnp-disable-tls` (see [`VatConfig`](crate::VatConfig)).
+//!
+//! ## 8. Persistence
+//!
+//! A capability created at run time (a logger made by `createLogger`) can
+//! be *saved*: asked for a sturdy URI that will still work after the
+//! server restarts. The server:
+//! - wraps the object with [`persist::with_sturdy_ref`](crate::persist::with_sturdy_ref), so that it answers
+//!   `Persistent.save` with its URI;
+//! - records what it needs to rebuild the object in a
+//!   [`FileStore`](crate::FileStore) under the digest of a fresh secret ID;
+//! - serves those IDs with a [`Table`](crate::restorer::Table) backed by a
+//!   [`Loader`](crate::restorer::Loader), which rebuilds a saved object
+//!   from the store the first time a client asks for it and shares it
+//!   while it is in use.
+//!
+//! The client calls [`persist::save`](crate::persist::save) (or [`persist::save_client`](crate::persist::save_client)), which
+//! can be pipelined on the call that creates the object: one round trip
+//! creates, saves and uses it. `cargo run --example echo -- serve
+//! --capnp-secret-key-file key.pem --capnp-listen-address tcp:127.0.0.1:7000`
+//! followed by `echo create-logger URI LABEL` and `echo log LOGGER-URI MSG`
+//! (before and after restarting the server) shows it across processes;
+//! `examples/echo.rs` is the code.
 
 #[allow(unused_imports)]
 use crate::{debug, shield, Cap, IncomingCall};
