@@ -132,6 +132,23 @@ impl StreamHandler<std::io::Result<(Stream, String)>> for ListenerActor {
     }
 }
 
+/// Makes a listener behave as after an accept error (for tests of the
+/// restart path).
+pub(crate) struct FailAccept;
+
+impl Message for FailAccept {
+    type Result = ();
+}
+
+impl Handler<FailAccept> for ListenerActor {
+    type Result = ();
+    fn handle(&mut self, _: FailAccept, ctx: &mut Context<Self>) {
+        self.failures += 1;
+        tracing::warn!(address = %self.address, "accept failed (simulated); restarting the listener");
+        ctx.stop();
+    }
+}
+
 impl Handler<StopListening> for ListenerActor {
     type Result = ();
     fn handle(&mut self, _: StopListening, ctx: &mut Context<Self>) {

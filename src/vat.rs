@@ -355,6 +355,14 @@ impl Vat {
         s
     }
 
+    /// Makes every listener of this vat fail as on an accept error, so
+    /// that its supervisor releases the socket and binds it again (for
+    /// tests of that path).
+    #[doc(hidden)]
+    pub fn fail_listeners_for_test(&self) {
+        self.shared.supervisor.do_send(FailListeners);
+    }
+
     /// Stops listening and closes every connection.
     pub fn stop(&self) {
         self.shared.supervisor.do_send(StopVat);
@@ -452,6 +460,21 @@ impl Message for ListConnections {
 }
 
 struct StopVat;
+
+struct FailListeners;
+
+impl Message for FailListeners {
+    type Result = ();
+}
+
+impl Handler<FailListeners> for VatSupervisor {
+    type Result = ();
+    fn handle(&mut self, _: FailListeners, _: &mut Context<Self>) {
+        for l in &self.listeners {
+            l.do_send(crate::listener::FailAccept);
+        }
+    }
+}
 
 impl Message for StopVat {
     type Result = ();

@@ -363,3 +363,31 @@ async fn scenario_58_after_disconnect_every_table_is_empty() {
     drop((cap, logger, service));
     end(vec![server]).await;
 }
+
+#[actix::test]
+async fn a_listener_that_fails_is_restarted_on_the_same_address() {
+    for address in [tcp(), socket_path("restart")] {
+        let (server, service, uri) = echo_vat(&config(address, true)).await;
+        let first = client_vat(true).await;
+        let a: Cap<echo::Client> = first.import_as(&uri).await.unwrap();
+        assert_eq!(ping(&a, "before").await.unwrap(), "echo:before");
+        server.fail_listeners_for_test();
+        // Accepted connections are not the listener's: they go on.
+        assert_eq!(ping(&a, "during").await.unwrap(), "echo:during");
+        // After the backoff the address is bound again.
+        let second = client_vat(true).await;
+        let mut reply = None;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Ok(b) = second.import_as::<echo::Client>(&uri).await {
+                if let Ok(r) = ping(&b, "after").await {
+                    reply = Some(r);
+                    break;
+                }
+            }
+        }
+        assert_eq!(reply.as_deref(), Some("echo:after"));
+        drop((a, service));
+        end(vec![first, second, server]).await;
+    }
+}
