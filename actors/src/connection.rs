@@ -317,12 +317,21 @@ fn field_of(answer: &Arc<Answer>, path: &[u16]) -> CapRef {
     }
 }
 
-/// An embargo of ours: calls on one field of an answered question, held
-/// until the peer reflects the disembargo.
-struct Embargo {
-    answer: Arc<Answer>,
-    path: Vec<u16>,
-    held: Vec<Call>,
+/// An embargo of ours, lifted when the peer reflects its disembargo.
+enum Embargo {
+    /// Calls on one field of an answered question, held.
+    Field {
+        answer: Arc<Answer>,
+        path: Vec<u16>,
+        held: Vec<Call>,
+    },
+    /// An import the peer resolved to one of our capabilities: calls on it
+    /// wait in a local promise, resolved to `target` once the calls made
+    /// before the resolution have come back through the peer.
+    Import {
+        resolver: crate::promise::Resolver,
+        target: CapRef,
+    },
 }
 
 impl Connection {
@@ -496,18 +505,18 @@ impl Connection {
                     }
                 }
             }
-            Event::EmbargoLifted { embargo } => {
-                if let Some(e) = self.embargoes.remove(&embargo) {
-                    let target = field_of(&e.answer, &e.path);
-                    for call in e.held {
+            Event::EmbargoLifted { embargo } => match self.embargoes.remove(&embargo) {
+                Some(Embargo::Field { answer, path, held }) => {
+                    let target = field_of(&answer, &path);
+                    for call in held {
                         target.deliver(call);
                     }
                 }
-            }
+                Some(Embargo::Import { resolver, target }) => resolver.resolve_to(target),
+                None => {}
+            },
             Event::Resolve { import, to } => match to {
-                // Calls on the promise keep going through the peer, which
-                // forwards them; what it resolved to is not needed here.
-                Ok(c) => drop(self.in_cap(c)),
+                Ok(c) => self.resolve_import(import, c),
                 // An error needs no embargo: the import is broken from now on.
                 Err(e) => self.break_import(import, e),
             },
@@ -565,8 +574,13 @@ impl Connection {
                 self.imports.clear();
                 self.pipelined.clear();
                 for (_, emb) in self.embargoes.drain() {
-                    for call in emb.held {
-                        call.fail(e.clone());
+                    match emb {
+                        Embargo::Field { held, .. } => {
+                            for call in held {
+                                call.fail(e.clone());
+                            }
+                        }
+                        Embargo::Import { resolver, .. } => resolver.reject(e.clone()),
                     }
                 }
             }
@@ -595,13 +609,52 @@ impl Connection {
                 answer.embargo(&path);
                 self.embargoes.insert(
                     id,
-                    Embargo {
+                    Embargo::Field {
                         answer: answer.clone(),
                         path,
                         held: Vec::new(),
                     },
                 );
             }
+        }
+    }
+
+    /// The peer resolved one of its promises we import (path shortening).
+    /// To another of its capabilities: calls go there directly from now on
+    /// (they stay on this connection, behind the earlier ones). To one of
+    /// ours (or anything that goes through us, even if it leads back to the
+    /// peer: the Tribble race of rpc.capnp): calls made before are still
+    /// coming back through the peer, so later ones wait in a local promise
+    /// until a disembargo has made the round trip.
+    fn resolve_import(&mut self, import: u32, to: InCap<CapRef>) {
+        let through_us = !matches!(to, InCap::Import { .. });
+        let Some(target) = self.in_cap(to) else {
+            return self.break_import(
+                import,
+                capnp::Error::failed("the peer resolved a promise to nothing".into()),
+            );
+        };
+        let Some(node) = self.imports.get(&import).and_then(|(w, _)| w.upgrade()) else {
+            // Released already: nobody can call it any more.
+            return;
+        };
+        let Some(settle) = node.settle.as_ref() else {
+            return;
+        };
+        if target.node.settle.is_some() && Arc::ptr_eq(&target.node, &node) {
+            return;
+        }
+        if !through_us || matches!(target.kind(), Kind::Broken(_)) {
+            return settle.settle(target);
+        }
+        match self.core.disembargo_request_import(import) {
+            Some(id) => {
+                let (promise, resolver) = crate::promise::new_promise();
+                settle.settle(promise);
+                self.embargoes
+                    .insert(id, Embargo::Import { resolver, target });
+            }
+            None => settle.settle(target),
         }
     }
 
@@ -714,13 +767,16 @@ impl Connection {
                     OutTarget::Answer { question, path }
                 }
                 None => {
-                    if let Some(e) = self
-                        .embargoes
-                        .values_mut()
-                        .find(|e| Arc::ptr_eq(&e.answer, &answer) && e.path == path)
-                    {
+                    if let Some(e) = self.embargoes.values_mut().find_map(|e| match e {
+                        Embargo::Field {
+                            answer: a,
+                            path: p,
+                            held,
+                        } if Arc::ptr_eq(a, &answer) && *p == path => Some(held),
+                        _ => None,
+                    }) {
                         // Held until the calls sent before the return are through.
-                        e.held.push(call);
+                        e.push(call);
                         return;
                     }
                     // The return has arrived: the field is known locally.

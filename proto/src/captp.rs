@@ -678,6 +678,22 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     /// [`Event::EmbargoLifted`] reports it. Call while handling the
     /// [`Event::Return`] (before the question's finish is written).
     pub fn disembargo_request(&mut self, question: u32, path: &[u16]) -> Option<u32> {
+        self.disembargo_to(&OutTarget::Answer {
+            question,
+            path: path.to_vec(),
+        })
+    }
+
+    /// Starts an embargo on an import the peer has just resolved to a
+    /// capability that is not the peer's (one of ours): calls made on the
+    /// promise before the `resolve` are still on their way back through
+    /// the peer. Like [`Conn::disembargo_request`], [`Event::EmbargoLifted`]
+    /// reports the reflection.
+    pub fn disembargo_request_import(&mut self, import: u32) -> Option<u32> {
+        self.disembargo_to(&OutTarget::Import(import))
+    }
+
+    fn disembargo_to(&mut self, target: &OutTarget) -> Option<u32> {
         if self.aborted.is_some() {
             return None;
         }
@@ -685,13 +701,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         let mut m = Builder::new_default();
         {
             let mut d = m.init_root::<rpc_message::Builder<'_>>().init_disembargo();
-            write_target(
-                &OutTarget::Answer {
-                    question,
-                    path: path.to_vec(),
-                },
-                d.reborrow().init_target(),
-            );
+            write_target(target, d.reborrow().init_target());
             d.init_context().set_sender_loopback(id);
         }
         self.send(&m);
