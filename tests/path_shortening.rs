@@ -1,7 +1,8 @@
-//! Path shortening when a peer resolves a promise it exported to us
-//! (SCENARIOS 10 and 15), against the capnp-rpc crate as the peer: it
-//! exports promises as `senderPromise` and sends `resolve` when they
-//! settle, which our own vats do not do yet.
+//! Path shortening when a promise exported over a connection resolves
+//! (SCENARIOS 10 and 15): the exporter sends `resolve`; a receiver whose
+//! promise turns out to be its own object embargoes it behind a
+//! disembargo round trip, then calls it locally. Checked with the
+//! capnp-rpc crate on either side and with our runtime on both.
 
 mod support;
 
@@ -37,6 +38,159 @@ impl maker::Server for DelayedHolder {
         results.get().set_probe(promise);
         Ok(())
     }
+}
+
+/// Our maker: `hold(probe)` answers at once with a local promise that
+/// resolves to the probe it was given after `delay`.
+struct OurDelayedHolder {
+    delay: Duration,
+}
+
+impl maker::Server for OurDelayedHolder {
+    async fn hold(
+        self: Rc<Self>,
+        params: maker::HoldParams,
+        mut results: maker::HoldResults,
+    ) -> Result<(), capnp::Error> {
+        let given: Cap<probe::Client> = Cap::from_client(&params.get()?.get_probe()?);
+        let (promise, resolver) = Cap::<probe::Client>::promise();
+        let delay = self.delay;
+        actix::spawn(async move {
+            tokio::time::sleep(delay).await;
+            resolver.resolve_to(given.raw().clone());
+        });
+        results.get().set_probe(promise.client());
+        Ok(())
+    }
+}
+
+/// Calls `hold(local)` on `maker`, then `N` calls in bursts on the
+/// promise it returns, across its resolution; checks they arrive in order.
+async fn calls_across_the_resolution(
+    maker: &maker::Client,
+    local: probe::Client,
+    log: &Log,
+) -> probe::Client {
+    let mut req = maker.hold_request();
+    req.get().set_probe(local);
+    let held = req.send().promise.await.unwrap();
+    let promise = held.get().unwrap().get_probe().unwrap();
+    // Bursts, so that calls made just after the resolution would
+    // overtake those still on their way back through the peer if
+    // nothing held them.
+    let mut pending = Vec::new();
+    for seq in 0..N {
+        let p = promise.clone();
+        pending.push(tokio::task::spawn_local(async move { call(&p, seq).await }));
+        if seq % 10 == 9 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    for (seq, p) in pending.into_iter().enumerate() {
+        assert_eq!(p.await.unwrap().unwrap(), seq as u64);
+    }
+    assert_eq!(
+        log.calls(),
+        (0..N).collect::<Vec<_>>(),
+        "E-order across the resolution"
+    );
+    promise
+}
+
+#[actix::test]
+async fn our_vats_on_both_sides_resolve_and_shorten_in_order() {
+    let (a, b) = tokio::net::UnixStream::pair().unwrap();
+    let holder: Cap<maker::Client> = Cap::new(OurDelayedHolder {
+        delay: Duration::from_millis(15),
+    });
+    let raw = holder.raw().clone();
+    let server = start_connection(
+        a,
+        ConnectionOptions {
+            bootstrap: Some(capnp_actix::connection::bootstrap_fn(move |_: &[u8]| {
+                Ok(raw.clone())
+            })),
+            ..Default::default()
+        },
+    );
+    let client = start_connection(b, ConnectionOptions::default());
+    let log = Log::default();
+    {
+        let maker: Cap<maker::Client> = Cap::from_raw(client.bootstrap(b""));
+        let local = Probe::cap(&log);
+        let promise = calls_across_the_resolution(&maker.client(), local.client(), &log).await;
+        // 10: once shortened, the promise works without the connection.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client.close("test: the server goes away");
+        for _ in 0..100 {
+            if !client.is_open() && !server.is_open() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(call(&promise, 100).await.unwrap(), 100);
+        drop((maker, local, promise));
+    }
+    drop(holder);
+    capnp_actix::debug::settle(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|r| panic!("still alive:\n{r}"));
+    assert_eq!(log.released(), 1);
+}
+
+#[actix::test]
+async fn the_capnp_rpc_crate_shortens_a_promise_our_server_resolves_to_its_object() {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let holder: Cap<maker::Client> = Cap::new(OurDelayedHolder {
+        delay: Duration::from_millis(15),
+    });
+    let raw = holder.raw().clone();
+    ours.set_nonblocking(true).unwrap();
+    let server = start_connection(
+        tokio::net::UnixStream::from_std(ours).unwrap(),
+        ConnectionOptions {
+            bootstrap: Some(capnp_actix::connection::bootstrap_fn(move |_: &[u8]| {
+                Ok(raw.clone())
+            })),
+            ..Default::default()
+        },
+    );
+    // Their client: its probe is a capnp-rpc local object, reached back
+    // through our promise, then directly once it shortens the path (its
+    // embargo's disembargo targets our resolved export).
+    let client = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async move {
+            theirs.set_nonblocking(true).unwrap();
+            let stream = tokio::net::UnixStream::from_std(theirs).unwrap();
+            let (r, w) = stream.compat().split();
+            let network = twoparty::VatNetwork::new(r, w, Side::Client, Default::default());
+            let mut rpc = RpcSystem::new(Box::new(network), None);
+            let maker: maker::Client = rpc.bootstrap(Side::Server);
+            tokio::task::spawn_local(rpc);
+            let log = Log::default();
+            let local: probe::Client = capnp_rpc::new_client(Probe::new(&log));
+            let promise = calls_across_the_resolution(&maker, local, &log).await;
+            assert_eq!(call(&promise, 100).await.unwrap(), 100);
+        })
+    });
+    let joined = actix::spawn(async move {
+        loop {
+            if client.is_finished() {
+                return client.join();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    joined.await.unwrap().unwrap();
+    server.close("test over");
+    drop(holder);
+    capnp_actix::debug::settle(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|r| panic!("still alive:\n{r}"));
 }
 
 /// Serves `DelayedHolder` with the capnp-rpc crate on a thread of its own.
@@ -76,32 +230,8 @@ async fn scenario_10_and_15_a_resolve_to_our_own_object_shortens_the_path_in_ord
     {
         let maker: Cap<maker::Client> = Cap::from_raw(conn.bootstrap(b""));
         let local = Probe::cap(&log);
-        let mut req = maker.client().hold_request();
-        req.get().set_probe(local.client());
-        let held = req.send().promise.await.unwrap();
-        let promise = held.get().unwrap().get_probe().unwrap();
-
-        // Calls on the promise before, during and after its resolution
-        // (15: the switch comes with a `resolve` message).
-        // Bursts, so that calls made just after the resolution would
-        // overtake those still on their way back through the peer if
-        // nothing held them.
-        let mut pending = Vec::new();
-        for seq in 0..N {
-            let p = promise.clone();
-            pending.push(actix::spawn(async move { call(&p, seq).await }));
-            if seq % 10 == 9 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-        for (seq, p) in pending.into_iter().enumerate() {
-            assert_eq!(p.await.unwrap().unwrap(), seq as u64);
-        }
-        assert_eq!(
-            log.calls(),
-            (0..N).collect::<Vec<_>>(),
-            "E-order across the resolution"
-        );
+        // 15: the switch comes with a `resolve` message.
+        let promise = calls_across_the_resolution(&maker.client(), local.client(), &log).await;
 
         // 10: the promise is now our own object: calls on it no longer
         // need the network, not even a connection.
@@ -116,7 +246,7 @@ async fn scenario_10_and_15_a_resolve_to_our_own_object_shortens_the_path_in_ord
         assert!(!conn.is_open());
         assert_eq!(call(&promise, 100).await.unwrap(), 100);
         assert_eq!(log.calls().last(), Some(&100));
-        drop((maker, local, promise, held));
+        drop((maker, local, promise));
     }
     capnp_actix::debug::settle(Duration::from_secs(5))
         .await

@@ -313,6 +313,47 @@ impl CapRef {
         }
     }
 
+    /// Waits until this promise-like capability has settled all the way
+    /// (through chains of promises) without keeping it alive: gives the
+    /// end it settled to, or `None` if it was released first.
+    pub(crate) fn settled_weak(&self) -> BoxFuture<'static, Option<CapRef>> {
+        let mut cur = Some(self.clone());
+        async move {
+            for _ in 0..MAX_CHAIN {
+                let now = cur.take()?;
+                let rx = {
+                    let Some(settle) = now.node.settle.as_ref() else {
+                        return Some(now);
+                    };
+                    if let Kind::Remote { .. } = now.kind() {
+                        // An import: settled, unless it broke.
+                        return Some(now.shortened());
+                    }
+                    let mut s = settle.lock();
+                    match &s.target {
+                        Some(t) => {
+                            let t = t.clone();
+                            drop(s);
+                            cur = Some(t);
+                            continue;
+                        }
+                        None => {
+                            let (tx, rx) = oneshot::channel();
+                            s.waiters.push(tx);
+                            rx
+                        }
+                    }
+                };
+                let weak = now.downgrade();
+                drop(now);
+                let _ = rx.await;
+                cur = Some(weak.upgrade()?);
+            }
+            Some(CapRef::broken(error::cycle()))
+        }
+        .boxed()
+    }
+
     /// Waits until this capability is settled: `Ok` for a working
     /// capability, `Err` for a broken one. Follows promise chains.
     pub fn when_resolved(&self) -> BoxFuture<'static, Result<(), capnp::Error>> {

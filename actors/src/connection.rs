@@ -528,34 +528,58 @@ impl Connection {
                         .and_then(|(r, _)| r.shared().resolution_now())
                         .and_then(|o| o.ok())
                         .map(|f| f.cap_at(path).shortened()),
-                    CallTarget::Local(_) => None,
+                    CallTarget::Local(c) => Some(c.shortened()),
                 };
                 let back_to_sender = matches!(
                     resolved.as_ref().map(CapRef::kind),
                     Some(Kind::Remote { conn_id, .. }) if *conn_id == self.id
                 );
+                if !back_to_sender {
+                    self.core.abort(capnp::Error::failed(
+                        "protocol error: disembargo target does not point back to the sender"
+                            .into(),
+                    ));
+                    return;
+                }
+                // Reflect it along the path calls on the target take
+                // (through any queue on our side), so that it goes out
+                // after every call the peer sent before it.
+                let (_, completer) = Answer::open();
+                let marker = Call {
+                    interface_id: 0,
+                    method_id: 0,
+                    params: Payload::empty(),
+                    completer,
+                    marker: Some((self.id, embargo)),
+                };
                 match target {
-                    CallTarget::Answer { answer, path } if back_to_sender => {
-                        // Reflect it along the path calls on that field take
-                        // (through any queue on our side), so that it goes
-                        // out after every call the peer pipelined before it.
-                        let (_, completer) = Answer::open();
-                        let marker = Call {
-                            interface_id: 0,
-                            method_id: 0,
-                            params: Payload::empty(),
-                            completer,
-                            marker: Some((self.id, embargo)),
-                        };
+                    CallTarget::Answer { answer, path } => {
                         if let Some((r, _)) = self.answers.get(&answer) {
                             r.deliver_pipelined(&path, marker);
                         }
                     }
-                    _ => self.core.abort(capnp::Error::failed(
-                        "protocol error: disembargo target does not point back to the sender"
-                            .into(),
-                    )),
+                    CallTarget::Local(c) => c.deliver(marker),
                 }
+            }
+            Event::ExportedPromise { export, cap } => {
+                let settled = cap.settled_weak();
+                drop(cap);
+                ctx.spawn(
+                    actix::fut::wrap_future(settled).map(move |end, act: &mut Self, ctx| {
+                        // Released before it settled: the core sends nothing.
+                        let to = match end {
+                            Some(end) => match act.out_cap(Some(&end)) {
+                                OutCap::Promise(_) => OutCap::Broken(error::internal(
+                                    "a settled promise is still a promise",
+                                )),
+                                to => to,
+                            },
+                            None => return,
+                        };
+                        act.core.resolve_export(export, to);
+                        act.settle(ctx);
+                    }),
+                );
             }
             Event::Aborted(e) => {
                 tracing::debug!(conn = self.id, "connection ended: {e}");
@@ -699,9 +723,12 @@ impl Connection {
                     question,
                     path: path.clone(),
                 },
-                None => OutCap::Local(cap.clone()),
+                // Not settled yet: the peer learns what it becomes from a
+                // `resolve`, and can then shorten its path.
+                None => OutCap::Promise(end),
             },
             Kind::Broken(e) => OutCap::Broken(e.clone()),
+            Kind::Promise(_) => OutCap::Promise(end),
             _ => OutCap::Local(cap.clone()),
         }
     }

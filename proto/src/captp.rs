@@ -62,6 +62,10 @@ impl Default for ConnLimits {
 pub enum OutCap<L> {
     /// A capability of ours: exported (`senderHosted`).
     Local(L),
+    /// A promise of ours, not settled yet: exported as `senderPromise`.
+    /// The first time it is exported, [`Event::ExportedPromise`] asks the
+    /// runtime to report its resolution with [`Conn::resolve_export`].
+    Promise(L),
     /// A capability the peer exported to us (`receiverHosted`).
     Import(u32),
     /// A field of one of our questions to the peer (`receiverAnswer`).
@@ -225,6 +229,15 @@ pub enum Event<L> {
         /// Our embargo id.
         embargo: u32,
     },
+    /// A promise of ours was exported for the first time (as
+    /// `senderPromise`): when it settles, call [`Conn::resolve_export`]
+    /// so that the peer can shorten its path.
+    ExportedPromise {
+        /// The export.
+        export: u32,
+        /// The promise.
+        cap: L,
+    },
     /// The connection is over: the peer aborted, or we did.
     Aborted(Error),
 }
@@ -252,6 +265,10 @@ struct Export<L> {
     /// `None` for a broken capability sent as a promise.
     cap: Option<L>,
     refs: u32,
+    /// Exported as a promise that has not been resolved yet.
+    unresolved_promise: bool,
+    /// Exported as a promise (resolved or not).
+    promise: bool,
 }
 
 struct Import {
@@ -790,37 +807,75 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         let mut exports = Vec::new();
         for (i, src) in order.into_iter().enumerate() {
             let d = table.reborrow().get(i as u32);
-            match caps.get(src).unwrap_or(&OutCap::None) {
-                OutCap::None => {
-                    let mut d = d;
-                    d.set_none(())
-                }
-                OutCap::Local(l) => match self.export(l.clone()) {
-                    Some(id) => {
+            let cap = caps.get(src).unwrap_or(&OutCap::None);
+            self.write_descriptor(d, cap, &mut resolves, &mut exports);
+        }
+        Ok((resolves, exports))
+    }
+
+    /// Describes one capability of an outgoing payload (or resolution).
+    fn write_descriptor(
+        &mut self,
+        mut d: cap_descriptor::Builder<'_>,
+        cap: &OutCap<L>,
+        resolves: &mut Vec<(u32, Error)>,
+        exports: &mut Vec<u32>,
+    ) {
+        match cap {
+            OutCap::None => d.set_none(()),
+            OutCap::Local(l) | OutCap::Promise(l) => {
+                let promise = matches!(cap, OutCap::Promise(_));
+                match self.export(l.clone(), promise) {
+                    Some((id, as_promise)) => {
                         exports.push(id);
-                        let mut d = d;
-                        d.set_sender_hosted(id)
+                        if as_promise {
+                            d.set_sender_promise(id)
+                        } else {
+                            d.set_sender_hosted(id)
+                        }
                     }
                     None => {
                         let e = Error::overloaded(
                             "too many capabilities exported on this connection".into(),
                         );
-                        self.write_broken(d, e, &mut resolves, &mut exports)
+                        self.write_broken(d, e, resolves, exports)
                     }
-                },
-                OutCap::Broken(e) => self.write_broken(d, e.clone(), &mut resolves, &mut exports),
-                OutCap::Import(id) => {
-                    let mut d = d;
-                    d.set_receiver_hosted(*id)
-                }
-                OutCap::Answer { question, path } => {
-                    let mut pa = d.init_receiver_answer();
-                    pa.set_question_id(*question);
-                    write_path(path, pa);
                 }
             }
+            OutCap::Broken(e) => self.write_broken(d, e.clone(), resolves, exports),
+            OutCap::Import(id) => d.set_receiver_hosted(*id),
+            OutCap::Answer { question, path } => {
+                let mut pa = d.init_receiver_answer();
+                pa.set_question_id(*question);
+                write_path(path, pa);
+            }
         }
-        Ok((resolves, exports))
+    }
+
+    /// Tells the peer what a promise we exported ([`Event::ExportedPromise`])
+    /// has become. Nothing is sent if the peer has released it meanwhile,
+    /// or if it was resolved already.
+    pub fn resolve_export(&mut self, export: u32, to: OutCap<L>) {
+        if self.aborted.is_some() {
+            return;
+        }
+        match self.exports.get_mut(export) {
+            Some(e) if e.unresolved_promise => e.unresolved_promise = false,
+            _ => return,
+        }
+        let mut resolves = Vec::new();
+        let mut exports = Vec::new();
+        let mut m = Builder::new_default();
+        {
+            let mut r = m.init_root::<rpc_message::Builder<'_>>().init_resolve();
+            r.set_promise_id(export);
+            match &to {
+                OutCap::Broken(e) => exception::write(e, r.init_exception()),
+                cap => self.write_descriptor(r.init_cap(), cap, &mut resolves, &mut exports),
+            }
+        }
+        self.send(&m);
+        self.send_broken_resolves(resolves);
     }
 
     /// A broken capability is exported as a promise (a fresh export entry
@@ -837,7 +892,12 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             d.set_none(());
             return;
         }
-        let id = self.exports.insert(Export { cap: None, refs: 1 });
+        let id = self.exports.insert(Export {
+            cap: None,
+            refs: 1,
+            unresolved_promise: false,
+            promise: true,
+        });
         d.set_sender_promise(id);
         resolves.push((id, e));
         exports.push(id);
@@ -855,13 +915,15 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         }
     }
 
-    fn export(&mut self, cap: L) -> Option<u32> {
+    /// The export of `cap` (a new entry, or one more reference to the
+    /// existing one), and whether it is described as a promise.
+    fn export(&mut self, cap: L, promise: bool) -> Option<(u32, bool)> {
         if let Some(&id) = self.export_ids.get(&cap) {
             if let Some(e) = self.exports.get_mut(id) {
                 // Saturating: past u32::MAX the extra references are
                 // simply never released by the peer's count (harmless).
                 e.refs = e.refs.saturating_add(1);
-                return Some(id);
+                return Some((id, e.unresolved_promise));
             }
         }
         if self.exports.len() >= self.limits.max_exports {
@@ -870,9 +932,15 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         let id = self.exports.insert(Export {
             cap: Some(cap.clone()),
             refs: 1,
+            unresolved_promise: promise,
+            promise,
         });
-        self.export_ids.insert(cap, id);
-        Some(id)
+        self.export_ids.insert(cap.clone(), id);
+        if promise {
+            self.events
+                .push_back(Event::ExportedPromise { export: id, cap });
+        }
+        Some((id, promise))
     }
 
     // ---- what the peer sends ---------------------------------------------
@@ -1125,11 +1193,26 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                     RawTarget::Answer(a, _) => {
                         return Err(protocol_error(format!("disembargo on unknown answer {a}")));
                     }
-                    RawTarget::Import(id) => {
-                        return Err(protocol_error(format!(
-                            "disembargo on export {id}, which is not a resolved promise"
-                        )));
-                    }
+                    RawTarget::Import(id) => match self.exports.get(id) {
+                        // A promise we exported and resolved: the runtime
+                        // checks that it leads back to the peer.
+                        Some(Export {
+                            cap: Some(l),
+                            unresolved_promise: false,
+                            promise: true,
+                            ..
+                        }) => {
+                            self.events.push_back(Event::Loopback {
+                                embargo,
+                                target: CallTarget::Local(l.clone()),
+                            });
+                        }
+                        _ => {
+                            return Err(protocol_error(format!(
+                                "disembargo on export {id}, which is not a resolved promise"
+                            )));
+                        }
+                    },
                 },
                 RawEmbargo::ReceiverLoopback(e) => {
                     if self.embargoes.remove(e).is_none() {
