@@ -59,3 +59,9 @@ pub mod bench_capnp;
 #[rustfmt::skip]
 #[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs, rustdoc::all, unused, unused_qualifications, non_camel_case_types, non_snake_case)]
 pub mod test_api_capnp;
+
+/// Generated from `fuzz.capnp`: the object of the RPC simulation and fuzz
+/// targets.
+#[rustfmt::skip]
+#[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs, rustdoc::all, unused, unused_qualifications, non_camel_case_types, non_snake_case)]
+pub mod fuzz_capnp;

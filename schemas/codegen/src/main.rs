@@ -26,6 +26,7 @@ const SCHEMAS: &[&str] = &[
     "calculator.capnp",
     "bench.capnp",
     "test_api.capnp",
+    "fuzz.capnp",
 ];
 
 fn schemas_dir() -> PathBuf {
