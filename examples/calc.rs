@@ -1,23 +1,36 @@
-//! The Cap'n Proto calculator sample over the network.
+//! The Cap'n Proto calculator sample over the network, with TLS.
 //!
 //! ```sh
 //! cargo run --example calc        # server and client in one process
-//! cargo run --example calc -- serve --capnp-listen-address unix:/tmp/calc.sock --capnp-disable-tls
-//! cargo run --example calc -- connect capnp://insecure@/tmp/calc.sock/bWFpbg
+//! cargo run --example calc -- serve --capnp-secret-key-file calc.pem \
+//!     --capnp-listen-address unix:/tmp/calc.sock
+//! cargo run --example calc -- connect capnp://sha-256:FINGERPRINT@/tmp/calc.sock/SERVICE-ID
+//! cargo run --example calc -- serve --capnp-listen-address tcp:127.0.0.1:7000 --capnp-disable-tls
+//! cargo run --example calc -- connect capnp://insecure@127.0.0.1:7000/bWFpbg
 //! ```
 //!
-//! `serve` offers the calculator (`examples/common/calc_service.rs`) under
-//! the service ID `main` and under the empty ID (for clients that cannot
-//! send one), prints `calculator running at: URI` and runs until killed.
-//! `connect` imports a sturdy URI and runs the classic sample client's
-//! checks (literals, pipelined operators, a previous result used twice,
-//! functions defined on the server, a function of the client's own),
-//! printing `name = value` for each. Without a subcommand, both run in this
-//! process over a temporary Unix socket.
+//! `serve` runs a vat with the usual options (`--capnp-secret-key-file`,
+//! `--capnp-listen-address`, `--capnp-public-address`,
+//! `--capnp-disable-tls`) that offers the calculator
+//! (`examples/common/calc_service.rs`), prints `calculator running at: URI`
+//! and runs until killed. With TLS (the default) the service ID is derived
+//! from the key and the name `main`, so the URI stays the same across
+//! restarts with the same key file (without a key file the key, and so the
+//! URI, is new each run). Without TLS the ID is `main`, and the calculator
+//! is also offered under the empty ID, which is what clients that cannot
+//! send an ID ask for (pycapnp, the C++ EzRpc client).
+//!
+//! `connect` imports a sturdy URI (TLS or `insecure`) through a client-only
+//! vat with an ephemeral key, and runs the classic sample client's checks
+//! (literals, pipelined operators, a previous result used twice, functions
+//! defined on the server, a function of the client's own), printing
+//! `name = value` for each. Without a subcommand, both run in this process,
+//! over TLS on a temporary Unix socket.
 //!
 //! Standard output carries those lines only; errors go to standard error.
-//! A bad address or URI, or asking for TLS (not supported yet), exits with
-//! status 2; a failed connection or check with 1.
+//! A bad address or URI, or `serve` without a listen address, exits with
+//! status 2; anything that fails at run time (an unusable key file, an
+//! address that cannot be bound, a failed connection or check) with 1.
 
 #[path = "common/calc_service.rs"]
 #[allow(dead_code)]
@@ -27,9 +40,10 @@ use std::process::ExitCode;
 
 use calc_service::client::run_client_checks;
 use calc_service::Calculator;
+use capnp_actix::restorer::Table;
 use capnp_actix::schemas::calculator_capnp::calculator;
-use capnp_actix::vat::{self, Services};
-use capnp_actix::{Address, Cap, SturdyUri, VatAuth};
+use capnp_actix::vat::{Vat, VatError};
+use capnp_actix::{Address, Cap, ConfigError, SturdyUri, VatConfig};
 use clap::{Parser, Subcommand};
 
 /// The Cap'n Proto calculator: a server and a client.
@@ -43,18 +57,15 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve the calculator until killed.
+    /// Serve the calculator until killed (needs --capnp-listen-address).
     Serve {
-        /// Where to listen: tcp:HOST:PORT, tcp:[IPv6]:PORT or unix:PATH.
-        #[arg(long, value_name = "ADDR", value_parser = Address::parse)]
-        capnp_listen_address: Address,
-        /// Serve without TLS (required: TLS is not supported yet).
-        #[arg(long)]
-        capnp_disable_tls: bool,
+        /// The vat: key file, addresses, TLS.
+        #[command(flatten)]
+        vat: VatConfig,
     },
     /// Connect to a calculator and check its answers.
     Connect {
-        /// The calculator's sturdy URI, e.g. capnp://insecure@/tmp/calc.sock/bWFpbg
+        /// The calculator's sturdy URI, as `serve` prints it.
         #[arg(value_name = "URI", value_parser = SturdyUri::parse)]
         uri: SturdyUri,
     },
@@ -78,63 +89,96 @@ impl From<std::io::Error> for Failure {
     }
 }
 
-/// Offers a new calculator on `address` as `main` and as the empty ID.
-async fn start_server(address: &Address) -> Result<vat::Listening, Failure> {
-    let calc: Cap<calculator::Client> = Cap::new(Calculator::new());
-    let mut services = Services::new();
-    services.add("main", &calc).add("", &calc);
-    let listening = vat::serve(address, services).await?;
-    println!("calculator running at: {}", listening.uri(b"main"));
-    Ok(listening)
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Runtime(e.to_string())
+    }
 }
 
-async fn serve(address: Address) -> Result<(), Failure> {
-    let _listening = start_server(&address).await?;
-    futures::future::pending::<()>().await;
+impl From<VatError> for Failure {
+    fn from(e: VatError) -> Self {
+        Failure::Runtime(e.to_string())
+    }
+}
+
+/// Starts a vat that offers a new calculator, and prints its URI.
+///
+/// With TLS the service ID is derived from the key (`main`); without, it
+/// is `main` itself, and the empty ID is served too.
+async fn start_server(config: &VatConfig) -> Result<(Vat, SturdyUri), Failure> {
+    if config.listen_address.is_none() {
+        return Err(Failure::Usage(
+            "serve needs --capnp-listen-address (tcp:HOST:PORT, tcp:[IPv6]:PORT or unix:PATH)"
+                .into(),
+        ));
+    }
+    let tls = config.tls();
+    let id = if tls {
+        config.derived_id("main")?
+    } else {
+        b"main".to_vec()
+    };
+    let calc: Cap<calculator::Client> = Cap::new(Calculator::new());
+    let vat = Vat::start_with(config, |uris| {
+        let table = Table::new(move |id| uris.sturdy_uri(id));
+        table.add(&id, calc.raw().clone());
+        if !tls {
+            table.add(b"", calc.raw().clone());
+        }
+        table
+    })
+    .await?;
+    let uri = vat.sturdy_uri(&id)?;
+    println!("calculator running at: {uri}");
+    Ok((vat, uri))
+}
+
+/// `calc serve`: serve until killed.
+async fn serve(config: VatConfig) -> Result<(), Failure> {
+    let _served = start_server(&config).await?;
+    std::future::pending::<()>().await;
     Ok(())
 }
 
-/// Imports `uri` and prints the results of the checks.
+/// Imports `uri` through a client-only vat (an ephemeral key: it reaches
+/// TLS vats and insecure ones alike) and prints the results of the checks.
 async fn connect(uri: &SturdyUri) -> Result<(), Failure> {
-    if uri.auth != VatAuth::Insecure {
-        return Err(Failure::Usage(format!(
-            "{uri}: TLS is not supported yet; use an insecure@ URI"
-        )));
+    let vat = Vat::client(&VatConfig::new()).await?;
+    let outcome = async {
+        let calc: Cap<calculator::Client> = vat.import_as(uri).await?;
+        run_client_checks(calc.client()).await
     }
-    let calc: Cap<calculator::Client> = Cap::from_raw(vat::import(uri).await?);
-    for (name, value) in run_client_checks(calc.client()).await? {
+    .await;
+    vat.stop();
+    for (name, value) in outcome? {
         println!("{name} = {value}");
     }
     Ok(())
 }
 
-/// Serves on a temporary Unix socket and connects to it.
+/// Serves over TLS on a temporary Unix socket, with an ephemeral key, and
+/// connects to it from a second vat (with a key of its own).
 async fn in_process() -> Result<(), Failure> {
     let path = std::env::temp_dir().join(format!("capnp-actix-calc-{}.sock", std::process::id()));
-    let listening = start_server(&Address::Unix(path.clone())).await?;
-    let outcome = connect(&listening.uri(b"main")).await;
-    listening.stop();
+    let config = VatConfig::new().with_listen_address(Address::Unix(path.clone()));
+    let outcome = async {
+        let (server, uri) = start_server(&config).await?;
+        let checked = connect(&uri).await;
+        server.stop();
+        checked
+    }
+    .await;
     let _ = std::fs::remove_file(&path);
     outcome
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let system = actix::System::new();
     let outcome = match args.command {
-        None => actix::System::new().block_on(in_process()),
-        Some(Command::Serve {
-            capnp_listen_address,
-            capnp_disable_tls,
-        }) => {
-            if capnp_disable_tls {
-                actix::System::new().block_on(serve(capnp_listen_address))
-            } else {
-                Err(Failure::Usage(
-                    "TLS is not supported yet; pass --capnp-disable-tls to serve without it".into(),
-                ))
-            }
-        }
-        Some(Command::Connect { uri }) => actix::System::new().block_on(connect(&uri)),
+        None => system.block_on(in_process()),
+        Some(Command::Serve { vat }) => system.block_on(serve(vat)),
+        Some(Command::Connect { uri }) => system.block_on(connect(&uri)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,9 @@
-//! The calculator sample: in-process, between two of our vats over a Unix
-//! socket (scenario 11, with a latency link that shows the round trips),
-//! and against the capnp-rpc crate in both directions over TCP and Unix
-//! sockets. Every test runs under a timeout.
+//! The calculator sample: in-process, between two of our vats over TLS
+//! and without, on TCP and Unix sockets (scenario 11 over TLS, with a
+//! latency link that shows the round trips), and against the capnp-rpc
+//! crate in both directions over TCP and Unix sockets (plain connections:
+//! the insecure `vat::serve` and `vat::import`). Every test runs under a
+//! timeout.
 
 #[path = "../examples/common/calc_service.rs"]
 #[allow(dead_code)]
@@ -14,9 +16,10 @@ use std::time::{Duration, Instant};
 use calc_service::client::{self, call, Expr, EXPECTED};
 use calc_service::{Calculator, Host};
 use capnp::capability::FromServer;
+use capnp_actix::restorer::Table;
 use capnp_actix::schemas::calculator_capnp::calculator::{self, Operator};
-use capnp_actix::vat::{self, Services};
-use capnp_actix::{Address, Cap, SturdyUri, VatAuth};
+use capnp_actix::vat::{self, Services, Vat};
+use capnp_actix::{Address, Cap, SturdyUri, VatAuth, VatConfig};
 use capnp_rpc::{rpc_twoparty_capnp::Side, twoparty, RpcSystem};
 use futures::AsyncReadExt;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt};
@@ -57,6 +60,49 @@ async fn serve_calculator(address: &Address) -> vat::Listening {
 
 async fn import_calculator(uri: &SturdyUri) -> calculator::Client {
     Cap::<calculator::Client>::from_raw(vat::import(uri).await.unwrap()).client()
+}
+
+/// A vat offering a new calculator as `calc serve` does: with TLS under
+/// the ID derived from the key and `main`; without, under `main` and the
+/// empty ID. Returns the vat and the URIs of the calculator.
+async fn calculator_vat(config: &VatConfig) -> (Vat, Vec<SturdyUri>) {
+    let tls = config.tls();
+    let ids = if tls {
+        vec![config.derived_id("main").unwrap()]
+    } else {
+        vec![b"main".to_vec(), Vec::new()]
+    };
+    let calc: Cap<calculator::Client> = Cap::new(Calculator::new());
+    let vat = Vat::start_with(config, |uris| {
+        let table = Table::new(move |id| uris.sturdy_uri(id));
+        for id in &ids {
+            table.add(id, calc.raw().clone());
+        }
+        table
+    })
+    .await
+    .unwrap();
+    let uris = ids.iter().map(|id| vat.sturdy_uri(id).unwrap()).collect();
+    (vat, uris)
+}
+
+/// Imports `uri` through a new client-only vat (TLS on, an ephemeral key:
+/// it reaches TLS and insecure vats alike).
+async fn import_through_a_client_vat(uri: &SturdyUri) -> (Vat, calculator::Client) {
+    let vat = Vat::client(&VatConfig::new()).await.unwrap();
+    let calc: Cap<calculator::Client> = vat.import_as(uri).await.unwrap();
+    (vat, calc.client())
+}
+
+/// Stops the vats and checks that nothing is left alive.
+async fn end(vats: Vec<Vat>) {
+    for v in &vats {
+        v.stop();
+    }
+    drop(vats);
+    capnp_actix::debug::settle(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|r| panic!("still alive after the vats stopped:\n{r}"));
 }
 
 #[actix::test]
@@ -194,16 +240,20 @@ async fn scenario_11_previous_result_used_in_two_concurrent_pipelined_evaluation
     let server_path = socket_path("s11-server");
     let link_path = socket_path("s11-link");
     within("scenario 11", async {
-        let listening = serve_calculator(&unix(&server_path)).await;
+        let config = VatConfig::new().with_listen_address(unix(&server_path));
+        let (server, uris) = calculator_vat(&config).await;
         latency_link(&link_path, server_path.clone(), DELAY).await;
-        let mut uri = listening.uri(b"main");
+        // TLS checks the key, not the address: the link is transparent.
+        let mut uri = uris[0].clone();
         uri.address = unix(&link_path);
+        assert!(matches!(uri.auth, VatAuth::Sha256(_)), "{uri}");
 
-        // The bootstrap, three getOperator calls, three evaluations (two of
-        // them naming the first one's unread Value) and three reads all go
-        // out before any answer comes back: one round trip.
+        // The import waits for the TLS handshake (round trips of its own);
+        // then the bootstrap, three getOperator calls, three evaluations
+        // (two of them naming the first one's unread Value) and three reads
+        // all go out before any answer comes back: one round trip.
+        let (client, calc) = import_through_a_client_vat(&uri).await;
         let started = Instant::now();
-        let calc = import_calculator(&uri).await;
         let got = client::check_previous_result(&calc).await.unwrap();
         let pipelined = started.elapsed();
         let got: Vec<(&str, f64)> = got.iter().map(|(n, v)| (n.as_str(), *v)).collect();
@@ -238,7 +288,8 @@ async fn scenario_11_previous_result_used_in_two_concurrent_pipelined_evaluation
             sequential >= round_trip * 2,
             "two dependent round trips took only {sequential:?}"
         );
-        listening.stop();
+        drop((calc, add, multiply, then));
+        end(vec![client, server]).await;
     })
     .await;
     let _ = std::fs::remove_file(&server_path);
@@ -246,16 +297,25 @@ async fn scenario_11_previous_result_used_in_two_concurrent_pipelined_evaluation
 }
 
 #[actix::test]
-async fn calculator_between_two_of_our_vats_over_tcp_and_unix_sockets() {
+async fn calculator_between_two_of_our_vats_over_tls_and_without_on_tcp_and_unix_sockets() {
     let path = socket_path("two-vats");
     within("two vats", async {
-        for address in [Address::parse("tcp:127.0.0.1:0").unwrap(), unix(&path)] {
-            let listening = serve_calculator(&address).await;
-            for id in [&b"main"[..], b""] {
-                let calc = import_calculator(&listening.uri(id)).await;
-                assert_expected(&client::run_client_checks(calc).await.unwrap());
+        for tls in [true, false] {
+            for address in [Address::parse("tcp:127.0.0.1:0").unwrap(), unix(&path)] {
+                let config = VatConfig::new()
+                    .with_listen_address(address.clone())
+                    .with_tls(tls);
+                let (server, uris) = calculator_vat(&config).await;
+                // TLS: one derived ID; without: `main` and the empty ID.
+                assert_eq!(uris.len(), if tls { 1 } else { 2 });
+                for uri in &uris {
+                    assert_eq!(matches!(uri.auth, VatAuth::Sha256(_)), tls, "{uri}");
+                    let (client, calc) = import_through_a_client_vat(uri).await;
+                    assert_expected(&client::run_client_checks(calc).await.unwrap());
+                    client.stop();
+                }
+                end(vec![server]).await;
             }
-            listening.stop();
         }
     })
     .await;

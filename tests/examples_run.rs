@@ -1,7 +1,7 @@
-//! Runs the examples (`echo`, `actor_service`, `web --self-test`, `bench`)
-//! as their users would and checks what they print; the network ones
-//! (`echo serve` with `echo ping` / `log` / `connect`, `bench serve` with
-//! `bench client`) across processes.
+//! Runs the examples (`echo`, `actor_service`, `web --self-test`, `bench`,
+//! `calc`) as their users would and checks what they print; the network
+//! ones (`echo serve` with `echo ping` / `log` / `connect`, `bench serve`
+//! with `bench client`, `calc serve` with `calc connect`) across processes.
 //!
 //! Cargo does not tell an integration test where example binaries are, and
 //! does not build them for `cargo test --test examples_run`. So the first
@@ -20,7 +20,7 @@ use std::sync::{mpsc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const EXAMPLES: [&str; 4] = ["echo", "actor_service", "web", "bench"];
+const EXAMPLES: [&str; 5] = ["echo", "actor_service", "web", "bench", "calc"];
 
 /// How long one example may run.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -721,4 +721,215 @@ fn echo_over_tls_keeps_its_uris_and_saved_loggers_across_a_kill() {
     assert!(run.stderr.contains("TLS authentication failed"), "{run}");
     let run = run_example("echo", &["ping", &first_uri, "still here"]);
     assert!(run.status.success(), "{run}");
+}
+
+// ---- calc: the calculator over TLS and Unix sockets ----
+
+/// What `calc connect` (and `calc` alone) prints when every check passes.
+const CALC_LINES: [&str; 8] = [
+    "123 = 123",
+    "add(subtract(123, 45), 67) = 145",
+    "add(123, 45) = 168",
+    "multiply(previousResult, 2) = 336",
+    "subtract(previousResult, 68) = 100",
+    "f(12, 34) = 1234",
+    "g(21) = 4244",
+    "add(pow(2, 4), 3) = 19",
+];
+
+const CALC_BANNER: &str = "calculator running at: ";
+
+/// `calc serve` with `args` (the vat's options).
+fn calc_server(args: &[&str]) -> Server {
+    let mut all = vec!["serve"];
+    all.extend_from_slice(args);
+    Server::start("calc", &all, CALC_BANNER)
+}
+
+/// `calc connect URI` in a process of its own: every check passes, and
+/// nothing goes to standard error.
+fn calc_connect_passes(uri: &str) {
+    let run = run_example("calc", &["connect", uri]);
+    assert!(run.status.success(), "{uri}: {run}");
+    assert_eq!(run.lines(), CALC_LINES, "{uri}: {run}");
+    assert!(run.stderr.is_empty(), "{uri}: {run}");
+}
+
+/// The part of a TLS URI between `capnp://sha-256:` and `@`.
+fn fingerprint_of(uri: &str) -> &str {
+    uri.strip_prefix("capnp://sha-256:")
+        .and_then(|rest| rest.split_once('@'))
+        .map(|(fp, _)| fp)
+        .unwrap_or_else(|| panic!("not a TLS URI: {uri}"))
+}
+
+#[test]
+fn calc_alone_serves_and_connects_over_tls_in_one_process() {
+    let run = run_example("calc", &[]);
+    assert!(run.status.success(), "{run}");
+    let lines = run.lines();
+    let (banner, checks) = lines.split_first().expect("some output");
+    let uri = banner
+        .strip_prefix(CALC_BANNER)
+        .unwrap_or_else(|| panic!("no banner: {run}"));
+    // TLS, on a Unix socket (the address is a path).
+    assert!(!fingerprint_of(uri).is_empty(), "{run}");
+    assert!(uri.contains("@/"), "{run}");
+    assert_eq!(checks, CALC_LINES, "{run}");
+    assert!(run.stderr.is_empty(), "{run}");
+}
+
+/// Issue 4 item 7: `calc serve` over TLS on a Unix socket, with a key file,
+/// and `calc connect URI` from other processes; the URI (a service ID
+/// derived from the key) is the same after a restart with that key file.
+#[test]
+fn calc_serve_and_connect_over_tls_on_a_unix_socket() {
+    let dir = TempDir::new("calc-tls-unix");
+    let key = dir.path().join("calc.pem").display().to_string();
+    let socket = dir.path().join("calc.sock");
+    let address = format!("unix:{}", socket.display());
+    let args = [
+        "--capnp-secret-key-file",
+        &key,
+        "--capnp-listen-address",
+        &address,
+    ];
+    let server = calc_server(&args);
+    let uri = server.uri.clone();
+    assert!(!fingerprint_of(&uri).is_empty(), "{uri}");
+    assert!(
+        uri.contains(&format!("@{}/", socket.display())),
+        "the socket's path is the URI's address: {uri}"
+    );
+    // The ID is derived from the key, not the plain `main`.
+    assert!(!uri.ends_with("/bWFpbg"), "{uri}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key)
+        .expect("the key file was created")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    calc_connect_passes(&uri);
+    // Twice: each client is a new vat with a key of its own.
+    calc_connect_passes(&uri);
+
+    // Killed and started again with the same key file: the same URI (the
+    // stale socket file is replaced), and it still works.
+    drop(server);
+    let server = calc_server(&args);
+    assert_eq!(server.uri, uri, "the URI survives a restart");
+    calc_connect_passes(&server.uri);
+}
+
+/// `calc serve` over TLS on TCP (port 0: the port chosen is in the URI),
+/// with an ephemeral key; a URI naming another key is refused.
+#[test]
+fn calc_serve_and_connect_over_tls_on_tcp() {
+    let server = calc_server(&["--capnp-listen-address", "tcp:127.0.0.1:0"]);
+    let fingerprint = fingerprint_of(&server.uri).to_string();
+    let port = server
+        .uri
+        .split_once("@127.0.0.1:")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .and_then(|(port, _)| port.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("unexpected URI {:?}", server.uri));
+    assert_ne!(port, 0);
+    calc_connect_passes(&server.uri);
+
+    // Another key's fingerprint at the same address: exit 1, a clear
+    // error, and the server goes on serving.
+    let other = server.uri.replacen(&fingerprint, &"A".repeat(43), 1);
+    let run = run_example("calc", &["connect", &other]);
+    assert_eq!(exit_code(&run), Some(1), "{run}");
+    assert!(run.stdout.is_empty(), "{run}");
+    assert!(run.stderr.contains("TLS authentication failed"), "{run}");
+    calc_connect_passes(&server.uri);
+}
+
+/// Without TLS: `main` and the empty ID (for pycapnp and the C++ EzRpc
+/// client), over a Unix socket.
+#[test]
+fn calc_serve_without_tls_offers_main_and_the_empty_id() {
+    let dir = TempDir::new("calc-insecure");
+    let socket = dir.path().join("calc.sock");
+    let server = calc_server(&[
+        "--capnp-listen-address",
+        &format!("unix:{}", socket.display()),
+        "--capnp-disable-tls",
+    ]);
+    assert_eq!(
+        server.uri,
+        format!("capnp://insecure@{}/bWFpbg", socket.display())
+    );
+    calc_connect_passes(&server.uri);
+    calc_connect_passes(server.uri.strip_suffix("bWFpbg").unwrap());
+}
+
+#[test]
+fn calc_serve_refuses_a_missing_address_bad_addresses_and_key_files() {
+    // No listen address: a usage error naming the option.
+    for args in [vec!["serve"], vec!["serve", "--capnp-disable-tls"]] {
+        let run = run_example("calc", &args);
+        assert_eq!(exit_code(&run), Some(2), "{args:?}: {run}");
+        assert!(run.stdout.is_empty(), "{args:?}: {run}");
+        assert!(
+            run.stderr.contains("--capnp-listen-address"),
+            "{args:?}: {run}"
+        );
+    }
+
+    let run = run_example(
+        "calc",
+        &["serve", "--capnp-listen-address", "udp:127.0.0.1:1"],
+    );
+    assert_eq!(exit_code(&run), Some(2), "{run}");
+    assert!(run.stdout.is_empty(), "{run}");
+    assert!(
+        run.stderr
+            .contains("Only tcp:HOST:PORT and unix:PATH addresses are supported"),
+        "{run}"
+    );
+
+    // A key file that cannot be read (a directory) fails at run time,
+    // named.
+    let dir = TempDir::new("calc-badkey");
+    let key = dir.path().display().to_string();
+    let run = run_example(
+        "calc",
+        &[
+            "serve",
+            "--capnp-listen-address",
+            "tcp:127.0.0.1:0",
+            "--capnp-secret-key-file",
+            &key,
+        ],
+    );
+    assert_eq!(exit_code(&run), Some(1), "{run}");
+    assert!(run.stdout.is_empty(), "{run}");
+    assert!(run.stderr.contains(&key), "{run}");
+}
+
+#[test]
+fn calc_connect_refuses_bad_uris_and_fails_when_nothing_listens() {
+    let run = run_example("calc", &["connect", "not a uri"]);
+    assert_eq!(exit_code(&run), Some(2), "{run}");
+    assert!(run.stdout.is_empty(), "{run}");
+    assert!(run.stderr.contains("not a valid URI"), "{run}");
+
+    let dir = TempDir::new("calc-nothing");
+    let socket = dir.path().join("nobody.sock");
+    let fingerprint = "A".repeat(43);
+    for uri in [
+        format!("capnp://insecure@{}/bWFpbg", socket.display()),
+        format!("capnp://sha-256:{fingerprint}@{}/bWFpbg", socket.display()),
+    ] {
+        let run = run_example("calc", &["connect", &uri]);
+        assert_eq!(exit_code(&run), Some(1), "{uri}: {run}");
+        assert!(run.stdout.is_empty(), "{uri}: {run}");
+        assert!(
+            run.stderr.starts_with("calc: ") && run.stderr.contains(&socket.display().to_string()),
+            "{uri}: {run}"
+        );
+    }
 }

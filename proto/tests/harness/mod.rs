@@ -286,3 +286,77 @@ pub fn frame(m: &Builder<HeapAllocator>) -> Vec<u8> {
     capnp_actix_proto::frame::encode(&m.get_segments_for_output(), &mut out);
     out
 }
+
+/// One capability descriptor, spelled as in [`summary`]'s cap tables.
+fn descriptor(d: cap_descriptor::Reader<'_>) -> String {
+    match d.which().unwrap() {
+        cap_descriptor::None(()) => "none".into(),
+        cap_descriptor::SenderHosted(i) => format!("sender-hosted:{i}"),
+        cap_descriptor::SenderPromise(i) => format!("sender-promise:{i}"),
+        cap_descriptor::ReceiverHosted(i) => format!("receiver-hosted:{i}"),
+        cap_descriptor::ReceiverAnswer(pa) => {
+            format!("receiver-answer:{}", pa.unwrap().get_question_id())
+        }
+        cap_descriptor::ThirdPartyHosted(_) => "third-party".into(),
+    }
+}
+
+/// Like [`summary`], with what a `resolve` carries and a `disembargo`'s
+/// context spelled out: `resolve:1->receiver-hosted:0`,
+/// `resolve:1->exception(it broke)`, `disembargo->import:1:sender-loopback:0`,
+/// `disembargo->import:0:receiver-loopback:0`. Other kinds read as in
+/// [`summary`].
+pub fn detail(frame: &[u8]) -> String {
+    use capnp_actix_proto::rpc_capnp::{disembargo, resolve};
+    let mut d = FrameDecoder::new(Limits::default());
+    d.push(frame);
+    let m = d.next_message().unwrap().unwrap();
+    let root: message::Reader<'_> = m.get_root().unwrap();
+    match root.which() {
+        Ok(message::Resolve(r)) => {
+            let r = r.unwrap();
+            let to = match r.which().unwrap() {
+                resolve::Cap(c) => descriptor(c.unwrap()),
+                resolve::Exception(e) => format!(
+                    "exception({})",
+                    e.unwrap().get_reason().unwrap().to_str().unwrap()
+                ),
+            };
+            format!("resolve:{}->{to}", r.get_promise_id())
+        }
+        Ok(message::Disembargo(dis)) => {
+            let dis = dis.unwrap();
+            let context = match dis.get_context().which().unwrap() {
+                disembargo::context::SenderLoopback(e) => format!("sender-loopback:{e}"),
+                disembargo::context::ReceiverLoopback(e) => format!("receiver-loopback:{e}"),
+                disembargo::context::Accept(()) => "accept".into(),
+                disembargo::context::Provide(q) => format!("provide:{q}"),
+            };
+            format!(
+                "disembargo->{}:{context}",
+                target(dis.get_target().unwrap())
+            )
+        }
+        _ => summary(frame),
+    }
+}
+
+impl Pair {
+    /// Delivers the next message A sent to B; returns its [`detail`].
+    pub fn a_to_b_detail(&mut self) -> String {
+        self.a.collect();
+        let f = self.a.sent.pop_front().expect("A sent nothing");
+        let s = detail(&f);
+        self.b.conn.receive(&f);
+        s
+    }
+
+    /// Delivers the next message B sent to A; returns its [`detail`].
+    pub fn b_to_a_detail(&mut self) -> String {
+        self.b.collect();
+        let f = self.b.sent.pop_front().expect("B sent nothing");
+        let s = detail(&f);
+        self.a.conn.receive(&f);
+        s
+    }
+}
