@@ -563,6 +563,7 @@ impl Connection {
             }
             Event::ExportedPromise { export, cap } => {
                 let settled = cap.settled_weak();
+                let promise = cap.downgrade();
                 drop(cap);
                 ctx.spawn(
                     actix::fut::wrap_future(settled).map(move |end, act: &mut Self, ctx| {
@@ -576,7 +577,10 @@ impl Connection {
                             },
                             None => return,
                         };
-                        act.core.resolve_export(export, to);
+                        // The export id may name another promise by now.
+                        if let Some(promise) = promise.upgrade() {
+                            act.core.resolve_export(export, &promise, to);
+                        }
                         act.settle(ctx);
                     }),
                 );

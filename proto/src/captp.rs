@@ -852,15 +852,18 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         }
     }
 
-    /// Tells the peer what a promise we exported ([`Event::ExportedPromise`])
-    /// has become. Nothing is sent if the peer has released it meanwhile,
-    /// or if it was resolved already.
-    pub fn resolve_export(&mut self, export: u32, to: OutCap<L>) {
+    /// Tells the peer what `promise`, which we exported as `export`
+    /// ([`Event::ExportedPromise`]), has become. Nothing is sent if the
+    /// peer has released it meanwhile (even if the export id now names
+    /// another promise), or if it was resolved already.
+    pub fn resolve_export(&mut self, export: u32, promise: &L, to: OutCap<L>) {
         if self.aborted.is_some() {
             return;
         }
         match self.exports.get_mut(export) {
-            Some(e) if e.unresolved_promise => e.unresolved_promise = false,
+            Some(e) if e.unresolved_promise && e.cap.as_ref() == Some(promise) => {
+                e.unresolved_promise = false
+            }
             _ => return,
         }
         let mut resolves = Vec::new();

@@ -206,7 +206,7 @@ fn scenario_29_a_resolve_for_a_released_promise_releases_the_new_target() {
     // A is done with the promise while B resolves it to a new capability
     // of its own: the release and the resolve cross.
     p.a.conn.release_import(1);
-    p.b.conn.resolve_export(1, OutCap::Local(20));
+    p.b.conn.resolve_export(1, &10, OutCap::Local(20));
     assert_eq!(p.b_to_a_detail(), "resolve:1->sender-hosted:2");
     assert!(
         events(&mut p.a).is_empty(),
@@ -234,7 +234,7 @@ fn scenario_29_a_late_resolve_to_a_capability_still_imported_gives_back_one_refe
 
     // The promise becomes B's bootstrap object, which A still holds.
     p.a.conn.release_import(1);
-    p.b.conn.resolve_export(1, OutCap::Local(1));
+    p.b.conn.resolve_export(1, &10, OutCap::Local(1));
     assert_eq!(p.b_to_a_detail(), "resolve:1->sender-hosted:0");
     assert!(events(&mut p.a).is_empty());
     assert_eq!(p.a_to_b(), "release:1x1");
@@ -262,12 +262,12 @@ fn scenario_30_a_promise_released_before_it_resolves_gets_no_resolve() {
 
     // The promise settles afterwards: nothing goes out, and its
     // resolution is not exported either.
-    p.b.conn.resolve_export(1, OutCap::Local(20));
+    p.b.conn.resolve_export(1, &10, OutCap::Local(20));
     sends_nothing(&mut p.b);
     assert_eq!(p.b.conn.table_sizes().exports, 1, "{}", p.b.conn.dump());
     // Not even once it breaks.
     p.b.conn
-        .resolve_export(1, OutCap::Broken(Error::failed("late".into())));
+        .resolve_export(1, &10, OutCap::Broken(Error::failed("late".into())));
     sends_nothing(&mut p.b);
     assert!(events(&mut p.a).is_empty() && events(&mut p.b).is_empty());
 
@@ -277,7 +277,6 @@ fn scenario_30_a_promise_released_before_it_resolves_gets_no_resolve() {
 }
 
 #[test]
-#[ignore = "bug: resolve_export(id) for a released promise resolves whichever promise reuses that export id"]
 fn scenario_30_a_released_promise_whose_export_id_is_reused_gets_no_resolve() {
     let mut p = Pair::new();
     let boot = bootstrapped(&mut p);
@@ -293,13 +292,13 @@ fn scenario_30_a_released_promise_whose_export_id_is_reused_gets_no_resolve() {
     assert_eq!(events(&mut p.b), ["exported-promise:1=11", "finished:a0"]);
 
     // Promise 10 settles: the runtime reports it with the export id that
-    // its `ExportedPromise` event gave. A released that promise, so
-    // nothing may go out; promise 11 has not resolved.
-    p.b.conn.resolve_export(1, OutCap::Local(20));
+    // its `ExportedPromise` event gave, and the promise. A released that
+    // promise, so nothing may go out; promise 11 has not resolved.
+    p.b.conn.resolve_export(1, &10, OutCap::Local(20));
     sends_nothing(&mut p.b);
 
     // Promise 11 settles.
-    p.b.conn.resolve_export(1, OutCap::Local(21));
+    p.b.conn.resolve_export(1, &11, OutCap::Local(21));
     assert_eq!(p.b_to_a_detail(), "resolve:1->sender-hosted:2");
     assert_eq!(events(&mut p.a), ["resolve:1->import:2"]);
     p.a.conn.release_import(1);
@@ -325,7 +324,7 @@ fn scenario_31_a_promise_resolved_to_a_new_export_adds_the_import_first() {
 
     // P resolves to another promise of B's, X (object 11), never sent
     // before: the resolve exports it.
-    p.b.conn.resolve_export(1, OutCap::Promise(11));
+    p.b.conn.resolve_export(1, &10, OutCap::Promise(11));
     assert_eq!(events(&mut p.b), ["exported-promise:2=11"]);
     assert_eq!(p.b_to_a_detail(), "resolve:1->sender-promise:2");
     // A has imported X by the time it hears of the resolution.
@@ -336,7 +335,7 @@ fn scenario_31_a_promise_resolved_to_a_new_export_adds_the_import_first() {
 
     // X resolves to A's own object 5: A embargoes on the import the
     // resolve created, and B accepts it (a resolved promise of B's).
-    p.b.conn.resolve_export(2, OutCap::Import(0));
+    p.b.conn.resolve_export(2, &11, OutCap::Import(0));
     assert_eq!(p.b_to_a_detail(), "resolve:2->receiver-hosted:0");
     assert_eq!(events(&mut p.a), ["resolve:2->local:5"]);
     assert_eq!(p.a.conn.disembargo_request_import(2), Some(0));
@@ -384,7 +383,7 @@ fn scenario_32_finishing_a_question_releases_several_imports_with_resolves_inter
     );
 
     // The first promise resolves to the third result before A's finish.
-    p.b.conn.resolve_export(1, OutCap::Local(12));
+    p.b.conn.resolve_export(1, &10, OutCap::Local(12));
     assert_eq!(p.b_to_a_detail(), "resolve:1->sender-hosted:3");
     assert_eq!(events(&mut p.a), ["resolve:1->import:3"]);
 
@@ -394,7 +393,7 @@ fn scenario_32_finishing_a_question_releases_several_imports_with_resolves_inter
     p.a.conn.release_import(2);
     p.a.conn.release_import(3);
     // ... while the second promise resolves to a new export.
-    p.b.conn.resolve_export(2, OutCap::Local(13));
+    p.b.conn.resolve_export(2, &11, OutCap::Local(13));
     assert_eq!(p.a_to_b(), "release:1x1");
     assert_eq!(p.a_to_b(), "release:2x1");
     assert_eq!(p.a_to_b(), "release:3x2");
@@ -429,9 +428,9 @@ fn scenario_32_resolves_arriving_after_the_finish_still_reach_the_results_import
         ["exported-promise:1=10", "exported-promise:2=11"]
     );
     // Both promises resolve, one to an error, while the finish travels.
-    p.b.conn.resolve_export(1, OutCap::Local(12));
+    p.b.conn.resolve_export(1, &10, OutCap::Local(12));
     p.b.conn
-        .resolve_export(2, OutCap::Broken(Error::failed("no".into())));
+        .resolve_export(2, &11, OutCap::Broken(Error::failed("no".into())));
     assert_eq!(p.a_to_b(), "finish:q0");
     assert_eq!(events(&mut p.b), ["finished:a0"]);
     assert_eq!(p.b_to_a_detail(), "resolve:1->sender-hosted:3");
@@ -465,6 +464,7 @@ fn scenario_35_a_promise_that_breaks_later_is_resolved_to_the_exception() {
     // ... then the error, with its kind.
     p.b.conn.resolve_export(
         1,
+        &10,
         OutCap::Broken(Error::disconnected("the backend went away".into())),
     );
     assert_eq!(
@@ -476,7 +476,7 @@ fn scenario_35_a_promise_that_breaks_later_is_resolved_to_the_exception() {
         ["resolve:1->error(Disconnected: the backend went away)"]
     );
     // Resolved once only.
-    p.b.conn.resolve_export(1, OutCap::Local(20));
+    p.b.conn.resolve_export(1, &10, OutCap::Local(20));
     sends_nothing(&mut p.b);
 
     p.a.conn.release_import(1);
@@ -521,7 +521,7 @@ fn scenario_15_a_promise_resolved_to_the_receivers_own_object_is_embargoed_until
             &[],
         )
         .unwrap();
-    p.b.conn.resolve_export(1, OutCap::Import(0));
+    p.b.conn.resolve_export(1, &10, OutCap::Import(0));
     assert_eq!(p.b_to_a(), "call:q0->import:0");
     assert_eq!(events(&mut p.a), ["call:a0->local:5"]);
     assert_eq!(p.b_to_a_detail(), "resolve:1->receiver-hosted:0");
@@ -599,7 +599,7 @@ fn exporting_the_same_promise_twice_before_it_resolves_uses_one_entry_counted_tw
         p.a.conn.dump()
     );
 
-    p.b.conn.resolve_export(1, OutCap::Local(20));
+    p.b.conn.resolve_export(1, &10, OutCap::Local(20));
     assert_eq!(p.b_to_a_detail(), "resolve:1->sender-hosted:2");
     assert_eq!(events(&mut p.a), ["resolve:1->import:2"]);
     p.a.conn.release_import(1);
@@ -690,10 +690,10 @@ fn promise_protocol_errors_abort_with_a_reason_and_empty_the_tables() {
     let x = exchange(&mut p, boot, &[], &[OutCap::Promise(10)]);
     assert_eq!(x.ret, "return:a0:results [sender-promise:1]");
     assert_eq!(events(&mut p.b), ["exported-promise:1=10", "finished:a0"]);
-    p.b.conn.resolve_export(1, OutCap::Local(20));
+    p.b.conn.resolve_export(1, &10, OutCap::Local(20));
     assert_eq!(p.b_to_a_detail(), "resolve:1->sender-hosted:2");
     assert_eq!(events(&mut p.a), ["resolve:1->import:2"]);
-    p.b.conn.resolve_export(1, OutCap::Local(21));
+    p.b.conn.resolve_export(1, &10, OutCap::Local(21));
     sends_nothing(&mut p.b);
     p.a.conn.receive(&frame(&resolve_to_error(1)));
     a_aborts(&mut p, "resolve of settled import 1");
