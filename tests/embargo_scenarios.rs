@@ -14,7 +14,7 @@ use capnp_actix::connection::{
 use capnp_actix::schemas::test_api_capnp::{maker, probe};
 use capnp_actix::{Cap, CapRef};
 use futures::channel::oneshot;
-use support::{call, Log, Probe};
+use support::{call, maker_with_pair, Log, Probe};
 
 /// What the server's `hold(probe)` answers.
 #[derive(Clone, Copy)]
@@ -30,6 +30,9 @@ enum Hold {
     Breaks(Duration),
     /// The probe, once the test opens the gate.
     Gated,
+    /// The "probe" given is really a maker: answer with the first field
+    /// of its `pair()`, pipelined (a promised answer of the caller's).
+    ViaPair,
 }
 
 /// The server's maker.
@@ -82,6 +85,11 @@ impl maker::Server for Switchboard {
                     drop(given);
                 });
                 promise
+            }
+            Hold::ViaPair => {
+                let theirs: maker::Client = given.clone().cast::<maker::Client>().client();
+                let first = theirs.pair_request().send().pipeline.get_pair().get_first();
+                Cap::from_client(&first)
             }
             Hold::Gated => {
                 let gate = self.gate.borrow_mut().take();
@@ -453,4 +461,70 @@ async fn scenario_28_fetched_back_through_a_blocked_call_and_pinged_while_the_pa
     }
     drop(service);
     end(v).await;
+}
+
+#[actix::test]
+async fn scenario_14_an_answer_that_is_our_own_promised_answer_keeps_order() {
+    let log = Log::default();
+    let service: Cap<maker::Client> = Cap::new(switchboard(Hold::ViaPair));
+    let v = vats(service.raw().clone());
+    {
+        // Our maker goes to the server, which calls `pair()` on it and
+        // answers with that call's pipelined first field: the answer is a
+        // promised answer of ours.
+        let (local_maker, answer_pair) = maker_with_pair();
+        let local_maker: Cap<maker::Client> = Cap::new(local_maker);
+        let as_probe: Cap<probe::Client> = local_maker.clone().cast();
+        let probe = Probe::cap(&log);
+        let other = Probe::cap(&Log::default());
+        let (p, o) = (probe.clone(), other.clone());
+        actix::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(8)).await;
+            let _ = answer_pair.send((p, o));
+        });
+        let outcomes = pipelined_through_hold(&v, &as_probe, 300).await;
+        assert_all_ok(&outcomes, 0..300);
+        assert_eq!(log.calls(), (0..300).collect::<Vec<_>>());
+        drop((local_maker, as_probe, probe, other));
+    }
+    drop(service);
+    end(v).await;
+}
+
+/// Our local promise goes to the server, whose answer is a promise of
+/// its own that resolves to what it was given: calls bounce client ->
+/// server -> client while both promises resolve, in either order.
+async fn bouncing(server_delay: u64, client_delay: u64) {
+    let log = Log::default();
+    let service: Cap<maker::Client> = Cap::new(switchboard(Hold::Later(Duration::from_millis(
+        server_delay,
+    ))));
+    let v = vats(service.raw().clone());
+    {
+        let (promise, resolver) = Cap::<probe::Client>::promise();
+        let probe = Probe::cap(&log);
+        let target = probe.raw().clone();
+        actix::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(client_delay)).await;
+            resolver.resolve_to(target);
+        });
+        let outcomes = pipelined_through_hold(&v, &promise, 300).await;
+        assert_all_ok(&outcomes, 0..300);
+        assert_eq!(log.calls(), (0..300).collect::<Vec<_>>());
+        drop((promise, probe));
+    }
+    drop(service);
+    end(v).await;
+}
+
+#[actix::test]
+async fn scenario_18_both_sides_embargo_when_calls_bounce_back_through_the_peer() {
+    // The server's promise resolves first (to our promise), ours later.
+    bouncing(4, 12).await;
+}
+
+#[actix::test]
+async fn scenario_20_our_promise_resolves_while_calls_bounce_multi_hop() {
+    // Ours resolves first, the server's later.
+    bouncing(12, 4).await;
 }

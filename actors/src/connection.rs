@@ -530,10 +530,15 @@ impl Connection {
                         .map(|f| f.cap_at(path).shortened()),
                     CallTarget::Local(c) => Some(c.shortened()),
                 };
-                let back_to_sender = matches!(
-                    resolved.as_ref().map(CapRef::kind),
-                    Some(Kind::Remote { conn_id, .. }) if *conn_id == self.id
-                );
+                // The peer's own capability, or a field of one of our
+                // questions to the peer.
+                let back_to_sender = match resolved.as_ref().map(CapRef::kind) {
+                    Some(Kind::Remote { conn_id, .. }) => *conn_id == self.id,
+                    Some(Kind::Pipelined { answer, .. }) => {
+                        self.question_of.contains_key(&key(answer.shared()))
+                    }
+                    _ => false,
+                };
                 if !back_to_sender {
                     self.core.abort(capnp::Error::failed(
                         "protocol error: disembargo target does not point back to the sender"
@@ -775,17 +780,10 @@ impl Connection {
     }
 
     fn send_call(&mut self, target: RemoteTarget, call: Call) {
-        if let Some((conn_id, embargo)) = call.marker {
-            // A disembargo marker has come through every earlier call on
-            // its target: reflect it, if the target is our peer's.
-            if let (RemoteTarget::Import(import), true) = (&target, conn_id == self.id) {
-                self.core.disembargo_reply(embargo, *import);
-            }
-            return;
-        }
         let out_target = match target {
             RemoteTarget::Import(id) => OutTarget::Import(id),
             RemoteTarget::Answer { answer, path } => match self.question_of.get(&key(&answer)) {
+                Some(&question) if call.marker.is_some() => OutTarget::Answer { question, path },
                 Some(&question) => {
                     self.pipelined
                         .entry(question)
@@ -815,6 +813,14 @@ impl Connection {
                 }
             },
         };
+        if let Some((conn_id, embargo)) = call.marker {
+            // A disembargo marker has come through every earlier call on
+            // its target, which is our peer's: reflect it there.
+            if conn_id == self.id {
+                self.core.disembargo_reply_to(embargo, &out_target);
+            }
+            return;
+        }
         let Call {
             interface_id,
             method_id,

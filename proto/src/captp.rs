@@ -728,13 +728,20 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     /// Reflects a disembargo ([`Event::Loopback`]) back to the peer, on the
     /// import the target turned out to be.
     pub fn disembargo_reply(&mut self, embargo: u32, import: u32) {
+        self.disembargo_reply_to(embargo, &OutTarget::Import(import));
+    }
+
+    /// [`Conn::disembargo_reply`] when the target turned out to be a field
+    /// of one of our questions to the peer (a promised answer), or an
+    /// import.
+    pub fn disembargo_reply_to(&mut self, embargo: u32, target: &OutTarget) {
         if self.aborted.is_some() {
             return;
         }
         let mut m = Builder::new_default();
         {
             let mut d = m.init_root::<rpc_message::Builder<'_>>().init_disembargo();
-            d.reborrow().init_target().set_imported_cap(import);
+            write_target(target, d.reborrow().init_target());
             d.init_context().set_receiver_loopback(embargo);
         }
         self.send(&m);
