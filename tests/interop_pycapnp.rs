@@ -1,12 +1,26 @@
 //! Interop with pycapnp (Python, on the C++ library) over real sockets:
-//! its client against our server, our client against its server, for the
-//! echo tutorial (ping, heartbeat with a client-side callback, pipelined
-//! getLogger + log), over TCP and Unix sockets.
+//! its client against our server, our client against its server, over TCP
+//! and Unix sockets, for
 //!
-//! The Python peers are `tests/python/echo_client.py` and
-//! `tests/python/echo_server.py`. When `python3 -c "import capnp"` fails the
-//! tests print a note and pass, unless `CAPNP_ACTIX_REQUIRE_PYCAPNP` is set
-//! (as CI does), in which case they fail.
+//! - the echo tutorial (ping, heartbeat with a client-side callback,
+//!   pipelined getLogger + log);
+//! - the classic calculator sample: its client checks against our
+//!   calculator, and our `run_client_checks` against its calculator
+//!   (literals, operators used before they are answered, an unread result
+//!   used twice as `previousResult`, `defFunction`, and a function the
+//!   client implements, which the server calls back).
+//!
+//! The Python peers are the scripts under `tests/python`. When
+//! `python3 -c "import capnp"` fails the tests print a note and pass, unless
+//! `CAPNP_ACTIX_REQUIRE_PYCAPNP` is set (as CI does), in which case they
+//! fail.
+//!
+//! Every test ends by checking that our side released every capability and
+//! stopped every actor (`capnp_actix::debug::settle`).
+
+#[path = "../examples/common/calc_service.rs"]
+#[allow(dead_code)]
+mod calc_service;
 
 #[path = "../examples/common/echo_service.rs"]
 #[allow(dead_code)]
@@ -20,14 +34,20 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use calc_service::client::{run_client_checks, EXPECTED};
+use calc_service::Calculator;
+use capnp_actix::schemas::calculator_capnp::calculator;
 use capnp_actix::schemas::echo_api_capnp::{callback, echo};
-use capnp_actix::vat::{self, Services};
-use capnp_actix::{Address, Cap, SturdyUri, VatAuth};
+use capnp_actix::vat::{self, Services, Vat};
+use capnp_actix::{Address, Cap, SturdyUri, VatAuth, VatConfig};
 use echo_service::{EchoService, Sink};
 use tokio::sync::mpsc;
 
 /// How long any one step may take before the test fails.
 const STEP: Duration = Duration::from_secs(30);
+
+/// How long our side may take to release everything at the end.
+const SETTLE: Duration = Duration::from_secs(5);
 
 const REQUIRE_VAR: &str = "CAPNP_ACTIX_REQUIRE_PYCAPNP";
 
@@ -180,6 +200,39 @@ impl Python {
         }
     }
 
+    /// Reads the "ready PORT" line a server prints once it listens;
+    /// returns the port (0 for a Unix socket).
+    async fn ready(&mut self) -> u16 {
+        let found = tokio::time::timeout(STEP, async {
+            while let Some(line) = self.stdout.recv().await {
+                self.seen.push(line.clone());
+                if let Some(port) = line.strip_prefix("ready ") {
+                    return Some(port.to_string());
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(port)) => port
+                .parse()
+                .unwrap_or_else(|e| panic!("{} printed \"ready {port}\": {e}", self.name)),
+            Ok(None) => panic!(
+                "{} ended without printing \"ready PORT\"; stdout: {:?}; exit: {:?}; stderr:\n{}",
+                self.name,
+                self.seen,
+                self.child.try_wait(),
+                self.stderr()
+            ),
+            Err(_) => panic!(
+                "{} did not print \"ready PORT\" within {STEP:?}; stdout: {:?}; stderr:\n{}",
+                self.name,
+                self.seen,
+                self.stderr()
+            ),
+        }
+    }
+
     /// Waits for the process to exit and for the end of its stdout;
     /// returns its status and all its stdout lines.
     async fn finish(&mut self) -> (ExitStatus, Vec<String>) {
@@ -207,6 +260,14 @@ impl Drop for Python {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Checks that our side released every capability and stopped every
+/// actor.
+async fn settled(what: &str) {
+    capnp_actix::debug::settle(SETTLE)
+        .await
+        .unwrap_or_else(|r| panic!("{what}: still alive on our side at the end:\n{r}"));
 }
 
 /// A callback that records what it is told.
@@ -254,7 +315,10 @@ async fn pycapnp_client_our_server(address: &str) {
         client.stderr()
     );
     assert_eq!(*lines.lock().unwrap(), ["Service logger: from python"]);
+    drop(client);
+    drop(service);
     listening.stop();
+    settled(&format!("echo_client.py {address}")).await;
 }
 
 /// pycapnp's echo server, our client.
@@ -307,9 +371,11 @@ async fn our_client_pycapnp_server(address: &str) {
         .unwrap();
     assert_eq!(reply.get().unwrap().get_reply().unwrap(), "echo:bar");
 
+    // The connections end with the server; our imports go with them.
     drop(echo);
     drop(conn);
     drop(server);
+    settled(&format!("echo_server.py {address}")).await;
     if let Some(path) = address.strip_prefix("unix:") {
         let _ = std::fs::remove_file(path);
     }
@@ -348,4 +414,126 @@ async fn our_client_against_pycapnp_server_over_tcp() {
         return;
     }
     our_client_pycapnp_server(&format!("tcp:127.0.0.1:{}", free_tcp_port())).await;
+}
+
+// ---- the calculator ----
+
+/// Checks the "NAME = VALUE" lines a calculator client printed against
+/// [`EXPECTED`].
+fn assert_printed_expected(lines: &[String], stderr: &str) {
+    let parsed: Vec<(&str, f64)> = lines
+        .iter()
+        .map(|line| {
+            let (name, value) = line
+                .rsplit_once(" = ")
+                .unwrap_or_else(|| panic!("unexpected line {line:?}; stderr:\n{stderr}"));
+            let value = value
+                .parse()
+                .unwrap_or_else(|e| panic!("{line:?}: {e}; stderr:\n{stderr}"));
+            (name, value)
+        })
+        .collect();
+    assert_eq!(parsed, EXPECTED, "stderr:\n{stderr}");
+}
+
+/// Our calculator (under the empty service ID), pycapnp's client checks.
+async fn pycapnp_calc_client_our_calculator(address: &str) {
+    let calc: Cap<calculator::Client> = Cap::new(Calculator::new());
+    let mut services = Services::new();
+    services.add("", &calc);
+    let listening = vat::serve(&Address::parse(address).unwrap(), services)
+        .await
+        .unwrap();
+    let address = listening.address().to_string();
+
+    let mut client = Python::spawn("calc_client.py", &address);
+    let (status, stdout) = client.finish().await;
+    assert!(
+        status.success(),
+        "calc_client.py {address} failed ({status}); stdout: {stdout:?}; stderr:\n{}",
+        client.stderr()
+    );
+    assert_printed_expected(&stdout, &client.stderr());
+
+    drop(client);
+    drop(calc);
+    listening.stop();
+    settled(&format!("calc_client.py {address}")).await;
+}
+
+/// pycapnp's calculator, our client's checks (through a client vat without
+/// TLS).
+async fn our_calc_client_pycapnp_calculator(listen: &str) {
+    let mut server = Python::spawn("calc_server.py", listen);
+    let port = server.ready().await;
+    let text = match listen.strip_prefix("unix:") {
+        Some(path) => format!("capnp://insecure@{path}/"),
+        None => format!("capnp://insecure@127.0.0.1:{port}/"),
+    };
+    let uri = SturdyUri::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+
+    let vat = Vat::client(&VatConfig::new().with_tls(false))
+        .await
+        .unwrap();
+    let got = within("the calculator checks", async {
+        let calc: Cap<calculator::Client> = vat
+            .import_as(&uri)
+            .await
+            .unwrap_or_else(|e| panic!("import {uri}: {e}; stderr:\n{}", server.stderr()));
+        run_client_checks(calc.client()).await
+    })
+    .await
+    .unwrap_or_else(|e| panic!("calc_server.py {listen}: {e}; stderr:\n{}", server.stderr()));
+    let got: Vec<(&str, f64)> = got.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    assert_eq!(got, EXPECTED, "stderr:\n{}", server.stderr());
+
+    vat.stop();
+    drop(vat);
+    settled(&format!("calc_server.py {listen}")).await;
+    // It served us to the end.
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "calc_server.py {listen} exited; stdout: {:?}; stderr:\n{}",
+        server.seen,
+        server.stderr()
+    );
+    drop(server);
+    if let Some(path) = listen.strip_prefix("unix:") {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[actix::test]
+async fn pycapnp_calculator_client_against_our_calculator_over_unix_socket() {
+    if !pycapnp_available("pycapnp_calculator_client_against_our_calculator_over_unix_socket") {
+        return;
+    }
+    let path = socket_path("calc-client-unix");
+    pycapnp_calc_client_our_calculator(&format!("unix:{}", path.display())).await;
+    let _ = std::fs::remove_file(&path);
+}
+
+#[actix::test]
+async fn pycapnp_calculator_client_against_our_calculator_over_tcp() {
+    if !pycapnp_available("pycapnp_calculator_client_against_our_calculator_over_tcp") {
+        return;
+    }
+    pycapnp_calc_client_our_calculator("tcp:127.0.0.1:0").await;
+}
+
+#[actix::test]
+async fn our_calculator_client_against_pycapnp_calculator_over_unix_socket() {
+    if !pycapnp_available("our_calculator_client_against_pycapnp_calculator_over_unix_socket") {
+        return;
+    }
+    let path = socket_path("calc-server-unix");
+    our_calc_client_pycapnp_calculator(&format!("unix:{}", path.display())).await;
+}
+
+#[actix::test]
+async fn our_calculator_client_against_pycapnp_calculator_over_tcp() {
+    if !pycapnp_available("our_calculator_client_against_pycapnp_calculator_over_tcp") {
+        return;
+    }
+    our_calc_client_pycapnp_calculator("tcp:127.0.0.1:0").await;
 }
