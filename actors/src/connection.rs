@@ -60,6 +60,11 @@ pub struct ConnectionOptions {
     /// beyond, the connection is aborted (a peer that does not read).
     /// `0` means the default, 64 MiB.
     pub max_outgoing_bytes: usize,
+    /// Bytes of the peer's calls (their messages) that we hold while they
+    /// have not been answered; a call that would go beyond fails at once
+    /// with Overloaded (one call is always accepted). `0` means the
+    /// default, 64 MiB.
+    pub max_held_call_bytes: usize,
 }
 
 /// How long the writer may go on after the connection ended.
@@ -67,6 +72,9 @@ const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Default of [`ConnectionOptions::max_outgoing_bytes`].
 pub const DEFAULT_MAX_OUTGOING_BYTES: usize = 64 << 20;
+
+/// Default of [`ConnectionOptions::max_held_call_bytes`].
+pub const DEFAULT_MAX_HELD_CALL_BYTES: usize = 64 << 20;
 
 impl std::fmt::Debug for ConnectionOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -228,6 +236,10 @@ where
         0 => DEFAULT_MAX_OUTGOING_BYTES,
         n => n,
     };
+    let max_held = match options.max_held_call_bytes {
+        0 => DEFAULT_MAX_HELD_CALL_BYTES,
+        n => n,
+    };
     let (closed_tx, closed_rx) = futures::channel::oneshot::channel();
     let id = next_id();
     let addr = Connection::create(move |ctx| {
@@ -240,6 +252,9 @@ where
             writer: Some(writer),
             queued,
             max_outgoing,
+            held: HashMap::new(),
+            held_bytes: 0,
+            max_held,
             bootstrap: options.bootstrap,
             me: ctx.address().recipient(),
             questions: HashMap::new(),
@@ -269,6 +284,10 @@ pub struct Connection {
     /// Bytes handed to the writer and not yet written.
     queued: Arc<AtomicUsize>,
     max_outgoing: usize,
+    /// Sizes of the peer's calls not answered yet, and their sum.
+    held: HashMap<u32, usize>,
+    held_bytes: usize,
+    max_held: usize,
     bootstrap: Option<BootstrapFn>,
     me: Recipient<ConnMsg>,
     /// Our questions: who waits for the answer.
@@ -437,10 +456,24 @@ impl Connection {
                         None => CapRef::broken(error::internal("pipelined on a forgotten answer")),
                     },
                 };
+                let bytes = params.message_words().saturating_mul(8);
+                if !self.held.is_empty() && self.held_bytes.saturating_add(bytes) > self.max_held {
+                    drop(params);
+                    return self.core.return_error(
+                        answer,
+                        capnp::Error::overloaded(format!(
+                            "too many bytes of calls waiting for an answer on this connection \
+                             (at most {})",
+                            self.max_held
+                        )),
+                    );
+                }
                 let payload = match self.in_payload(params) {
                     Ok(p) => p,
                     Err(e) => return self.core.return_error(answer, e),
                 };
+                self.held.insert(answer, bytes);
+                self.held_bytes += bytes;
                 let answer_ref = send_call(&target, interface_id, method_id, payload);
                 let waiter = WaitOutcome {
                     answer: answer_ref.clone(),
@@ -455,6 +488,7 @@ impl Connection {
                 self.answers.insert(answer, (answer_ref, Some(handle)));
             }
             Event::Cancel { answer } => {
+                self.unhold(answer);
                 if let Some((r, h)) = self.answers.remove(&answer) {
                     if let Some(h) = h {
                         ctx.cancel_future(h);
@@ -596,6 +630,8 @@ impl Connection {
                     c.complete(Err(e.clone()));
                 }
                 self.question_of.clear();
+                self.held.clear();
+                self.held_bytes = 0;
                 for (_, (_, h)) in self.answers.drain() {
                     if let Some(h) = h {
                         ctx.cancel_future(h);
@@ -700,7 +736,16 @@ impl Connection {
     }
 
     /// Sends the return for one of the peer's questions.
+    /// A call of the peer's is answered (or cancelled): its bytes no
+    /// longer count against the budget.
+    fn unhold(&mut self, answer: u32) {
+        if let Some(bytes) = self.held.remove(&answer) {
+            self.held_bytes = self.held_bytes.saturating_sub(bytes);
+        }
+    }
+
     fn send_return(&mut self, answer: u32, outcome: Outcome) {
+        self.unhold(answer);
         match outcome {
             Ok(frozen) => {
                 let caps: Vec<OutCap<CapRef>> = frozen

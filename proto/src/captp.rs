@@ -142,6 +142,11 @@ pub struct InPayload<L> {
 }
 
 impl<L> InPayload<L> {
+    /// The size of the whole message that carried it, in words.
+    pub fn message_words(&self) -> usize {
+        self.message.size_in_words()
+    }
+
     /// The content: the params of a call or the results of a return.
     pub fn content(&self) -> capnp::Result<any_pointer::Reader<'_>> {
         let m: rpc_message::Reader<'_> = self.message.get_root()?;
