@@ -528,3 +528,144 @@ async fn scenario_20_our_promise_resolves_while_calls_bounce_multi_hop() {
     // Ours resolves first, the server's later.
     bouncing(12, 4).await;
 }
+
+#[actix::test]
+async fn scenario_28a_tribble_race_a_resolution_to_our_promise_that_points_back_is_embargoed() {
+    // The server's object R; our promise X resolves to R (an import from
+    // the server) while the server's answer P resolves to X: P's
+    // resolution names our X, which by then points back at the server.
+    let r_log = Log::default();
+    let mut sb = switchboard(Hold::Later(Duration::from_millis(12)));
+    sb.pair = Some((Probe::cap(&r_log), None));
+    let service: Cap<maker::Client> = Cap::new(sb);
+    let v = vats(service.raw().clone());
+    {
+        let maker = v.maker();
+        let response = maker.pair_request().send().promise.await.unwrap();
+        let r = response
+            .get()
+            .unwrap()
+            .get_pair()
+            .unwrap()
+            .get_first()
+            .unwrap();
+        let r: Cap<probe::Client> = Cap::from_client(&r);
+        drop(response);
+        let (x, resolver) = Cap::<probe::Client>::promise();
+        let target = r.raw().clone();
+        actix::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(4)).await;
+            resolver.resolve_to(target);
+        });
+        let outcomes = pipelined_through_hold(&v, &x, 300).await;
+        assert_all_ok(&outcomes, 0..300);
+        assert_eq!(r_log.calls(), (0..300).collect::<Vec<_>>());
+        drop((x, r));
+    }
+    drop(service);
+    end(v).await;
+}
+
+/// A local maker that forwards `hold` to a remote one: its answer is a
+/// local promise for a struct that becomes the remote answer.
+struct Forwarder {
+    remote: maker::Client,
+}
+
+impl maker::Server for Forwarder {
+    async fn hold(
+        self: Rc<Self>,
+        params: maker::HoldParams,
+        mut results: maker::HoldResults,
+    ) -> Result<(), capnp::Error> {
+        let given = params.get()?.get_probe()?;
+        // Wait a little, so that calls queue on our answer first.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut req = self.remote.hold_request();
+        req.get().set_probe(given);
+        let pending = req.send();
+        results.get().set_probe(pending.pipeline.get_probe());
+        drop(pending.promise);
+        Ok(())
+    }
+}
+
+#[actix::test]
+async fn scenario_34_a_local_answer_resolved_to_a_remote_one_flushes_queued_calls_in_order() {
+    let log = Log::default();
+    let service: Cap<maker::Client> = Cap::new(switchboard(Hold::Later(Duration::from_millis(5))));
+    let v = vats(service.raw().clone());
+    {
+        let forwarder: Cap<maker::Client> = Cap::new(Forwarder { remote: v.maker() });
+        let local = Probe::cap(&log);
+        let mut req = forwarder.client().hold_request();
+        req.get().set_probe(local.client());
+        let pending = req.send();
+        let held = pending.pipeline.get_probe();
+        let outcomes = bursts(&held, 0..300).await;
+        assert_all_ok(&outcomes, 0..300);
+        assert_eq!(log.calls(), (0..300).collect::<Vec<_>>());
+        drop((pending.promise, held, forwarder, local));
+    }
+    drop(service);
+    end(v).await;
+}
+
+#[actix::test]
+async fn scenario_28b_a_two_hop_resolution_to_a_third_vat_needs_no_disembargo_and_keeps_order() {
+    // A <-> B <-> C. B's answer to A is a promise that resolves to C's
+    // object (B holds an import of it): A must not embargo (the
+    // resolution is B's capability as far as A can tell), B forwards.
+    let c_log = Log::default();
+    let c_probe = Probe::cap(&c_log);
+    let bc = vats(c_probe.raw().clone()); // B is bc's client, C its server
+    let r_at_b: Cap<probe::Client> = Cap::from_raw(bc.client.bootstrap(b""));
+    // B's maker: `hold` answers a promise resolving to C's object,
+    // whatever it is given.
+    struct ToThird {
+        third: Cap<probe::Client>,
+    }
+    impl maker::Server for ToThird {
+        async fn hold(
+            self: Rc<Self>,
+            _: maker::HoldParams,
+            mut results: maker::HoldResults,
+        ) -> Result<(), capnp::Error> {
+            let p = later(self.third.raw().clone(), Duration::from_millis(8));
+            results.get().set_probe(p.client());
+            Ok(())
+        }
+    }
+    let b_service: Cap<maker::Client> = Cap::new(ToThird {
+        third: r_at_b.clone(),
+    });
+    let ab = vats(b_service.raw().clone());
+    {
+        let unused = Probe::cap(&Log::default());
+        let outcomes = pipelined_through_hold(&ab, &unused, 300).await;
+        assert_all_ok(&outcomes, 0..300);
+        assert_eq!(c_log.calls(), (0..300).collect::<Vec<_>>());
+        assert!(
+            ab.client.is_open() && ab.server.is_open(),
+            "no disembargo was rejected"
+        );
+        drop(unused);
+    }
+    drop((b_service, r_at_b, c_probe));
+    ab.assert_tables_empty().await;
+    // B's bootstrap (which holds its import of C's object) goes with the
+    // A-B connection.
+    ab.client.close("test over");
+    for _ in 0..100 {
+        if !ab.server.is_open() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bc.assert_tables_empty().await;
+    bc.client.close("test over");
+    drop((ab, bc));
+    capnp_actix::debug::settle(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|r| panic!("still alive:\n{r}"));
+}
