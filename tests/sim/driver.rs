@@ -1,0 +1,746 @@
+//! The multi-vat driver: two or three vats in one actix system on one
+//! thread, each pair joined by a connection over in-memory wires, doing
+//! the steps of a [`Scenario`] one at a time and letting the runtime run
+//! until it is quiet after each.
+//!
+//! Checked as it runs (see [`Model`] for the call checks):
+//! - every call reaches exactly the object its reference means, in the
+//!   order it was sent on that reference (E-order; cancelled calls may be
+//!   missing), and fails only if its target is broken or its object failed
+//!   it;
+//! - an object is never released while a vat still holds a reference that
+//!   means it;
+//! - after every step, every connection that was not ended on purpose is
+//!   still open, and every table is within its configured bound;
+//! - after every `Flush` (all messages delivered, runtime quiet), for each
+//!   connection the questions of one side are the answers of the other,
+//!   the imports of one side are the exports of the other, and no embargo
+//!   is left;
+//! - at teardown (every promise settled, every pending call answered,
+//!   every reference dropped, everything delivered) every call that was not
+//!   cancelled has its outcome, every table is empty, no capability is
+//!   alive, and once the connections are closed no runtime actor is left.
+//!
+//! Simplification: once any connection has been ended on purpose, calls
+//! may fail with Disconnected anywhere (a call may have travelled through
+//! the dead connection) and releases are no longer checked for timing;
+//! calls reaching the wrong object or out of order are still violations.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+use capnp_actix::connection::{
+    bootstrap_fn, start_connection, ConnectionHandle, ConnectionOptions,
+};
+use capnp_actix::proto::captp::{ConnLimits, TableSizes};
+use capnp_actix::schemas::fuzz_capnp::fuzz;
+use capnp_actix::{Cap, CapRef};
+use futures::future::abortable;
+use futures::FutureExt;
+
+use super::model::{Counts, FuzzObject, Meaning, Model, ObjId, ObjRec, PromiseRec, RefId};
+use super::ops::{Op, Scenario};
+use super::wire::{self, Activity, Wire};
+
+/// How the driver runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Scheduler rounds without any observable activity after which the
+    /// runtime counts as quiet.
+    pub idle_rounds: usize,
+    /// Rounds after which a runtime that never goes quiet is a failure.
+    pub max_rounds: usize,
+    /// Ask every connection for its table sizes after every step.
+    pub inspect_every_step: bool,
+    /// Keep a copy of every frame written (see [`Outcome::frames`]).
+    pub capture: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            idle_rounds: 8,
+            max_rounds: 200_000,
+            inspect_every_step: true,
+            capture: false,
+        }
+    }
+}
+
+/// What a successful run reports.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub counts: Counts,
+    /// With [`Config::capture`]: the frames written on each wire.
+    pub frames: Vec<Vec<Vec<u8>>>,
+}
+
+/// Why a run failed.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The step at which it was seen (`None`: at teardown).
+    pub step: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.step {
+            Some(s) => write!(f, "after step {s}: {}", self.message),
+            None => write!(f, "at teardown: {}", self.message),
+        }
+    }
+}
+
+/// The limits every connection runs with.
+fn limits() -> ConnLimits {
+    ConnLimits::default()
+}
+
+type Offers = Arc<Mutex<HashMap<u64, CapRef>>>;
+
+/// The connection between vats `a` and `b`.
+struct Pair {
+    a: usize,
+    b: usize,
+    conn_a: ConnectionHandle,
+    conn_b: ConnectionHandle,
+    /// `a` to `b`, then `b` to `a`.
+    wires: [Wire; 2],
+    /// Not ended on purpose.
+    live: bool,
+}
+
+impl Pair {
+    fn conn_of(&self, vat: usize) -> &ConnectionHandle {
+        if vat == self.a {
+            &self.conn_a
+        } else {
+            &self.conn_b
+        }
+    }
+}
+
+/// A running simulation.
+pub struct Sim {
+    vats: usize,
+    model: Rc<RefCell<Model>>,
+    pairs: Vec<Pair>,
+    /// Per vat: capabilities offered to the next bootstrap asking for them.
+    offers: Vec<Offers>,
+    next_offer: u64,
+    released: Rc<RefCell<Vec<ObjId>>>,
+    activity: Activity,
+    cfg: Config,
+}
+
+fn lock(o: &Offers) -> std::sync::MutexGuard<'_, HashMap<u64, CapRef>> {
+    o.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Sim {
+    /// Starts `vats` vats, each pair connected. Call inside an actix system.
+    pub fn new(vats: usize, cfg: Config) -> Self {
+        let activity: Activity = Rc::default();
+        let offers: Vec<Offers> = (0..vats).map(|_| Offers::default()).collect();
+        let mut pairs = Vec::new();
+        for a in 0..vats {
+            for b in a + 1..vats {
+                let (end_a, end_b, ab, ba) = wire::pair(&activity);
+                if cfg.capture {
+                    ab.start_capture();
+                    ba.start_capture();
+                }
+                let options =
+                    |vat: usize| {
+                        let offers = offers[vat].clone();
+                        ConnectionOptions {
+                            tables: limits(),
+                            bootstrap: Some(bootstrap_fn(move |id: &[u8]| {
+                                let key = <[u8; 8]>::try_from(id).map(u64::from_le_bytes).map_err(
+                                    |_| capnp::Error::failed("bootstrap id is not an offer".into()),
+                                )?;
+                                lock(&offers).remove(&key).ok_or_else(|| {
+                                    capnp::Error::failed(format!("no offer {key} (asked twice?)"))
+                                })
+                            })),
+                            ..Default::default()
+                        }
+                    };
+                let conn_a = start_connection(end_a, options(a));
+                let conn_b = start_connection(end_b, options(b));
+                pairs.push(Pair {
+                    a,
+                    b,
+                    conn_a,
+                    conn_b,
+                    wires: [ab, ba],
+                    live: true,
+                });
+            }
+        }
+        Sim {
+            vats,
+            model: Rc::new(RefCell::new(Model::new(vats, activity.clone()))),
+            pairs,
+            offers,
+            next_offer: 0,
+            released: Rc::default(),
+            activity,
+            cfg,
+        }
+    }
+
+    /// Runs every step, then the teardown.
+    pub async fn execute(mut self, ops: &[Op]) -> Result<Outcome, Failure> {
+        self.settle().await.map_err(|m| fail(Some(0), m))?;
+        let trace = self.model.borrow().trace;
+        for (i, op) in ops.iter().enumerate() {
+            if trace {
+                eprintln!("step {i}: {op:?}");
+            }
+            self.step(op).await;
+            let checked = self.check_step(matches!(op, Op::Flush)).await;
+            checked.map_err(|m| fail(Some(i), m))?;
+        }
+        self.teardown().await.map_err(|m| fail(None, m))?;
+        let counts = self.model.borrow().counts;
+        let frames = self
+            .pairs
+            .iter()
+            .flat_map(|p| p.wires.iter().map(Wire::captured))
+            .collect();
+        Ok(Outcome { counts, frames })
+    }
+
+    fn vat(&self, v: u8) -> usize {
+        v as usize % self.vats
+    }
+
+    /// The reference number `i` (modulo) held by `vat`.
+    fn held(&self, vat: usize, i: u8) -> Option<RefId> {
+        let m = self.model.borrow();
+        let held = &m.held[vat];
+        (!held.is_empty()).then(|| held[i as usize % held.len()])
+    }
+
+    fn cap_of(&self, r: RefId) -> Cap<fuzz::Client> {
+        // Held references always have their handle.
+        self.model.borrow().refs[r]
+            .cap
+            .clone()
+            .unwrap_or_else(|| Cap::broken(capnp::Error::failed("driver bug: released".into())))
+    }
+
+    fn meaning(&self, r: RefId) -> Meaning {
+        self.model.borrow().refs[r].meaning
+    }
+
+    fn pair_of(&self, a: usize, b: usize) -> &Pair {
+        let (a, b) = (a.min(b), a.max(b));
+        self.pairs
+            .iter()
+            .find(|p| p.a == a && p.b == b)
+            .unwrap_or(&self.pairs[0])
+    }
+
+    async fn step(&mut self, op: &Op) {
+        match op {
+            Op::NewObject { vat } => {
+                let vat = self.vat(*vat);
+                let id = {
+                    let mut m = self.model.borrow_mut();
+                    m.objects.push(ObjRec { vat, alive: true });
+                    m.objects.len() - 1
+                };
+                let cap = Cap::<fuzz::Client>::new(FuzzObject {
+                    id,
+                    vat,
+                    model: Rc::downgrade(&self.model),
+                    released: self.released.clone(),
+                    activity: self.activity.clone(),
+                });
+                self.model
+                    .borrow_mut()
+                    .add_ref(vat, Meaning::Object(id), cap);
+            }
+            Op::NewPromise { vat } => {
+                let vat = self.vat(*vat);
+                let (cap, resolver) = Cap::<fuzz::Client>::promise();
+                let mut m = self.model.borrow_mut();
+                m.promises.push(PromiseRec {
+                    vat,
+                    resolution: None,
+                    resolver: Some(resolver),
+                });
+                let p = m.promises.len() - 1;
+                m.add_ref(vat, Meaning::Promise(p), cap);
+            }
+            Op::NewBroken { vat } => {
+                let vat = self.vat(*vat);
+                let cap = Cap::broken(capnp::Error::failed("broken by the simulation".into()));
+                self.model.borrow_mut().add_ref(vat, Meaning::Broken, cap);
+            }
+            Op::Bootstrap { vat, peer, offer } => {
+                let vat = self.vat(*vat);
+                let peer = (vat + 1 + *peer as usize % (self.vats - 1)) % self.vats;
+                let Some(offered) = self.held(peer, *offer) else {
+                    return;
+                };
+                let key = self.next_offer;
+                self.next_offer += 1;
+                lock(&self.offers[peer]).insert(key, self.cap_of(offered).raw().clone());
+                let meaning = self.meaning(offered);
+                let raw = self
+                    .pair_of(vat, peer)
+                    .conn_of(vat)
+                    .bootstrap(&key.to_le_bytes());
+                self.model
+                    .borrow_mut()
+                    .add_ref(vat, meaning, Cap::from_raw(raw));
+            }
+            Op::Call { vat, target, caps } => {
+                let vat = self.vat(*vat);
+                let Some(target) = self.held(vat, *target) else {
+                    return;
+                };
+                let passed: Vec<RefId> = caps.iter().filter_map(|c| self.held(vat, *c)).collect();
+                let params = passed.iter().map(|r| self.meaning(*r)).collect();
+                let (call, seq) = self.model.borrow_mut().add_call(vat, target, params);
+                let client = self.cap_of(target).client();
+                let mut req = client.call_request();
+                {
+                    let mut p = req.get();
+                    p.set_ref(target as u64);
+                    p.set_seq(seq);
+                    let mut list = p.init_caps(passed.len() as u32);
+                    for (i, r) in passed.iter().enumerate() {
+                        list.set(i as u32, self.cap_of(*r).client().client.hook);
+                    }
+                }
+                let sent = req.send();
+                drop(sent.pipeline);
+                let promise = sent.promise;
+                let model = self.model.clone();
+                let (task, abort) = abortable(async move {
+                    let outcome = promise.await.and_then(|response| {
+                        response
+                            .get()?
+                            .get_caps()?
+                            .iter()
+                            .map(|c| c.map(|c| Cap::<fuzz::Client>::from_client(&c)))
+                            .collect::<Result<Vec<_>, _>>()
+                    });
+                    model.borrow_mut().returned(call, outcome);
+                });
+                self.model.borrow_mut().calls[call].abort = Some(abort);
+                actix_rt::spawn(task.map(drop));
+            }
+            Op::Deliver { wire } => {
+                let waiting: Vec<&Wire> = self
+                    .pairs
+                    .iter()
+                    .flat_map(|p| p.wires.iter())
+                    .filter(|w| w.queued() > 0)
+                    .collect();
+                if !waiting.is_empty() {
+                    waiting[*wire as usize % waiting.len()].deliver_one();
+                    self.model.borrow_mut().counts.messages_delivered += 1;
+                }
+            }
+            Op::Cancel { call } => {
+                let mut m = self.model.borrow_mut();
+                if m.outstanding.is_empty() {
+                    return;
+                }
+                let n = *call as usize % m.outstanding.len();
+                let c = m.outstanding.remove(n);
+                m.calls[c].cancelled = true;
+                m.counts.calls_cancelled += 1;
+                if let Some(a) = m.calls[c].abort.take() {
+                    a.abort();
+                }
+            }
+            Op::Release { vat, cap } => {
+                let vat = self.vat(*vat);
+                let mut m = self.model.borrow_mut();
+                if m.held[vat].is_empty() {
+                    return;
+                }
+                let i = *cap as usize % m.held[vat].len();
+                let r = m.held[vat].remove(i);
+                let handle = m.refs[r].cap.take();
+                drop(m);
+                drop(handle);
+            }
+            Op::Answer { call, caps } => {
+                self.model.borrow_mut().prune_pending();
+                let (vat, n) = {
+                    let m = self.model.borrow();
+                    if m.pending.is_empty() {
+                        return;
+                    }
+                    let n = *call as usize % m.pending.len();
+                    (m.pending[n].vat, n)
+                };
+                let chosen: Vec<RefId> = caps.iter().filter_map(|c| self.held(vat, *c)).collect();
+                let handles: Vec<Cap<fuzz::Client>> =
+                    chosen.iter().map(|r| self.cap_of(*r)).collect();
+                let meanings: Vec<Meaning> = chosen.iter().map(|r| self.meaning(*r)).collect();
+                let mut m = self.model.borrow_mut();
+                let p = m.pending.remove(n);
+                m.calls[p.call].answer = Some(Ok(meanings));
+                drop(m);
+                let _ = p.reply.send(Ok(handles));
+            }
+            Op::Fail { call } => {
+                let mut m = self.model.borrow_mut();
+                m.prune_pending();
+                if m.pending.is_empty() {
+                    return;
+                }
+                let n = *call as usize % m.pending.len();
+                let p = m.pending.remove(n);
+                m.calls[p.call].answer = Some(Err(()));
+                drop(m);
+                let _ = p
+                    .reply
+                    .send(Err(capnp::Error::failed("failed by the simulation".into())));
+            }
+            Op::Resolve { promise, target } => {
+                let Some(p) = self.unresolved(*promise) else {
+                    return;
+                };
+                let vat = self.model.borrow().promises[p].vat;
+                let Some(target) = self.held(vat, *target) else {
+                    return;
+                };
+                let to = self.meaning(target);
+                let cap = self.cap_of(target);
+                let mut m = self.model.borrow_mut();
+                if m.follow(to) == Meaning::Promise(p) {
+                    // A cycle: not made on purpose (see the module docs).
+                    return;
+                }
+                m.promises[p].resolution = Some(to);
+                let resolver = m.promises[p].resolver.take();
+                drop(m);
+                if let Some(r) = resolver {
+                    r.resolve_to(cap.raw().clone());
+                }
+            }
+            Op::Break { promise } => {
+                let Some(p) = self.unresolved(*promise) else {
+                    return;
+                };
+                self.break_promise(p);
+            }
+            Op::Disconnect { pair, abort } => {
+                let live: Vec<usize> = (0..self.pairs.len())
+                    .filter(|&i| self.pairs[i].live)
+                    .collect();
+                if live.is_empty() {
+                    return;
+                }
+                let p = &mut self.pairs[live[*pair as usize % live.len()]];
+                p.live = false;
+                if *abort {
+                    p.conn_a.close("disconnected by the simulation");
+                } else {
+                    p.wires[0].cut();
+                    p.wires[1].cut();
+                }
+                self.model.borrow_mut().disconnected = true;
+            }
+            Op::Flush => {
+                let _ = self.flush().await;
+            }
+        }
+    }
+
+    /// Unresolved promise number `i` (modulo).
+    fn unresolved(&self, i: u8) -> Option<usize> {
+        let m = self.model.borrow();
+        let open: Vec<usize> = (0..m.promises.len())
+            .filter(|&p| m.promises[p].resolver.is_some())
+            .collect();
+        (!open.is_empty()).then(|| open[i as usize % open.len()])
+    }
+
+    fn break_promise(&mut self, p: usize) {
+        let resolver = {
+            let mut m = self.model.borrow_mut();
+            m.promises[p].resolution = Some(Meaning::Broken);
+            m.promises[p].resolver.take()
+        };
+        if let Some(r) = resolver {
+            r.reject(capnp::Error::failed("broken by the simulation".into()));
+        }
+    }
+
+    /// Lets the runtime run until nothing observable has happened for
+    /// `idle_rounds` scheduler rounds.
+    async fn settle(&mut self) -> Result<(), String> {
+        let mut idle = 0;
+        let mut rounds = 0;
+        let mut last = self.activity.get();
+        while idle < self.cfg.idle_rounds {
+            tokio::task::yield_now().await;
+            rounds += 1;
+            let now = self.activity.get();
+            if now != last {
+                last = now;
+                idle = 0;
+            } else {
+                idle += 1;
+            }
+            if rounds > self.cfg.max_rounds {
+                return Err(format!(
+                    "the runtime was still busy after {rounds} scheduler rounds (a message loop?)"
+                ));
+            }
+        }
+        let released: Vec<ObjId> = std::mem::take(&mut *self.released.borrow_mut());
+        let mut m = self.model.borrow_mut();
+        for obj in released {
+            m.object_dropped(obj);
+        }
+        Ok(())
+    }
+
+    /// Delivers every message, again and again, until nothing moves.
+    async fn flush(&mut self) -> Result<(), String> {
+        loop {
+            self.settle().await?;
+            let mut moved = 0;
+            for w in self.pairs.iter().flat_map(|p| p.wires.iter()) {
+                while w.deliver_one() {
+                    moved += 1;
+                }
+            }
+            if moved == 0 {
+                return Ok(());
+            }
+            self.model.borrow_mut().counts.messages_delivered += moved;
+        }
+    }
+
+    fn take_violations(&self) -> Result<(), String> {
+        let mut m = self.model.borrow_mut();
+        if m.violations.is_empty() {
+            return Ok(());
+        }
+        Err(std::mem::take(&mut m.violations).join("\n"))
+    }
+
+    /// The checks made after every step; `flushed`: everything has just
+    /// been delivered.
+    async fn check_step(&mut self, flushed: bool) -> Result<(), String> {
+        self.settle().await?;
+        if let Some(p) = super::take_panic() {
+            return Err(format!("panic: {p}"));
+        }
+        self.take_violations()?;
+        for p in &self.pairs {
+            if !p.live {
+                continue;
+            }
+            for (vat, conn) in [(p.a, &p.conn_a), (p.b, &p.conn_b)] {
+                if !conn.is_open() {
+                    let why = conn.closed().now_or_never();
+                    return Err(format!(
+                        "the connection of vat {vat} to vat {} ended: {why:?}",
+                        p.a + p.b - vat
+                    ));
+                }
+            }
+            if !(self.cfg.inspect_every_step || flushed) {
+                continue;
+            }
+            let (Some((sa, da)), Some((sb, db))) =
+                (p.conn_a.inspect().await, p.conn_b.inspect().await)
+            else {
+                return Err(format!("connection {}-{} stopped answering", p.a, p.b));
+            };
+            let l = limits();
+            for s in [&sa, &sb] {
+                if s.questions > l.max_questions
+                    || s.answers > l.max_answers
+                    || s.exports > l.max_exports
+                    || s.imports > l.max_imports
+                {
+                    return Err(format!("tables beyond their limits: {s:?}"));
+                }
+            }
+            if flushed && !mirrored(&sa, &sb) {
+                return Err(format!(
+                    "after a flush, the tables of vats {} and {} do not mirror each other:\n{da}\n{db}",
+                    p.a, p.b
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Settles everything, drops everything, and checks that nothing is
+    /// left.
+    async fn teardown(&mut self) -> Result<(), String> {
+        if self.model.borrow().trace {
+            eprintln!("teardown");
+        }
+        // Every promise settled, every pending call answered, until no
+        // call is left in flight.
+        for _ in 0..1000 {
+            let open: Vec<usize> = {
+                let m = self.model.borrow();
+                (0..m.promises.len())
+                    .filter(|&p| m.promises[p].resolver.is_some())
+                    .collect()
+            };
+            for p in open {
+                self.break_promise(p);
+            }
+            let pending = {
+                let mut m = self.model.borrow_mut();
+                m.prune_pending();
+                let pending = std::mem::take(&mut m.pending);
+                for p in &pending {
+                    m.calls[p.call].answer = Some(Ok(Vec::new()));
+                }
+                pending
+            };
+            let answered = pending.len();
+            for p in pending {
+                let _ = p.reply.send(Ok(Vec::new()));
+            }
+            self.flush().await?;
+            self.take_violations()?;
+            let m = self.model.borrow();
+            if answered == 0 && m.pending.is_empty() {
+                break;
+            }
+        }
+        // Every reference dropped.
+        {
+            let mut m = self.model.borrow_mut();
+            let mut handles = Vec::new();
+            for vat in 0..self.vats {
+                for r in std::mem::take(&mut m.held[vat]) {
+                    handles.extend(m.refs[r].cap.take());
+                }
+            }
+            drop(m);
+            drop(handles);
+        }
+        for o in &self.offers {
+            lock(o).clear();
+        }
+        self.flush().await?;
+        self.take_violations()?;
+        {
+            let m = self.model.borrow();
+            if !m.pending.is_empty() {
+                return Err(format!(
+                    "{} calls arrived after every reference was dropped",
+                    m.pending.len()
+                ));
+            }
+            let lost: Vec<String> = m
+                .calls
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| !c.done && !c.cancelled)
+                .map(|(i, c)| {
+                    format!(
+                        "call {i} (vat {} on ref {}, seq {}, arrived at {:?}, answer {:?})",
+                        c.caller, c.target, c.seq, c.arrived_at, c.answer
+                    )
+                })
+                .collect();
+            if !lost.is_empty() {
+                return Err(format!(
+                    "calls that never completed:\n  {}",
+                    lost.join("\n  ")
+                ));
+            }
+        }
+        for p in &self.pairs {
+            if p.live {
+                let (Some((sa, da)), Some((sb, db))) =
+                    (p.conn_a.inspect().await, p.conn_b.inspect().await)
+                else {
+                    return Err(format!("connection {}-{} stopped answering", p.a, p.b));
+                };
+                if !sa.is_empty() || !sb.is_empty() {
+                    return Err(format!(
+                        "tables of vats {} and {} are not empty after release:\n{da}\n{db}",
+                        p.a, p.b
+                    ));
+                }
+            } else {
+                for (vat, conn) in [(p.a, &p.conn_a), (p.b, &p.conn_b)] {
+                    if conn.is_open() {
+                        return Err(format!(
+                            "vat {vat}'s side of the ended connection {}-{} is still open",
+                            p.a, p.b
+                        ));
+                    }
+                }
+            }
+        }
+        let report = capnp_actix::debug::report();
+        if !report.caps.is_empty() {
+            return Err(format!("capabilities alive after release: {report}"));
+        }
+        // Close the connections: then no runtime actor is left either.
+        for p in &self.pairs {
+            p.conn_a.close("the simulation is over");
+            p.conn_b.close("the simulation is over");
+        }
+        self.settle().await?;
+        for p in &self.pairs {
+            p.wires[0].cut();
+            p.wires[1].cut();
+        }
+        self.settle().await?;
+        self.take_violations()?;
+        let report = capnp_actix::debug::report();
+        if !report.is_empty() {
+            return Err(format!("alive after the connections closed: {report}"));
+        }
+        let m = self.model.borrow();
+        if let Some(o) = m.objects.iter().position(|o| o.alive) {
+            return Err(format!("object {o} was never released"));
+        }
+        if let Some(p) = super::take_panic() {
+            return Err(format!("panic: {p}"));
+        }
+        Ok(())
+    }
+}
+
+/// With nothing in flight: each side's questions are the other's answers,
+/// each side's imports the other's exports, and no embargo waits.
+fn mirrored(a: &TableSizes, b: &TableSizes) -> bool {
+    a.questions == b.answers
+        && a.answers == b.questions
+        && a.imports == b.exports
+        && a.exports == b.imports
+        && a.embargoes == 0
+        && b.embargoes == 0
+}
+
+fn fail(step: Option<usize>, message: String) -> Failure {
+    Failure { step, message }
+}
+
+/// Runs `scenario` in a fresh actix system on this thread.
+pub fn run(scenario: &Scenario, cfg: &Config) -> Result<Outcome, Failure> {
+    let vats = scenario.vat_count();
+    let cfg = cfg.clone();
+    super::take_panic();
+    let system = actix::System::new();
+    system.block_on(async move { Sim::new(vats, cfg).execute(&scenario.ops).await })
+}

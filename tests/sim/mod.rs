@@ -1,0 +1,40 @@
+//! The RPC simulation: several vats in one process, joined by in-memory
+//! wires, driven step by step against a shadow model of who refers to
+//! what. Shared by `tests/simulation.rs` (seeded, bounded) and the fuzz
+//! targets in `fuzz/` (which include these files by path).
+#![allow(dead_code)]
+
+pub mod driver;
+pub mod model;
+pub mod ops;
+pub mod raw;
+pub mod wire;
+
+use std::cell::RefCell;
+
+thread_local! {
+    static PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Makes panics on this thread visible to [`take_panic`] (the runtime
+/// catches panics in tasks; the driver still wants to know). Keeps the
+/// previous hook running.
+pub fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let _ = PANIC.try_with(|p| {
+                if let Ok(mut p) = p.try_borrow_mut() {
+                    p.get_or_insert_with(|| info.to_string());
+                }
+            });
+            previous(info);
+        }));
+    });
+}
+
+/// The first panic seen on this thread since the last call, if any.
+pub fn take_panic() -> Option<String> {
+    PANIC.try_with(|p| p.borrow_mut().take()).ok().flatten()
+}

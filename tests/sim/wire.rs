@@ -1,0 +1,250 @@
+//! The in-memory transport between two simulated vats.
+//!
+//! A [`Wire`] carries bytes one way. Writes never block: each write is cut
+//! into whole Cap'n Proto frames (messages) that wait in the wire's queue
+//! until the driver delivers them, one at a time, to the reading side.
+//! Nothing moves on its own, so which message arrives when is the driver's
+//! choice, and a run is reproducible from its list of steps.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Bumped whenever something observable happens (bytes written or read,
+/// a call reaching an object, an answer coming back...): the driver waits
+/// until it stops moving.
+pub type Activity = Rc<Cell<u64>>;
+
+pub fn bump(activity: &Activity) {
+    activity.set(activity.get() + 1);
+}
+
+#[derive(Default)]
+struct State {
+    /// Written bytes that do not yet make a whole frame.
+    partial: Vec<u8>,
+    /// Whole frames written and not yet delivered.
+    frames: VecDeque<Vec<u8>>,
+    /// Delivered bytes the reader has not taken yet.
+    readable: VecDeque<u8>,
+    reader: Option<Waker>,
+    /// The writer shut its side down: the reader gets end-of-stream once
+    /// everything written before has been delivered and read.
+    shut: bool,
+    /// The wire was cut: the reader gets end-of-stream at once, writes fail.
+    cut: bool,
+    /// Every frame written, if capture is on (seed corpora, raw-bytes tests).
+    capture: Option<Vec<Vec<u8>>>,
+}
+
+impl State {
+    fn wake_reader(&mut self) {
+        if let Some(w) = self.reader.take() {
+            w.wake();
+        }
+    }
+}
+
+/// One direction of a connection; see the module docs.
+#[derive(Clone)]
+pub struct Wire {
+    state: Rc<RefCell<State>>,
+}
+
+impl Wire {
+    fn new() -> Self {
+        Wire {
+            state: Rc::new(RefCell::new(State::default())),
+        }
+    }
+
+    /// Frames waiting to be delivered.
+    pub fn queued(&self) -> usize {
+        self.state.borrow().frames.len()
+    }
+
+    /// Moves the next frame to the reader. False if none was waiting.
+    pub fn deliver_one(&self) -> bool {
+        let mut s = self.state.borrow_mut();
+        match s.frames.pop_front() {
+            Some(f) => {
+                s.readable.extend(f);
+                s.wake_reader();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Cuts the wire: undelivered bytes are lost, the reader sees the end
+    /// of the stream, writes fail.
+    pub fn cut(&self) {
+        let mut s = self.state.borrow_mut();
+        s.cut = true;
+        s.frames.clear();
+        s.partial.clear();
+        s.readable.clear();
+        s.wake_reader();
+    }
+
+    /// Starts keeping a copy of every frame written from now on.
+    pub fn start_capture(&self) {
+        self.state.borrow_mut().capture = Some(Vec::new());
+    }
+
+    /// The frames captured so far.
+    pub fn captured(&self) -> Vec<Vec<u8>> {
+        self.state.borrow().capture.clone().unwrap_or_default()
+    }
+}
+
+/// One vat's end of a connection: reads one wire, writes the other.
+pub struct End {
+    rx: Wire,
+    tx: Wire,
+    activity: Activity,
+}
+
+/// Two ends joined by two wires: `(a, b, a_to_b, b_to_a)`.
+pub fn pair(activity: &Activity) -> (End, End, Wire, Wire) {
+    let ab = Wire::new();
+    let ba = Wire::new();
+    let a = End {
+        rx: ba.clone(),
+        tx: ab.clone(),
+        activity: activity.clone(),
+    };
+    let b = End {
+        rx: ab.clone(),
+        tx: ba.clone(),
+        activity: activity.clone(),
+    };
+    (a, b, ab, ba)
+}
+
+/// Largest segment count we accept when cutting frames (the runtime's own
+/// limit is lower; this only guards the arithmetic).
+const MAX_SEGMENTS: usize = 512;
+
+/// Moves every whole frame at the front of `partial` to `frames`.
+fn cut_frames(partial: &mut Vec<u8>, frames: &mut VecDeque<Vec<u8>>) {
+    loop {
+        let Some(first) = partial.get(0..4) else {
+            return;
+        };
+        let count = u32::from_le_bytes([first[0], first[1], first[2], first[3]]) as usize + 1;
+        if count > MAX_SEGMENTS {
+            // Not a frame our runtime would write: pass it on as it is.
+            frames.push_back(std::mem::take(partial));
+            return;
+        }
+        let header = (4 + 4 * count).div_ceil(8) * 8;
+        if partial.len() < header {
+            return;
+        }
+        let words: usize = (0..count)
+            .map(|i| {
+                let at = 4 + 4 * i;
+                u32::from_le_bytes([
+                    partial[at],
+                    partial[at + 1],
+                    partial[at + 2],
+                    partial[at + 3],
+                ]) as usize
+            })
+            .sum();
+        let total = header + 8 * words;
+        if partial.len() < total {
+            return;
+        }
+        let rest = partial.split_off(total);
+        frames.push_back(std::mem::replace(partial, rest));
+    }
+}
+
+impl AsyncRead for End {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut s = self.rx.state.borrow_mut();
+        if !s.readable.is_empty() {
+            let n = buf.remaining().min(s.readable.len());
+            let bytes: Vec<u8> = s.readable.drain(..n).collect();
+            buf.put_slice(&bytes);
+            bump(&self.activity);
+            return Poll::Ready(Ok(()));
+        }
+        if s.cut || (s.shut && s.frames.is_empty()) {
+            // End of stream: a read of zero bytes.
+            return Poll::Ready(Ok(()));
+        }
+        s.reader = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for End {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut s = self.tx.state.borrow_mut();
+        if s.cut || s.shut {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let s = &mut *s;
+        s.partial.extend_from_slice(buf);
+        let before = s.frames.len();
+        cut_frames(&mut s.partial, &mut s.frames);
+        if let Some(c) = &mut s.capture {
+            c.extend(s.frames.iter().skip(before).cloned());
+        }
+        bump(&self.activity);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut s = self.tx.state.borrow_mut();
+        s.shut = true;
+        s.wake_reader();
+        bump(&self.activity);
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_cut_at_their_boundaries() {
+        // One segment of one word, then two segments (1 and 2 words).
+        let mut bytes = vec![0, 0, 0, 0, 1, 0, 0, 0];
+        bytes.extend([7; 8]);
+        let second_start = bytes.len();
+        bytes.extend([1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
+        bytes.extend([9; 24]);
+        let mut frames = VecDeque::new();
+        let mut partial = bytes[..10].to_vec();
+        cut_frames(&mut partial, &mut frames);
+        assert!(frames.is_empty());
+        partial.extend_from_slice(&bytes[10..]);
+        cut_frames(&mut partial, &mut frames);
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0], bytes[..second_start]);
+        assert_eq!(frames[1], bytes[second_start..]);
+        assert!(partial.is_empty());
+    }
+}
