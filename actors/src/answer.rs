@@ -79,6 +79,14 @@ impl Completer {
         self.answer.as_ref().is_none_or(|a| a.is_cancelled())
     }
 
+    /// Records that the call has started (its method runs, or it went out
+    /// on the wire): a peer's cancellation may now take effect.
+    pub(crate) fn mark_started(&self) {
+        if let Some(a) = &self.answer {
+            a.mark_started();
+        }
+    }
+
     /// Resolves when nobody wants the answer any more.
     pub(crate) fn cancelled(&self) -> Cancelled {
         Cancelled {
@@ -122,6 +130,9 @@ struct AnswerState {
     /// Fields under a network embargo: calls on them keep going through
     /// the connection, which holds them until the embargo lifts.
     embargoed: Vec<Vec<u16>>,
+    /// The call has started (or is over).
+    started: bool,
+    start_waiters: Vec<futures::channel::oneshot::Sender<()>>,
 }
 
 impl AnswerState {
@@ -163,12 +174,46 @@ impl Answer {
         s.interest == 0 && s.outcome.is_none()
     }
 
+    fn mark_started(&self) {
+        let waiters = {
+            let mut s = self.lock();
+            s.started = true;
+            std::mem::take(&mut s.start_waiters)
+        };
+        for w in waiters {
+            let _ = w.send(());
+        }
+    }
+
+    /// Resolves once the call has started or is over.
+    pub(crate) fn when_started(&self) -> impl Future<Output = ()> + Send + 'static {
+        let rx = {
+            let mut s = self.lock();
+            if s.started || s.outcome.is_some() {
+                None
+            } else {
+                let (tx, rx) = futures::channel::oneshot::channel();
+                s.start_waiters.push(tx);
+                Some(rx)
+            }
+        };
+        async move {
+            if let Some(rx) = rx {
+                let _ = rx.await;
+            }
+        }
+    }
+
     fn complete(&self, outcome: Outcome) {
         let mut s = self.lock();
         if s.outcome.is_some() {
             return;
         }
         s.outcome = Some(outcome);
+        s.started = true;
+        for w in std::mem::take(&mut s.start_waiters) {
+            let _ = w.send(());
+        }
         if let Some(w) = s.result_waker.take() {
             w.wake();
         }

@@ -487,15 +487,28 @@ impl Connection {
                 }));
                 self.answers.insert(answer, (answer_ref, Some(handle)));
             }
-            Event::Cancel { answer } => {
-                self.unhold(answer);
-                if let Some((r, h)) = self.answers.remove(&answer) {
-                    if let Some(h) = h {
-                        ctx.cancel_future(h);
+            Event::Cancel {
+                answer,
+                not_before_start,
+            } => {
+                let waiting = self
+                    .answers
+                    .get(&answer)
+                    .filter(|_| not_before_start)
+                    .map(|(r, _)| r.shared().when_started());
+                match waiting {
+                    // Let it start first (an older peer may count on its
+                    // delivery), then cancel what is still running.
+                    Some(started) => {
+                        ctx.spawn(actix::fut::wrap_future(started).map(
+                            move |(), act: &mut Self, ctx| {
+                                act.cancel_answer(answer, ctx);
+                                act.settle(ctx);
+                            },
+                        ));
                     }
-                    drop(r);
+                    None => self.cancel_answer(answer, ctx),
                 }
-                self.core.return_canceled(answer);
             }
             Event::Finished { answer } => {
                 self.answers.remove(&answer);
@@ -736,6 +749,19 @@ impl Connection {
     }
 
     /// Sends the return for one of the peer's questions.
+    /// The peer no longer wants an answer: stop waiting for it (its call
+    /// is cancelled unless something else holds it) and say `canceled`.
+    fn cancel_answer(&mut self, answer: u32, ctx: &mut actix::Context<Self>) {
+        self.unhold(answer);
+        if let Some((r, h)) = self.answers.remove(&answer) {
+            if let Some(h) = h {
+                ctx.cancel_future(h);
+            }
+            drop(r);
+        }
+        self.core.return_canceled(answer);
+    }
+
     /// A call of the peer's is answered (or cancelled): its bytes no
     /// longer count against the budget.
     fn unhold(&mut self, answer: u32) {
@@ -876,6 +902,8 @@ impl Connection {
         if completer.is_cancelled() {
             return completer.complete(Err(error::cancelled()));
         }
+        // Going out on the wire counts as started.
+        completer.mark_started();
         let caps: Vec<OutCap<CapRef>> = params
             .caps
             .iter()

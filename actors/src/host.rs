@@ -173,6 +173,7 @@ pub(crate) fn start_call<H: Host + ?Sized>(
         call.fail(error::cancelled());
         return None;
     }
+    call.completer.mark_started();
     let span = tracing::debug_span!(
         "call",
         cap = cap_id,

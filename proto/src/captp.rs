@@ -190,6 +190,11 @@ pub enum Event<L> {
     Cancel {
         /// Our answer id.
         answer: u32,
+        /// The peer set `requireEarlyCancellationWorkaround` (older
+        /// implementations do, by default): the call must not be cancelled
+        /// before it has started, because the peer may count on its having
+        /// been delivered.
+        not_before_start: bool,
     },
     /// The peer is done with an answer we already gave: forget it (no
     /// more calls will be pipelined on it).
@@ -609,6 +614,8 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             let mut f = m.init_root::<rpc_message::Builder<'_>>().init_finish();
             f.set_question_id(question);
             f.set_release_result_caps(false);
+            // We never count on a cancelled call having been delivered.
+            f.set_require_early_cancellation_workaround(false);
         }
         self.send(&m);
         if returned {
@@ -1143,6 +1150,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             Parsed::Finish {
                 question,
                 release_results,
+                not_before_start,
             } => {
                 let Some(a) = self.answers.get_mut(&question) else {
                     return Err(protocol_error(format!(
@@ -1166,7 +1174,10 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                     self.answers.remove(&question);
                     self.events.push_back(Event::Finished { answer: question });
                 } else {
-                    self.events.push_back(Event::Cancel { answer: question });
+                    self.events.push_back(Event::Cancel {
+                        answer: question,
+                        not_before_start,
+                    });
                 }
             }
             Parsed::Resolve { promise, to } => {
@@ -1473,6 +1484,7 @@ enum Parsed {
     Finish {
         question: u32,
         release_results: bool,
+        not_before_start: bool,
     },
     Resolve {
         promise: u32,
@@ -1618,6 +1630,7 @@ fn parse(msg: &message::Reader<WordSegments>) -> capnp::Result<Parsed> {
             Parsed::Finish {
                 question: f.get_question_id(),
                 release_results: f.get_release_result_caps(),
+                not_before_start: f.get_require_early_cancellation_workaround(),
             }
         }
         rpc_message::Resolve(r) => {

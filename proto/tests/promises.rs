@@ -42,7 +42,7 @@ fn describe(e: &Event<u32>) -> String {
         Event::Call {
             answer, target: t, ..
         } => format!("call:a{answer}->{}", target(t)),
-        Event::Cancel { answer } => format!("cancel:a{answer}"),
+        Event::Cancel { answer, .. } => format!("cancel:a{answer}"),
         Event::Finished { answer } => format!("finished:a{answer}"),
         Event::Return {
             question,

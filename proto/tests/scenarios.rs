@@ -397,7 +397,10 @@ fn scenario_44_dropping_a_question_before_its_return_sends_finish_and_gets_cance
     let Some(Event::Call { answer, .. }) = p.b.conn.next_event() else {
         panic!()
     };
-    let Some(Event::Cancel { answer: cancelled }) = p.b.conn.next_event() else {
+    let Some(Event::Cancel {
+        answer: cancelled, ..
+    }) = p.b.conn.next_event()
+    else {
         panic!()
     };
     assert_eq!(answer, cancelled);

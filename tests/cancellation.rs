@@ -1,0 +1,113 @@
+//! Cancellation by a peer's `finish` (SCENARIOS 44, 47) and the
+//! `requireEarlyCancellationWorkaround` flag: a peer that sets it (older
+//! implementations, and any that leave the default, as the capnp-rpc crate
+//! does) may count on a call it cancels having been delivered, so the call
+//! still starts; our own finish clears the flag, so a call we cancel before
+//! it starts never starts.
+
+mod support;
+
+use std::time::Duration;
+
+use capnp_actix::connection::{bootstrap_fn, start_connection, ConnectionOptions};
+use capnp_actix::schemas::test_api_capnp::probe;
+use capnp_actix::Cap;
+use capnp_rpc::{rpc_twoparty_capnp::Side, twoparty, RpcSystem};
+use futures::AsyncReadExt;
+use support::{Log, Probe};
+use tokio_util::compat::TokioAsyncReadCompatExt;
+
+/// Our server: its bootstrap is a promise that resolves to a probe after
+/// `delay`, so calls wait in the promise's queue until then.
+fn server(
+    stream: tokio::net::UnixStream,
+    log: &Log,
+    delay: Duration,
+) -> capnp_actix::connection::ConnectionHandle {
+    let (promise, resolver) = Cap::<probe::Client>::promise();
+    let probe = Probe::cap(log);
+    actix::spawn(async move {
+        tokio::time::sleep(delay).await;
+        resolver.resolve_to(probe.raw().clone());
+    });
+    let raw = promise.raw().clone();
+    start_connection(
+        stream,
+        ConnectionOptions {
+            bootstrap: Some(bootstrap_fn(move |_: &[u8]| Ok(raw.clone()))),
+            ..Default::default()
+        },
+    )
+}
+
+#[actix::test]
+async fn a_peer_that_needs_the_workaround_gets_its_cancelled_call_started() {
+    let log = Log::default();
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let conn = server(
+        tokio::net::UnixStream::from_std(ours).unwrap(),
+        &log,
+        Duration::from_millis(100),
+    );
+    // The capnp-rpc crate leaves requireEarlyCancellationWorkaround at its
+    // default (true).
+    let client = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async move {
+            theirs.set_nonblocking(true).unwrap();
+            let stream = tokio::net::UnixStream::from_std(theirs).unwrap();
+            let (r, w) = stream.compat().split();
+            let network = twoparty::VatNetwork::new(r, w, Side::Client, Default::default());
+            let mut rpc = RpcSystem::new(Box::new(network), None);
+            let p: probe::Client = rpc.bootstrap(Side::Server);
+            tokio::task::spawn_local(rpc);
+            let mut req = p.call_request();
+            req.get().set_seq(1);
+            let pending = req.send();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(pending); // finish, before the call could start
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        })
+    });
+    while !client.is_finished() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    client.join().unwrap();
+    assert_eq!(
+        log.calls(),
+        [1],
+        "the cancelled call started once its target was known"
+    );
+    conn.close("test over");
+    capnp_actix::debug::settle(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|r| panic!("still alive:\n{r}"));
+}
+
+#[actix::test]
+async fn a_call_we_cancel_before_it_starts_never_starts() {
+    let log = Log::default();
+    let (a, b) = tokio::net::UnixStream::pair().unwrap();
+    let conn = server(a, &log, Duration::from_millis(100));
+    let client = start_connection(b, ConnectionOptions::default());
+    {
+        let p: Cap<probe::Client> = Cap::from_raw(client.bootstrap(b""));
+        let mut req = p.client().call_request();
+        req.get().set_seq(1);
+        let pending = req.send();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(pending);
+        drop(p);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(log.calls().is_empty(), "{:?}", log.calls());
+    client.close("test over");
+    drop(conn);
+    capnp_actix::debug::settle(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|r| panic!("still alive:\n{r}"));
+}
