@@ -1,11 +1,13 @@
 //! Network benchmark: Cap'n Proto RPC calls over a socket, on our runtime
-//! and on the capnp-rpc crate, for the `Bench` interface of
-//! `schemas/bench.capnp`.
+//! and on the capnp-rpc crate, and on our runtime with TLS and without,
+//! for the `Bench` interface of `schemas/bench.capnp`.
 //!
 //! ```text
 //! cargo run --release --example bench -- compare            # both runtimes, one run
 //! cargo run --release --example bench -- compare --quick    # fewer calls, one round
-//! cargo run --release --example bench -- serve unix:/tmp/bench.sock
+//! cargo run --release --example bench -- tls                # TLS against no TLS
+//! cargo run --release --example bench -- tls --quick
+//! cargo run --release --example bench -- serve unix:/tmp/bench.sock --capnp-disable-tls
 //! cargo run --release --example bench -- client capnp://insecure@/tmp/bench.sock/bWFpbg
 //! ```
 //!
@@ -18,8 +20,8 @@
 //! `compare` runs, in one process, over Unix sockets in a temporary
 //! directory:
 //!
-//! - our server on a thread of its own (its own actix system), and our
-//!   client on another, connected with `vat::import`;
+//! - our server vat (no TLS) on a thread of its own (its own actix
+//!   system), and a client vat on another, connected with `Vat::import`;
 //! - a capnp-rpc server on a third thread (tokio current-thread runtime and
 //!   `LocalSet`) and the capnp-rpc client on a fourth.
 //!
@@ -40,6 +42,20 @@
 //! targets and for pinning both threads of a pair to one CPU
 //! (`taskset -c 0`).
 //!
+//! `tls` runs, in one process, over TCP on 127.0.0.1, three server vats
+//! on a thread of their own (TLS with an RSA-2048 key, TLS with an ECDSA
+//! P-256 key, no TLS) and the clients on the main thread:
+//!
+//! - connect + first call: a fresh client vat (its key made beforehand)
+//!   imports the service's URI and awaits one `ping`; the wall time from
+//!   the import to the reply (TCP connect, TLS handshake if any,
+//!   bootstrap, call), median and p99 over 50 connections per server
+//!   (10 with `--quick`), the three servers taking turns;
+//! - the three tests above, with one long-lived client vat over TLS (to
+//!   the RSA-2048 server) and one without, taking turns as in `compare`.
+//!
+//! The table gives the ratio TLS/insecure for every figure.
+//!
 //! Standard output carries the results; errors go to standard error and
 //! exit 1 (2 for a bad command line).
 
@@ -52,9 +68,10 @@ use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use capnp_actix::restorer::Table;
 use capnp_actix::schemas::bench_capnp::bench;
-use capnp_actix::vat::{self, Services};
-use capnp_actix::{Address, Cap, SturdyUri};
+use capnp_actix::vat::Vat;
+use capnp_actix::{Address, Cap, SecretKey, SturdyUri, VatConfig};
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{twoparty, RpcSystem};
 use clap::{Parser, Subcommand};
@@ -74,11 +91,17 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve the bench service on ADDR (no TLS) until killed, under the
-    /// service ID `main` and the empty ID.
+    /// Serve the bench service until killed, under the service ID `main`
+    /// (and, without TLS, the empty ID). TLS is on unless
+    /// --capnp-disable-tls is given.
     Serve {
-        /// tcp:HOST:PORT (port 0 picks one) or unix:PATH.
-        address: Address,
+        /// Where to listen: tcp:HOST:PORT (port 0 picks one) or unix:PATH;
+        /// the same as --capnp-listen-address.
+        #[arg(conflicts_with = "listen_address")]
+        address: Option<Address>,
+        /// The vat: key file, addresses, TLS.
+        #[command(flatten)]
+        vat: VatConfig,
     },
     /// Measure our client against the service a sturdy URI names (any
     /// runtime's server).
@@ -93,6 +116,15 @@ enum Command {
     Compare {
         #[command(flatten)]
         size: Size,
+    },
+    /// Measure our runtime over TCP with TLS and without, and print the
+    /// ratio TLS/insecure: connect + first call, ping latency, calls/s.
+    Tls {
+        #[command(flatten)]
+        size: Size,
+        /// Connections timed per server (default 50, or 10 with --quick).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        handshakes: Option<u64>,
     },
 }
 
@@ -353,45 +385,101 @@ fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHan
         .map_err(|e| format!("could not start thread {name}: {e}"))
 }
 
-/// Our service, on the current arbiter.
-async fn serve_ours(address: &Address) -> std::io::Result<vat::Listening> {
+/// A vat serving our service on the current arbiter, under `main` (and,
+/// without TLS, the empty ID), and the URI of `main`.
+async fn serve_ours(config: &VatConfig) -> Result<(Vat, SturdyUri), BoxError> {
     let service: Cap<bench::Client> = Cap::new(BenchServer);
-    let mut services = Services::new();
-    services.add("main", &service).add("", &service);
-    vat::serve(address, services).await
+    let raw = service.raw().clone();
+    let plain = !config.tls();
+    let vat = Vat::start_with(config, move |uris| {
+        let table = Table::new(move |id| uris.sturdy_uri(id));
+        table.add(b"main", raw.clone());
+        if plain {
+            table.add(b"", raw);
+        }
+        table
+    })
+    .await?;
+    let uri = vat.sturdy_uri(b"main")?;
+    Ok((vat, uri))
 }
 
-/// Our server and our client, over a Unix socket at `path`.
-fn start_ours(path: &Path) -> Result<Pair, String> {
-    let address = Address::Unix(path.to_owned());
+/// Server vats running on a thread: their URIs, the sender that stops
+/// them, and the thread.
+type Servers = (Vec<SturdyUri>, oneshot::Sender<()>, JoinHandle<()>);
+
+/// Our server vats, one per configuration, on a thread of their own (its
+/// own actix system) until the returned sender fires or is dropped; gives
+/// their URIs in the order of `configs`.
+fn spawn_servers(name: &str, configs: Vec<VatConfig>) -> Result<Servers, String> {
     let (ready_tx, ready_rx) = std_mpsc::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = spawn_thread("ours-server", move || {
+    let thread = spawn_thread(name, move || {
         actix::System::new().block_on(async move {
-            match serve_ours(&address).await {
-                Ok(listening) => {
-                    let _ = ready_tx.send(Ok(listening.uri(b"main")));
-                    let _ = stop_rx.await;
-                    listening.stop();
+            let mut vats = Vec::new();
+            let mut uris = Vec::new();
+            for config in &configs {
+                match serve_ours(config).await {
+                    Ok((vat, uri)) => {
+                        vats.push(vat);
+                        uris.push(uri);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
                 }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e.to_string()));
-                }
+            }
+            let _ = ready_tx.send(Ok(uris));
+            let _ = stop_rx.await;
+            for vat in vats {
+                vat.stop();
             }
         })
     })?;
-    let uri = ready_rx
+    let uris = ready_rx
         .recv()
-        .map_err(|_| "capnp-actix server thread died".to_string())??;
+        .map_err(|_| format!("{name}: the server thread died"))??;
+    Ok((uris, stop_tx, thread))
+}
+
+/// The configuration of a client-only vat: with TLS (and an ephemeral key,
+/// made now) or without.
+fn client_config(tls: bool) -> Result<VatConfig, BoxError> {
+    Ok(if tls {
+        VatConfig::new().with_secret_key(SecretKey::try_ephemeral()?)
+    } else {
+        VatConfig::new().with_tls(false)
+    })
+}
+
+/// A client-only vat (see [`client_config`]) and the bench service at
+/// `uri` through it.
+async fn import_bench(uri: &SturdyUri, tls: bool) -> Result<(Vat, bench::Client), BoxError> {
+    let vat = Vat::client(&client_config(tls)?).await?;
+    let cap: Cap<bench::Client> = vat.import_as(uri).await?;
+    Ok((vat, cap.client()))
+}
+
+/// Our server and our client, over a Unix socket at `path` (no TLS).
+fn start_ours(path: &Path) -> Result<Pair, String> {
+    let config = VatConfig::new()
+        .with_listen_address(Address::Unix(path.to_owned()))
+        .with_tls(false);
+    let (uris, stop_tx, server) = spawn_servers("ours-server", vec![config])?;
+    let uri = uris
+        .into_iter()
+        .next()
+        .ok_or("capnp-actix server thread gave no URI")?;
 
     let (plans_tx, plans_rx) = mpsc::unbounded_channel();
     let (results_tx, results_rx) = std_mpsc::channel();
     let client = spawn_thread("ours-client", move || {
         actix::System::new().block_on(async move {
-            match vat::import(&uri).await {
-                Ok(raw) => {
-                    let client = Cap::<bench::Client>::from_raw(raw).client();
+            match import_bench(&uri, false).await {
+                Ok((vat, client)) => {
                     drive(client, plans_rx, results_tx).await;
+                    vat.stop();
                 }
                 Err(e) => {
                     let _ = results_tx.send(Err(e.to_string()));
@@ -579,76 +667,292 @@ fn compare(plan: Plan) -> Result<(), BoxError> {
     Ok(())
 }
 
-fn print_table(ours: &Metrics, theirs: &Metrics) {
-    struct Row {
-        name: &'static str,
-        ours: f64,
-        theirs: f64,
-        lower_is_better: bool,
-        target: Option<f64>,
-    }
-    let rows = [
-        Row {
-            name: "ping round trip, median (µs)",
-            ours: ours.median_us,
-            theirs: theirs.median_us,
-            lower_is_better: true,
-            target: Some(1.0),
-        },
-        Row {
-            name: "ping round trip, p99 (µs)",
-            ours: ours.p99_us,
-            theirs: theirs.p99_us,
-            lower_is_better: true,
-            target: None,
-        },
-        Row {
-            name: "pings/s, 100 in flight",
-            ours: ours.calls_per_s,
-            theirs: theirs.calls_per_s,
-            lower_is_better: false,
-            target: Some(1.5),
-        },
-        Row {
-            name: "echoBytes 64 KiB (MB/s)",
-            ours: ours.echo_mb_s,
-            theirs: theirs.echo_mb_s,
-            lower_is_better: false,
-            target: Some(1.0),
-        },
-    ];
+/// A metric of [`Metrics`]: its row name and whether lower is better.
+type MetricRow = (&'static str, fn(&Metrics) -> f64, bool);
+
+/// The rows of [`Metrics`], in the order the tables print them.
+const METRIC_ROWS: [MetricRow; 4] = [
+    ("ping round trip, median (µs)", |m| m.median_us, true),
+    ("ping round trip, p99 (µs)", |m| m.p99_us, true),
+    ("pings/s, 100 in flight", |m| m.calls_per_s, false),
+    ("echoBytes 64 KiB (MB/s)", |m| m.echo_mb_s, false),
+];
+
+/// One line of a results table: two figures, their ratio as shown, and
+/// optionally a verdict on a target.
+struct Row {
+    name: String,
+    left: f64,
+    right: f64,
+    ratio: f64,
+    target: Option<String>,
+}
+
+/// Prints `rows` under the column heads `left` and `right`, after a blank
+/// line. Figures under 1000 get one decimal.
+fn print_rows(left: &str, right: &str, rows: &[Row]) {
+    let width = rows
+        .iter()
+        .map(|r| r.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(30);
+    let targets = if rows.iter().any(|r| r.target.is_some()) {
+        "   target"
+    } else {
+        ""
+    };
     println!();
     println!(
-        "{:<30} {:>12} {:>12} {:>7}   target",
-        "", "capnp-actix", "capnp-rpc", "ratio"
+        "{:<width$} {:>12} {:>12} {:>7}{targets}",
+        "", left, right, "ratio"
     );
     for row in rows {
-        let ratio = if row.lower_is_better {
-            row.theirs / row.ours
-        } else {
-            row.ours / row.theirs
-        };
-        let digits = if row.ours < 1000.0 { 1 } else { 0 };
-        let target = match row.target {
-            Some(t) if ratio >= t => format!(">= {t:.2}  met"),
-            Some(t) => format!(">= {t:.2}  MISSED"),
-            None => "-".into(),
-        };
+        let digits = if row.left < 1000.0 { 1 } else { 0 };
+        let target = row
+            .target
+            .as_ref()
+            .map_or_else(String::new, |t| format!("   {t}"));
         println!(
-            "{:<30} {:>12.digits$} {:>12.digits$} {:>7.2}   {target}",
-            row.name, row.ours, row.theirs, ratio
+            "{:<width$} {:>12.digits$} {:>12.digits$} {:>7.2}{target}",
+            row.name, row.left, row.right, row.ratio
         );
     }
+}
+
+fn print_table(ours: &Metrics, theirs: &Metrics) {
+    let targets = [Some(1.0), None, Some(1.5), Some(1.0)];
+    let rows: Vec<Row> = METRIC_ROWS
+        .iter()
+        .zip(targets)
+        .map(|(&(name, of, lower_is_better), target)| {
+            let (ours, theirs) = (of(ours), of(theirs));
+            let ratio = if lower_is_better {
+                theirs / ours
+            } else {
+                ours / theirs
+            };
+            let target = match target {
+                Some(t) if ratio >= t => format!(">= {t:.2}  met"),
+                Some(t) => format!(">= {t:.2}  MISSED"),
+                None => "-".into(),
+            };
+            Row {
+                name: name.into(),
+                left: ours,
+                right: theirs,
+                ratio,
+                target: Some(target),
+            }
+        })
+        .collect();
+    print_rows("capnp-actix", "capnp-rpc", &rows);
     println!(
         "ratio > 1 means capnp-actix is faster: capnp-rpc/capnp-actix for latency, \
          capnp-actix/capnp-rpc for throughput"
     );
 }
 
+/// Connect + first call from a fresh client vat: the time from importing
+/// `uri` to the reply of one `ping` (the vat and its key are made before
+/// the clock starts; the vat is stopped after).
+async fn first_call(uri: &SturdyUri, tls: bool) -> Result<Duration, BoxError> {
+    let vat = Vat::client(&client_config(tls)?).await?;
+    let start = Instant::now();
+    let outcome = async {
+        let cap: Cap<bench::Client> = vat.import_as(uri).await?;
+        ping(&cap.client(), 0).await
+    }
+    .await;
+    let took = start.elapsed();
+    vat.stop();
+    outcome?;
+    // Let the closing connection's work finish outside the next timing.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    Ok(took)
+}
+
+/// A server of `bench tls`, for connect + first call.
+struct Target {
+    /// What it is, for the progress lines.
+    label: &'static str,
+    /// Its key, as the table's rows name it (unused for the insecure
+    /// server).
+    key: &'static str,
+    uri: SturdyUri,
+    tls: bool,
+    samples: Vec<Duration>,
+}
+
+/// What `bench tls` measured.
+struct TlsResults {
+    /// Connect + first call: the TLS servers, then the insecure one.
+    targets: Vec<Target>,
+    tls: Metrics,
+    insecure: Metrics,
+}
+
+/// The client side of `bench tls`, on the current actix system; the
+/// servers are `rsa`, `p256` (TLS) and `plain` (no TLS).
+async fn tls_client(
+    rsa: SturdyUri,
+    p256: SturdyUri,
+    plain: SturdyUri,
+    plan: Plan,
+    handshakes: u64,
+) -> Result<TlsResults, BoxError> {
+    let mut targets = vec![
+        Target {
+            label: "TLS, RSA-2048 key",
+            key: "RSA-2048",
+            uri: rsa.clone(),
+            tls: true,
+            samples: Vec::new(),
+        },
+        Target {
+            label: "TLS, ECDSA P-256 key",
+            key: "P-256",
+            uri: p256,
+            tls: true,
+            samples: Vec::new(),
+        },
+        Target {
+            label: "no TLS",
+            key: "-",
+            uri: plain.clone(),
+            tls: false,
+            samples: Vec::new(),
+        },
+    ];
+    // One untimed connection to each first; then the servers take turns,
+    // the first of each turn rotating, so that none always follows the
+    // same one.
+    for t in &targets {
+        first_call(&t.uri, t.tls).await?;
+    }
+    let n = targets.len();
+    for i in 0..handshakes as usize {
+        for k in 0..n {
+            let t = &mut targets[(i + k) % n];
+            let took = first_call(&t.uri, t.tls).await?;
+            t.samples.push(took);
+        }
+    }
+    for t in &mut targets {
+        t.samples.sort_unstable();
+        println!(
+            "  connect + first call, {:<21} median {:.1} µs, p99 {:.1} µs",
+            format!("{}:", t.label),
+            micros(quantile(&t.samples, 0.5)),
+            micros(quantile(&t.samples, 0.99)),
+        );
+    }
+    std::io::stdout().flush()?;
+
+    let (tls_vat, tls_client) = import_bench(&rsa, true).await?;
+    let (plain_vat, plain_client) = import_bench(&plain, false).await?;
+    let mut tls_runs = Vec::new();
+    let mut plain_runs = Vec::new();
+    for round in 0..plan.rounds {
+        let order = if round % 2 == 0 {
+            [
+                ("TLS", &tls_client, &mut tls_runs),
+                ("insecure", &plain_client, &mut plain_runs),
+            ]
+        } else {
+            [
+                ("insecure", &plain_client, &mut plain_runs),
+                ("TLS", &tls_client, &mut tls_runs),
+            ]
+        };
+        for (name, client, runs) in order {
+            let m = measure(client, &plan).await?;
+            println!("  round {}/{} {name:<8} {m}", round + 1, plan.rounds);
+            std::io::stdout().flush()?;
+            runs.push(m);
+        }
+    }
+    tls_vat.stop();
+    plain_vat.stop();
+    Ok(TlsResults {
+        targets,
+        tls: medians(&tls_runs),
+        insecure: medians(&plain_runs),
+    })
+}
+
+/// `bench tls`.
+fn tls(plan: Plan, handshakes: u64) -> Result<(), BoxError> {
+    let tcp = Address::Tcp {
+        host: "127.0.0.1".into(),
+        port: 0,
+    };
+    let configs = vec![
+        VatConfig::new()
+            .with_listen_address(tcp.clone())
+            .with_secret_key(SecretKey::generate_rsa()?),
+        VatConfig::new()
+            .with_listen_address(tcp.clone())
+            .with_secret_key(SecretKey::try_ephemeral()?),
+        VatConfig::new().with_listen_address(tcp).with_tls(false),
+    ];
+    let (uris, stop_servers, server_thread) = spawn_servers("tls-servers", configs)?;
+    let [rsa, p256, plain]: [SturdyUri; 3] = uris
+        .try_into()
+        .map_err(|_| "the server thread gave the wrong number of URIs")?;
+    println!(
+        "Cap'n Proto RPC over TCP on 127.0.0.1, capnp-actix with TLS (rustls, ring) \
+         against without ({} CPU(s) available)",
+        cpus()
+    );
+    println!(
+        "connect + first call: {handshakes} fresh client vats per server, each timed \
+         from import to the reply of one ping"
+    );
+    println!("{plan}; TLS to the RSA-2048 server");
+    let outcome = actix::System::new().block_on(tls_client(rsa, p256, plain, plan, handshakes));
+    let _ = stop_servers.send(());
+    let _ = server_thread.join();
+    let results = outcome?;
+
+    let Some((insecure, secure)) = results.targets.split_last() else {
+        return Err("no connect + first call figures".into());
+    };
+    let mut rows = Vec::new();
+    for t in secure {
+        for (what, q) in [("median", 0.5), ("p99", 0.99)] {
+            let left = micros(quantile(&t.samples, q));
+            let right = micros(quantile(&insecure.samples, q));
+            rows.push(Row {
+                name: format!("connect + first call, {}, {what} (µs)", t.key),
+                left,
+                right,
+                ratio: left / right,
+                target: None,
+            });
+        }
+    }
+    for (name, of, _) in METRIC_ROWS {
+        let (left, right) = (of(&results.tls), of(&results.insecure));
+        rows.push(Row {
+            name: name.into(),
+            left,
+            right,
+            ratio: left / right,
+            target: None,
+        });
+    }
+    print_rows("TLS", "insecure", &rows);
+    println!(
+        "ratio = TLS/insecure: for times (µs) above 1 means TLS is slower, \
+         for rates below 1 means TLS is slower"
+    );
+    Ok(())
+}
+
 /// `bench client`: our client against any server.
 async fn client(uri: SturdyUri, plan: Plan) -> Result<(), BoxError> {
-    let raw = vat::import(&uri).await?;
-    let client = Cap::<bench::Client>::from_raw(raw).client();
+    let (vat, client) = import_bench(&uri, true).await?;
     println!(
         "capnp-actix client against {uri} ({} CPU(s) available)",
         cpus()
@@ -662,18 +966,24 @@ async fn client(uri: SturdyUri, plan: Plan) -> Result<(), BoxError> {
         runs.push(m);
     }
     println!("median: {}", medians(&runs));
+    vat.stop();
     Ok(())
 }
 
 /// `bench serve`: until killed.
-async fn serve(address: Address) -> Result<(), BoxError> {
-    let listening = serve_ours(&address).await?;
+async fn serve(address: Option<Address>, config: VatConfig) -> Result<(), BoxError> {
+    let config = match address {
+        Some(address) => config.with_listen_address(address),
+        None if config.listen_address.is_some() => config,
+        None => {
+            return Err("serve needs an address: bench serve ADDR, \
+                        or --capnp-listen-address ADDR"
+                .into())
+        }
+    };
+    let (_vat, uri) = serve_ours(&config).await?;
     let mut stdout = std::io::stdout().lock();
-    writeln!(
-        stdout,
-        "bench service running at: {}",
-        listening.uri(b"main")
-    )?;
+    writeln!(stdout, "bench service running at: {uri}")?;
     stdout.flush()?;
     drop(stdout);
     std::future::pending::<()>().await;
@@ -683,9 +993,13 @@ async fn serve(address: Address) -> Result<(), BoxError> {
 fn main() -> ExitCode {
     let args = Args::parse();
     let outcome = match args.command {
-        Command::Serve { address } => actix::System::new().block_on(serve(address)),
+        Command::Serve { address, vat } => actix::System::new().block_on(serve(address, vat)),
         Command::Client { uri, size } => actix::System::new().block_on(client(uri, size.plan())),
         Command::Compare { size } => compare(size.plan()),
+        Command::Tls { size, handshakes } => tls(
+            size.plan(),
+            handshakes.unwrap_or(if size.quick { 10 } else { 50 }),
+        ),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -566,8 +566,21 @@ fn echo_clients_fail_when_nothing_listens() {
     }
 }
 
+/// `bench client URI` with a few calls: it measures and prints the median.
+fn bench_client_measures(uri: &str) {
+    let run = run_example("bench", &["client", uri, "--calls", "20", "--rounds", "1"]);
+    assert!(run.status.success(), "{uri}: {run}");
+    assert!(
+        run.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("median: ping median ")),
+        "{uri}: {run}"
+    );
+}
+
 #[test]
 fn bench_serve_and_client_across_processes() {
+    // `serve ADDR`: TLS, as for any vat, here over a Unix socket.
     let dir = TempDir::new("bench");
     let socket = dir.path().join("bench.sock");
     let server = Server::start(
@@ -575,36 +588,65 @@ fn bench_serve_and_client_across_processes() {
         &["serve", &format!("unix:{}", socket.display())],
         "bench service running at: ",
     );
-    let run = run_example(
-        "bench",
-        &["client", &server.uri, "--calls", "20", "--rounds", "1"],
-    );
-    assert!(run.status.success(), "{run}");
     assert!(
-        run.lines()
-            .last()
-            .is_some_and(|l| l.starts_with("median: ping median ")),
-        "{run}"
+        server.uri.starts_with("capnp://sha-256:")
+            && server
+                .uri
+                .ends_with(&format!("@{}/bWFpbg", socket.display())),
+        "{}",
+        server.uri
     );
+    bench_client_measures(&server.uri);
+
+    // The vat's options: no TLS, over TCP.
+    let server = Server::start(
+        "bench",
+        &[
+            "serve",
+            "--capnp-listen-address",
+            "tcp:127.0.0.1:0",
+            "--capnp-disable-tls",
+        ],
+        "bench service running at: ",
+    );
+    assert!(
+        server.uri.starts_with("capnp://insecure@127.0.0.1:"),
+        "{}",
+        server.uri
+    );
+    bench_client_measures(&server.uri);
 }
 
 #[test]
-fn bench_compare_runs_both_runtimes_and_prints_ratios() {
-    let run = run_example("bench", &["compare", "--quick", "--calls", "20"]);
-    assert!(run.status.success(), "{run}");
-    assert!(run.stderr.is_empty(), "{run}");
-    for row in [
-        "ping round trip, median (µs)",
-        "ping round trip, p99 (µs)",
-        "pings/s, 100 in flight",
-        "echoBytes 64 KiB (MB/s)",
-    ] {
+fn bench_serve_needs_one_address() {
+    let run = run_example("bench", &["serve", "--capnp-disable-tls"]);
+    assert_eq!(exit_code(&run), Some(1), "{run}");
+    assert!(run.stdout.is_empty(), "{run}");
+    assert!(run.stderr.contains("--capnp-listen-address"), "{run}");
+
+    let run = run_example(
+        "bench",
+        &[
+            "serve",
+            "tcp:127.0.0.1:0",
+            "--capnp-listen-address",
+            "tcp:127.0.0.1:0",
+        ],
+    );
+    assert_eq!(exit_code(&run), Some(2), "{run}");
+    assert!(run.stdout.is_empty(), "{run}");
+    assert!(run.stderr.contains("cannot be used with"), "{run}");
+}
+
+/// Checks that `bench`'s table has each of `rows`, each followed by two
+/// figures and a ratio, all positive numbers.
+fn assert_bench_rows(run: &Run, rows: &[&str]) {
+    for row in rows {
         let line = run
             .lines()
             .into_iter()
             .find(|l| l.starts_with(row))
             .unwrap_or_else(|| panic!("no row {row:?}\n{run}"));
-        // Two figures and a ratio, all positive numbers.
         let figures: Vec<f64> = line[row.len()..]
             .split_whitespace()
             .take(3)
@@ -615,8 +657,74 @@ fn bench_compare_runs_both_runtimes_and_prints_ratios() {
             "{line}\n{run}"
         );
     }
+}
+
+#[test]
+fn bench_compare_runs_both_runtimes_and_prints_ratios() {
+    let run = run_example("bench", &["compare", "--quick", "--calls", "20"]);
+    assert!(run.status.success(), "{run}");
+    assert!(run.stderr.is_empty(), "{run}");
+    assert_bench_rows(
+        &run,
+        &[
+            "ping round trip, median (µs)",
+            "ping round trip, p99 (µs)",
+            "pings/s, 100 in flight",
+            "echoBytes 64 KiB (MB/s)",
+        ],
+    );
     assert!(
         run.stdout.contains("ratio > 1 means capnp-actix is faster"),
+        "{run}"
+    );
+}
+
+#[test]
+fn bench_tls_runs_with_and_without_tls_and_prints_ratios() {
+    let run = run_example("bench", &["tls", "--quick"]);
+    assert!(run.status.success(), "{run}");
+    assert!(run.stderr.is_empty(), "{run}");
+    // The progress lines: 10 connections per server with --quick.
+    for label in ["TLS, RSA-2048 key:", "TLS, ECDSA P-256 key:", "no TLS:"] {
+        assert!(
+            run.lines()
+                .iter()
+                .any(|l| l.starts_with(&format!("  connect + first call, {label}"))),
+            "no connect + first call line for {label}\n{run}"
+        );
+    }
+    assert!(
+        run.stdout
+            .contains("connect + first call: 10 fresh client vats per server"),
+        "{run}"
+    );
+    let header = run
+        .lines()
+        .into_iter()
+        .find(|l| l.trim_start().starts_with("TLS "))
+        .unwrap_or_else(|| panic!("no table header\n{run}"));
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        ["TLS", "insecure", "ratio"],
+        "{run}"
+    );
+    assert_bench_rows(
+        &run,
+        &[
+            "connect + first call, RSA-2048, median (µs)",
+            "connect + first call, RSA-2048, p99 (µs)",
+            "connect + first call, P-256, median (µs)",
+            "connect + first call, P-256, p99 (µs)",
+            "ping round trip, median (µs)",
+            "ping round trip, p99 (µs)",
+            "pings/s, 100 in flight",
+            "echoBytes 64 KiB (MB/s)",
+        ],
+    );
+    assert!(
+        run.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("ratio = TLS/insecure")),
         "{run}"
     );
 }
