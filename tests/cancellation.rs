@@ -111,3 +111,72 @@ async fn a_call_we_cancel_before_it_starts_never_starts() {
         .await
         .unwrap_or_else(|r| panic!("still alive:\n{r}"));
 }
+
+/// Our maker: `hold` returns the probe it is given once the gate opens.
+struct GatedHold {
+    gate: std::cell::RefCell<Option<futures::channel::oneshot::Receiver<()>>>,
+}
+
+impl capnp_actix::schemas::test_api_capnp::maker::Server for GatedHold {
+    async fn hold(
+        self: std::rc::Rc<Self>,
+        params: capnp_actix::schemas::test_api_capnp::maker::HoldParams,
+        mut results: capnp_actix::schemas::test_api_capnp::maker::HoldResults,
+    ) -> Result<(), capnp::Error> {
+        let given = params.get()?.get_probe()?;
+        let gate = self.gate.borrow_mut().take();
+        if let Some(g) = gate {
+            let _ = g.await;
+        }
+        results.get().set_probe(given);
+        Ok(())
+    }
+}
+
+#[actix::test]
+async fn a_call_whose_answer_has_calls_pipelined_on_it_is_not_cancelled_by_an_early_finish() {
+    use capnp_actix::schemas::test_api_capnp::maker;
+    let log = Log::default();
+    let (open, gate) = futures::channel::oneshot::channel();
+    let service: Cap<maker::Client> = Cap::new(GatedHold {
+        gate: std::cell::RefCell::new(Some(gate)),
+    });
+    let raw = service.raw().clone();
+    let (a, b) = tokio::net::UnixStream::pair().unwrap();
+    let server = start_connection(
+        a,
+        ConnectionOptions {
+            bootstrap: Some(bootstrap_fn(move |_: &[u8]| Ok(raw.clone()))),
+            ..Default::default()
+        },
+    );
+    let client = start_connection(b, ConnectionOptions::default());
+    {
+        let maker: Cap<maker::Client> = Cap::from_raw(client.bootstrap(b""));
+        let local = Probe::cap(&log);
+        let mut req = maker.client().hold_request();
+        req.get().set_probe(local.client());
+        let pending = req.send();
+        let held = pending.pipeline.get_probe();
+        let mut call = held.call_request();
+        call.get().set_seq(5);
+        let pipelined = call.send().promise;
+        // Everything but the pipelined call's own promise goes: the
+        // question on `hold` is finished while `hold` still runs.
+        drop((pending, held, maker));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        open.send(()).unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(5), pipelined)
+            .await
+            .expect("the pipelined call completes");
+        assert_eq!(reply.unwrap().get().unwrap().get_seq(), 5);
+        assert_eq!(log.calls(), [5]);
+        drop(local);
+    }
+    drop(service);
+    client.close("test over");
+    drop(server);
+    capnp_actix::debug::settle(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|r| panic!("still alive:\n{r}"));
+}

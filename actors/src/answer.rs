@@ -54,6 +54,11 @@ impl Call {
 /// answer with Disconnected (the call was lost: its target stopped).
 pub(crate) struct Completer {
     answer: Option<Arc<Answer>>,
+    /// For a call pipelined on another answer: keeps that answer wanted
+    /// until this call is answered, so that a caller who lets go of the
+    /// first call while its pipelined call runs does not cancel the call
+    /// the pipelined one depends on.
+    depends_on: Option<AnswerRef>,
 }
 
 impl Completer {
@@ -64,6 +69,13 @@ impl Completer {
     pub(crate) fn complete(mut self, outcome: Outcome) {
         if let Some(a) = self.answer.take() {
             a.complete(outcome);
+        }
+    }
+
+    /// See `depends_on`.
+    pub(crate) fn depend_on(&mut self, answer: &AnswerRef) {
+        if self.depends_on.is_none() {
+            self.depends_on = Some(answer.clone());
         }
     }
 
@@ -161,6 +173,7 @@ impl Answer {
             },
             Completer {
                 answer: Some(answer),
+                depends_on: None,
             },
         )
     }

@@ -308,7 +308,11 @@ impl CapRef {
                     call,
                 })
             }
-            Kind::Pipelined { answer, path } => answer.deliver_pipelined(path, call),
+            Kind::Pipelined { answer, path } => {
+                let mut call = call;
+                call.completer.depend_on(answer);
+                answer.deliver_pipelined(path, call)
+            }
             Kind::Broken(e) => call.fail(e.clone()),
         }
     }
