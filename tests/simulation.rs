@@ -134,33 +134,6 @@ fn check(seed: Option<u64>, scenario: &Scenario, cfg: &Config) -> Outcome {
 /// called through; short enough that a failure shrinks quickly.
 const STEPS_PER_SEED: usize = 400;
 
-/// Bugs found and not fixed yet, by a phrase of their failure and the
-/// regression test that pins each: a seed that fails this way is counted
-/// and skipped, so that the run goes on looking for others. Remove the
-/// entry (and the test's `#[ignore]`) when the bug is fixed.
-const KNOWN_BUGS: &[(&str, &str)] = &[
-    (
-        "disembargo on unknown answer",
-        "no_disembargo_on_a_question_finished_before_its_return",
-    ),
-    (
-        "E-order",
-        "calls_pipelined_on_a_forwarded_bootstrap_keep_their_order",
-    ),
-    (
-        "invalid capability pointer",
-        "a_broken_capability_sent_back_to_its_sender_stays_readable",
-    ),
-];
-
-fn known_bug(f: &Failure) -> Option<&'static str> {
-    let first = f.message.lines().next().unwrap_or("");
-    KNOWN_BUGS
-        .iter()
-        .find(|(phrase, _)| first.contains(phrase))
-        .map(|(_, test)| *test)
-}
-
 /// Runs seeds `first, first + stride, ...` until `steps` steps have run
 /// in seeds that passed.
 fn run_seeds(first: u64, stride: u64, steps: usize) {
@@ -179,7 +152,7 @@ fn run_seeds(first: u64, stride: u64, steps: usize) {
                 done += scenario.ops.len();
                 seeds += 1;
             }
-            Err(f) => match known_bug(&f) {
+            Err(f) => match sim::known_bug(&f.message) {
                 Some(test) => known.entry(test).or_default().push(seed),
                 None => {
                     check(Some(seed), &scenario, &cfg);
@@ -377,7 +350,70 @@ fn explore() {
     }
 }
 
+/// Writes the seed corpora of the fuzz targets (`fuzz/corpus/`):
+/// `SIM_WRITE_CORPUS=1 cargo test --test simulation write_fuzz_corpus`.
+/// Short scenarios (the regression tests' among them) for `multi_vat`;
+/// real frames captured from short runs for `raw_bytes`.
+#[test]
+fn write_fuzz_corpus() {
+    if std::env::var_os("SIM_WRITE_CORPUS").is_none() {
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let multi = root.join("multi_vat");
+    let raw = root.join("raw_bytes");
+    std::fs::create_dir_all(&multi).unwrap();
+    std::fs::create_dir_all(&raw).unwrap();
+    let mut scenarios: Vec<(String, Scenario)> = regression_scenarios()
+        .into_iter()
+        .map(|(n, s)| (n.to_string(), s))
+        .collect();
+    for seed in 0..6 {
+        scenarios.push((format!("seed-{seed}"), ops::generate(seed, 60)));
+    }
+    for (name, s) in &scenarios {
+        assert_eq!(&ops::from_bytes(&ops::to_bytes(s)), s);
+        std::fs::write(multi.join(name), ops::to_bytes(s)).unwrap();
+    }
+    let cfg = Config {
+        capture: true,
+        ..Config::default()
+    };
+    for seed in 0..3 {
+        let frames = run(&ops::generate(seed, 120), &cfg).unwrap().frames;
+        for (w, stream) in frames.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
+            // A whole stream at once, and the first frames read in
+            // 7-byte pieces after asking for a bootstrap and calling.
+            let bytes: Vec<u8> = stream.iter().take(24).flatten().copied().collect();
+            let mut whole = vec![0u8];
+            whole.extend(&bytes);
+            std::fs::write(raw.join(format!("stream-{seed}-{w}")), whole).unwrap();
+            let mut pieces = vec![0x7c_u8];
+            pieces.extend(stream.iter().take(6).flatten());
+            std::fs::write(raw.join(format!("pieces-{seed}-{w}")), pieces).unwrap();
+        }
+    }
+}
+
 // ---- regression tests: bugs the simulation found ------------------------
+
+/// Every regression scenario, by test name (also seeds of the fuzz corpus).
+fn regression_scenarios() -> Vec<(&'static str, Scenario)> {
+    vec![
+        (
+            "no_disembargo_on_a_question_finished_before_its_return",
+            no_disembargo_on_a_question_finished_before_its_return_steps(),
+        ),
+        (
+            "calls_pipelined_on_a_forwarded_bootstrap_keep_their_order",
+            calls_pipelined_on_a_forwarded_bootstrap_keep_their_order_steps(),
+        ),
+        (
+            "a_broken_capability_sent_back_to_its_sender_stays_readable",
+            a_broken_capability_sent_back_to_its_sender_stays_readable_steps(),
+        ),
+    ]
+}
 
 /// Runs a regression scenario; panics with the failure.
 fn regression(s: Scenario) {
@@ -395,7 +431,11 @@ fn regression(s: Scenario) {
 #[test]
 #[ignore = "bug: a disembargo is sent on a question already finished; the peer aborts"]
 fn no_disembargo_on_a_question_finished_before_its_return() {
-    regression(Scenario {
+    regression(no_disembargo_on_a_question_finished_before_its_return_steps());
+}
+
+fn no_disembargo_on_a_question_finished_before_its_return_steps() -> Scenario {
+    Scenario {
         vats: 2,
         ops: vec![
             Op::NewObject { vat: 0 },
@@ -417,7 +457,7 @@ fn no_disembargo_on_a_question_finished_before_its_return() {
             Op::Release { vat: 0, cap: 1 },
             Op::Flush,
         ],
-    });
+    }
 }
 
 /// Two calls pipelined on one reference arrive out of order. Vat 0 asks
@@ -433,7 +473,11 @@ fn no_disembargo_on_a_question_finished_before_its_return() {
 #[test]
 #[ignore = "bug: a call pipelined on a question that returns meanwhile is queued again, behind later calls"]
 fn calls_pipelined_on_a_forwarded_bootstrap_keep_their_order() {
-    regression(Scenario {
+    regression(calls_pipelined_on_a_forwarded_bootstrap_keep_their_order_steps());
+}
+
+fn calls_pipelined_on_a_forwarded_bootstrap_keep_their_order_steps() -> Scenario {
+    Scenario {
         vats: 2,
         ops: vec![
             Op::NewObject { vat: 0 },
@@ -460,7 +504,7 @@ fn calls_pipelined_on_a_forwarded_bootstrap_keep_their_order() {
             },
             Op::Flush,
         ],
-    });
+    }
 }
 
 /// Vat 1 passes a broken capability to vat 0's object; the call arrives
@@ -474,7 +518,11 @@ fn calls_pipelined_on_a_forwarded_bootstrap_keep_their_order() {
 #[test]
 #[ignore = "bug: receiverHosted naming a broken export reads as a null capability; the payload is unreadable"]
 fn a_broken_capability_sent_back_to_its_sender_stays_readable() {
-    regression(Scenario {
+    regression(a_broken_capability_sent_back_to_its_sender_stays_readable_steps());
+}
+
+fn a_broken_capability_sent_back_to_its_sender_stays_readable_steps() -> Scenario {
+    Scenario {
         vats: 2,
         ops: vec![
             Op::NewObject { vat: 0 },
@@ -497,5 +545,5 @@ fn a_broken_capability_sent_back_to_its_sender_stays_readable() {
             },
             Op::Flush,
         ],
-    });
+    }
 }
