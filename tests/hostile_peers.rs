@@ -646,7 +646,6 @@ fn random_bytes_seeded() {
 /// say why it ends the connection, as it does for every other framing
 /// error (and as the C++ vat does: its abort carries "Premature EOF").
 #[test]
-#[ignore = "bug: a stream that ends inside a frame is closed without an abort (Conn::receive_end only disconnects)"]
 fn a_stream_ending_inside_a_frame_gets_an_abort_naming_it() {
     for case in [
         Case::TruncatedBodyThenEof,

@@ -29,6 +29,16 @@ use crate::registry;
 /// What a call produces: its frozen results, or an error.
 pub(crate) type Outcome = Result<Arc<Frozen>, capnp::Error>;
 
+/// What pipelined calls on an answer go to.
+#[derive(Clone)]
+pub(crate) enum Resolution {
+    /// The answer's (early or final) results, or its error.
+    Results(Outcome),
+    /// Another answer's: the call made a tail call, and its answer is that
+    /// call's answer.
+    Forward(AnswerRef),
+}
+
 /// A call on its way to the capability that serves it.
 pub(crate) struct Call {
     pub(crate) interface_id: u64,
@@ -126,7 +136,9 @@ struct AnswerState {
     outcome: Option<Outcome>,
     /// Early pipeline results (`set_pipeline`), before the outcome.
     pipeline: Option<Arc<Frozen>>,
-    result_waker: Option<Waker>,
+    /// Tasks waiting for the outcome (usually one: the caller; a tail
+    /// call's forwarding adds another).
+    result_wakers: Vec<Waker>,
     cancel_waker: Option<Waker>,
     /// Live `AnswerRef`s.
     interest: usize,
@@ -142,6 +154,12 @@ struct AnswerState {
     /// Fields under a network embargo: calls on them keep going through
     /// the connection, which holds them until the embargo lifts.
     embargoed: Vec<Vec<u16>>,
+    /// The call made a tail call: its answer is this one's.
+    forward: Option<AnswerRef>,
+    /// For a call a peer made on us: the connection, its id and our answer
+    /// id, so that a tail call to that same peer can go out with
+    /// `sendResultsTo.yourself`.
+    origin: Option<(Recipient<crate::connection::ConnMsg>, u64, u32)>,
     /// The call has started (or is over).
     started: bool,
     start_waiters: Vec<futures::channel::oneshot::Sender<()>>,
@@ -149,11 +167,12 @@ struct AnswerState {
 
 impl AnswerState {
     /// What pipelined calls are resolved against.
-    fn resolution(&self) -> Option<Outcome> {
-        match (&self.pipeline, &self.outcome) {
-            (Some(p), _) => Some(Ok(p.clone())),
-            (None, Some(o)) => Some(o.clone()),
-            (None, None) => None,
+    fn resolution(&self) -> Option<Resolution> {
+        match (&self.pipeline, &self.forward, &self.outcome) {
+            (Some(p), _, _) => Some(Resolution::Results(Ok(p.clone()))),
+            (None, Some(f), _) => Some(Resolution::Forward(f.clone())),
+            (None, None, Some(o)) => Some(Resolution::Results(o.clone())),
+            (None, None, None) => None,
         }
     }
 }
@@ -218,7 +237,15 @@ impl Answer {
     }
 
     fn complete(&self, outcome: Outcome) {
-        let mut s = self.lock();
+        let s = self.lock();
+        if s.forward.is_some() {
+            // The tail call's answer completes it.
+            return;
+        }
+        self.set_outcome(s, outcome);
+    }
+
+    fn set_outcome(&self, mut s: MutexGuard<'_, AnswerState>, outcome: Outcome) {
         if s.outcome.is_some() {
             return;
         }
@@ -227,12 +254,39 @@ impl Answer {
         for w in std::mem::take(&mut s.start_waiters) {
             let _ = w.send(());
         }
-        if let Some(w) = s.result_waker.take() {
+        for w in std::mem::take(&mut s.result_wakers) {
             w.wake();
         }
-        if s.pipeline.is_none() {
+        if s.pipeline.is_none() && s.forward.is_none() {
             self.publish(s);
         }
+    }
+
+    /// The call made a tail call whose answer is `to`: calls pipelined on
+    /// this answer go to `to`'s fields from now on, and this answer's
+    /// outcome is `to`'s (whatever the call itself returns is ignored).
+    /// Nothing is copied.
+    pub(crate) fn forward_to(self: &Arc<Self>, to: AnswerRef) {
+        {
+            let mut s = self.lock();
+            if s.outcome.is_some() || s.pipeline.is_some() || s.forward.is_some() {
+                return;
+            }
+            s.forward = Some(to.clone());
+            self.publish(s);
+        }
+        // Waits without counting as interest in `to`: only this answer's
+        // `forward` does, so that `to` is released (and, for a tail call to
+        // a peer, finished) when this answer goes.
+        let me = Arc::downgrade(self);
+        let to = to.answer.clone();
+        actix_rt::spawn(async move {
+            let outcome = std::future::poll_fn(|cx| to.poll_outcome(cx)).await;
+            if let Some(me) = me.upgrade() {
+                let s = me.lock();
+                me.set_outcome(s, outcome);
+            }
+        });
     }
 
     /// True if `cap` is a field of this very answer; gives its path.
@@ -291,6 +345,37 @@ impl Answer {
         }));
     }
 
+    /// The outcome, when it is there (waiting does not count as interest).
+    pub(crate) fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let mut s = self.lock();
+        match &s.outcome {
+            Some(o) => Poll::Ready(o.clone()),
+            None => {
+                if !s.result_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    // Bounded: one entry per distinct waiting task.
+                    s.result_wakers.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Records that this answers call `answer_id` of the peer on
+    /// connection `conn_id` (see `origin`).
+    pub(crate) fn set_origin(
+        &self,
+        conn: Recipient<crate::connection::ConnMsg>,
+        conn_id: u64,
+        answer_id: u32,
+    ) {
+        self.lock().origin = Some((conn, conn_id, answer_id));
+    }
+
+    /// See `origin`.
+    pub(crate) fn origin(&self) -> Option<(Recipient<crate::connection::ConnMsg>, u64, u32)> {
+        self.lock().origin.clone()
+    }
+
     /// Puts field `path` under an embargo (see `embargoed`).
     pub(crate) fn embargo(&self, path: &[u16]) {
         let mut s = self.lock();
@@ -299,9 +384,19 @@ impl Answer {
         }
     }
 
+    /// The capability at `path` of the resolution so far (results, early
+    /// pipeline, or the answer a tail call forwarded to), if any.
+    pub(crate) fn field_now(&self, path: &[u16]) -> Option<CapRef> {
+        let r = self.lock().resolution()?;
+        Some(resolve_path(&r, path))
+    }
+
     /// The resolution so far (results or early pipeline), if any.
     pub(crate) fn resolution_now(&self) -> Option<Outcome> {
-        self.lock().resolution()
+        match self.lock().resolution()? {
+            Resolution::Results(o) => Some(o),
+            Resolution::Forward(f) => f.shared().resolution_now(),
+        }
     }
 
     /// Early resolution of pipelined calls (`Results::set_pipeline`).
@@ -347,10 +442,11 @@ impl Answer {
     }
 }
 
-fn resolve_path(resolution: &Outcome, path: &[u16]) -> CapRef {
+fn resolve_path(resolution: &Resolution, path: &[u16]) -> CapRef {
     match resolution {
-        Ok(frozen) => frozen.cap_at(path),
-        Err(e) => CapRef::broken(e.clone()),
+        Resolution::Results(Ok(frozen)) => frozen.cap_at(path),
+        Resolution::Results(Err(e)) => CapRef::broken(e.clone()),
+        Resolution::Forward(to) => to.pipelined_cap(path.to_vec()),
     }
 }
 
@@ -392,17 +488,7 @@ impl Drop for AnswerRef {
 impl AnswerRef {
     /// The outcome, when it is there.
     pub(crate) fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Outcome> {
-        let mut s = self.answer.lock();
-        match &s.outcome {
-            Some(o) => Poll::Ready(o.clone()),
-            None => {
-                match &s.result_waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => s.result_waker = Some(cx.waker().clone()),
-                }
-                Poll::Pending
-            }
-        }
+        self.answer.poll_outcome(cx)
     }
 
     /// The capability at `path` in the results, the same one each time.
@@ -519,7 +605,7 @@ impl Future for Cancelled {
 #[derive(Default)]
 pub(crate) struct AnswerActor {
     queue: VecDeque<(Vec<u16>, Call)>,
-    resolution: Option<Outcome>,
+    resolution: Option<Resolution>,
     /// Targets already looked up, by path.
     targets: Vec<(Vec<u16>, CapRef)>,
     /// Last: see `ActorGuard`.
@@ -551,7 +637,7 @@ impl Message for Forward {
     type Result = ();
 }
 
-struct Resolved(Outcome);
+struct Resolved(Resolution);
 impl Message for Resolved {
     type Result = ();
 }

@@ -65,6 +65,13 @@ pub struct ConnectionOptions {
     /// with Overloaded (one call is always accepted). `0` means the
     /// default, 64 MiB.
     pub max_held_call_bytes: usize,
+    /// When a method serving the peer's call tail-calls a capability of
+    /// that same peer, send the tail call with `sendResultsTo.yourself`
+    /// and answer with `takeFromOtherQuestion`, so the results go straight
+    /// from the callee to the caller. Off by default: the capnp-rpc crate
+    /// (0.27) accepts such a call but never runs it (see
+    /// tests/tail_calls.rs). Tail calls are zero-copy locally either way.
+    pub send_results_to_yourself: bool,
 }
 
 /// How long the writer may go on after the connection ended.
@@ -108,6 +115,14 @@ pub(crate) enum ConnMsg {
     /// The callers gave up on the answer to one of our questions.
     Cancel {
         answer: Weak<Answer>,
+    },
+    /// A method serving the peer's call `answer` tail-calls the peer's
+    /// capability `import`: send it with `sendResultsTo.yourself` and
+    /// answer with `takeFromOtherQuestion`.
+    TailCall {
+        answer: u32,
+        import: u32,
+        call: Call,
     },
 }
 
@@ -255,6 +270,7 @@ where
             held: HashMap::new(),
             held_bytes: 0,
             max_held,
+            results_to_yourself: options.send_results_to_yourself,
             bootstrap: options.bootstrap,
             me: ctx.address().recipient(),
             questions: HashMap::new(),
@@ -263,6 +279,7 @@ where
             imports: HashMap::new(),
             pipelined: HashMap::new(),
             embargoes: HashMap::new(),
+            tail_calls: std::collections::HashSet::new(),
             _guard: registry::ActorGuard::new(),
         }
     });
@@ -288,6 +305,8 @@ pub struct Connection {
     held: HashMap<u32, usize>,
     held_bytes: usize,
     max_held: usize,
+    /// See [`ConnectionOptions::send_results_to_yourself`].
+    results_to_yourself: bool,
     bootstrap: Option<BootstrapFn>,
     me: Recipient<ConnMsg>,
     /// Our questions: who waits for the answer.
@@ -302,6 +321,8 @@ pub struct Connection {
     pipelined: HashMap<u32, Vec<Vec<u16>>>,
     /// Our embargoes, by id.
     embargoes: HashMap<u32, Embargo>,
+    /// Our questions sent as tail calls (`sendResultsTo.yourself`).
+    tail_calls: std::collections::HashSet<u32>,
     /// Told why the connection ended, when it does.
     closed: Option<futures::channel::oneshot::Sender<capnp::Error>>,
     /// Last: see `ActorGuard`.
@@ -329,11 +350,9 @@ fn key(a: &Arc<Answer>) -> usize {
 
 /// What field `path` of an answered question is.
 fn field_of(answer: &Arc<Answer>, path: &[u16]) -> CapRef {
-    match answer.resolution_now() {
-        Some(Ok(f)) => f.cap_at(path),
-        Some(Err(e)) => CapRef::broken(e),
-        None => CapRef::broken(error::internal("pipelined call on an unknown question")),
-    }
+    answer
+        .field_now(path)
+        .unwrap_or_else(|| CapRef::broken(error::internal("pipelined call on an unknown question")))
 }
 
 /// An embargo of ours, lifted when the peer reflects its disembargo.
@@ -475,6 +494,11 @@ impl Connection {
                 self.held.insert(answer, bytes);
                 self.held_bytes += bytes;
                 let answer_ref = send_call(&target, interface_id, method_id, payload);
+                if self.results_to_yourself {
+                    answer_ref
+                        .shared()
+                        .set_origin(self.me.clone(), self.id, answer);
+                }
                 let waiter = WaitOutcome {
                     answer: answer_ref.clone(),
                 };
@@ -511,7 +535,16 @@ impl Connection {
                 }
             }
             Event::Finished { answer } => {
-                self.answers.remove(&answer);
+                // (A handle left means the answer was given by a tail call
+                // and its own outcome never came: stop waiting for it.)
+                if let Some((_, Some(h))) = self.answers.remove(&answer) {
+                    ctx.cancel_future(h);
+                }
+            }
+            Event::Return { question, .. } if self.tail_calls.contains(&question) => {
+                // `resultsSentElsewhere` for our tail call: the peer keeps the
+                // results for its own question; calls pipelined on ours go
+                // on to it until we finish.
             }
             Event::Return { question, result } => {
                 let pipelined = self.pipelined.remove(&question).unwrap_or_default();
@@ -532,21 +565,25 @@ impl Connection {
             }
             Event::ReturnTakeFrom { question, answer } => {
                 // A tail call the peer made on our behalf: our question's
-                // results are those of a call it made on us.
+                // answer is that of a call it made on us (which we kept).
                 self.pipelined.remove(&question);
                 if let Some((completer, a)) = self.questions.remove(&question) {
                     if let Some(a) = &a {
                         self.question_of.remove(&key(a));
                     }
-                    match self.answers.get(&answer).map(|(r, _)| r.clone()) {
-                        Some(source) => {
+                    match (self.answers.get(&answer).map(|(r, _)| r.clone()), a) {
+                        (Some(source), Some(a)) => {
+                            a.forward_to(source);
+                            drop(completer);
+                        }
+                        (Some(source), None) => {
                             ctx.spawn(
                                 WaitOutcome { answer: source }
                                     .into_actor(self)
                                     .map(move |outcome, _, _| completer.complete(outcome)),
                             );
                         }
-                        None => {
+                        (None, _) => {
                             completer.complete(Err(error::internal("tail call source forgotten")))
                         }
                     }
@@ -655,6 +692,7 @@ impl Connection {
                 }
                 self.imports.clear();
                 self.pipelined.clear();
+                self.tail_calls.clear();
                 for (_, emb) in self.embargoes.drain() {
                     match emb {
                         Embargo::Field { held, .. } => {
@@ -919,6 +957,46 @@ impl Connection {
         }
     }
 
+    /// See [`ConnMsg::TailCall`]. If the answer is no longer pending (the
+    /// peer cancelled it), the call goes out as an ordinary one.
+    fn send_tail_call(&mut self, answer: u32, import: u32, call: Call) {
+        let Call {
+            interface_id,
+            method_id,
+            params,
+            completer,
+            ..
+        } = call;
+        completer.mark_started();
+        let caps: Vec<OutCap<CapRef>> = params
+            .caps
+            .iter()
+            .map(|c| self.out_cap(c.as_ref()))
+            .collect();
+        let target = OutTarget::Import(import);
+        let sent = params.raw_root().and_then(|root| {
+            match self
+                .core
+                .tail_call(answer, &target, interface_id, method_id, root, &caps)
+            {
+                Ok(q) => Ok((q, true)),
+                Err(_) => self
+                    .core
+                    .call(&target, interface_id, method_id, root, &caps)
+                    .map(|q| (q, false)),
+            }
+        });
+        match sent {
+            Ok((q, yourself)) => {
+                if yourself {
+                    self.tail_calls.insert(q);
+                }
+                self.register_question(q, completer)
+            }
+            Err(e) => completer.complete(Err(e)),
+        }
+    }
+
     fn register_question(&mut self, q: u32, completer: Completer) {
         let answer = completer.answer().cloned();
         if let Some(a) = &answer {
@@ -961,9 +1039,19 @@ impl Handler<ConnMsg> for Connection {
                 if let Some(a) = answer.upgrade() {
                     if let Some(&q) = self.question_of.get(&key(&a)) {
                         self.core.finish(q);
+                        if self.tail_calls.remove(&q) {
+                            self.question_of.remove(&key(&a));
+                            self.pipelined.remove(&q);
+                            drop(self.questions.remove(&q));
+                        }
                     }
                 }
             }
+            ConnMsg::TailCall {
+                answer,
+                import,
+                call,
+            } => self.send_tail_call(answer, import, call),
         }
         self.settle(ctx);
     }

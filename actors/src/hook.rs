@@ -67,6 +67,58 @@ fn our_request(request: &dyn RequestHook) -> Option<&OutgoingRequest> {
     Some(unsafe { &*(request as *const dyn RequestHook as *const OutgoingRequest) })
 }
 
+/// Our request itself, taken out of a request hook made by this runtime;
+/// any other request hook is given back.
+#[allow(unsafe_code)]
+fn into_our_request(
+    request: Box<dyn RequestHook>,
+) -> Result<Box<OutgoingRequest>, Box<dyn RequestHook>> {
+    if request.get_brand() != brand() {
+        return Err(request);
+    }
+    // SAFETY: only `OutgoingRequest` reports `brand()` among request hooks
+    // (see `our_cap`), so the box holds an `OutgoingRequest`; the pointer
+    // comes from `Box::into_raw` of that same allocation, and the vtable
+    // part of the fat pointer is dropped. Tested by the tail-call tests in
+    // tests/local_scenarios.rs and tests/tail_calls.rs, which go through
+    // this path.
+    Ok(unsafe { Box::from_raw(Box::into_raw(request) as *mut OutgoingRequest) })
+}
+
+/// Sends a tail call made by the method answering `answer`, and returns
+/// the tail call's answer. When the method serves a peer's call and the
+/// tail call goes to that same peer, it goes out with
+/// `sendResultsTo.yourself`: the results never come through us.
+fn send_tail_call(answer: &Arc<Answer>, request: OutgoingRequest) -> AnswerRef {
+    let (target, interface_id, method_id, params) = request.into_call_parts();
+    if let Some((conn, conn_id, answer_id)) = answer.origin() {
+        if let Kind::Remote {
+            conn_id: target_conn,
+            import,
+            ..
+        } = target.shortened().kind()
+        {
+            if *target_conn == conn_id {
+                let (tail, completer) = Answer::open();
+                tail.shared().set_remote(conn.clone(), conn_id);
+                conn.do_send(crate::connection::ConnMsg::TailCall {
+                    answer: answer_id,
+                    import: *import,
+                    call: Call {
+                        interface_id,
+                        method_id,
+                        params,
+                        completer,
+                        marker: None,
+                    },
+                });
+                return tail;
+            }
+        }
+    }
+    send_call(&target, interface_id, method_id, params)
+}
+
 /// Turns a hook into a sendable capability handle, keeping identity: our
 /// own hooks give back their capability; other runtimes' hooks get a proxy
 /// (the same proxy for the same hook).
@@ -441,6 +493,16 @@ impl ResultsHook for LocalResults {
         if self.depends_on_self(request.as_ref()) {
             return Promise::err(crate::error::cycle());
         }
+        let request = match (into_our_request(request), self.answer.clone()) {
+            (Ok(ours), Some(answer)) => {
+                // Our answer becomes the tail call's: nothing is copied, and
+                // what this method returns from now on is ignored.
+                answer.forward_to(send_tail_call(&answer, *ours));
+                return Promise::ok(());
+            }
+            (Ok(ours), None) => ours as Box<dyn RequestHook>,
+            (Err(other), _) => other,
+        };
         let remote = request.send();
         Promise::from_future(async move {
             let response = remote.promise.await?;
@@ -457,6 +519,18 @@ impl ResultsHook for LocalResults {
             let p = AnswerPipeline::broken(crate::error::cycle());
             return (Promise::err(crate::error::cycle()), p);
         }
+        let request = match (into_our_request(request), self.answer.clone()) {
+            (Ok(ours), Some(answer)) => {
+                let tail = send_tail_call(&answer, *ours);
+                let pipeline = Box::new(AnswerPipeline {
+                    answer: tail.clone(),
+                });
+                answer.forward_to(tail);
+                return (Promise::ok(()), pipeline);
+            }
+            (Ok(ours), None) => ours as Box<dyn RequestHook>,
+            (Err(other), _) => other,
+        };
         let remote = request.send();
         let pipeline = remote.pipeline.hook;
         let promise = remote.promise;

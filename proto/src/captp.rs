@@ -254,6 +254,10 @@ pub enum Event<L> {
 
 struct Question {
     returned: bool,
+    /// Sent with `sendResultsTo.yourself` (our tail call): the peer keeps
+    /// the results for a `takeFromOtherQuestion` of ours; the question
+    /// stays pipelinable after its return, until we finish it.
+    yourself: bool,
     /// We sent `finish` (cancelled it) before the return.
     finished: bool,
     /// Exports listed in the params (released if the peer says
@@ -524,6 +528,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         }
         Ok(self.questions.insert(Question {
             returned: false,
+            yourself: false,
             finished: false,
             param_exports: Vec::new(),
         }))
@@ -559,8 +564,24 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         content: any_pointer::Reader<'_>,
         caps: &[OutCap<L>],
     ) -> Result<u32, Error> {
+        self.send_call(target, interface_id, method_id, content, caps, false)
+    }
+
+    fn send_call(
+        &mut self,
+        target: &OutTarget,
+        interface_id: u64,
+        method_id: u16,
+        content: any_pointer::Reader<'_>,
+        caps: &[OutCap<L>],
+        yourself: bool,
+    ) -> Result<u32, Error> {
         if let OutTarget::Answer { question, .. } = target {
-            if self.questions.get(*question).is_none_or(|q| q.returned) {
+            if self
+                .questions
+                .get(*question)
+                .is_none_or(|q| q.finished || (q.returned && !q.yourself))
+            {
                 return Err(Error::failed(format!(
                     "question {question} is no longer pipelinable"
                 )));
@@ -574,7 +595,11 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             c.set_interface_id(interface_id);
             c.set_method_id(method_id);
             write_target(target, c.reborrow().init_target());
-            c.reborrow().init_send_results_to().set_caller(());
+            if yourself {
+                c.reborrow().init_send_results_to().set_yourself(());
+            } else {
+                c.reborrow().init_send_results_to().set_caller(());
+            }
             c.init_params();
         }
         let resolves = self.write_payload(&mut m, call_params, content, caps);
@@ -592,6 +617,32 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         };
         self.send(&m);
         self.send_broken_resolves(resolves);
+        Ok(q)
+    }
+
+    /// Makes a tail call on behalf of `answer` (a call the peer made on
+    /// us): sends the call with `sendResultsTo.yourself`, then answers
+    /// `answer` with `takeFromOtherQuestion`, so that the results go
+    /// straight from the callee to the peer's own question. Returns the
+    /// question id; it stays pipelinable after its `resultsSentElsewhere`
+    /// return, until [`Conn::finish`].
+    pub fn tail_call(
+        &mut self,
+        answer: u32,
+        target: &OutTarget,
+        interface_id: u64,
+        method_id: u16,
+        content: any_pointer::Reader<'_>,
+        caps: &[OutCap<L>],
+    ) -> Result<u32, Error> {
+        if !self.answer_pending(answer) {
+            return Err(Error::failed(format!("answer {answer} is not pending")));
+        }
+        let q = self.send_call(target, interface_id, method_id, content, caps, true)?;
+        if let Some(question) = self.questions.get_mut(q) {
+            question.yourself = true;
+        }
+        self.send_bare_return(answer, |mut r| r.set_take_from_other_question(q));
         Ok(q)
     }
 
@@ -989,11 +1040,14 @@ impl<L: Clone + Eq + Hash> Conn<L> {
 
     /// The peer closed its side of the stream.
     pub fn receive_end(&mut self) {
-        let reason = match self.decoder.finish() {
-            Ok(()) => Error::disconnected("the peer closed the connection".into()),
-            Err(e) => Error::disconnected(format!("the peer closed the connection: {e}")),
-        };
-        self.disconnected(reason);
+        match self.decoder.finish() {
+            Ok(()) => {
+                self.disconnected(Error::disconnected("the peer closed the connection".into()))
+            }
+            // The peer may only have closed its sending side: tell it why
+            // its last frame was not used.
+            Err(e) => self.abort(protocol_error(e.to_string())),
+        }
     }
 
     /// Handles one decoded message.
@@ -1103,6 +1157,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                 };
                 q.returned = true;
                 let already_finished = q.finished;
+                let yourself = q.yourself;
                 let params = std::mem::take(&mut q.param_exports);
                 if release_params {
                     for id in params {
@@ -1139,7 +1194,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                 };
                 if no_finish_needed || already_finished {
                     self.questions.remove(answer);
-                } else {
+                } else if !yourself {
                     self.deferred_finish.push(answer);
                 }
                 self.events.push_back(Event::Return {

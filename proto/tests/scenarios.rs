@@ -697,6 +697,94 @@ fn scenario_22_a_tail_call_sent_back_to_us_keeps_its_results_for_take_from_other
     assert!(p.b.conn.aborted().is_none());
 }
 
+/// The `sendResultsTo` of a call frame, or the `takeFromOtherQuestion` of
+/// a return frame, spelled out.
+fn tail_detail(f: &[u8]) -> String {
+    use capnp_actix_proto::rpc_capnp::{call, return_};
+    let mut d = capnp_actix_proto::frame::FrameDecoder::new(Default::default());
+    d.push(f);
+    let m = d.next_message().unwrap().unwrap();
+    let root: message::Reader<'_> = m.get_root().unwrap();
+    match root.which().unwrap() {
+        message::Call(c) => match c.unwrap().get_send_results_to().which().unwrap() {
+            call::send_results_to::Caller(()) => "results-to-caller".into(),
+            call::send_results_to::Yourself(()) => "results-to-yourself".into(),
+            _ => "results-elsewhere".into(),
+        },
+        message::Return(r) => match r.unwrap().which().unwrap() {
+            return_::TakeFromOtherQuestion(q) => format!("take-from:q{q}"),
+            return_::ResultsSentElsewhere(()) => "results-sent-elsewhere".into(),
+            _ => "other-return".into(),
+        },
+        _ => "other".into(),
+    }
+}
+
+#[test]
+fn scenario_22_our_tail_call_goes_out_as_send_results_to_yourself_then_take_from_other_question() {
+    // B asks A a question on A's capability 5; A's method answers it with
+    // a tail call to B's bootstrap object.
+    let mut p = Pair::new();
+    let (import, _, b_q) = b_asks_a(&mut p);
+    let Some(Event::Call { answer, .. }) = p.a.conn.next_event() else {
+        panic!()
+    };
+    assert_eq!(answer, b_q);
+    let q =
+        p.a.conn
+            .tail_call(
+                answer,
+                &OutTarget::Import(import),
+                3,
+                0,
+                plain().get_root_as_reader().unwrap(),
+                &[],
+            )
+            .unwrap();
+    p.a.collect_sent_for_test();
+    assert_eq!(tail_detail(&p.a.sent[0]), "results-to-yourself");
+    assert_eq!(tail_detail(&p.a.sent[1]), format!("take-from:q{q}"));
+    assert_eq!(p.a_to_b(), format!("call:q{q}->import:0"));
+    assert_eq!(p.a_to_b(), format!("return:a{b_q}:other"));
+    // B keeps the call's results for its own question.
+    let Some(Event::Call { answer: kept, .. }) = p.b.conn.next_event() else {
+        panic!()
+    };
+    let Some(Event::ReturnTakeFrom { question, answer }) = p.b.conn.next_event() else {
+        panic!()
+    };
+    assert_eq!((question, answer), (b_q, kept));
+    p.b.conn
+        .return_results(kept, plain().get_root_as_reader().unwrap(), &[]);
+    p.b.collect_sent_for_test();
+    let ret =
+        p.b.sent
+            .iter()
+            .find(|f| tail_detail(f) == "results-sent-elsewhere");
+    assert!(ret.is_some(), "B says the results went elsewhere");
+    p.flush();
+    // A's tail-call question stays pipelinable (calls made on A's answer
+    // before B saw the take-from go there) until A finishes it.
+    assert!(p
+        .a
+        .conn
+        .call(
+            &OutTarget::Answer {
+                question: q,
+                path: vec![0],
+            },
+            4,
+            0,
+            plain().get_root_as_reader().unwrap(),
+            &[],
+        )
+        .is_ok());
+    assert!(p.a.conn.aborted().is_none() && p.b.conn.aborted().is_none());
+    p.a.conn.finish(q);
+    p.flush();
+    assert!(p.a.conn.aborted().is_none() && p.b.conn.aborted().is_none());
+}
+
 #[test]
 fn take_from_other_question_naming_a_call_whose_results_we_did_not_keep_aborts() {
     let mut p = Pair::new();
