@@ -16,20 +16,43 @@ use std::time::{Duration, Instant};
 use sim::driver::{self, Config, Failure, Outcome};
 use sim::ops::{self, AsRust, Op, Scenario};
 
-/// Runs a scenario, turning a panic of the driver into a failure.
+/// How long one scenario may take before it counts as hung (a deadlock
+/// in the runtime blocks its thread for good; the watchdog reports it and
+/// leaves that thread behind). `SIM_HANG_SECS` changes it (shorter makes
+/// shrinking a hang faster).
+fn hang_limit() -> Duration {
+    let secs = std::env::var("SIM_HANG_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    Duration::from_secs(secs)
+}
+
+/// Runs a scenario on its own thread, turning a panic of the driver into
+/// a failure, and a scenario that does not finish in time into one.
 fn run(scenario: &Scenario, cfg: &Config) -> Result<Outcome, Failure> {
-    sim::install_panic_hook();
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| driver::run(scenario, cfg))) {
-        Ok(r) => r,
-        Err(p) => Err(Failure {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (s, c) = (scenario.clone(), cfg.clone());
+    std::thread::spawn(move || {
+        sim::install_panic_hook();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| driver::run(&s, &c)));
+        let _ = tx.send(r.map_err(|p| {
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "?".into())
+        }));
+    });
+    let limit = hang_limit();
+    match rx.recv_timeout(limit) {
+        Ok(Ok(r)) => r,
+        Ok(Err(p)) => Err(Failure {
             step: None,
-            message: format!(
-                "the driver panicked: {}",
-                p.downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| p.downcast_ref::<&str>().copied())
-                    .unwrap_or("?")
-            ),
+            message: format!("the driver panicked: {p}"),
+        }),
+        Err(_) => Err(Failure {
+            step: None,
+            message: format!("hang: the run did not finish within {limit:?} (a deadlock?)"),
         }),
     }
 }
@@ -115,7 +138,11 @@ fn check(seed: Option<u64>, scenario: &Scenario, cfg: &Config) -> Outcome {
     match run(scenario, cfg) {
         Ok(o) => o,
         Err(first) => {
-            let small = shrink(scenario, cfg, Duration::from_secs(90));
+            let budget = std::env::var("SIM_SHRINK_SECS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(90);
+            let small = shrink(scenario, cfg, Duration::from_secs(budget));
             let again = run(&small, cfg).err();
             panic!(
                 "simulation failed (seed {seed:?}, {} vats, {} steps): {first}\n\
@@ -364,8 +391,10 @@ fn write_fuzz_corpus() {
     let raw = root.join("raw_bytes");
     std::fs::create_dir_all(&multi).unwrap();
     std::fs::create_dir_all(&raw).unwrap();
+    // Not the deadlock: a seed input that hangs stops the fuzzer at once.
     let mut scenarios: Vec<(String, Scenario)> = regression_scenarios()
         .into_iter()
+        .filter(|(n, _)| *n != "a_call_pipelined_on_a_dead_connection_does_not_deadlock")
         .map(|(n, s)| (n.to_string(), s))
         .collect();
     for seed in 0..6 {
@@ -412,10 +441,31 @@ fn regression_scenarios() -> Vec<(&'static str, Scenario)> {
             "a_broken_capability_sent_back_to_its_sender_stays_readable",
             a_broken_capability_sent_back_to_its_sender_stays_readable_steps(),
         ),
+        (
+            "an_embargo_id_is_not_reused_while_its_embargo_is_live",
+            an_embargo_id_is_not_reused_while_its_embargo_is_live_steps(),
+        ),
+        (
+            "an_exported_promise_settling_on_an_embargoed_import_is_not_broken",
+            an_exported_promise_settling_on_an_embargoed_import_is_not_broken_steps(),
+        ),
+        (
+            "no_embargo_is_left_once_everything_is_delivered",
+            no_embargo_is_left_once_everything_is_delivered_steps(),
+        ),
+        (
+            "a_disembargo_is_sent_only_where_it_can_be_reflected",
+            a_disembargo_is_sent_only_where_it_can_be_reflected_steps(),
+        ),
+        (
+            "a_call_pipelined_on_a_dead_connection_does_not_deadlock",
+            a_call_pipelined_on_a_dead_connection_does_not_deadlock_steps(),
+        ),
     ]
 }
 
-/// Runs a regression scenario; panics with the failure.
+/// Runs a regression scenario (with the hang watchdog); panics with the
+/// failure.
 fn regression(s: Scenario) {
     if let Err(f) = run(&s, &Config::default()) {
         panic!("{f}");
@@ -428,8 +478,9 @@ fn regression(s: Scenario) {
 /// `finish` goes out before the return), and the return names a field
 /// that leads back to vat 0, which then asks for an embargo on the
 /// finished question.
+/// (Found by the simulation; fixed since by keeping a question wanted
+/// while a call pipelined on it runs, so no early `finish` goes out.)
 #[test]
-#[ignore = "bug: a disembargo is sent on a question already finished; the peer aborts"]
 fn no_disembargo_on_a_question_finished_before_its_return() {
     regression(no_disembargo_on_a_question_finished_before_its_return_steps());
 }
@@ -544,6 +595,579 @@ fn a_broken_capability_sent_back_to_its_sender_stays_readable_steps() -> Scenari
                 caps: vec![1],
             },
             Op::Flush,
+        ],
+    }
+}
+
+/// A call is lost ("the capability's actor stopped before answering the
+/// call") on a promise that is never resolved. The connection's core frees
+/// an embargo id as soon as it parses the peer's reflected disembargo, but
+/// the actor learns it from an `EmbargoLifted` event queued behind the
+/// other events of the same read. If one of those is a return that needs
+/// a new embargo, the core hands out the freed id again and
+/// `embargo_local_fields` inserts the new embargo over the old one, whose
+/// held calls are dropped; the old reflection then lifts the new embargo
+/// early. (Root cause found by a backtrace of the dropped `Completer`:
+/// `Connection::embargo_local_fields`, `self.embargoes.insert`.)
+#[test]
+#[ignore = "bug: an embargo id reused within one read replaces a live embargo; its held calls are lost"]
+fn an_embargo_id_is_not_reused_while_its_embargo_is_live() {
+    regression(an_embargo_id_is_not_reused_while_its_embargo_is_live_steps());
+}
+
+fn an_embargo_id_is_not_reused_while_its_embargo_is_live_steps() -> Scenario {
+    Scenario {
+        vats: 2,
+        ops: vec![
+            Op::NewPromise { vat: 168 },
+            Op::Bootstrap {
+                vat: 209,
+                peer: 162,
+                offer: 235,
+            },
+            Op::Bootstrap {
+                vat: 46,
+                peer: 242,
+                offer: 32,
+            },
+            Op::Deliver { wire: 150 },
+            Op::Bootstrap {
+                vat: 196,
+                peer: 17,
+                offer: 35,
+            },
+            Op::NewPromise { vat: 232 },
+            Op::Bootstrap {
+                vat: 204,
+                peer: 21,
+                offer: 53,
+            },
+            Op::Deliver { wire: 10 },
+            Op::Call {
+                vat: 28,
+                target: 49,
+                caps: vec![],
+            },
+            Op::Call {
+                vat: 18,
+                target: 182,
+                caps: vec![],
+            },
+            Op::Deliver { wire: 148 },
+            Op::Deliver { wire: 109 },
+            Op::Deliver { wire: 106 },
+            Op::Deliver { wire: 172 },
+            Op::Call {
+                vat: 108,
+                target: 208,
+                caps: vec![],
+            },
+            Op::Deliver { wire: 250 },
+            Op::Deliver { wire: 189 },
+            Op::NewPromise { vat: 92 },
+            Op::Release { vat: 240, cap: 5 },
+            Op::Deliver { wire: 224 },
+            Op::Resolve {
+                promise: 176,
+                target: 85,
+            },
+            Op::Deliver { wire: 28 },
+            Op::Resolve {
+                promise: 23,
+                target: 147,
+            },
+            Op::Deliver { wire: 78 },
+            Op::Flush,
+        ],
+    }
+}
+
+/// A promise that vat 0 exported (as `senderPromise`) settles on an import
+/// whose peer has just resolved it back to one of vat 0's own objects, so
+/// that the import is under an embargo (resolved to a local promise that
+/// waits for the disembargo). `settled_weak` takes an import as settled and
+/// returns the end of its chain, which is that still unresolved local
+/// promise; the `ExportedPromise` handler then sends `resolve` with the
+/// error "internal error in capnp-actix: a settled promise is still a
+/// promise", and calls through the peer's import fail with it. (Cause
+/// inferred from the code, not traced.)
+#[test]
+#[ignore = "bug: an exported promise that settles on an embargoed import is resolved to an internal error"]
+fn an_exported_promise_settling_on_an_embargoed_import_is_not_broken() {
+    regression(an_exported_promise_settling_on_an_embargoed_import_is_not_broken_steps());
+}
+
+fn an_exported_promise_settling_on_an_embargoed_import_is_not_broken_steps() -> Scenario {
+    Scenario {
+        vats: 3,
+        ops: vec![
+            Op::NewObject { vat: 112 },
+            Op::NewObject { vat: 193 },
+            Op::NewPromise { vat: 139 },
+            Op::Call {
+                vat: 193,
+                target: 21,
+                caps: vec![],
+            },
+            Op::Answer {
+                call: 208,
+                caps: vec![189],
+            },
+            Op::Bootstrap {
+                vat: 89,
+                peer: 123,
+                offer: 73,
+            },
+            Op::Deliver { wire: 230 },
+            Op::NewPromise { vat: 73 },
+            Op::NewPromise { vat: 197 },
+            Op::Deliver { wire: 105 },
+            Op::Call {
+                vat: 233,
+                target: 250,
+                caps: vec![31],
+            },
+            Op::Resolve {
+                promise: 36,
+                target: 241,
+            },
+            Op::Deliver { wire: 25 },
+            Op::Deliver { wire: 176 },
+            Op::Release { vat: 245, cap: 237 },
+            Op::Answer {
+                call: 82,
+                caps: vec![204, 36, 116],
+            },
+            Op::Call {
+                vat: 175,
+                target: 19,
+                caps: vec![229],
+            },
+            Op::Answer {
+                call: 9,
+                caps: vec![67],
+            },
+            Op::Deliver { wire: 8 },
+            Op::Release { vat: 248, cap: 236 },
+            Op::NewObject { vat: 113 },
+            Op::Call {
+                vat: 149,
+                target: 202,
+                caps: vec![],
+            },
+            Op::Release { vat: 88, cap: 231 },
+            Op::Deliver { wire: 118 },
+            Op::NewObject { vat: 69 },
+            Op::Resolve {
+                promise: 251,
+                target: 121,
+            },
+            Op::NewPromise { vat: 16 },
+            Op::Release { vat: 106, cap: 97 },
+            Op::Deliver { wire: 212 },
+            Op::Deliver { wire: 56 },
+            Op::Release { vat: 193, cap: 64 },
+            Op::Answer {
+                call: 93,
+                caps: vec![172, 29],
+            },
+            Op::Call {
+                vat: 172,
+                target: 121,
+                caps: vec![164, 47, 174],
+            },
+            Op::Release { vat: 134, cap: 210 },
+            Op::Deliver { wire: 180 },
+            Op::Deliver { wire: 230 },
+            Op::Deliver { wire: 68 },
+            Op::Resolve {
+                promise: 167,
+                target: 66,
+            },
+            Op::Deliver { wire: 254 },
+            Op::Bootstrap {
+                vat: 2,
+                peer: 22,
+                offer: 61,
+            },
+            Op::Call {
+                vat: 137,
+                target: 142,
+                caps: vec![],
+            },
+        ],
+    }
+}
+
+/// After every message has been delivered and the runtime is quiet, vat 0
+/// still counts one embargo (`TableSizes::embargoes == 1`) that nothing
+/// will lift: calls held by it never go. Seen at step 80; the cause is not
+/// analysed yet (no lost call and no dropped resolver precede it).
+#[test]
+#[ignore = "bug: an embargo is left after every message has been delivered"]
+fn no_embargo_is_left_once_everything_is_delivered() {
+    regression(no_embargo_is_left_once_everything_is_delivered_steps());
+}
+
+fn no_embargo_is_left_once_everything_is_delivered_steps() -> Scenario {
+    Scenario {
+        vats: 3,
+        ops: vec![
+            Op::NewObject { vat: 37 },
+            Op::NewObject { vat: 237 },
+            Op::NewPromise { vat: 0 },
+            Op::Break { promise: 243 },
+            Op::Call {
+                vat: 90,
+                target: 30,
+                caps: vec![131, 64],
+            },
+            Op::Call {
+                vat: 7,
+                target: 149,
+                caps: vec![],
+            },
+            Op::Answer {
+                call: 255,
+                caps: vec![18, 212, 112],
+            },
+            Op::Answer {
+                call: 37,
+                caps: vec![79, 99],
+            },
+            Op::Release { vat: 88, cap: 215 },
+            Op::Release { vat: 33, cap: 222 },
+            Op::Release { vat: 238, cap: 24 },
+            Op::Release { vat: 16, cap: 167 },
+            Op::NewBroken { vat: 162 },
+            Op::Release { vat: 162, cap: 125 },
+            Op::Bootstrap {
+                vat: 33,
+                peer: 114,
+                offer: 126,
+            },
+            Op::NewObject { vat: 13 },
+            Op::NewPromise { vat: 80 },
+            Op::NewPromise { vat: 250 },
+            Op::Call {
+                vat: 37,
+                target: 105,
+                caps: vec![110],
+            },
+            Op::Release { vat: 55, cap: 40 },
+            Op::NewObject { vat: 112 },
+            Op::NewPromise { vat: 207 },
+            Op::NewObject { vat: 207 },
+            Op::NewPromise { vat: 72 },
+            Op::Answer {
+                call: 116,
+                caps: vec![251],
+            },
+            Op::Release { vat: 22, cap: 210 },
+            Op::Call {
+                vat: 112,
+                target: 79,
+                caps: vec![252],
+            },
+            Op::NewPromise { vat: 118 },
+            Op::Answer {
+                call: 90,
+                caps: vec![24],
+            },
+            Op::Break { promise: 195 },
+            Op::Deliver { wire: 58 },
+            Op::Release { vat: 141, cap: 180 },
+            Op::NewObject { vat: 4 },
+            Op::NewObject { vat: 213 },
+            Op::NewPromise { vat: 60 },
+            Op::NewPromise { vat: 92 },
+            Op::Call {
+                vat: 241,
+                target: 109,
+                caps: vec![228],
+            },
+            Op::Deliver { wire: 132 },
+            Op::NewObject { vat: 164 },
+            Op::NewPromise { vat: 12 },
+            Op::Release { vat: 117, cap: 90 },
+            Op::Resolve {
+                promise: 159,
+                target: 233,
+            },
+            Op::NewPromise { vat: 65 },
+            Op::Resolve {
+                promise: 103,
+                target: 193,
+            },
+            Op::NewObject { vat: 243 },
+            Op::Release { vat: 46, cap: 166 },
+            Op::NewPromise { vat: 126 },
+            Op::Resolve {
+                promise: 242,
+                target: 88,
+            },
+            Op::Resolve {
+                promise: 151,
+                target: 219,
+            },
+            Op::Resolve {
+                promise: 53,
+                target: 129,
+            },
+            Op::NewPromise { vat: 171 },
+            Op::Deliver { wire: 238 },
+            Op::NewBroken { vat: 252 },
+            Op::Bootstrap {
+                vat: 81,
+                peer: 231,
+                offer: 247,
+            },
+            Op::Deliver { wire: 89 },
+            Op::NewObject { vat: 138 },
+            Op::Deliver { wire: 119 },
+            Op::Call {
+                vat: 141,
+                target: 200,
+                caps: vec![128],
+            },
+            Op::Bootstrap {
+                vat: 13,
+                peer: 21,
+                offer: 140,
+            },
+            Op::Deliver { wire: 28 },
+            Op::Deliver { wire: 131 },
+            Op::Deliver { wire: 226 },
+            Op::Deliver { wire: 61 },
+            Op::Answer {
+                call: 167,
+                caps: vec![123],
+            },
+            Op::Deliver { wire: 188 },
+            Op::Deliver { wire: 135 },
+            Op::Release { vat: 154, cap: 129 },
+            Op::Release { vat: 66, cap: 68 },
+            Op::Deliver { wire: 239 },
+            Op::Release { vat: 163, cap: 82 },
+            Op::Resolve {
+                promise: 182,
+                target: 54,
+            },
+            Op::Bootstrap {
+                vat: 21,
+                peer: 129,
+                offer: 224,
+            },
+            Op::Bootstrap {
+                vat: 61,
+                peer: 73,
+                offer: 34,
+            },
+            Op::Deliver { wire: 37 },
+            Op::Bootstrap {
+                vat: 165,
+                peer: 134,
+                offer: 1,
+            },
+            Op::NewPromise { vat: 153 },
+            Op::Deliver { wire: 205 },
+            Op::Resolve {
+                promise: 210,
+                target: 203,
+            },
+            Op::Deliver { wire: 61 },
+            Op::Resolve {
+                promise: 162,
+                target: 250,
+            },
+            Op::Flush,
+        ],
+    }
+}
+
+/// A vat gets a `disembargo` (senderLoopback) whose target, on its side,
+/// does not lead back to the vat that sent it, and aborts the connection
+/// ("protocol error: disembargo target does not point back to the
+/// sender"). Two vats, local promises resolved to objects and passed back
+/// and forth, bootstraps offering them, messages delivered one at a time;
+/// seed 1690 shrunk. Either the sender asks for an embargo it does not
+/// need (scenario 28b) or the receiver looks the target up too early or
+/// too late; not analysed further.
+#[test]
+#[ignore = "bug: a disembargo is sent to a target that does not point back to its sender; the peer aborts"]
+fn a_disembargo_is_sent_only_where_it_can_be_reflected() {
+    regression(a_disembargo_is_sent_only_where_it_can_be_reflected_steps());
+}
+
+fn a_disembargo_is_sent_only_where_it_can_be_reflected_steps() -> Scenario {
+    Scenario {
+        vats: 2,
+        ops: vec![
+            Op::NewPromise { vat: 221 },
+            Op::NewPromise { vat: 76 },
+            Op::NewPromise { vat: 65 },
+            Op::NewObject { vat: 92 },
+            Op::NewObject { vat: 57 },
+            Op::Resolve {
+                promise: 252,
+                target: 193,
+            },
+            Op::NewObject { vat: 67 },
+            Op::Call {
+                vat: 93,
+                target: 195,
+                caps: vec![],
+            },
+            Op::Call {
+                vat: 160,
+                target: 207,
+                caps: vec![231],
+            },
+            Op::Answer {
+                call: 120,
+                caps: vec![],
+            },
+            Op::Call {
+                vat: 182,
+                target: 73,
+                caps: vec![171],
+            },
+            Op::Release { vat: 177, cap: 165 },
+            Op::Answer {
+                call: 198,
+                caps: vec![198],
+            },
+            Op::Bootstrap {
+                vat: 84,
+                peer: 65,
+                offer: 250,
+            },
+            Op::Release { vat: 230, cap: 146 },
+            Op::Call {
+                vat: 222,
+                target: 29,
+                caps: vec![224, 67],
+            },
+            Op::Answer {
+                call: 197,
+                caps: vec![197],
+            },
+            Op::Call {
+                vat: 50,
+                target: 121,
+                caps: vec![118, 164, 136],
+            },
+            Op::NewPromise { vat: 100 },
+            Op::Deliver { wire: 177 },
+            Op::Deliver { wire: 118 },
+            Op::Deliver { wire: 221 },
+            Op::Deliver { wire: 16 },
+            Op::Call {
+                vat: 149,
+                target: 76,
+                caps: vec![199, 71, 207],
+            },
+            Op::Answer {
+                call: 196,
+                caps: vec![77],
+            },
+            Op::Bootstrap {
+                vat: 38,
+                peer: 212,
+                offer: 208,
+            },
+            Op::Call {
+                vat: 59,
+                target: 191,
+                caps: vec![98],
+            },
+            Op::Call {
+                vat: 187,
+                target: 235,
+                caps: vec![244, 233, 197],
+            },
+            Op::Bootstrap {
+                vat: 122,
+                peer: 174,
+                offer: 222,
+            },
+            Op::Deliver { wire: 21 },
+            Op::Resolve {
+                promise: 225,
+                target: 173,
+            },
+            Op::Deliver { wire: 31 },
+            Op::NewPromise { vat: 49 },
+            Op::Resolve {
+                promise: 123,
+                target: 83,
+            },
+        ],
+    }
+}
+
+/// The runtime deadlocks (the whole thread blocks for good). A call is
+/// pipelined on an answer that is still unresolved but whose connection
+/// has ended: `AnswerRef::deliver_pipelined` holds the answer's lock while
+/// it `do_send`s the call to the connection actor; the send fails, actix
+/// drops the message at once, and dropping the call drops its
+/// `Completer`, whose `depends_on` is an `AnswerRef` to that same answer:
+/// its `Drop` takes the lock again. (Backtrace: `deliver_pipelined` ->
+/// `Recipient::do_send` -> drop `SendError<ConnMsg>` -> drop `Completer`
+/// -> `AnswerRef::drop` -> `Answer::lock`.) `depends_on` came with the
+/// change that keeps a question wanted while a call pipelined on it runs.
+#[test]
+#[ignore = "bug: deadlock when a call pipelined on an unresolved answer is sent to a connection that has ended"]
+fn a_call_pipelined_on_a_dead_connection_does_not_deadlock() {
+    regression(a_call_pipelined_on_a_dead_connection_does_not_deadlock_steps());
+}
+
+fn a_call_pipelined_on_a_dead_connection_does_not_deadlock_steps() -> Scenario {
+    Scenario {
+        vats: 2,
+        ops: vec![
+            Op::NewPromise { vat: 159 },
+            Op::Bootstrap {
+                vat: 198,
+                peer: 55,
+                offer: 24,
+            },
+            Op::Deliver { wire: 157 },
+            Op::Release { vat: 13, cap: 16 },
+            Op::Deliver { wire: 192 },
+            Op::Deliver { wire: 64 },
+            Op::Bootstrap {
+                vat: 121,
+                peer: 123,
+                offer: 34,
+            },
+            Op::Call {
+                vat: 205,
+                target: 102,
+                caps: vec![],
+            },
+            Op::NewPromise { vat: 85 },
+            Op::Deliver { wire: 218 },
+            Op::Bootstrap {
+                vat: 137,
+                peer: 217,
+                offer: 169,
+            },
+            Op::NewObject { vat: 85 },
+            Op::Deliver { wire: 52 },
+            Op::NewObject { vat: 81 },
+            Op::Release { vat: 75, cap: 193 },
+            Op::Disconnect {
+                pair: 7,
+                abort: false,
+            },
+            Op::NewPromise { vat: 47 },
+            Op::Release { vat: 55, cap: 254 },
+            Op::Call {
+                vat: 89,
+                target: 172,
+                caps: vec![],
+            },
         ],
     }
 }

@@ -527,6 +527,25 @@ impl Sim {
         }
     }
 
+    /// Fails if a connection that was not ended on purpose has ended, with
+    /// the reason and the violations seen meanwhile.
+    fn no_connection_ended(&self) -> Result<(), String> {
+        for p in self.pairs.iter().filter(|p| p.live) {
+            for (vat, conn) in [(p.a, &p.conn_a), (p.b, &p.conn_b)] {
+                if !conn.is_open() {
+                    let why = conn.closed().now_or_never();
+                    let why = why.map_or("?".to_string(), |e| e.to_string());
+                    let then = self.take_violations().err().unwrap_or_default();
+                    return Err(format!(
+                        "the connection of vat {vat} to vat {} ended: {why}\n{then}",
+                        p.a + p.b - vat
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn take_violations(&self) -> Result<(), String> {
         let mut m = self.model.borrow_mut();
         if m.violations.is_empty() {
@@ -542,19 +561,13 @@ impl Sim {
         if let Some(p) = super::take_panic() {
             return Err(format!("panic: {p}"));
         }
+        // A connection that ended by itself comes first: what follows from
+        // it (calls failing, objects released) is not the cause.
+        self.no_connection_ended()?;
         self.take_violations()?;
         for p in &self.pairs {
             if !p.live {
                 continue;
-            }
-            for (vat, conn) in [(p.a, &p.conn_a), (p.b, &p.conn_b)] {
-                if !conn.is_open() {
-                    let why = conn.closed().now_or_never();
-                    return Err(format!(
-                        "the connection of vat {vat} to vat {} ended: {why:?}",
-                        p.a + p.b - vat
-                    ));
-                }
             }
             if !(self.cfg.inspect_every_step || flushed) {
                 continue;
@@ -616,6 +629,7 @@ impl Sim {
                 let _ = p.reply.send(Ok(Vec::new()));
             }
             self.flush().await?;
+            self.no_connection_ended()?;
             self.take_violations()?;
             let m = self.model.borrow();
             if answered == 0 && m.pending.is_empty() {
@@ -638,6 +652,7 @@ impl Sim {
             lock(o).clear();
         }
         self.flush().await?;
+        self.no_connection_ended()?;
         self.take_violations()?;
         {
             let m = self.model.borrow();

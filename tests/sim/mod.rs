@@ -19,16 +19,24 @@ use std::cell::RefCell;
 /// set. Remove an entry (and its test's `#[ignore]`) when the bug is fixed.
 pub const KNOWN_BUGS: &[(&str, &str)] = &[
     (
-        "disembargo on unknown answer",
-        "no_disembargo_on_a_question_finished_before_its_return",
-    ),
-    (
         "E-order",
         "calls_pipelined_on_a_forwarded_bootstrap_keep_their_order",
     ),
     (
         "invalid capability pointer",
         "a_broken_capability_sent_back_to_its_sender_stays_readable",
+    ),
+    (
+        "actor stopped before answering the call",
+        "an_embargo_id_is_not_reused_while_its_embargo_is_live",
+    ),
+    (
+        "promise dropped without being resolved",
+        "an_embargo_id_is_not_reused_while_its_embargo_is_live",
+    ),
+    (
+        "hang:",
+        "a_call_pipelined_on_a_dead_connection_does_not_deadlock",
     ),
 ];
 
