@@ -330,8 +330,16 @@ impl CapRef {
                         return Some(now);
                     };
                     if let Kind::Remote { .. } = now.kind() {
-                        // An import: settled, unless it broke.
-                        return Some(now.shortened());
+                        // An import is settled, unless it has resolved (or
+                        // broken) since; then follow that, which may be an
+                        // embargo's promise still to settle.
+                        match settle.target() {
+                            None => return Some(now),
+                            Some(t) => {
+                                cur = Some(t);
+                                continue;
+                            }
+                        }
                     }
                     let mut s = settle.lock();
                     match &s.target {

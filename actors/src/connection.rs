@@ -855,6 +855,7 @@ impl Connection {
     fn in_cap(&mut self, cap: InCap<CapRef>) -> Option<CapRef> {
         match cap {
             InCap::None => None,
+            InCap::Broken(e) => Some(CapRef::broken(e)),
             InCap::Local(c) => Some(c),
             InCap::Answer { answer, path } => self
                 .answers

@@ -101,6 +101,9 @@ pub enum InCap<L> {
         /// Pointer fields from the results' root.
         path: Vec<u16>,
     },
+    /// A broken capability of ours (sent as a promise resolved to this
+    /// error), coming back.
+    Broken(Error),
     /// No capability.
     None,
 }
@@ -283,6 +286,8 @@ struct Export<L> {
     unresolved_promise: bool,
     /// Exported as a promise (resolved or not).
     promise: bool,
+    /// For a broken capability (`cap` is `None`): its error.
+    error: Option<Error>,
 }
 
 struct Import {
@@ -379,8 +384,11 @@ pub struct Conn<L> {
     /// Finishes for returned questions, sent after whatever the runtime
     /// writes while handling the return (a disembargo must precede them).
     deferred_finish: Vec<u32>,
-    /// Our embargoes awaiting their loopback.
-    embargoes: Slots<()>,
+    /// Our embargoes awaiting their loopback. Ids are not reused soon (a
+    /// counter, skipping live ones): the runtime may still be holding
+    /// calls under an id the core has just seen lifted.
+    embargoes: std::collections::HashSet<u32>,
+    next_embargo: u32,
     events: VecDeque<Event<L>>,
     aborted: Option<Error>,
 }
@@ -406,7 +414,8 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             imports: HashMap::new(),
             out: Vec::new(),
             deferred_finish: Vec::new(),
-            embargoes: Slots::new(),
+            embargoes: std::collections::HashSet::new(),
+            next_embargo: 0,
             events: VecDeque::new(),
             aborted: None,
         }
@@ -508,7 +517,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         self.exports.drain();
         self.export_ids.clear();
         self.imports.clear();
-        self.embargoes.drain();
+        self.embargoes.clear();
         self.deferred_finish.clear();
         self.aborted = Some(reason.clone());
         self.events.push_back(Event::Aborted(reason));
@@ -758,6 +767,11 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     /// [`Event::EmbargoLifted`] reports it. Call while handling the
     /// [`Event::Return`] (before the question's finish is written).
     pub fn disembargo_request(&mut self, question: u32, path: &[u16]) -> Option<u32> {
+        // A question we finished before its return is gone on the peer's
+        // side: nothing to embargo there.
+        if self.questions.get(question).is_none_or(|q| q.finished) {
+            return None;
+        }
         self.disembargo_to(&OutTarget::Answer {
             question,
             path: path.to_vec(),
@@ -777,7 +791,12 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         if self.aborted.is_some() {
             return None;
         }
-        let id = self.embargoes.insert(());
+        let mut id = self.next_embargo;
+        while self.embargoes.contains(&id) {
+            id = id.wrapping_add(1);
+        }
+        self.next_embargo = id.wrapping_add(1);
+        self.embargoes.insert(id);
         let mut m = Builder::new_default();
         {
             let mut d = m.init_root::<rpc_message::Builder<'_>>().init_disembargo();
@@ -970,6 +989,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             refs: 1,
             unresolved_promise: false,
             promise: true,
+            error: Some(e.clone()),
         });
         d.set_sender_promise(id);
         resolves.push((id, e));
@@ -1007,6 +1027,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             refs: 1,
             unresolved_promise: promise,
             promise,
+            error: None,
         });
         self.export_ids.insert(cap.clone(), id);
         if promise {
@@ -1296,7 +1317,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                     },
                 },
                 RawEmbargo::ReceiverLoopback(e) => {
-                    if self.embargoes.remove(e).is_none() {
+                    if !self.embargoes.remove(&e) {
                         return Err(protocol_error(format!(
                             "disembargo for unknown embargo {e}"
                         )));
@@ -1394,7 +1415,11 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             }
             RawCap::Receiver(id) => match self.exports.get(id) {
                 Some(Export { cap: Some(l), .. }) => InCap::Local(l.clone()),
-                Some(Export { cap: None, .. }) => InCap::None,
+                Some(Export {
+                    cap: None, error, ..
+                }) => InCap::Broken(error.clone().unwrap_or_else(|| {
+                    Error::failed("a broken capability sent back to its sender".into())
+                })),
                 None => {
                     return Err(protocol_error(format!(
                         "descriptor names unknown export {id}"

@@ -26,6 +26,7 @@ fn in_cap(c: &InCap<u32>) -> String {
         InCap::Import { id, promise: true } => format!("promise-import:{id}"),
         InCap::Local(l) => format!("local:{l}"),
         InCap::Answer { answer, path } => format!("answer:{answer}{path:?}"),
+        InCap::Broken(e) => format!("broken({e})"),
         InCap::None => "none".into(),
     }
 }

@@ -156,7 +156,7 @@ impl Peer {
                     .map(|c| match c {
                         InCap::Import { id, .. } => OutCap::Import(*id),
                         InCap::Local(l) => OutCap::Local(*l),
-                        InCap::Answer { .. } | InCap::None => OutCap::None,
+                        InCap::Answer { .. } | InCap::Broken(_) | InCap::None => OutCap::None,
                     })
                     .collect();
                 match (method_id % 3, params.content()) {
