@@ -209,12 +209,12 @@ fn seed_base() -> u64 {
 // Two halves, so that the two run on two cores.
 #[test]
 fn simulation_even_seeds() {
-    run_seeds(seed_base(), 2, 50_000);
+    run_seeds(seed_base(), 2, 80_000);
 }
 
 #[test]
 fn simulation_odd_seeds() {
-    run_seeds(seed_base() + 1, 2, 50_000);
+    run_seeds(seed_base() + 1, 2, 80_000);
 }
 
 /// Replays one seed: `SIM_SEED=<seed> [SIM_STEPS=<n>]`.
