@@ -360,6 +360,70 @@ impl Answer {
         }
     }
 
+    /// No longer the answer to a question on a connection (the call went
+    /// to a local target after all).
+    pub(crate) fn clear_remote(&self) {
+        let mut s = self.lock();
+        s.remote = None;
+        s.on_cancel = None;
+    }
+
+    /// Delivers a call made on a pipelined field of this answer.
+    pub(crate) fn deliver_pipelined(self: &Arc<Self>, path: &[u16], call: Call) {
+        if call
+            .completer
+            .answer()
+            .is_some_and(|a| Arc::ptr_eq(a, self))
+        {
+            // A call whose own answer it would have to wait for.
+            call.fail(error::cycle());
+            return;
+        }
+        let mut s = self.lock();
+        if let Some(f) = &s.forwarder {
+            f.do_send(Forward(path.to_vec(), call));
+            return;
+        }
+        let embargoed = s.embargoed.iter().any(|p| p == path);
+        if let (Some(resolution), false) = (s.resolution(), embargoed) {
+            // Nothing was ever queued on this answer, so delivering directly
+            // cannot overtake an earlier pipelined call.
+            drop(s);
+            resolve_path(&resolution, path).deliver(call);
+            return;
+        }
+        if let Some((conn, conn_id)) = s.remote.clone() {
+            // From now on every call on this field goes through the
+            // connection's mailbox, even once the answer is known here:
+            // this one may still be in that mailbox when the return
+            // arrives, and a later call delivered directly would overtake
+            // it.
+            if !s.embargoed.iter().any(|p| p == path) {
+                s.embargoed.push(path.to_vec());
+            }
+            drop(s);
+            // The call's own answer is remote too from now on, so that calls
+            // pipelined on *its* fields go out at once as well.
+            if let Some(a) = call.completer.answer() {
+                a.set_remote(conn.clone(), conn_id);
+            }
+            // Promise pipelining over the wire: the connection sends it as a
+            // call on a promised answer (or, if the return has arrived
+            // meanwhile, to what the field became).
+            conn.do_send(crate::connection::ConnMsg::Call {
+                target: crate::connection::RemoteTarget::Answer {
+                    answer: self.clone(),
+                    path: path.to_vec(),
+                },
+                call,
+            });
+            return;
+        }
+        let forwarder = AnswerActor::default().start();
+        forwarder.do_send(Forward(path.to_vec(), call));
+        s.forwarder = Some(forwarder);
+    }
+
     /// Records that this answers call `answer_id` of the peer on
     /// connection `conn_id` (see `origin`).
     pub(crate) fn set_origin(
@@ -534,49 +598,7 @@ impl AnswerRef {
 
     /// Delivers a call made on a pipelined field of this answer.
     pub(crate) fn deliver_pipelined(&self, path: &[u16], call: Call) {
-        if call
-            .completer
-            .answer()
-            .is_some_and(|a| Arc::ptr_eq(a, &self.answer))
-        {
-            // A call whose own answer it would have to wait for.
-            call.fail(error::cycle());
-            return;
-        }
-        let mut s = self.answer.lock();
-        if let Some(f) = &s.forwarder {
-            f.do_send(Forward(path.to_vec(), call));
-            return;
-        }
-        let embargoed = s.embargoed.iter().any(|p| p == path);
-        if let (Some(resolution), false) = (s.resolution(), embargoed) {
-            // Nothing was ever queued on this answer, so delivering directly
-            // cannot overtake an earlier pipelined call.
-            drop(s);
-            resolve_path(&resolution, path).deliver(call);
-            return;
-        }
-        if let Some((conn, conn_id)) = &s.remote {
-            // The call's own answer is remote too from now on, so that calls
-            // pipelined on *its* fields go out at once as well.
-            if let Some(a) = call.completer.answer() {
-                a.set_remote(conn.clone(), *conn_id);
-            }
-            // Promise pipelining over the wire: the connection sends it as a
-            // call on a promised answer (or, if the return has arrived
-            // meanwhile, to what the field became).
-            conn.do_send(crate::connection::ConnMsg::Call {
-                target: crate::connection::RemoteTarget::Answer {
-                    answer: self.answer.clone(),
-                    path: path.to_vec(),
-                },
-                call,
-            });
-            return;
-        }
-        let forwarder = AnswerActor::default().start();
-        forwarder.do_send(Forward(path.to_vec(), call));
-        s.forwarder = Some(forwarder);
+        self.answer.deliver_pipelined(path, call)
     }
 }
 

@@ -918,8 +918,21 @@ impl Connection {
                         e.push(call);
                         return;
                     }
-                    // The return has arrived: the field is known locally.
-                    return field_of(&answer, &path).deliver(call);
+                    // Not a question (any more): the call is served here,
+                    // so its own answer is not a question either.
+                    if let Some(a) = call.completer.answer() {
+                        a.clear_remote();
+                    }
+                    return match answer.field_now(&path) {
+                        // The return has arrived: the field is known here.
+                        Some(target) => target.deliver(call),
+                        // A call that was served here after all (see above)
+                        // and has not answered yet: wait with the others.
+                        None => {
+                            answer.clear_remote();
+                            answer.deliver_pipelined(&path, call)
+                        }
+                    };
                 }
             },
         };
