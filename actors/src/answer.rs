@@ -379,8 +379,12 @@ impl Answer {
             call.fail(error::cycle());
             return;
         }
+        // Never send while holding the lock: a message that cannot be
+        // delivered is dropped at once, and dropping a call can drop an
+        // `AnswerRef` to this very answer (its `depends_on`).
         let mut s = self.lock();
-        if let Some(f) = &s.forwarder {
+        if let Some(f) = s.forwarder.clone() {
+            drop(s);
             f.do_send(Forward(path.to_vec(), call));
             return;
         }
@@ -420,8 +424,9 @@ impl Answer {
             return;
         }
         let forwarder = AnswerActor::default().start();
+        s.forwarder = Some(forwarder.clone());
+        drop(s);
         forwarder.do_send(Forward(path.to_vec(), call));
-        s.forwarder = Some(forwarder);
     }
 
     /// Records that this answers call `answer_id` of the peer on
@@ -475,21 +480,24 @@ impl Answer {
         self.publish(s);
     }
 
-    /// Hands the resolution to the queue (under the lock, so that no
-    /// pipelined call can slip past it) and settles pipelined capabilities.
+    /// Hands the resolution to the queue and settles pipelined
+    /// capabilities. (Once a queue exists every pipelined call goes through
+    /// it, so sending after the lock is released lets nothing slip past:
+    /// calls that reach the queue first wait there for the resolution.)
     fn publish(&self, s: MutexGuard<'_, AnswerState>) {
         let Some(resolution) = s.resolution() else {
             return;
         };
-        if let Some(f) = &s.forwarder {
-            f.do_send(Resolved(resolution.clone()));
-        }
+        let forwarder = s.forwarder.clone();
         let nodes: Vec<(Vec<u16>, Arc<Node>)> = s
             .pipelined
             .iter()
             .filter_map(|(p, w)| w.upgrade().map(|n| (p.clone(), n)))
             .collect();
         drop(s);
+        if let Some(f) = forwarder {
+            f.do_send(Resolved(resolution.clone()));
+        }
         for (path, node) in nodes {
             let me = CapRef { node };
             let target = resolve_path(&resolution, &path);
