@@ -1041,3 +1041,98 @@ fn calc_connect_refuses_bad_uris_and_fails_when_nothing_listens() {
         );
     }
 }
+
+/// Issue 5, crash during persistence: `echo serve` is killed with SIGKILL
+/// in the middle of a burst of `createLogger` + `save`; after a restart,
+/// every URI the client received works (a logger's URI is only handed out
+/// once its record is on disk: written, fsynced, renamed, directory
+/// fsynced).
+#[test]
+fn saved_logger_uris_survive_a_sigkill_in_the_middle_of_a_burst() {
+    use capnp_actix::persist::save_client;
+    use capnp_actix::schemas::echo_api_capnp::echo;
+    use capnp_actix::vat::Vat;
+    use capnp_actix::{SturdyUri, VatConfig};
+
+    let dir = TempDir::new("echo-crash");
+    let port = free_port();
+    let (server, _) = tls_echo_server(dir.path(), port);
+    let echo_uri: SturdyUri = server.uri.parse().expect("the echo URI parses");
+    let (tx, rx) = mpsc::channel::<String>();
+    // The burst: 200 loggers, each created and saved in one round trip, 20
+    // at a time; URIs are reported as they arrive.
+    let burst = std::thread::spawn(move || {
+        actix::System::new().block_on(async move {
+            let vat = Vat::client(&VatConfig::new()).await.expect("a client vat");
+            let Ok(echo) = vat.import_as::<echo::Client>(&echo_uri).await else {
+                return;
+            };
+            let echo = echo.client();
+            for round in 0..10 {
+                let mut saves = Vec::new();
+                for i in 0..20 {
+                    let mut req = echo.create_logger_request();
+                    req.get().set_label(&format!("burst-{round}-{i}")[..]);
+                    let logger = req.send().pipeline.get_callback();
+                    saves.push(async move { save_client(&logger).await });
+                }
+                for uri in futures::future::join_all(saves).await.into_iter().flatten() {
+                    if tx.send(uri.to_string()).is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+    });
+    // Kill the server once some URIs have come back, while the rest of the
+    // burst is still in flight.
+    let mut received = Vec::new();
+    while received.len() < 30 {
+        match rx.recv_timeout(SERVER_TIMEOUT) {
+            Ok(uri) => received.push(uri),
+            Err(e) => panic!("the burst stalled after {} URIs: {e:?}", received.len()),
+        }
+    }
+    drop(server); // SIGKILL
+    let _ = burst.join();
+    received.extend(rx.try_iter());
+    assert!(
+        received.len() >= 30 && received.len() < 200,
+        "{} URIs",
+        received.len()
+    );
+
+    // Restarted with the same key file and store: every URI received works.
+    let (mut server, _) = tls_echo_server(dir.path(), port);
+    let uris = received.clone();
+    let logged = std::thread::spawn(move || {
+        use capnp_actix::schemas::echo_api_capnp::callback;
+        actix::System::new().block_on(async move {
+            let vat = Vat::client(&VatConfig::new()).await.expect("a client vat");
+            for (n, uri) in uris.iter().enumerate() {
+                let uri: SturdyUri = uri.parse().map_err(|e| format!("{uri}: {e}"))?;
+                let logger = vat
+                    .import_as::<callback::Client>(&uri)
+                    .await
+                    .map_err(|e| format!("{uri}: {e}"))?;
+                let mut req = logger.client().log_request();
+                req.get().set_msg(&format!("after the crash {n}")[..]);
+                req.send()
+                    .promise
+                    .await
+                    .map_err(|e| format!("{uri}: {e}"))?;
+            }
+            Ok::<_, String>(())
+        })
+    });
+    logged
+        .join()
+        .expect("the client thread")
+        .expect("every saved URI works");
+    for n in 0..received.len() {
+        server.expect(
+            |l| l.ends_with(&format!(": after the crash {n}")),
+            "a restored logger's line",
+        );
+    }
+}
