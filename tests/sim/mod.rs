@@ -38,6 +38,18 @@ pub const KNOWN_BUGS: &[(&str, &str)] = &[
         "hang:",
         "a_call_pipelined_on_a_dead_connection_does_not_deadlock",
     ),
+    (
+        "a settled promise is still a promise",
+        "an_exported_promise_settling_on_an_embargoed_import_is_not_broken",
+    ),
+    (
+        "do not mirror each other",
+        "no_embargo_is_left_once_everything_is_delivered",
+    ),
+    (
+        "disembargo target does not point back to the sender",
+        "a_disembargo_is_sent_only_where_it_can_be_reflected",
+    ),
 ];
 
 /// The regression test of the known bug a failure message shows, if any.
