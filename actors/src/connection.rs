@@ -609,20 +609,16 @@ impl Connection {
                     CallTarget::Answer { answer, path } => self
                         .answers
                         .get(answer)
-                        .and_then(|(r, _)| r.shared().resolution_now())
-                        .and_then(|o| o.ok())
-                        .map(|f| f.cap_at(path).shortened()),
-                    CallTarget::Local(c) => Some(c.shortened()),
+                        .and_then(|(r, _)| r.shared().field_now(path)),
+                    CallTarget::Local(c) => Some(c.clone()),
                 };
                 // The peer's own capability, or a field of one of our
-                // questions to the peer.
-                let back_to_sender = match resolved.as_ref().map(CapRef::kind) {
-                    Some(Kind::Remote { conn_id, .. }) => *conn_id == self.id,
-                    Some(Kind::Pipelined { answer, .. }) => {
-                        self.question_of.contains_key(&key(answer.shared()))
-                    }
-                    _ => false,
-                };
+                // questions to the peer, somewhere along the chain of
+                // resolutions (not necessarily at its end: what the peer
+                // embargoed is the step it knows of).
+                let back_to_sender = resolved
+                    .as_ref()
+                    .is_some_and(|c| self.leads_back_to_peer(c));
                 if !back_to_sender {
                     self.core.abort(capnp::Error::failed(
                         "protocol error: disembargo target does not point back to the sender"
@@ -798,6 +794,29 @@ impl Connection {
             drop(r);
         }
         self.core.return_canceled(answer);
+    }
+
+    /// True if `cap`, or what it resolves to step by step, is a capability
+    /// of the peer on this connection (an import, or a field of one of our
+    /// questions to it).
+    fn leads_back_to_peer(&self, cap: &CapRef) -> bool {
+        let mut cur = cap.clone();
+        for _ in 0..64 {
+            match cur.kind() {
+                Kind::Remote { conn_id, .. } if *conn_id == self.id => return true,
+                Kind::Pipelined { answer, .. }
+                    if self.question_of.contains_key(&key(answer.shared())) =>
+                {
+                    return true
+                }
+                _ => {}
+            }
+            match cur.resolved() {
+                Some(next) => cur = next,
+                None => return false,
+            }
+        }
+        false
     }
 
     /// A call of the peer's is answered (or cancelled): its bytes no
