@@ -522,7 +522,6 @@ fn no_disembargo_on_a_question_finished_before_its_return_steps() -> Scenario {
 /// the field again (`field_of(..).deliver`), which queues it once more:
 /// behind B. Vat 0's object gets B, then A.
 #[test]
-#[ignore = "bug: a call pipelined on a question that returns meanwhile is queued again, behind later calls"]
 fn calls_pipelined_on_a_forwarded_bootstrap_keep_their_order() {
     regression(calls_pipelined_on_a_forwarded_bootstrap_keep_their_order_steps());
 }
@@ -567,7 +566,6 @@ fn calls_pipelined_on_a_forwarded_bootstrap_keep_their_order_steps() -> Scenario
 /// pointer" (a call passing it back fails the same way, before its
 /// object sees it). It should read as the broken capability.
 #[test]
-#[ignore = "bug: receiverHosted naming a broken export reads as a null capability; the payload is unreadable"]
 fn a_broken_capability_sent_back_to_its_sender_stays_readable() {
     regression(a_broken_capability_sent_back_to_its_sender_stays_readable_steps());
 }
@@ -610,7 +608,6 @@ fn a_broken_capability_sent_back_to_its_sender_stays_readable_steps() -> Scenari
 /// early. (Root cause found by a backtrace of the dropped `Completer`:
 /// `Connection::embargo_local_fields`, `self.embargoes.insert`.)
 #[test]
-#[ignore = "bug: an embargo id reused within one read replaces a live embargo; its held calls are lost"]
 fn an_embargo_id_is_not_reused_while_its_embargo_is_live() {
     regression(an_embargo_id_is_not_reused_while_its_embargo_is_live_steps());
 }
@@ -692,7 +689,6 @@ fn an_embargo_id_is_not_reused_while_its_embargo_is_live_steps() -> Scenario {
 /// promise", and calls through the peer's import fail with it. (Cause
 /// inferred from the code, not traced.)
 #[test]
-#[ignore = "bug: an exported promise that settles on an embargoed import is resolved to an internal error"]
 fn an_exported_promise_settling_on_an_embargoed_import_is_not_broken() {
     regression(an_exported_promise_settling_on_an_embargoed_import_is_not_broken_steps());
 }
@@ -804,7 +800,6 @@ fn an_exported_promise_settling_on_an_embargoed_import_is_not_broken_steps() -> 
 /// will lift: calls held by it never go. Seen at step 80; the cause is not
 /// analysed yet (no lost call and no dropped resolver precede it).
 #[test]
-#[ignore = "bug: an embargo is left after every message has been delivered"]
 fn no_embargo_is_left_once_everything_is_delivered() {
     regression(no_embargo_is_left_once_everything_is_delivered_steps());
 }
@@ -994,7 +989,6 @@ fn no_embargo_is_left_once_everything_is_delivered_steps() -> Scenario {
 /// need (scenario 28b) or the receiver looks the target up too early or
 /// too late; not analysed further.
 #[test]
-#[ignore = "bug: a disembargo is sent to a target that does not point back to its sender; the peer aborts"]
 fn a_disembargo_is_sent_only_where_it_can_be_reflected() {
     regression(a_disembargo_is_sent_only_where_it_can_be_reflected_steps());
 }
@@ -1117,7 +1111,6 @@ fn a_disembargo_is_sent_only_where_it_can_be_reflected_steps() -> Scenario {
 /// -> `AnswerRef::drop` -> `Answer::lock`.) `depends_on` came with the
 /// change that keeps a question wanted while a call pipelined on it runs.
 #[test]
-#[ignore = "bug: deadlock when a call pipelined on an unresolved answer is sent to a connection that has ended"]
 fn a_call_pipelined_on_a_dead_connection_does_not_deadlock() {
     regression(a_call_pipelined_on_a_dead_connection_does_not_deadlock_steps());
 }
