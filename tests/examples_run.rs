@@ -767,7 +767,7 @@ fn tls_echo_server(dir: &Path, port: u16) -> (Server, String) {
 /// saved through one round trip, and their URIs still working after the
 /// server is killed with SIGKILL and started again.
 #[test]
-fn echo_over_tls_keeps_its_uris_and_saved_loggers_across_a_kill() {
+fn scenario_61_echo_over_tls_keeps_its_uris_and_saved_loggers_across_a_kill() {
     let dir = TempDir::new("echo-tls");
     let port = free_port();
     let (mut server, logger) = tls_echo_server(dir.path(), port);

@@ -73,7 +73,7 @@ fn mode(path: &Path) -> u32 {
 }
 
 #[test]
-fn file_store_missing_digest_loads_as_nothing() {
+fn scenario_62_file_store_missing_digest_loads_as_nothing() {
     let tmp = TempDir::new("store-missing");
     let store = FileStore::open(&tmp.0).unwrap();
     assert!(store.load(&digest(b"never saved")).unwrap().is_none());
@@ -96,7 +96,7 @@ fn file_store_creates_its_directory_private() {
 }
 
 #[test]
-fn file_store_digest_full_of_path_characters_stays_inside_the_store() {
+fn scenario_62_file_store_digest_full_of_path_characters_stays_inside_the_store() {
     let tmp = TempDir::new("store-paths");
     let dir = tmp.0.join("store");
     let store = FileStore::open(&dir).unwrap();
@@ -127,7 +127,7 @@ fn file_store_rejects_an_empty_digest() {
 }
 
 #[test]
-fn file_store_multi_segment_struct_round_trips() {
+fn scenario_62_file_store_multi_segment_struct_round_trips() {
     let tmp = TempDir::new("store-segments");
     let store = FileStore::open(&tmp.0).unwrap();
     let label: String = (0..2000).map(|i| (b'a' + (i % 26) as u8) as char).collect();

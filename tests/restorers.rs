@@ -50,7 +50,7 @@ async fn yield_a_while() {
 }
 
 #[actix_rt::test]
-async fn table_restoring_twice_gives_the_same_capability() {
+async fn scenario_59_table_restoring_twice_gives_the_same_capability() {
     let log = Log::default();
     {
         let table = Table::new(make_uri);
@@ -69,7 +69,7 @@ async fn table_restoring_twice_gives_the_same_capability() {
 }
 
 #[actix_rt::test]
-async fn table_unknown_id_gives_unknown_persistent_service_id() {
+async fn scenario_59_table_unknown_id_gives_unknown_persistent_service_id() {
     let log = Log::default();
     {
         let table = Table::new(make_uri);
@@ -88,7 +88,7 @@ async fn table_unknown_id_gives_unknown_persistent_service_id() {
 }
 
 #[actix_rt::test]
-async fn table_removed_id_stops_working() {
+async fn scenario_59_table_removed_id_stops_working() {
     let log = Log::default();
     {
         let table = Table::new(make_uri);
@@ -111,7 +111,7 @@ async fn table_removed_id_stops_working() {
 }
 
 #[actix_rt::test]
-async fn table_clear_leaves_held_caps_working() {
+async fn scenario_59_table_clear_leaves_held_caps_working() {
     let log = Log::default();
     {
         let table = Table::new(make_uri);
@@ -126,7 +126,7 @@ async fn table_clear_leaves_held_caps_working() {
 }
 
 #[actix_rt::test]
-async fn single_restorer_serves_its_id_and_rejects_others() {
+async fn scenario_59_single_restorer_serves_its_id_and_rejects_others() {
     let log = Log::default();
     {
         let cap = probe_ref(&log);
@@ -217,7 +217,7 @@ fn loader_table() -> (Table, CountingLoader) {
 }
 
 #[actix_rt::test]
-async fn loader_table_cached_while_in_use() {
+async fn scenario_60_loader_table_cached_while_in_use() {
     let (table, loader) = loader_table();
     {
         let a = table.restore(b"svc").await.unwrap();
@@ -235,7 +235,7 @@ async fn loader_table_cached_while_in_use() {
 }
 
 #[actix_rt::test]
-async fn loader_table_reloaded_after_release() {
+async fn scenario_60_loader_table_reloaded_after_release() {
     let (table, loader) = loader_table();
     let first = table.restore(b"svc").await.unwrap();
     let first_id = first.id();
@@ -256,7 +256,7 @@ async fn loader_table_reloaded_after_release() {
 }
 
 #[actix_rt::test]
-async fn loader_table_two_parallel_restores_do_one_load() {
+async fn scenario_60_loader_table_two_parallel_restores_do_one_load() {
     let (table, loader) = loader_table();
     {
         let gate = loader.gate_next();
@@ -282,7 +282,7 @@ async fn loader_table_two_parallel_restores_do_one_load() {
 }
 
 #[actix_rt::test]
-async fn loader_table_failures_are_not_cached() {
+async fn scenario_60_loader_table_failures_are_not_cached() {
     let (table, loader) = loader_table();
     {
         loader.fail_next();
@@ -308,7 +308,7 @@ async fn loader_table_failures_are_not_cached() {
 }
 
 #[actix_rt::test]
-async fn loader_table_one_user_releasing_does_not_free_it_for_another() {
+async fn scenario_60_loader_table_one_user_releasing_does_not_free_it_for_another() {
     let (table, loader) = loader_table();
     {
         let a = table.restore(b"svc").await.unwrap();
@@ -327,7 +327,7 @@ async fn loader_table_one_user_releasing_does_not_free_it_for_another() {
 }
 
 #[actix_rt::test]
-async fn loader_table_clear_leaves_held_caps_working() {
+async fn scenario_60_loader_table_clear_leaves_held_caps_working() {
     let (table, loader) = loader_table();
     {
         let held = table.restore(b"svc").await.unwrap();
@@ -349,7 +349,7 @@ async fn loader_table_clear_leaves_held_caps_working() {
 }
 
 #[actix_rt::test]
-async fn loader_table_clear_during_a_load_still_answers_its_waiters() {
+async fn scenario_60_loader_table_clear_during_a_load_still_answers_its_waiters() {
     let (table, loader) = loader_table();
     {
         let gate = loader.gate_next();
@@ -368,7 +368,7 @@ async fn loader_table_clear_during_a_load_still_answers_its_waiters() {
 }
 
 #[actix_rt::test]
-async fn loader_table_load_survives_its_waiters_going_away() {
+async fn scenario_60_loader_table_load_survives_its_waiters_going_away() {
     // SCENARIOS 57, restorer side: the client goes away while the loader
     // runs; the load finishes quietly and its result is released.
     let (table, loader) = loader_table();
@@ -409,7 +409,7 @@ async fn loader_table_load_survives_its_waiters_going_away() {
 }
 
 #[actix_rt::test]
-async fn loader_table_loader_gets_the_digest_and_the_uri() {
+async fn scenario_60_loader_table_loader_gets_the_digest_and_the_uri() {
     let (table, loader) = loader_table();
     {
         assert_eq!(table.sturdy_ref(b"svc"), make_uri(b"svc"));
@@ -433,7 +433,7 @@ async fn loader_table_loader_gets_the_digest_and_the_uri() {
 }
 
 #[actix_rt::test]
-async fn loader_table_added_entries_take_precedence_and_stay() {
+async fn scenario_60_loader_table_added_entries_take_precedence_and_stay() {
     let (table, loader) = loader_table();
     {
         let cap = probe_ref(&loader.log);
@@ -455,7 +455,7 @@ async fn loader_table_added_entries_take_precedence_and_stay() {
 }
 
 #[actix_rt::test]
-async fn loader_table_many_released_services_do_not_accumulate() {
+async fn scenario_60_loader_table_many_released_services_do_not_accumulate() {
     let (table, loader) = loader_table();
     for i in 0..300u32 {
         let cap = table.restore(&i.to_be_bytes()).await.unwrap();
