@@ -17,40 +17,10 @@ use std::cell::RefCell;
 /// runs skip seeds that fail this way, so that they go on looking for
 /// other bugs; so does the fuzz target unless `SIM_STOP_ON_KNOWN_BUGS` is
 /// set. Remove an entry (and its test's `#[ignore]`) when the bug is fixed.
-pub const KNOWN_BUGS: &[(&str, &str)] = &[
-    (
-        "E-order",
-        "calls_pipelined_on_a_forwarded_bootstrap_keep_their_order",
-    ),
-    (
-        "invalid capability pointer",
-        "a_broken_capability_sent_back_to_its_sender_stays_readable",
-    ),
-    (
-        "actor stopped before answering the call",
-        "an_embargo_id_is_not_reused_while_its_embargo_is_live",
-    ),
-    (
-        "promise dropped without being resolved",
-        "an_embargo_id_is_not_reused_while_its_embargo_is_live",
-    ),
-    (
-        "hang:",
-        "a_call_pipelined_on_a_dead_connection_does_not_deadlock",
-    ),
-    (
-        "a settled promise is still a promise",
-        "an_exported_promise_settling_on_an_embargoed_import_is_not_broken",
-    ),
-    (
-        "do not mirror each other",
-        "no_embargo_is_left_once_everything_is_delivered",
-    ),
-    (
-        "disembargo target does not point back to the sender",
-        "a_disembargo_is_sent_only_where_it_can_be_reflected",
-    ),
-];
+pub const KNOWN_BUGS: &[(&str, &str)] = &[(
+    "E-order",
+    "calls_sent_before_and_after_a_resolve_keep_their_order",
+)];
 
 /// The regression test of the known bug a failure message shows, if any.
 pub fn known_bug(message: &str) -> Option<&'static str> {
