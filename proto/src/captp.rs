@@ -272,6 +272,10 @@ struct Answer {
     returned: bool,
     /// The caller asked us to keep the results (`sendResultsTo.yourself`).
     results_to_yourself: bool,
+    /// The caller promised not to pipeline on the results
+    /// (`noPromisePipelining`): a return without capabilities can say
+    /// `noFinishNeeded` and forget the answer at once.
+    no_pipelining: bool,
     finished: bool,
     /// Exports listed in the results we sent (released on
     /// `releaseResultCaps`).
@@ -723,9 +727,18 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         let written = self.write_payload(&mut m, return_results, content, caps);
         match written {
             Ok((resolves, exports)) => {
+                let forget = exports.is_empty() && self.no_finish_needed(answer);
+                if forget {
+                    if let Ok(mut r) = return_results_nav(&mut m) {
+                        r.set_no_finish_needed(true);
+                    }
+                }
                 self.send(&m);
                 self.send_broken_resolves(resolves);
                 self.answered(answer, exports);
+                if forget {
+                    self.forget_answer(answer);
+                }
             }
             Err(e) => self.return_error(answer, e),
         }
@@ -842,6 +855,21 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         }
         self.send_bare_return(answer, |mut r| r.set_results_sent_elsewhere(()));
         true
+    }
+
+    /// True if the caller of `answer` promised not to pipeline on it, so
+    /// that a return without capabilities can say `noFinishNeeded`.
+    fn no_finish_needed(&self, answer: u32) -> bool {
+        self.answers
+            .get(&answer)
+            .is_some_and(|a| a.no_pipelining && !a.results_to_yourself && !a.finished)
+    }
+
+    /// The answer was returned with `noFinishNeeded`: no finish will come.
+    fn forget_answer(&mut self, answer: u32) {
+        if self.answers.remove(&answer).is_some() {
+            self.events.push_back(Event::Finished { answer });
+        }
     }
 
     fn answer_pending(&self, answer: u32) -> bool {
@@ -1113,8 +1141,12 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                 method_id,
                 caps,
                 to,
+                no_pipelining,
             } => {
                 self.new_answer(question)?;
+                if let Some(a) = self.answers.get_mut(&question) {
+                    a.no_pipelining = no_pipelining;
+                }
                 let caps = self.import_caps(caps)?;
                 let target = match target {
                     RawTarget::Import(id) => match self.exports.get(id) {
@@ -1353,6 +1385,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             Answer {
                 returned: false,
                 results_to_yourself: false,
+                no_pipelining: false,
                 finished: false,
                 result_exports: Vec::new(),
             },
@@ -1554,6 +1587,7 @@ enum Parsed {
         method_id: u16,
         caps: Vec<RawCap>,
         to: ResultsTo,
+        no_pipelining: bool,
     },
     Return {
         answer: u32,
@@ -1682,6 +1716,7 @@ fn parse(msg: &message::Reader<WordSegments>) -> capnp::Result<Parsed> {
                 method_id: c.get_method_id(),
                 caps: parse_caps(c.get_params()?)?,
                 to,
+                no_pipelining: c.get_no_promise_pipelining(),
             }
         }
         rpc_message::Return(r) => {
@@ -1754,6 +1789,13 @@ fn call_params(m: &mut Builder<HeapAllocator>) -> capnp::Result<payload::Builder
     match m.get_root::<rpc_message::Builder<'_>>()?.which()? {
         rpc_message::Call(c) => c?.get_params(),
         _ => Err(Error::failed("not a call".into())),
+    }
+}
+
+fn return_results_nav(m: &mut Builder<HeapAllocator>) -> capnp::Result<return_::Builder<'_>> {
+    match m.get_root::<rpc_message::Builder<'_>>()?.which()? {
+        rpc_message::Return(r) => r,
+        _ => Err(Error::failed("not a return".into())),
     }
 }
 

@@ -842,3 +842,61 @@ fn a_small_message_with_shared_pointers_cannot_make_us_write_much() {
         "an over-budget message ends the connection"
     );
 }
+
+/// A call whose caller promised not to pipeline (`noPromisePipelining`):
+/// a return without capabilities says `noFinishNeeded` and the answer is
+/// forgotten at once; the caller sends no finish. With capabilities in the
+/// results, the finish is still needed (the caller must release them).
+#[test]
+fn a_call_without_pipelining_is_answered_with_no_finish_needed() {
+    use capnp_actix_proto::rpc_capnp::return_;
+    let mut p = Pair::new();
+    let import = bootstrapped(&mut p);
+    for (question, caps) in [(7u32, vec![]), (8, vec![OutCap::Local(3)])] {
+        let mut m = Builder::new_default();
+        {
+            let mut c = m.init_root::<message::Builder<'_>>().init_call();
+            c.set_question_id(question);
+            c.set_interface_id(1);
+            c.set_no_promise_pipelining(true);
+            c.reborrow().init_target().set_imported_cap(import);
+            c.init_params().init_content().set_as("x").unwrap();
+        }
+        p.b.conn.receive(&frame(&m));
+        let Some(Event::Call { answer, .. }) = p.b.conn.next_event() else {
+            panic!()
+        };
+        let content = if caps.is_empty() {
+            plain()
+        } else {
+            with_caps(1)
+        };
+        p.b.conn
+            .return_results(answer, content.get_root_as_reader().unwrap(), &caps);
+        p.b.collect_sent_for_test();
+        let f = p.b.sent.pop_back().unwrap();
+        let mut d = capnp_actix_proto::frame::FrameDecoder::new(Default::default());
+        d.push(&f);
+        let msg = d.next_message().unwrap().unwrap();
+        let root: message::Reader<'_> = msg.get_root().unwrap();
+        let message::Return(r) = root.which().unwrap() else {
+            panic!()
+        };
+        let r = r.unwrap();
+        assert!(matches!(r.which().unwrap(), return_::Results(_)));
+        assert_eq!(
+            r.get_no_finish_needed(),
+            caps.is_empty(),
+            "question {question}"
+        );
+        if caps.is_empty() {
+            assert!(matches!(
+                p.b.conn.next_event(),
+                Some(Event::Finished { answer: 7 })
+            ));
+        }
+    }
+    // Without capabilities: forgotten at once; with: kept until a finish.
+    assert_eq!(p.b.conn.table_sizes().answers, 1);
+    assert!(p.b.conn.aborted().is_none());
+}
