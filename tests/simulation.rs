@@ -4,10 +4,23 @@
 //! releases, bootstraps, disconnects, one message delivered at a time)
 //! against a shadow model of who refers to what (see `tests/sim/`).
 //!
-//! A failure prints its seed and the shortest list of steps found that
-//! still fails, as Rust to paste into a regression test below. To replay
-//! one seed: `SIM_SEED=<seed> cargo test --test simulation one_seed`.
-//! The same driver runs under cargo-fuzz (`fuzz/`).
+//! The oracle (`tests/sim/driver.rs` and `model.rs`): every call reaches
+//! the object its reference means, in the order sent on that reference,
+//! and fails only if it should; no object is released while a vat holds a
+//! reference to it; no connection ends unless told to; tables stay within
+//! bounds and mirror each other after a flush; at teardown every call has
+//! completed, every table is empty and nothing is left alive. Each run is
+//! watched for hangs (a deadlock in the runtime).
+//!
+//! Each CI run does 600,000 steps (1,500 seeds of 400 steps, in two halves
+//! on two threads; about 35 s in debug on two cores). A failure prints its
+//! seed and the shortest list of steps found that still fails the same
+//! way, as Rust to paste into a regression test below. Seeds that hit a
+//! bug listed in `sim::KNOWN_BUGS` are counted and skipped. To replay one
+//! seed: `SIM_SEED=<seed> cargo test --test simulation one_seed`; to look
+//! further, `SIM_EXPLORE=<seeds> SIM_SEED_BASE=<first> ... explore`; to
+//! watch a run, `SIM_TRACE=1`. The same driver runs under cargo-fuzz
+//! (`fuzz/`).
 
 mod sim;
 
@@ -209,12 +222,12 @@ fn seed_base() -> u64 {
 // Two halves, so that the two run on two cores.
 #[test]
 fn simulation_even_seeds() {
-    run_seeds(seed_base(), 2, 80_000);
+    run_seeds(seed_base(), 2, 300_000);
 }
 
 #[test]
 fn simulation_odd_seeds() {
-    run_seeds(seed_base() + 1, 2, 80_000);
+    run_seeds(seed_base() + 1, 2, 300_000);
 }
 
 /// Replays one seed: `SIM_SEED=<seed> [SIM_STEPS=<n>]`.
@@ -1179,7 +1192,6 @@ fn a_call_pipelined_on_a_dead_connection_does_not_deadlock_steps() -> Scenario {
 /// actor forwards it to the object (one more mailbox hop); B goes to the
 /// object at once and arrives first. Seed 1859 shrunk, then made by hand.
 #[test]
-#[ignore = "bug: a call through a resolved exported promise takes an extra hop and is overtaken by a later call on its target"]
 fn calls_sent_before_and_after_a_resolve_keep_their_order() {
     regression(calls_sent_before_and_after_a_resolve_keep_their_order_steps());
 }
