@@ -57,7 +57,6 @@ const T: Duration = Duration::from_secs(5);
 /// connection. With a budget of one byte (one call at a time), the second
 /// such call is refused as Overloaded although the first one is long over.
 #[actix::test]
-#[ignore = "bug: held call bytes leak for answers given by takeFromOtherQuestion (Event::Finished never unholds)"]
 async fn held_call_bytes_are_released_after_a_tail_call_to_the_caller() {
     let log = Log::default();
     let service: Cap<maker::Client> = Cap::new(TailCaller {
@@ -105,7 +104,6 @@ async fn held_call_bytes_are_released_after_a_tail_call_to_the_caller() {
 /// such calls are dropped with its mailbox and fail, even though the field
 /// resolved long ago to a capability of our own, alive and local.
 #[actix::test]
-#[ignore = "bug: sticky routing sends calls on a resolved local field to a dead connection"]
 async fn a_pipelined_field_resolved_to_our_own_capability_works_after_the_connection_ends() {
     let log = Log::default();
     let service: Cap<maker::Client> = Cap::new(SlowHold);
@@ -225,7 +223,6 @@ async fn pump(
 /// Here the cancelled call's method keeps running because a call the peer
 /// pipelined on its answer keeps that answer wanted (`depends_on`).
 #[actix::test]
-#[ignore = "bug: a tail call made after the peer cancelled (and reused) the answer id answers the wrong question"]
 async fn a_tail_call_for_a_cancelled_call_does_not_answer_the_question_that_reused_its_id() {
     let log = Log::default();
     let (gate_tx, gate_rx) = futures::channel::oneshot::channel();

@@ -388,7 +388,9 @@ impl Answer {
             f.do_send(Forward(path.to_vec(), call));
             return;
         }
-        let embargoed = s.embargoed.iter().any(|p| p == path);
+        // A connection that has ended keeps nothing in order any more.
+        let embargoed = s.embargoed.iter().any(|p| p == path)
+            && s.remote.as_ref().is_some_and(|(conn, _)| conn.connected());
         if let (Some(resolution), false) = (s.resolution(), embargoed) {
             // Nothing was ever queued on this answer, so delivering directly
             // cannot overtake an earlier pipelined call.
@@ -423,9 +425,15 @@ impl Answer {
             });
             return;
         }
+        // (Resolved already, if this path was routed through a connection
+        // that no longer serves it: the new queue must know.)
+        let resolution = s.resolution();
         let forwarder = AnswerActor::default().start();
         s.forwarder = Some(forwarder.clone());
         drop(s);
+        if let Some(r) = resolution {
+            forwarder.do_send(Resolved(r));
+        }
         forwarder.do_send(Forward(path.to_vec(), call));
     }
 
@@ -438,6 +446,12 @@ impl Answer {
         answer_id: u32,
     ) {
         self.lock().origin = Some((conn, conn_id, answer_id));
+    }
+
+    /// The peer's call this answered is over (cancelled or finished): its
+    /// id may be reused, so a late tail call must not name it.
+    pub(crate) fn clear_origin(&self) {
+        self.lock().origin = None;
     }
 
     /// See `origin`.

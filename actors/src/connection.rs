@@ -535,10 +535,14 @@ impl Connection {
                 }
             }
             Event::Finished { answer } => {
+                self.unhold(answer);
                 // (A handle left means the answer was given by a tail call
                 // and its own outcome never came: stop waiting for it.)
-                if let Some((_, Some(h))) = self.answers.remove(&answer) {
-                    ctx.cancel_future(h);
+                if let Some((r, h)) = self.answers.remove(&answer) {
+                    r.shared().clear_origin();
+                    if let Some(h) = h {
+                        ctx.cancel_future(h);
+                    }
                 }
             }
             Event::Return { question, .. } if self.tail_calls.contains(&question) => {
@@ -788,6 +792,7 @@ impl Connection {
     fn cancel_answer(&mut self, answer: u32, ctx: &mut actix::Context<Self>) {
         self.unhold(answer);
         if let Some((r, h)) = self.answers.remove(&answer) {
+            r.shared().clear_origin();
             if let Some(h) = h {
                 ctx.cancel_future(h);
             }
