@@ -1246,7 +1246,6 @@ fn calls_sent_before_and_after_a_resolve_keep_their_order_steps() -> Scenario {
 /// embargo and delivers B to O, and A comes back through vat 0 after it.
 /// Seed 2218 shrunk, then made by hand.
 #[test]
-#[ignore = "bug: a disembargo overtakes a call forwarded through the connection's own mailbox in the same read"]
 fn a_disembargo_does_not_overtake_a_call_forwarded_in_the_same_read() {
     regression(a_disembargo_does_not_overtake_a_call_forwarded_in_the_same_read_steps());
 }

@@ -116,6 +116,13 @@ pub(crate) enum ConnMsg {
     Cancel {
         answer: Weak<Answer>,
     },
+    /// Starts the embargo on an import the peer resolved to one of ours
+    /// (see `resolve_import`).
+    EmbargoImport {
+        import: u32,
+        resolver: crate::promise::Resolver,
+        target: CapRef,
+    },
     /// A method serving the peer's call `answer` tail-calls the peer's
     /// capability `import`: send it with `sendResultsTo.yourself` and
     /// answer with `takeFromOtherQuestion`.
@@ -767,15 +774,17 @@ impl Connection {
         if !through_us || matches!(target.kind(), Kind::Broken(_)) {
             return settle.settle(target);
         }
-        match self.core.disembargo_request_import(import) {
-            Some(id) => {
-                let (promise, resolver) = crate::promise::new_promise();
-                settle.settle(promise);
-                self.embargoes
-                    .insert(id, Embargo::Import { resolver, target });
-            }
-            None => settle.settle(target),
-        }
+        // Calls on the import wait from now on; the disembargo itself goes
+        // out through our own mailbox, behind any call we are still
+        // forwarding to this import from the same read (calls the peer sent
+        // us for it), so that it follows them on the wire.
+        let (promise, resolver) = crate::promise::new_promise();
+        settle.settle(promise);
+        self.me.do_send(ConnMsg::EmbargoImport {
+            import,
+            resolver,
+            target,
+        });
     }
 
     /// Breaks the node of an import (its watchers fire, calls fail).
@@ -1090,6 +1099,22 @@ impl Handler<ConnMsg> for Connection {
                 import,
                 call,
             } => self.send_tail_call(answer, import, call),
+            ConnMsg::EmbargoImport {
+                import,
+                resolver,
+                target,
+            } => match (
+                self.core.aborted().cloned(),
+                self.core.disembargo_request_import(import),
+            ) {
+                // The connection ended first: embargoes break with it.
+                (Some(e), _) => resolver.reject(e),
+                (None, Some(id)) => {
+                    self.embargoes
+                        .insert(id, Embargo::Import { resolver, target });
+                }
+                (None, None) => resolver.resolve_to(target),
+            },
         }
         self.settle(ctx);
     }
