@@ -1297,7 +1297,18 @@ fn a_disembargo_does_not_overtake_a_call_forwarded_in_the_same_read_steps() -> S
 
 /// Calls on one reference arrive out of order (E-order: a call with seq 0
 /// arrives after seq 1 of the same reference). Seed 4331, shrunk by hand
-/// from 134 steps. CAUSE: under investigation.
+/// from 134 steps. Probable cause: vat 0 imports vat 1's promise P as its
+/// import 2; vat 1 asks for vat 0's bootstrap (q3), which vat 0 answers
+/// with that import (`receiverHosted` 2, P coming back). Vat 1 resolves P
+/// to vat 0's object O, pipelines call A on q3 before the return, then
+/// (after the return) makes call B, which it sends straight to its import
+/// of O: `embargo_local_fields` looks at the field *shortened* (P -> O, the
+/// peer's), so it sees no need for an embargo. Vat 0 reads the resolve of
+/// import 2 (to its own O: it starts an embargo and holds calls on import
+/// 2), then A (on q3 = import 2: held behind that embargo), then B (to O
+/// directly), so B overtakes A. Judging the field as the peer named it
+/// (not shortened) fixes this scenario but makes other seeds send
+/// disembargoes the peer rejects ("does not point back to the sender").
 #[test]
 #[ignore = "bug: E-order, seq 0 arrives after seq 1 of the same reference (seed 4331)"]
 fn seed_4331_calls_on_one_reference_keep_their_order() {
