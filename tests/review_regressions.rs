@@ -270,7 +270,8 @@ async fn a_tail_call_for_a_cancelled_call_does_not_answer_the_question_that_reus
         .unwrap();
     // A call pipelined on hold's answer keeps that answer wanted.
     let mut seq = capnp::message::Builder::new_default();
-    seq.init_root::<probe::call_params::Builder<'_>>().set_seq(1);
+    seq.init_root::<probe::call_params::Builder<'_>>()
+        .set_seq(1);
     let _pipelined = core
         .call(
             &OutTarget::Answer {
