@@ -82,7 +82,15 @@ pub(crate) fn current_scope() -> usize {
 
 fn with_scope<R>(scope: usize, f: impl FnOnce(&mut Scope) -> R) -> R {
     let mut g = scopes();
-    f(g.get_or_insert_with(HashMap::new).entry(scope).or_default())
+    let map = g.get_or_insert_with(HashMap::new);
+    let entry = map.entry(scope).or_default();
+    let r = f(entry);
+    // A system whose last capability and actor are gone leaves nothing
+    // behind (a process may start many systems: tests, fuzzing).
+    if entry.caps.is_empty() && entry.actors == 0 {
+        map.remove(&scope);
+    }
+    r
 }
 
 pub(crate) fn add_cap(scope: usize, id: u64, node: Weak<Node>, kind: &'static str) {
