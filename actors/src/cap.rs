@@ -38,7 +38,7 @@ pub(crate) enum Kind {
     /// A capability served by an actor (ours, or a user's actor hosting a
     /// service): calls go into its mailbox.
     Local(Recipient<IncomingCall>),
-    /// A local promise: calls wait in its FIFO queue until it resolves.
+    /// A local promise: calls queue in the promise actor until it resolves.
     Promise(PromiseHandle),
     /// A pointer field of an answer that may not have arrived yet.
     Pipelined { answer: AnswerRef, path: Vec<u16> },
