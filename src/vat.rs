@@ -840,93 +840,41 @@ impl Listening {
 /// file at the path is replaced.
 pub async fn serve(address: &Address, services: Services) -> io::Result<Listening> {
     let services = Arc::new(services);
-    let options = move || ConnectionOptions {
-        bootstrap: Some({
-            let s = services.clone();
-            capnp_actix_actors::connection::bootstrap_fn(move |id: &[u8]| s.lookup(id))
-        }),
-        ..Default::default()
-    };
-    match address {
-        Address::Tcp { host, port } => {
-            let listener = tokio::net::TcpListener::bind((host.as_str(), *port))
-                .await
-                .map_err(|e| with_context(e, address))?;
-            let local = listener.local_addr()?;
-            let task = actix_rt::spawn(async move {
-                loop {
-                    match listener.accept().await {
-                        Ok((s, peer)) => {
-                            let _ = s.set_nodelay(true);
-                            tracing::debug!(%peer, "accepted connection");
-                            start_connection(s, options());
-                        }
-                        Err(e) => {
-                            tracing::warn!("accept failed: {e}");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        }
-                    }
+    let socket = net::Listener::bind(address).await?;
+    let local = socket.local_address(address)?;
+    let task = actix_rt::spawn(async move {
+        loop {
+            match socket.accept().await {
+                Ok((stream, peer)) => {
+                    tracing::debug!(%peer, "accepted connection");
+                    let s = services.clone();
+                    start_connection(
+                        stream,
+                        ConnectionOptions {
+                            bootstrap: Some(capnp_actix_actors::connection::bootstrap_fn(
+                                move |id: &[u8]| s.lookup(id),
+                            )),
+                            ..Default::default()
+                        },
+                    );
                 }
-            });
-            Ok(Listening {
-                address: Address::Tcp {
-                    host: host.clone(),
-                    port: local.port(),
-                },
-                task,
-            })
-        }
-        Address::Unix(path) => {
-            if std::fs::symlink_metadata(path).is_ok_and(|m| {
-                use std::os::unix::fs::FileTypeExt;
-                m.file_type().is_socket()
-            }) {
-                let _ = std::fs::remove_file(path);
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
-            let listener =
-                tokio::net::UnixListener::bind(path).map_err(|e| with_context(e, address))?;
-            let task = actix_rt::spawn(async move {
-                loop {
-                    match listener.accept().await {
-                        Ok((s, _)) => {
-                            start_connection(s, options());
-                        }
-                        Err(e) => {
-                            tracing::warn!("accept failed: {e}");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            });
-            Ok(Listening {
-                address: address.clone(),
-                task,
-            })
         }
-    }
-}
-
-fn with_context(e: io::Error, address: &Address) -> io::Error {
-    io::Error::new(e.kind(), format!("{address}: {e}"))
+    });
+    Ok(Listening {
+        address: local,
+        task,
+    })
 }
 
 /// Opens a connection to `address` (no TLS), on the current arbiter.
 pub async fn connect(address: &Address) -> io::Result<ConnectionHandle> {
-    match address {
-        Address::Tcp { host, port } => {
-            let s = tokio::net::TcpStream::connect((host.as_str(), *port))
-                .await
-                .map_err(|e| with_context(e, address))?;
-            s.set_nodelay(true)?;
-            Ok(start_connection(s, ConnectionOptions::default()))
-        }
-        Address::Unix(path) => {
-            let s = tokio::net::UnixStream::connect(path)
-                .await
-                .map_err(|e| with_context(e, address))?;
-            Ok(start_connection(s, ConnectionOptions::default()))
-        }
-    }
+    let stream = net::dial(address).await?;
+    Ok(start_connection(stream, ConnectionOptions::default()))
 }
 
 /// Connects to the vat a sturdy URI names and returns the service's
