@@ -1196,11 +1196,11 @@ fn a_call_pipelined_on_a_dead_connection_does_not_deadlock_steps() -> Scenario {
 /// of its own objects and tells vat 1 (`resolve` to a `senderHosted`
 /// export); vat 1 sends call B straight to that export, as the protocol
 /// allows (the promise's host keeps the order; no embargo). Vat 0 reads A
-/// and B together: A goes to the answer's field, the local promise, whose
-/// actor forwards it to the object (one more mailbox hop); B goes to the
-/// object at once and arrives first. Seed 1859 shrunk, then made by hand.
+/// and B together: A goes to the answer's field, the local promise, and
+/// B to the object. When the promise was an actor, A took one more mailbox
+/// hop and B arrived first; a resolved promise now forwards at once.
+/// Seed 1859 shrunk, then made by hand.
 #[test]
-#[ignore = "bug: a call through a resolved exported promise takes an extra hop and is overtaken by a later call on its target (a queue without the hop fixed it but broke the capnp-rpc path-shortening interop test; reverted)"]
 fn calls_sent_before_and_after_a_resolve_keep_their_order() {
     regression(calls_sent_before_and_after_a_resolve_keep_their_order_steps());
 }
@@ -1298,20 +1298,18 @@ fn a_disembargo_does_not_overtake_a_call_forwarded_in_the_same_read_steps() -> S
 
 /// Calls on one reference arrive out of order (E-order: a call with seq 0
 /// arrives after seq 1 of the same reference). Seed 4331, shrunk by hand
-/// from 134 steps. Probable cause: vat 0 imports vat 1's promise P as its
-/// import 2; vat 1 asks for vat 0's bootstrap (q3), which vat 0 answers
-/// with that import (`receiverHosted` 2, P coming back). Vat 1 resolves P
-/// to vat 0's object O, pipelines call A on q3 before the return, then
-/// (after the return) makes call B, which it sends straight to its import
-/// of O: `embargo_local_fields` looks at the field *shortened* (P -> O, the
-/// peer's), so it sees no need for an embargo. Vat 0 reads the resolve of
-/// import 2 (to its own O: it starts an embargo and holds calls on import
-/// 2), then A (on q3 = import 2: held behind that embargo), then B (to O
-/// directly), so B overtakes A. Judging the field as the peer named it
-/// (not shortened) fixes this scenario but makes other seeds send
-/// disembargoes the peer rejects ("does not point back to the sender").
+/// from 134 steps. Vat 0 imports vat 1's promise P as its import 2; vat 1
+/// asks for vat 0's bootstrap (q3), which vat 0 answers with that import
+/// (`receiverHosted` 2, P coming back). Vat 1 resolves P to vat 0's object
+/// O, pipelines call A on q3 before the return, then (after the return)
+/// makes call B, which it sends straight to its import of O. Vat 0 reads
+/// the resolve of import 2 (to its own O), then A (on q3 = import 2), then
+/// B (to O). Vat 0 used to embargo import 2 on every such resolve, so A
+/// waited behind a disembargo round trip and B overtook it. Now, as in the
+/// reference implementation, an import that no call of ours went to
+/// (directly, or pipelined on a field that turned out to be it) resolves
+/// at once: nothing of ours can be on its way back through the peer.
 #[test]
-#[ignore = "bug: E-order, seq 0 arrives after seq 1 of the same reference (seed 4331)"]
 fn seed_4331_calls_on_one_reference_keep_their_order() {
     regression(seed_4331_calls_on_one_reference_keep_their_order_steps());
 }

@@ -38,7 +38,7 @@ pub(crate) enum Kind {
     /// A capability served by an actor (ours, or a user's actor hosting a
     /// service): calls go into its mailbox.
     Local(Recipient<IncomingCall>),
-    /// A local promise: calls queue in the promise actor until it resolves.
+    /// A local promise: calls wait in its FIFO queue until it resolves.
     Promise(PromiseHandle),
     /// A pointer field of an answer that may not have arrived yet.
     Pipelined { answer: AnswerRef, path: Vec<u16> },
@@ -77,6 +77,11 @@ impl Kind {
 #[derive(Default)]
 pub(crate) struct Settle {
     state: Mutex<SettleState>,
+    /// For an import: a call has been sent to it (or is on its way to the
+    /// connection), or pipelined on a field that turned out to be it. Only
+    /// then does a resolve to something of ours need an embargo: otherwise
+    /// no call of ours can be on its way back through the peer.
+    called: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -89,6 +94,14 @@ struct SettleState {
 impl Settle {
     fn lock(&self) -> MutexGuard<'_, SettleState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn mark_called(&self) {
+        self.called.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn was_called(&self) -> bool {
+        self.called.load(Ordering::Relaxed)
     }
 
     pub(crate) fn target(&self) -> Option<CapRef> {
@@ -305,6 +318,9 @@ impl CapRef {
                 }
                 if let Some(a) = call.completer.answer() {
                     a.set_remote(conn.clone(), *conn_id);
+                }
+                if let (Some(settle), None) = (&self.node.settle, call.marker) {
+                    settle.mark_called();
                 }
                 conn.do_send(crate::connection::ConnMsg::Call {
                     target: crate::connection::RemoteTarget::Import(*import),

@@ -729,6 +729,14 @@ impl Connection {
             let field = results.cap_at(&path).shortened();
             let theirs =
                 matches!(field.kind(), Kind::Remote { conn_id, .. } if *conn_id == self.id);
+            if theirs {
+                // The calls pipelined on it went to the peer, on their way
+                // to this import: if the peer later resolves it to one of
+                // ours, they may still be coming back.
+                if let Some(settle) = &field.node.settle {
+                    settle.mark_called();
+                }
+            }
             if theirs || matches!(field.kind(), Kind::Broken(_)) {
                 continue;
             }
@@ -771,7 +779,9 @@ impl Connection {
         if target.node.settle.is_some() && Arc::ptr_eq(&target.node, &node) {
             return;
         }
-        if !through_us || matches!(target.kind(), Kind::Broken(_)) {
+        if !through_us || matches!(target.kind(), Kind::Broken(_)) || !settle.was_called() {
+            // (No call of ours went to the import over the wire, so none
+            // can be on its way back through the peer: nothing to wait for.)
             return settle.settle(target);
         }
         // Calls on the import wait from now on; the disembargo itself goes

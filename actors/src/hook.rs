@@ -92,13 +92,17 @@ fn into_our_request(
 fn send_tail_call(answer: &Arc<Answer>, request: OutgoingRequest) -> AnswerRef {
     let (target, interface_id, method_id, params) = request.into_call_parts();
     if let Some((conn, conn_id, answer_id)) = answer.origin() {
+        let end = target.shortened();
         if let Kind::Remote {
             conn_id: target_conn,
             import,
             ..
-        } = target.shortened().kind()
+        } = end.kind()
         {
             if *target_conn == conn_id {
+                if let Some(settle) = &end.node.settle {
+                    settle.mark_called();
+                }
                 let (tail, completer) = Answer::open();
                 tail.shared().set_remote(conn.clone(), conn_id);
                 conn.do_send(crate::connection::ConnMsg::TailCall {

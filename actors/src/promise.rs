@@ -1,39 +1,95 @@
 //! Local promises: capabilities that will be resolved later.
 //!
-//! Calls made on a promise queue in its actor's mailbox and are forwarded,
-//! in order, once the promise resolves; later calls keep going through the
-//! actor, so that none can overtake those queued before the resolution.
+//! Calls made on a promise wait in its FIFO queue and are forwarded, in
+//! order, once the promise resolves. After that, calls go straight to the
+//! resolution, with no extra hop: a peer that learnt of the resolution
+//! (our `resolve`) may send later calls to the resolution directly, and
+//! those must not overtake calls still on their way through the promise.
+//! While the queue is being flushed, new calls join its end, so nothing
+//! overtakes a queued call either.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Weak};
-
-use actix::{Actor, Addr, Handler, Message};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crate::answer::Call;
 use crate::cap::{CapRef, Kind, Node};
 use crate::error;
 use crate::registry;
 
-/// The promise's side of the actor.
+#[derive(Default)]
+struct PromiseState {
+    queue: VecDeque<Call>,
+    target: Option<CapRef>,
+    /// Someone is forwarding the queue to `target`: new calls queue too.
+    flushing: bool,
+}
+
+/// The shared queue of one promise.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<PromiseState>,
+    /// Counts the promise among the runtime's live objects (see
+    /// `ActorGuard`), as the actor that used to hold the queue did.
+    _guard: registry::ActorGuard,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, PromiseState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forwards queued calls to the target, one at a time, never holding
+    /// the lock while delivering (delivering can run arbitrary code, which
+    /// may call this promise again: such calls queue behind).
+    fn flush(&self) {
+        loop {
+            let (target, call) = {
+                let mut s = self.lock();
+                let Some(target) = s.target.clone() else {
+                    s.flushing = false;
+                    return;
+                };
+                match s.queue.pop_front() {
+                    Some(call) => (target, call),
+                    None => {
+                        s.flushing = false;
+                        return;
+                    }
+                }
+            };
+            target.deliver(call);
+        }
+    }
+}
+
+/// The promise's side of the queue.
 pub(crate) struct PromiseHandle {
-    actor: Addr<PromiseActor>,
+    queue: Arc<Queue>,
 }
 
 impl PromiseHandle {
     pub(crate) fn deliver(&self, call: Call) {
-        self.actor.do_send(PromiseMsg::Call(call));
+        let mut s = self.queue.lock();
+        match (&s.target, s.flushing) {
+            (Some(t), false) => {
+                let t = t.clone();
+                drop(s);
+                t.deliver(call);
+            }
+            _ => s.queue.push_back(call),
+        }
     }
 }
 
 /// Creates a local promise and the resolver that settles it.
 pub(crate) fn new_promise() -> (CapRef, Resolver) {
-    let actor = PromiseActor::default().start();
+    let queue = Arc::new(Queue::default());
     let cap = CapRef::from_kind(Kind::Promise(PromiseHandle {
-        actor: actor.clone(),
+        queue: queue.clone(),
     }));
     let resolver = Resolver {
         node: Arc::downgrade(&cap.node),
-        actor: Some(actor),
+        queue: Some(queue),
     };
     (cap, resolver)
 }
@@ -42,13 +98,13 @@ pub(crate) fn new_promise() -> (CapRef, Resolver) {
 /// unresolved breaks the promise.
 pub struct Resolver {
     node: Weak<Node>,
-    actor: Option<Addr<PromiseActor>>,
+    queue: Option<Arc<Queue>>,
 }
 
 impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Resolver")
-            .field("pending", &self.actor.is_some())
+            .field("pending", &self.queue.is_some())
             .finish()
     }
 }
@@ -66,76 +122,44 @@ impl Resolver {
     }
 
     fn settle(&mut self, target: CapRef) {
-        let Some(actor) = self.actor.take() else {
+        let Some(queue) = self.queue.take() else {
             return;
         };
         let target = match self.node.upgrade() {
             Some(node) => {
                 let me = CapRef { node };
-                let target = if me.would_cycle(&target) {
+                if me.would_cycle(&target) {
                     CapRef::broken(error::cycle())
                 } else {
                     target
-                };
-                if let Some(s) = &me.node.settle {
-                    s.settle(target.clone());
                 }
-                target
             }
             // Released before it resolved: only queued calls care now.
             None => target,
         };
-        actor.do_send(PromiseMsg::Resolve(target));
+        {
+            let mut s = queue.lock();
+            if s.target.is_some() {
+                return;
+            }
+            s.target = Some(target.clone());
+            s.flushing = true;
+        }
+        // The queued calls go first, then the node says it is settled (so
+        // that nothing following the resolution overtakes them).
+        queue.flush();
+        if let Some(node) = self.node.upgrade() {
+            if let Some(s) = &node.settle {
+                s.settle(target);
+            }
+        }
     }
 }
 
 impl Drop for Resolver {
     fn drop(&mut self) {
-        if self.actor.is_some() {
+        if self.queue.is_some() {
             self.settle(CapRef::broken(error::unresolved_promise()));
-        }
-    }
-}
-
-/// Queues calls until the promise resolves, then forwards them in order.
-#[derive(Default)]
-pub(crate) struct PromiseActor {
-    queue: VecDeque<Call>,
-    target: Option<CapRef>,
-    /// Last: see `ActorGuard`.
-    _guard: registry::ActorGuard,
-}
-
-impl Actor for PromiseActor {
-    type Context = actix::Context<Self>;
-}
-
-pub(crate) enum PromiseMsg {
-    Call(Call),
-    Resolve(CapRef),
-}
-
-impl Message for PromiseMsg {
-    type Result = ();
-}
-
-impl Handler<PromiseMsg> for PromiseActor {
-    type Result = ();
-    fn handle(&mut self, msg: PromiseMsg, _: &mut Self::Context) {
-        match msg {
-            PromiseMsg::Call(call) => match &self.target {
-                Some(t) => t.deliver(call),
-                None => self.queue.push_back(call),
-            },
-            PromiseMsg::Resolve(target) => {
-                if self.target.is_some() {
-                    return;
-                }
-                while let Some(call) = self.queue.pop_front() {
-                    target.deliver(call);
-                }
-                self.target = Some(target);
-            }
         }
     }
 }
