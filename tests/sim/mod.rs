@@ -4,6 +4,7 @@
 //! targets in `fuzz/` (which include these files by path).
 #![allow(dead_code)]
 
+pub mod describe;
 pub mod driver;
 pub mod model;
 pub mod ops;

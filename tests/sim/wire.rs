@@ -68,13 +68,18 @@ impl Wire {
         self.state.borrow().frames.len()
     }
 
+    /// The frames waiting to be delivered, oldest first.
+    pub fn waiting(&self) -> Vec<Vec<u8>> {
+        self.state.borrow().frames.iter().cloned().collect()
+    }
+
     /// Moves the next frame to the reader. False if none was waiting.
     pub fn deliver_one(&self) -> bool {
         let mut s = self.state.borrow_mut();
         match s.frames.pop_front() {
             Some(f) => {
                 if std::env::var_os("SIM_TRACE").is_some() {
-                    println!("    deliver {}", describe(&f));
+                    println!("    deliver {}", super::describe::frame(&f));
                 }
                 s.readable.extend(f);
                 s.wake_reader();
@@ -224,97 +229,6 @@ impl AsyncWrite for End {
         s.wake_reader();
         bump(&self.activity);
         Poll::Ready(Ok(()))
-    }
-}
-
-/// One frame, in short (for `SIM_TRACE`).
-pub fn describe(frame: &[u8]) -> String {
-    use capnp_actix::schemas::rpc_capnp::{disembargo, message, message_target};
-    let mut r = frame;
-    let Ok(m) = capnp::serialize::read_message(&mut r, Default::default()) else {
-        return "<unreadable>".into();
-    };
-    let Ok(root) = m.get_root::<message::Reader<'_>>() else {
-        return "<unreadable>".into();
-    };
-    let target = |t: capnp::Result<message_target::Reader<'_>>| match t.and_then(|t| {
-        t.which()
-            .map_err(|e| capnp::Error::failed(format!("{e:?}")))
-    }) {
-        Ok(message_target::ImportedCap(i)) => format!("import {i}"),
-        Ok(message_target::PromisedAnswer(p)) => match p {
-            Ok(p) => format!(
-                "answer {} {:?}",
-                p.get_question_id(),
-                p.get_transform().map(|t| t.len())
-            ),
-            Err(_) => "answer ?".into(),
-        },
-        Err(_) => "?".into(),
-    };
-    let caps = |p: capnp::Result<capnp_actix::schemas::rpc_capnp::payload::Reader<'_>>| -> String {
-        use capnp_actix::schemas::rpc_capnp::cap_descriptor;
-        let Ok(p) = p else { return String::new() };
-        let Ok(t) = p.get_cap_table() else {
-            return String::new();
-        };
-        t.iter()
-            .map(|d| match d.which() {
-                Ok(cap_descriptor::None(())) => "none".to_string(),
-                Ok(cap_descriptor::SenderHosted(i)) => format!("senderHosted {i}"),
-                Ok(cap_descriptor::SenderPromise(i)) => format!("senderPromise {i}"),
-                Ok(cap_descriptor::ReceiverHosted(i)) => format!("receiverHosted {i}"),
-                Ok(cap_descriptor::ReceiverAnswer(a)) => match a {
-                    Ok(a) => format!("receiverAnswer {}", a.get_question_id()),
-                    Err(_) => "receiverAnswer ?".into(),
-                },
-                Ok(cap_descriptor::ThirdPartyHosted(_)) => "thirdParty".into(),
-                Err(_) => "?".into(),
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match root.which() {
-        Ok(message::Call(Ok(c))) => format!(
-            "call q{} -> {} [{}]",
-            c.get_question_id(),
-            target(c.get_target()),
-            caps(c.get_params())
-        ),
-        Ok(message::Return(Ok(r))) => {
-            use capnp_actix::schemas::rpc_capnp::return_;
-            let what = match r.which() {
-                Ok(return_::Results(p)) => format!("results [{}]", caps(p)),
-                Ok(return_::Exception(_)) => "exception".into(),
-                Ok(return_::Canceled(())) => "canceled".into(),
-                Ok(return_::ResultsSentElsewhere(())) => "sentElsewhere".into(),
-                Ok(return_::TakeFromOtherQuestion(q)) => format!("takeFrom {q}"),
-                _ => "other".into(),
-            };
-            format!("return a{} {what}", r.get_answer_id())
-        }
-        Ok(message::Finish(Ok(f))) => format!("finish q{}", f.get_question_id()),
-        Ok(message::Resolve(Ok(r))) => {
-            use capnp_actix::schemas::rpc_capnp::resolve;
-            match r.which() {
-                Ok(resolve::Cap(Ok(_))) => format!("resolve {} to cap", r.get_promise_id()),
-                _ => format!("resolve {} to exception", r.get_promise_id()),
-            }
-        }
-        Ok(message::Release(Ok(r))) => {
-            format!("release {} x{}", r.get_id(), r.get_reference_count())
-        }
-        Ok(message::Disembargo(Ok(d))) => {
-            let ctx = match d.get_context().which() {
-                Ok(disembargo::context::SenderLoopback(e)) => format!("senderLoopback {e}"),
-                Ok(disembargo::context::ReceiverLoopback(e)) => format!("receiverLoopback {e}"),
-                _ => "other".into(),
-            };
-            format!("disembargo {ctx} -> {}", target(d.get_target()))
-        }
-        Ok(message::Bootstrap(Ok(b))) => format!("bootstrap q{}", b.get_question_id()),
-        Ok(message::Abort(_)) => "abort".into(),
-        _ => "other".into(),
     }
 }
 

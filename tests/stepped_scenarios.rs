@@ -1,0 +1,513 @@
+//! Stepped protocol scenarios between two of our vats (SCENARIOS 10, 15,
+//! 17, 19, 24, 26, 34): the vats are joined by in-memory wires that move
+//! one message at a time when the test says so, and the test checks the
+//! kind, ids, target and capability descriptors of every message each
+//! side sends, in order, before delivering it. Each test ends with every
+//! table on both sides empty and nothing alive.
+//!
+//! The same scenarios run over real sockets with many calls in bursts in
+//! `tests/embargo_scenarios.rs` and `tests/path_shortening.rs`; here the
+//! interleaving is forced, so the embargo logic is checked message by
+//! message.
+
+#[path = "sim/describe.rs"]
+mod describe;
+mod support;
+#[path = "sim/wire.rs"]
+#[allow(dead_code)]
+mod wire;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use capnp_actix::connection::{
+    bootstrap_fn, start_connection, ConnectionHandle, ConnectionOptions,
+};
+use capnp_actix::schemas::test_api_capnp::{maker, probe};
+use capnp_actix::{Cap, CapRef, Resolver};
+use support::{Log, Probe};
+use wire::{Activity, Wire};
+
+/// Which way a message goes.
+#[derive(Clone, Copy, Debug)]
+enum Dir {
+    /// From the client vat to the server vat.
+    Up,
+    /// From the server vat to the client vat.
+    Down,
+}
+
+/// Two vats over stepped wires; the server's bootstrap is `service`.
+struct Net {
+    activity: Activity,
+    up: Wire,
+    down: Wire,
+    client: ConnectionHandle,
+    server: ConnectionHandle,
+}
+
+impl Net {
+    fn new(service: CapRef) -> Net {
+        let activity = Activity::default();
+        let (client_end, server_end, up, down) = wire::pair(&activity);
+        let server = start_connection(
+            server_end,
+            ConnectionOptions {
+                bootstrap: Some(bootstrap_fn(move |_: &[u8]| Ok(service.clone()))),
+                ..Default::default()
+            },
+        );
+        let client = start_connection(client_end, ConnectionOptions::default());
+        Net {
+            activity,
+            up,
+            down,
+            client,
+            server,
+        }
+    }
+
+    fn wire(&self, dir: Dir) -> &Wire {
+        match dir {
+            Dir::Up => &self.up,
+            Dir::Down => &self.down,
+        }
+    }
+
+    /// Lets both vats run until nothing moves (every mailbox drained, no
+    /// byte read or written for a while).
+    async fn settle(&self) {
+        let mut idle = 0;
+        let mut last = self.activity.get();
+        let mut rounds = 0;
+        while idle < 64 {
+            tokio::task::yield_now().await;
+            rounds += 1;
+            assert!(rounds < 1_000_000, "the vats never went quiet");
+            let now = self.activity.get();
+            if now == last {
+                idle += 1;
+            } else {
+                last = now;
+                idle = 0;
+            }
+        }
+    }
+
+    /// The messages waiting on a wire, in order.
+    async fn waiting(&self, dir: Dir) -> Vec<String> {
+        self.settle().await;
+        self.wire(dir)
+            .waiting()
+            .iter()
+            .map(|f| describe::frame(f))
+            .collect()
+    }
+
+    /// Checks that exactly `expected` wait on the wire, in that order.
+    async fn expect(&self, dir: Dir, expected: &[&str]) {
+        assert_eq!(self.waiting(dir).await, expected, "messages going {dir:?}");
+    }
+
+    /// Delivers the next `n` messages on a wire, one at a time.
+    async fn deliver(&self, dir: Dir, n: usize) {
+        for _ in 0..n {
+            self.settle().await;
+            assert!(self.wire(dir).deliver_one(), "nothing to deliver {dir:?}");
+        }
+        self.settle().await;
+    }
+
+    /// Checks what waits on a wire, then delivers all of it.
+    async fn pass(&self, dir: Dir, expected: &[&str]) {
+        self.expect(dir, expected).await;
+        self.deliver(dir, expected.len()).await;
+    }
+
+    /// Delivers everything both ways until nothing moves.
+    async fn flush(&self) {
+        loop {
+            self.settle().await;
+            let mut moved = false;
+            for w in [&self.up, &self.down] {
+                while w.deliver_one() {
+                    moved = true;
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Ends a test: every table empty on both sides, then nothing alive.
+    async fn end(self) {
+        self.flush().await;
+        for (side, conn) in [("client", &self.client), ("server", &self.server)] {
+            let (t, dump) = conn.inspect().await.unwrap();
+            assert_eq!(
+                t.questions + t.answers + t.exports + t.imports + t.embargoes,
+                0,
+                "{side} tables not empty:\n{dump}"
+            );
+        }
+        self.client.close("test over");
+        self.flush().await;
+        drop(self);
+        capnp_actix::debug::settle(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|r| panic!("still alive:\n{r}"));
+    }
+}
+
+/// A call on `p` with `seq`, started now; its outcome comes later.
+fn start_call(p: &probe::Client, seq: u64) -> tokio::task::JoinHandle<Result<u64, capnp::Error>> {
+    let mut req = p.call_request();
+    req.get().set_seq(seq);
+    let promise = req.send().promise;
+    tokio::task::spawn_local(async move { Ok(promise.await?.get()?.get_seq()) })
+}
+
+async fn outcomes(calls: Vec<tokio::task::JoinHandle<Result<u64, capnp::Error>>>) -> Vec<u64> {
+    let mut out = Vec::new();
+    for c in calls {
+        out.push(c.await.unwrap().unwrap());
+    }
+    out
+}
+
+/// The server's maker: `hold(probe)` answers at once with a local
+/// promise, which the test resolves (to the probe given, or to anything
+/// else) with [`Held::resolve`].
+#[derive(Clone, Default)]
+struct Held(Rc<RefCell<Vec<(Resolver, CapRef)>>>);
+
+impl Held {
+    /// Resolves the oldest held promise to the probe it was given.
+    fn resolve(&self) {
+        let (resolver, given) = self.0.borrow_mut().remove(0);
+        resolver.resolve_to(given);
+    }
+    /// Breaks the oldest held promise.
+    fn break_it(&self, reason: &str) {
+        let (resolver, _) = self.0.borrow_mut().remove(0);
+        resolver.reject(capnp::Error::failed(reason.into()));
+    }
+}
+
+impl maker::Server for Held {
+    async fn hold(
+        self: Rc<Self>,
+        params: maker::HoldParams,
+        mut results: maker::HoldResults,
+    ) -> Result<(), capnp::Error> {
+        let given: Cap<probe::Client> = Cap::from_client(&params.get()?.get_probe()?);
+        let (promise, resolver) = Cap::<probe::Client>::promise();
+        self.0.borrow_mut().push((resolver, given.raw().clone()));
+        results.get().set_probe(promise.client());
+        Ok(())
+    }
+}
+
+/// The client's bootstrap and a `hold(local)` pipelined on it: the first
+/// three messages of most scenarios here.
+async fn hold_through_bootstrap(net: &Net, local: probe::Client) -> probe::Client {
+    let maker: maker::Client = Cap::<maker::Client>::from_raw(net.client.bootstrap(b"")).client();
+    let mut req = maker.hold_request();
+    req.get().set_probe(local);
+    let held = req.send();
+    let promise = held.pipeline.get_probe();
+    net.pass(
+        Dir::Up,
+        &["bootstrap q0", "call q1 -> answer 0 m1 [senderHosted 0]"],
+    )
+    .await;
+    tokio::task::spawn_local(async move {
+        let _ = held.promise.await;
+        drop(maker);
+    });
+    promise
+}
+
+/// SCENARIOS 10 and 15: the server's answer is a promise, which it
+/// resolves to the client's own object (a `resolve` naming the client's
+/// export). The client made calls on the promise over the wire, so it
+/// embargoes: calls made after the `resolve` wait in the client until its
+/// `disembargo` has come back behind the calls the server forwards, then
+/// go to the local object directly, never on the wire.
+#[actix::test]
+async fn scenario_10_and_15_a_promise_resolved_to_our_own_object_is_embargoed_then_local() {
+    let held = Held::default();
+    let net = Net::new(Cap::<maker::Client>::new(held.clone()).raw().clone());
+    let log = Log::default();
+    {
+        let local = Probe::cap(&log);
+        let promise = hold_through_bootstrap(&net, local.client()).await;
+        net.pass(
+            Dir::Down,
+            &[
+                "return a0 results [senderHosted 0]",
+                "return a1 results [senderPromise 1]",
+            ],
+        )
+        .await;
+        // Two calls on the promise go to the server (pipelined on q1: the
+        // client heard of the promise from that return).
+        let mut calls = vec![start_call(&promise, 0), start_call(&promise, 1)];
+        // (The bootstrap's and hold's answers are finished, the maker
+        // released; question ids are reused.)
+        let before = [
+            "finish q0",
+            "finish q1",
+            "release 0 x1",
+            "call q0 -> import 1 m0 []",
+            "call q1 -> import 1 m0 []",
+        ];
+        net.expect(Dir::Up, &before).await;
+        // The server resolves its promise to the client's probe before it
+        // reads those calls: `resolve` names the client's export.
+        held.resolve();
+        net.expect(Dir::Down, &["resolve 1 -> receiverHosted 0"])
+            .await;
+        net.deliver(Dir::Down, 1).await;
+        // The client embargoes: a disembargo through the promise, and the
+        // next call waits in the client.
+        calls.push(start_call(&promise, 2));
+        let mut then = before.to_vec();
+        then.push("disembargo senderLoopback 0 -> import 1");
+        net.expect(Dir::Up, &then).await;
+        assert!(log.calls().is_empty());
+        // The server forwards the two calls back to the probe, then
+        // reflects the disembargo behind them.
+        net.deliver(Dir::Up, then.len()).await;
+        net.expect(
+            Dir::Down,
+            &[
+                "call q0 -> import 0 m0 []",
+                "call q1 -> import 0 m0 []",
+                "disembargo receiverLoopback 0 -> import 0",
+            ],
+        )
+        .await;
+        net.deliver(Dir::Down, 3).await;
+        assert_eq!(log.calls(), vec![0, 1, 2], "E-order across the embargo");
+        // From now on calls on the promise are local: nothing on the wire.
+        calls.push(start_call(&promise, 3));
+        net.settle().await;
+        assert_eq!(log.calls(), vec![0, 1, 2, 3]);
+        net.flush().await;
+        assert_eq!(outcomes(calls).await, vec![0, 1, 2, 3]);
+        drop((promise, local));
+    }
+    net.end().await;
+    assert_eq!(log.released(), 1);
+}
+
+/// SCENARIO 17: calls pipelined on an answer that turns out to be a
+/// promise of the server's, which later resolves to the client's own
+/// object, still need an embargo: they went to the server, which forwards
+/// them back. The client has made no direct call on the import, but the
+/// pipelined calls count as calls on it.
+#[actix::test]
+async fn scenario_17_pipelined_calls_on_an_answer_resolving_later_to_our_object_are_embargoed() {
+    let held = Held::default();
+    let net = Net::new(Cap::<maker::Client>::new(held.clone()).raw().clone());
+    let log = Log::default();
+    {
+        let local = Probe::cap(&log);
+        let promise = hold_through_bootstrap(&net, local.client()).await;
+        // Pipelined on the answer, before the return.
+        let mut calls = vec![start_call(&promise, 0), start_call(&promise, 1)];
+        net.pass(
+            Dir::Up,
+            &[
+                "call q2 -> answer 1.[0] m0 []",
+                "call q3 -> answer 1.[0] m0 []",
+            ],
+        )
+        .await;
+        // The server answered with its promise (and put the pipelined
+        // calls in its queue).
+        net.pass(
+            Dir::Down,
+            &[
+                "return a0 results [senderHosted 0]",
+                "return a1 results [senderPromise 1]",
+            ],
+        )
+        .await;
+        // The promise resolves to the client's probe; the server forwards
+        // the queued calls to it, then says `resolve`.
+        held.resolve();
+        net.pass(
+            Dir::Down,
+            &[
+                "call q0 -> import 0 m0 []",
+                "call q1 -> import 0 m0 []",
+                "resolve 1 -> receiverHosted 0",
+            ],
+        )
+        .await;
+        assert_eq!(log.calls(), vec![0, 1]);
+        // The client embargoes all the same, since calls it pipelined went
+        // to that import (it cannot know they all came back already).
+        calls.push(start_call(&promise, 2));
+        net.settle().await;
+        assert_eq!(log.calls(), vec![0, 1], "call 2 did not wait");
+        let up = net.waiting(Dir::Up).await;
+        assert_eq!(
+            up.last().map(String::as_str),
+            Some("disembargo senderLoopback 0 -> import 1"),
+            "{up:?}"
+        );
+        assert!(!up.iter().any(|m| m.starts_with("call")), "{up:?}");
+        net.flush().await;
+        assert_eq!(log.calls(), vec![0, 1, 2]);
+        assert_eq!(outcomes(calls).await, vec![0, 1, 2]);
+        drop((promise, local));
+    }
+    net.end().await;
+}
+
+/// The other side of SCENARIO 17's rule (and seed 4331 of the
+/// simulation): an import no call of ours went to needs no embargo when
+/// the peer resolves it to our own object; calls go to it directly at
+/// once, with no disembargo on the wire.
+#[actix::test]
+async fn scenario_17_an_import_never_called_resolves_to_our_object_without_an_embargo() {
+    let held = Held::default();
+    let net = Net::new(Cap::<maker::Client>::new(held.clone()).raw().clone());
+    let log = Log::default();
+    {
+        let local = Probe::cap(&log);
+        let promise = hold_through_bootstrap(&net, local.client()).await;
+        net.pass(
+            Dir::Down,
+            &[
+                "return a0 results [senderHosted 0]",
+                "return a1 results [senderPromise 1]",
+            ],
+        )
+        .await;
+        held.resolve();
+        net.pass(Dir::Down, &["resolve 1 -> receiverHosted 0"])
+            .await;
+        let calls = vec![start_call(&promise, 0)];
+        net.settle().await;
+        assert_eq!(log.calls(), vec![0], "called locally at once");
+        let up = net.waiting(Dir::Up).await;
+        assert!(
+            !up.iter()
+                .any(|m| m.starts_with("disembargo") || m.starts_with("call")),
+            "{up:?}"
+        );
+        net.flush().await;
+        assert_eq!(outcomes(calls).await, vec![0]);
+        drop((promise, local));
+    }
+    net.end().await;
+}
+
+/// SCENARIO 13: the client pipelines M1 through an answer that turns out
+/// to be its own object, then sends M2 on it: the client embargoes the
+/// field (a disembargo on the promised answer), M2 waits in the client
+/// until the server has forwarded M1 back and reflected the disembargo.
+#[actix::test]
+async fn scenario_13_a_pipelined_call_through_an_answer_that_is_our_own_object_keeps_order() {
+    let net = Net::new(
+        Cap::<maker::Client>::new(support::Maker::default())
+            .raw()
+            .clone(),
+    );
+    let log = Log::default();
+    {
+        let local = Probe::cap(&log);
+        let echoed = hold_through_bootstrap(&net, local.client()).await;
+        let mut calls = vec![start_call(&echoed, 1)];
+        net.pass(Dir::Up, &["call q2 -> answer 1.[0] m0 []"]).await;
+        // The server answers with the client's own probe and forwards M1
+        // to it; the client reads the return first.
+        net.expect(
+            Dir::Down,
+            &[
+                "return a0 results [senderHosted 0]",
+                "return a1 results [receiverHosted 0]",
+                "call q0 -> import 0 m0 []",
+            ],
+        )
+        .await;
+        net.deliver(Dir::Down, 2).await;
+        calls.push(start_call(&echoed, 2));
+        net.settle().await;
+        assert!(log.calls().is_empty(), "M2 overtook M1");
+        let up = net.waiting(Dir::Up).await;
+        assert!(
+            up.iter()
+                .any(|m| m == "disembargo senderLoopback 0 -> answer 1.[0]"),
+            "{up:?}"
+        );
+        assert!(!up.iter().any(|m| m.starts_with("call")), "{up:?}");
+        // M1 arrives, then the disembargo goes up and comes back.
+        net.deliver(Dir::Down, 1).await;
+        assert_eq!(log.calls(), vec![1]);
+        net.deliver(Dir::Up, up.len()).await;
+        // (The client finished its question, so the server releases the
+        // probe that was its answer.)
+        net.pass(
+            Dir::Down,
+            &["disembargo receiverLoopback 0 -> import 0", "release 0 x1"],
+        )
+        .await;
+        assert_eq!(log.calls(), vec![1, 2]);
+        net.flush().await;
+        assert_eq!(outcomes(calls).await, vec![1, 2]);
+        drop((echoed, local));
+    }
+    net.end().await;
+}
+
+/// SCENARIO 24: once the target is broken, nothing waits and no
+/// disembargo is sent: calls made on it fail with its error at once, and
+/// those already sent fail too.
+#[actix::test]
+async fn scenario_24_a_broken_target_gets_no_disembargo_and_calls_fail_with_its_error() {
+    let held = Held::default();
+    let net = Net::new(Cap::<maker::Client>::new(held.clone()).raw().clone());
+    let log = Log::default();
+    {
+        let local = Probe::cap(&log);
+        let promise = hold_through_bootstrap(&net, local.client()).await;
+        net.pass(
+            Dir::Down,
+            &[
+                "return a0 results [senderHosted 0]",
+                "return a1 results [senderPromise 1]",
+            ],
+        )
+        .await;
+        let sent = start_call(&promise, 0);
+        net.settle().await;
+        held.break_it("the promise broke");
+        // (The server drops the probe it was given.)
+        net.pass(Dir::Down, &["release 0 x1", "resolve 1 -> exception"])
+            .await;
+        let after = start_call(&promise, 1);
+        net.settle().await;
+        let up = net.waiting(Dir::Up).await;
+        assert!(!up.iter().any(|m| m.starts_with("disembargo")), "{up:?}");
+        assert_eq!(
+            up.iter().filter(|m| m.starts_with("call")).count(),
+            1,
+            "only the call made before the resolve goes out: {up:?}"
+        );
+        net.flush().await;
+        for c in [sent, after] {
+            let e = c.await.unwrap().unwrap_err();
+            assert!(e.to_string().contains("the promise broke"), "{e}");
+        }
+        assert!(log.calls().is_empty());
+        drop((promise, local));
+    }
+    net.end().await;
+}
