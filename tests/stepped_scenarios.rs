@@ -511,3 +511,142 @@ async fn scenario_24_a_broken_target_gets_no_disembargo_and_calls_fail_with_its_
     }
     net.end().await;
 }
+
+/// The server's maker for `pair`: answers with the capabilities it was
+/// made with (the second possibly absent).
+struct Pairs {
+    first: Cap<probe::Client>,
+    second: Option<Cap<probe::Client>>,
+}
+
+impl maker::Server for Pairs {
+    async fn pair(
+        self: Rc<Self>,
+        _: maker::PairParams,
+        mut results: maker::PairResults,
+    ) -> Result<(), capnp::Error> {
+        let mut p = results.get().init_pair();
+        p.set_first(self.first.client());
+        if let Some(s) = &self.second {
+            p.set_second(s.client());
+        }
+        Ok(())
+    }
+}
+
+/// SCENARIOS 6 and 12: calls pipelined on two capabilities at different
+/// pointer indexes of a nested result struct name each by its path; a
+/// capability taken from the result keeps working after the client has
+/// finished the question and dropped the result.
+#[actix::test]
+async fn scenario_06_and_12_nested_fields_by_path_and_a_field_outliving_its_result() {
+    let server_log = Log::default();
+    let net = Net::new(
+        Cap::<maker::Client>::new(Pairs {
+            first: Probe::cap(&server_log),
+            second: Some(Probe::cap(&server_log)),
+        })
+        .raw()
+        .clone(),
+    );
+    {
+        let maker: maker::Client =
+            Cap::<maker::Client>::from_raw(net.client.bootstrap(b"")).client();
+        let capnp::capability::RemotePromise { promise, pipeline } = maker.pair_request().send();
+        let first = pipeline.get_pair().get_first();
+        let second = pipeline.get_pair().get_second();
+        let mut calls = vec![start_call(&second, 2), start_call(&first, 1)];
+        net.pass(
+            Dir::Up,
+            &[
+                "bootstrap q0",
+                "call q1 -> answer 0 m0 []",
+                "call q2 -> answer 1.[0.1] m0 []",
+                "call q3 -> answer 1.[0.0] m0 []",
+            ],
+        )
+        .await;
+        net.expect(
+            Dir::Down,
+            &[
+                "return a0 results [senderHosted 0]",
+                "return a1 results [senderHosted 1, senderHosted 2]",
+                "return a2 results []",
+                "return a3 results []",
+            ],
+        )
+        .await;
+        net.flush().await;
+        assert_eq!(server_log.calls(), vec![2, 1]);
+        assert_eq!(outcomes(std::mem::take(&mut calls)).await, vec![2, 1]);
+        // 6: take the first field out of the result, drop the result.
+        let response = promise.await.unwrap();
+        let kept = response.get().unwrap().get_pair().unwrap().get_first().unwrap();
+        drop((response, pipeline, first, second, maker));
+        // The second field and the maker are released; the first is kept.
+        net.pass(Dir::Up, &["release 2 x1", "release 0 x1"]).await;
+        net.flush().await;
+        calls.push(start_call(&kept, 3));
+        net.pass(Dir::Up, &["call q0 -> import 1 m0 []"]).await;
+        net.flush().await;
+        assert_eq!(outcomes(calls).await, vec![3]);
+        assert_eq!(server_log.calls(), vec![2, 1, 3]);
+        drop(kept);
+    }
+    net.end().await;
+    assert_eq!(server_log.released(), 2);
+}
+
+/// SCENARIOS 16 and 26: a call pipelined on a field the result turns out
+/// not to have fails (the server answers it with an error), a call made
+/// on that field after the return fails at once without going out, and
+/// no embargo is ever started for it.
+#[actix::test]
+async fn scenario_16_and_26_a_pipelined_call_on_an_absent_field_fails_without_an_embargo() {
+    let server_log = Log::default();
+    let net = Net::new(
+        Cap::<maker::Client>::new(Pairs {
+            first: Probe::cap(&server_log),
+            second: None,
+        })
+        .raw()
+        .clone(),
+    );
+    {
+        let maker: maker::Client =
+            Cap::<maker::Client>::from_raw(net.client.bootstrap(b"")).client();
+        let pair = maker.pair_request().send();
+        let second = pair.pipeline.get_pair().get_second();
+        let before = start_call(&second, 1);
+        net.pass(
+            Dir::Up,
+            &[
+                "bootstrap q0",
+                "call q1 -> answer 0 m0 []",
+                "call q2 -> answer 1.[0.1] m0 []",
+            ],
+        )
+        .await;
+        net.pass(
+            Dir::Down,
+            &[
+                "return a0 results [senderHosted 0]",
+                "return a1 results [senderHosted 1]",
+                "return a2 exception",
+            ],
+        )
+        .await;
+        assert!(before.await.unwrap().is_err());
+        let after = start_call(&second, 2);
+        net.settle().await;
+        let up = net.waiting(Dir::Up).await;
+        assert!(
+            !up.iter().any(|m| m.starts_with("call") || m.starts_with("disembargo")),
+            "{up:?}"
+        );
+        assert!(after.await.unwrap().is_err());
+        assert!(server_log.calls().is_empty());
+        drop((second, pair, maker));
+    }
+    net.end().await;
+}
