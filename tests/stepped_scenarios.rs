@@ -581,7 +581,13 @@ async fn scenario_06_and_12_nested_fields_by_path_and_a_field_outliving_its_resu
         assert_eq!(outcomes(std::mem::take(&mut calls)).await, vec![2, 1]);
         // 6: take the first field out of the result, drop the result.
         let response = promise.await.unwrap();
-        let kept = response.get().unwrap().get_pair().unwrap().get_first().unwrap();
+        let kept = response
+            .get()
+            .unwrap()
+            .get_pair()
+            .unwrap()
+            .get_first()
+            .unwrap();
         drop((response, pipeline, first, second, maker));
         // The second field and the maker are released; the first is kept.
         net.pass(Dir::Up, &["release 2 x1", "release 0 x1"]).await;
@@ -641,7 +647,8 @@ async fn scenario_16_and_26_a_pipelined_call_on_an_absent_field_fails_without_an
         net.settle().await;
         let up = net.waiting(Dir::Up).await;
         assert!(
-            !up.iter().any(|m| m.starts_with("call") || m.starts_with("disembargo")),
+            !up.iter()
+                .any(|m| m.starts_with("call") || m.starts_with("disembargo")),
             "{up:?}"
         );
         assert!(after.await.unwrap().is_err());
@@ -649,4 +656,74 @@ async fn scenario_16_and_26_a_pipelined_call_on_an_absent_field_fails_without_an
         drop((second, pair, maker));
     }
     net.end().await;
+}
+
+/// SCENARIO 19: the client sends its own local promise to the server,
+/// which hands it back as the answer; M1, pipelined on the answer, goes
+/// to the server and comes back into the promise's queue. The answer is
+/// the client's own promise, so M2 waits behind an embargo, then joins the
+/// same queue; once the promise resolves to a local object, M1 and M2 run
+/// in order (no `resolve` goes out: the server no longer holds the
+/// promise).
+#[actix::test]
+async fn scenario_19_our_promise_handed_back_then_resolved_to_a_local_object_keeps_order() {
+    let net = Net::new(
+        Cap::<maker::Client>::new(support::Maker::default())
+            .raw()
+            .clone(),
+    );
+    let log = Log::default();
+    {
+        let (promise, resolver) = Cap::<probe::Client>::promise();
+        let maker: maker::Client =
+            Cap::<maker::Client>::from_raw(net.client.bootstrap(b"")).client();
+        let mut req = maker.hold_request();
+        req.get().set_probe(promise.client());
+        let held = req.send();
+        let back = held.pipeline.get_probe();
+        let mut calls = vec![start_call(&back, 1)];
+        net.pass(
+            Dir::Up,
+            &[
+                "bootstrap q0",
+                "call q1 -> answer 0 m1 [senderPromise 0]",
+                "call q2 -> answer 1.[0] m0 []",
+            ],
+        )
+        .await;
+        // The server answers with the client's promise and forwards M1 to
+        // it.
+        net.pass(
+            Dir::Down,
+            &[
+                "return a0 results [senderHosted 0]",
+                "return a1 results [receiverHosted 0]",
+                "call q0 -> import 0 m0 []",
+            ],
+        )
+        .await;
+        calls.push(start_call(&back, 2));
+        net.settle().await;
+        let up = net.waiting(Dir::Up).await;
+        assert!(
+            up.iter()
+                .any(|m| m == "disembargo senderLoopback 0 -> answer 1.[0]"),
+            "{up:?}"
+        );
+        assert!(!up.iter().any(|m| m.starts_with("call")), "{up:?}");
+        net.flush().await;
+        assert!(log.calls().is_empty(), "nothing runs before the resolution");
+        resolver.resolve_to(Probe::cap(&log).raw().clone());
+        net.settle().await;
+        assert_eq!(log.calls(), vec![1, 2]);
+        // Only M1's return goes back to the server: it released its
+        // import of the promise when the client finished the question, so
+        // no `resolve` is due.
+        net.expect(Dir::Up, &["return a0 results []"]).await;
+        net.flush().await;
+        assert_eq!(outcomes(calls).await, vec![1, 2]);
+        drop((back, held, maker, promise));
+    }
+    net.end().await;
+    assert_eq!(log.released(), 1);
 }
