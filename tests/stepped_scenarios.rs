@@ -727,3 +727,89 @@ async fn scenario_19_our_promise_handed_back_then_resolved_to_a_local_object_kee
     net.end().await;
     assert_eq!(log.released(), 1);
 }
+
+/// The server's maker for SCENARIO 14: `hold(m)` treats `m` as a maker,
+/// calls its `pair()`, and answers with that call's first field,
+/// pipelined: a promised answer of the caller's own.
+struct ViaPair;
+
+impl maker::Server for ViaPair {
+    async fn hold(
+        self: Rc<Self>,
+        params: maker::HoldParams,
+        mut results: maker::HoldResults,
+    ) -> Result<(), capnp::Error> {
+        let given: Cap<probe::Client> = Cap::from_client(&params.get()?.get_probe()?);
+        let theirs: maker::Client = given.cast::<maker::Client>().client();
+        let first = theirs.pair_request().send().pipeline.get_pair().get_first();
+        results.get().set_probe(first);
+        Ok(())
+    }
+}
+
+/// SCENARIO 14: M1 is pipelined through an answer that turns out to be a
+/// promised answer of the client's own (the server answers with a field
+/// of a call it made on the client). The client embargoes the field, the
+/// server reflects the disembargo through its own question to the client,
+/// and M2 runs after M1.
+#[actix::test]
+async fn scenario_14_an_answer_that_is_our_own_promised_answer_keeps_order() {
+    let net = Net::new(Cap::<maker::Client>::new(ViaPair).raw().clone());
+    let log = Log::default();
+    {
+        let (local_maker, answer_pair) = support::maker_with_pair();
+        let local_maker: Cap<maker::Client> = Cap::new(local_maker);
+        let as_probe: Cap<probe::Client> = local_maker.clone().cast();
+        let back = hold_through_bootstrap(&net, as_probe.client()).await;
+        let mut calls = vec![start_call(&back, 1)];
+        net.pass(Dir::Up, &["call q2 -> answer 1.[0] m0 []"]).await;
+        // The server calls pair() on the client's maker, answers hold with
+        // its first field, and forwards M1 there; the client reads all but
+        // the forwarded M1.
+        net.expect(
+            Dir::Down,
+            &[
+                "return a0 results [senderHosted 0]",
+                "call q0 -> import 0 m0 []",
+                "release 0 x1",
+                "return a1 results [receiverAnswer 0.[0.0]]",
+                "call q1 -> answer 0.[0.0] m0 []",
+            ],
+        )
+        .await;
+        net.deliver(Dir::Down, 4).await;
+        // The field is the client's own: embargo, and M2 waits.
+        calls.push(start_call(&back, 2));
+        net.pass(
+            Dir::Up,
+            &[
+                "finish q0",
+                "disembargo senderLoopback 0 -> answer 1.[0]",
+                "finish q1",
+                "release 0 x1",
+            ],
+        )
+        .await;
+        // The server reflects the disembargo through its question, behind
+        // M1.
+        net.pass(
+            Dir::Down,
+            &[
+                "call q1 -> answer 0.[0.0] m0 []",
+                "disembargo receiverLoopback 0 -> answer 0.[0.0]",
+            ],
+        )
+        .await;
+        net.flush().await;
+        assert!(log.calls().is_empty(), "pair() has not answered yet");
+        answer_pair
+            .send((Probe::cap(&log), Probe::cap(&Log::default())))
+            .ok()
+            .unwrap();
+        net.flush().await;
+        assert_eq!(log.calls(), vec![1, 2]);
+        assert_eq!(outcomes(calls).await, vec![1, 2]);
+        drop((back, as_probe, local_maker));
+    }
+    net.end().await;
+}

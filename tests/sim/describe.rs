@@ -44,7 +44,9 @@ fn descriptor(d: cap_descriptor::Reader<'_>) -> String {
         Ok(cap_descriptor::SenderHosted(i)) => format!("senderHosted {i}"),
         Ok(cap_descriptor::SenderPromise(i)) => format!("senderPromise {i}"),
         Ok(cap_descriptor::ReceiverHosted(i)) => format!("receiverHosted {i}"),
-        Ok(cap_descriptor::ReceiverAnswer(Ok(a))) => format!("receiver{}", answer(a)),
+        Ok(cap_descriptor::ReceiverAnswer(Ok(a))) => {
+            format!("receiverAnswer {}", &answer(a)["answer ".len()..])
+        }
         Ok(cap_descriptor::ThirdPartyHosted(_)) => "thirdPartyHosted".into(),
         _ => "?".into(),
     }
