@@ -813,3 +813,173 @@ async fn scenario_14_an_answer_that_is_our_own_promised_answer_keeps_order() {
     }
     net.end().await;
 }
+
+/// The server's maker for SCENARIOS 18 and 20: `hold` as [`Held`], and
+/// `pair` answering with a probe of the server's.
+struct HeldAndPair {
+    held: Held,
+    first: Cap<probe::Client>,
+}
+
+impl maker::Server for HeldAndPair {
+    async fn hold(
+        self: Rc<Self>,
+        params: maker::HoldParams,
+        results: maker::HoldResults,
+    ) -> Result<(), capnp::Error> {
+        maker::Server::hold(Rc::new(self.held.clone()), params, results).await
+    }
+
+    async fn pair(
+        self: Rc<Self>,
+        _: maker::PairParams,
+        mut results: maker::PairResults,
+    ) -> Result<(), capnp::Error> {
+        results.get().init_pair().set_first(self.first.client());
+        Ok(())
+    }
+}
+
+/// SCENARIOS 18 and 20: M1 bounces client -> server -> client -> server.
+/// The client's promise P goes to the server, whose answer is its own
+/// promise S; S resolves to P (M1 comes back to the client), then P
+/// resolves to the server's object R (M1 goes back to the server). Each
+/// side learns that a promise it called resolved to one of its own, so
+/// both embargo, and M2, made after the client's embargo started, reaches
+/// R after M1.
+#[actix::test]
+async fn scenario_18_and_20_both_sides_embargo_when_calls_bounce_back() {
+    let held = Held::default();
+    let server_log = Log::default();
+    let net = Net::new(
+        Cap::<maker::Client>::new(HeldAndPair {
+            held: held.clone(),
+            first: Probe::cap(&server_log),
+        })
+        .raw()
+        .clone(),
+    );
+    {
+        let maker: maker::Client =
+            Cap::<maker::Client>::from_raw(net.client.bootstrap(b"")).client();
+        // R, the server's probe, reached through pair().
+        let pair = maker.pair_request().send();
+        net.flush().await;
+        let response = pair.promise.await.unwrap();
+        let r = response
+            .get()
+            .unwrap()
+            .get_pair()
+            .unwrap()
+            .get_first()
+            .unwrap();
+        drop(response);
+        net.flush().await;
+        // P goes to the server; M1 is pipelined on hold's answer.
+        let (p, resolve_p) = Cap::<probe::Client>::promise();
+        let mut req = maker.hold_request();
+        req.get().set_probe(p.client());
+        let hold = req.send();
+        let back = hold.pipeline.get_probe();
+        let mut calls = vec![start_call(&back, 1)];
+        net.pass(
+            Dir::Up,
+            &[
+                "call q0 -> import 0 m1 [senderPromise 0]",
+                "call q1 -> answer 0.[0] m0 []",
+            ],
+        )
+        .await;
+        // The server answers with its promise S, which holds M1.
+        net.pass(Dir::Down, &["return a0 results [senderPromise 2]"])
+            .await;
+        net.pass(Dir::Up, &["finish q0"]).await;
+        // S resolves to P: M1 comes back to the client, into P's queue,
+        // and the client embargoes its import of S (it pipelined M1 on
+        // it): M2 waits in the client.
+        held.resolve();
+        net.pass(
+            Dir::Down,
+            &["call q0 -> import 0 m0 []", "resolve 2 -> receiverHosted 0"],
+        )
+        .await;
+        calls.push(start_call(&back, 2));
+        net.expect(Dir::Up, &["disembargo senderLoopback 0 -> import 2"])
+            .await;
+        // P resolves to R: M1 goes back to the server, and the server
+        // hears that P is its own R.
+        resolve_p.resolve_to(Cap::<probe::Client>::from_client(&r).raw().clone());
+        net.pass(
+            Dir::Up,
+            &[
+                "disembargo senderLoopback 0 -> import 2",
+                "call q0 -> import 1 m0 []",
+                "resolve 0 -> receiverHosted 1",
+            ],
+        )
+        .await;
+        assert_eq!(server_log.calls(), vec![1]);
+        // The server reflects the client's disembargo (through S to P),
+        // and embargoes its own import of P, which S forwarded M1 to.
+        net.expect(
+            Dir::Down,
+            &[
+                "disembargo receiverLoopback 0 -> import 0",
+                "return a0 results []",
+                "disembargo senderLoopback 0 -> import 0",
+            ],
+        )
+        .await;
+        net.flush().await;
+        assert_eq!(server_log.calls(), vec![1, 2]);
+        assert_eq!(outcomes(calls).await, vec![1, 2]);
+        drop((back, hold, p, r));
+        drop(maker);
+    }
+    net.end().await;
+}
+
+/// SCENARIO 8, after a bootstrap has returned: a call made on the
+/// bootstrap capability (whose first calls were pipelined on the
+/// bootstrap question) still lets calls pipelined on *its* answer go out
+/// at once as promised-answer calls, rather than wait for its return.
+#[actix::test]
+async fn scenario_08_pipelining_on_a_call_made_through_a_resolved_bootstrap() {
+    let net = Net::new(
+        Cap::<maker::Client>::new(support::Maker::default())
+            .raw()
+            .clone(),
+    );
+    let log = Log::default();
+    {
+        let local = Probe::cap(&log);
+        let maker: maker::Client =
+            Cap::<maker::Client>::from_raw(net.client.bootstrap(b"")).client();
+        // A first call pipelined on the bootstrap question.
+        let mut req = maker.hold_request();
+        req.get().set_probe(local.client());
+        let first = req.send();
+        net.flush().await;
+        drop(first);
+        net.flush().await;
+        // Then a call on the (now returned) bootstrap, and a call
+        // pipelined on its answer.
+        let mut req = maker.hold_request();
+        req.get().set_probe(local.client());
+        let second = req.send();
+        let calls = vec![start_call(&second.pipeline.get_probe(), 1)];
+        net.expect(
+            Dir::Up,
+            &[
+                "call q0 -> import 0 m1 [senderHosted 0]",
+                "call q1 -> answer 0.[0] m0 []",
+            ],
+        )
+        .await;
+        net.flush().await;
+        assert_eq!(outcomes(calls).await, vec![1]);
+        assert_eq!(log.calls(), vec![1]);
+        drop((second, maker, local));
+    }
+    net.end().await;
+}

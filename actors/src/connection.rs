@@ -968,7 +968,7 @@ impl Connection {
                     }
                     return match answer.field_now(&path) {
                         // The return has arrived: the field is known here.
-                        Some(target) => target.deliver(call),
+                        Some(target) => self.deliver_now(target, call),
                         // A call that was served here after all (see above)
                         // and has not answered yet: wait with the others.
                         None => {
@@ -1012,6 +1012,27 @@ impl Connection {
             Ok(q) => self.register_question(q, completer),
             Err(e) => completer.complete(Err(e)),
         }
+    }
+
+    /// Delivers a call whose target we just learnt, in this turn. A target
+    /// that is one of the peer's capabilities on this connection is sent
+    /// at once rather than through our own mailbox again: calls pipelined
+    /// on this call's answer may already be behind it in the mailbox, and
+    /// they must find it asked (so that they go out as promised-answer
+    /// calls, not wait for its return).
+    fn deliver_now(&mut self, target: CapRef, call: Call) {
+        if let Kind::Remote {
+            conn_id, import, ..
+        } = target.kind()
+        {
+            if *conn_id == self.id && target.resolved().is_none() {
+                if let (Some(settle), None) = (&target.node.settle, call.marker) {
+                    settle.mark_called();
+                }
+                return self.send_call(RemoteTarget::Import(*import), call);
+            }
+        }
+        target.deliver(call)
     }
 
     /// See [`ConnMsg::TailCall`]. If the answer is no longer pending (the
