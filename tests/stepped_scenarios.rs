@@ -68,6 +68,16 @@ impl Net {
         }
     }
 
+    /// Two vats; the server's bootstrap is a maker served by `server`.
+    fn serving(server: impl maker::Server + 'static) -> Net {
+        Net::new(Cap::<maker::Client>::new(server).raw().clone())
+    }
+
+    /// The client's reference to the server's bootstrap maker.
+    fn maker(&self) -> maker::Client {
+        Cap::<maker::Client>::from_raw(self.client.bootstrap(b"")).client()
+    }
+
     fn wire(&self, dir: Dir) -> &Wire {
         match dir {
             Dir::Up => &self.up,
@@ -213,7 +223,7 @@ impl maker::Server for Held {
 /// The client's bootstrap and a `hold(local)` pipelined on it: the first
 /// three messages of most scenarios here.
 async fn hold_through_bootstrap(net: &Net, local: probe::Client) -> probe::Client {
-    let maker: maker::Client = Cap::<maker::Client>::from_raw(net.client.bootstrap(b"")).client();
+    let maker = net.maker();
     let mut req = maker.hold_request();
     req.get().set_probe(local);
     let held = req.send();
@@ -239,7 +249,7 @@ async fn hold_through_bootstrap(net: &Net, local: probe::Client) -> probe::Clien
 #[actix::test]
 async fn scenario_10_and_15_a_promise_resolved_to_our_own_object_is_embargoed_then_local() {
     let held = Held::default();
-    let net = Net::new(Cap::<maker::Client>::new(held.clone()).raw().clone());
+    let net = Net::serving(held.clone());
     let log = Log::default();
     {
         let local = Probe::cap(&log);
@@ -312,7 +322,7 @@ async fn scenario_10_and_15_a_promise_resolved_to_our_own_object_is_embargoed_th
 #[actix::test]
 async fn scenario_17_pipelined_calls_on_an_answer_resolving_later_to_our_object_are_embargoed() {
     let held = Held::default();
-    let net = Net::new(Cap::<maker::Client>::new(held.clone()).raw().clone());
+    let net = Net::serving(held.clone());
     let log = Log::default();
     {
         let local = Probe::cap(&log);
@@ -377,7 +387,7 @@ async fn scenario_17_pipelined_calls_on_an_answer_resolving_later_to_our_object_
 #[actix::test]
 async fn scenario_17_an_import_never_called_resolves_to_our_object_without_an_embargo() {
     let held = Held::default();
-    let net = Net::new(Cap::<maker::Client>::new(held.clone()).raw().clone());
+    let net = Net::serving(held.clone());
     let log = Log::default();
     {
         let local = Probe::cap(&log);
@@ -415,11 +425,7 @@ async fn scenario_17_an_import_never_called_resolves_to_our_object_without_an_em
 /// until the server has forwarded M1 back and reflected the disembargo.
 #[actix::test]
 async fn scenario_13_a_pipelined_call_through_an_answer_that_is_our_own_object_keeps_order() {
-    let net = Net::new(
-        Cap::<maker::Client>::new(support::Maker::default())
-            .raw()
-            .clone(),
-    );
+    let net = Net::serving(support::Maker::default());
     let log = Log::default();
     {
         let local = Probe::cap(&log);
@@ -473,7 +479,7 @@ async fn scenario_13_a_pipelined_call_through_an_answer_that_is_our_own_object_k
 #[actix::test]
 async fn scenario_24_a_broken_target_gets_no_disembargo_and_calls_fail_with_its_error() {
     let held = Held::default();
-    let net = Net::new(Cap::<maker::Client>::new(held.clone()).raw().clone());
+    let net = Net::serving(held.clone());
     let log = Log::default();
     {
         let local = Probe::cap(&log);
@@ -541,17 +547,12 @@ impl maker::Server for Pairs {
 #[actix::test]
 async fn scenario_06_and_12_nested_fields_by_path_and_a_field_outliving_its_result() {
     let server_log = Log::default();
-    let net = Net::new(
-        Cap::<maker::Client>::new(Pairs {
-            first: Probe::cap(&server_log),
-            second: Some(Probe::cap(&server_log)),
-        })
-        .raw()
-        .clone(),
-    );
+    let net = Net::serving(Pairs {
+        first: Probe::cap(&server_log),
+        second: Some(Probe::cap(&server_log)),
+    });
     {
-        let maker: maker::Client =
-            Cap::<maker::Client>::from_raw(net.client.bootstrap(b"")).client();
+        let maker = net.maker();
         let capnp::capability::RemotePromise { promise, pipeline } = maker.pair_request().send();
         let first = pipeline.get_pair().get_first();
         let second = pipeline.get_pair().get_second();
@@ -610,17 +611,12 @@ async fn scenario_06_and_12_nested_fields_by_path_and_a_field_outliving_its_resu
 #[actix::test]
 async fn scenario_16_and_26_a_pipelined_call_on_an_absent_field_fails_without_an_embargo() {
     let server_log = Log::default();
-    let net = Net::new(
-        Cap::<maker::Client>::new(Pairs {
-            first: Probe::cap(&server_log),
-            second: None,
-        })
-        .raw()
-        .clone(),
-    );
+    let net = Net::serving(Pairs {
+        first: Probe::cap(&server_log),
+        second: None,
+    });
     {
-        let maker: maker::Client =
-            Cap::<maker::Client>::from_raw(net.client.bootstrap(b"")).client();
+        let maker = net.maker();
         let pair = maker.pair_request().send();
         let second = pair.pipeline.get_pair().get_second();
         let before = start_call(&second, 1);
@@ -667,16 +663,11 @@ async fn scenario_16_and_26_a_pipelined_call_on_an_absent_field_fails_without_an
 /// promise).
 #[actix::test]
 async fn scenario_19_our_promise_handed_back_then_resolved_to_a_local_object_keeps_order() {
-    let net = Net::new(
-        Cap::<maker::Client>::new(support::Maker::default())
-            .raw()
-            .clone(),
-    );
+    let net = Net::serving(support::Maker::default());
     let log = Log::default();
     {
         let (promise, resolver) = Cap::<probe::Client>::promise();
-        let maker: maker::Client =
-            Cap::<maker::Client>::from_raw(net.client.bootstrap(b"")).client();
+        let maker = net.maker();
         let mut req = maker.hold_request();
         req.get().set_probe(promise.client());
         let held = req.send();
@@ -754,7 +745,7 @@ impl maker::Server for ViaPair {
 /// and M2 runs after M1.
 #[actix::test]
 async fn scenario_14_an_answer_that_is_our_own_promised_answer_keeps_order() {
-    let net = Net::new(Cap::<maker::Client>::new(ViaPair).raw().clone());
+    let net = Net::serving(ViaPair);
     let log = Log::default();
     {
         let (local_maker, answer_pair) = support::maker_with_pair();
@@ -851,17 +842,12 @@ impl maker::Server for HeldAndPair {
 async fn scenario_18_and_20_both_sides_embargo_when_calls_bounce_back() {
     let held = Held::default();
     let server_log = Log::default();
-    let net = Net::new(
-        Cap::<maker::Client>::new(HeldAndPair {
-            held: held.clone(),
-            first: Probe::cap(&server_log),
-        })
-        .raw()
-        .clone(),
-    );
+    let net = Net::serving(HeldAndPair {
+        held: held.clone(),
+        first: Probe::cap(&server_log),
+    });
     {
-        let maker: maker::Client =
-            Cap::<maker::Client>::from_raw(net.client.bootstrap(b"")).client();
+        let maker = net.maker();
         // R, the server's probe, reached through pair().
         let pair = maker.pair_request().send();
         net.flush().await;
@@ -945,16 +931,11 @@ async fn scenario_18_and_20_both_sides_embargo_when_calls_bounce_back() {
 /// at once as promised-answer calls, rather than wait for its return.
 #[actix::test]
 async fn scenario_08_pipelining_on_a_call_made_through_a_resolved_bootstrap() {
-    let net = Net::new(
-        Cap::<maker::Client>::new(support::Maker::default())
-            .raw()
-            .clone(),
-    );
+    let net = Net::serving(support::Maker::default());
     let log = Log::default();
     {
         let local = Probe::cap(&log);
-        let maker: maker::Client =
-            Cap::<maker::Client>::from_raw(net.client.bootstrap(b"")).client();
+        let maker = net.maker();
         // A first call pipelined on the bootstrap question.
         let mut req = maker.hold_request();
         req.get().set_probe(local.client());
