@@ -964,3 +964,114 @@ async fn scenario_08_pipelining_on_a_call_made_through_a_resolved_bootstrap() {
     }
     net.end().await;
 }
+
+/// SCENARIO 25: a broken capability passed in a call goes out as a
+/// promise and its `resolve` to the error; the server echoes it back; a
+/// call pipelined on the echo fails with the error, and no disembargo is
+/// sent by either side.
+#[actix::test]
+async fn scenario_25_a_broken_capability_echoed_back_gets_no_embargo() {
+    let net = Net::serving(support::Maker::default());
+    {
+        let broken: Cap<probe::Client> = Cap::from_raw(CapRef::broken(capnp::Error::failed(
+            "broken on purpose".into(),
+        )));
+        let maker = net.maker();
+        let mut req = maker.hold_request();
+        req.get().set_probe(broken.client());
+        let held = req.send();
+        let m1 = start_call(&held.pipeline.get_probe(), 1);
+        net.expect(
+            Dir::Up,
+            &[
+                "bootstrap q0",
+                "call q1 -> answer 0 m1 [senderPromise 0]",
+                "resolve 0 -> exception",
+                "call q2 -> answer 1.[0] m0 []",
+            ],
+        )
+        .await;
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            for dir in [Dir::Up, Dir::Down] {
+                seen.extend(net.waiting(dir).await);
+            }
+            net.deliver(Dir::Up, net.waiting(Dir::Up).await.len()).await;
+            net.deliver(Dir::Down, net.waiting(Dir::Down).await.len())
+                .await;
+        }
+        assert!(
+            !seen.iter().any(|m| m.starts_with("disembargo")),
+            "{seen:?}"
+        );
+        let e = m1.await.unwrap().unwrap_err();
+        assert!(e.to_string().contains("broken on purpose"), "{e}");
+        let m2 = start_call(&held.pipeline.get_probe(), 2);
+        net.settle().await;
+        assert!(
+            net.waiting(Dir::Up).await.is_empty(),
+            "a call on a broken cap went out"
+        );
+        let e = m2.await.unwrap().unwrap_err();
+        assert!(e.to_string().contains("broken on purpose"), "{e}");
+        drop((held, maker, broken));
+    }
+    net.end().await;
+}
+
+/// SCENARIO 34: calls pipelined on a local call's answer queue until it
+/// returns; when the answer turns out to be a remote capability, they go
+/// to it in order, and a call made afterwards goes behind them.
+#[actix::test]
+async fn scenario_34_a_local_answer_resolved_to_a_remote_one_flushes_queued_calls_in_order() {
+    let server_log = Log::default();
+    let net = Net::serving(Pairs {
+        first: Probe::cap(&server_log),
+        second: None,
+    });
+    {
+        let maker = net.maker();
+        let pair = maker.pair_request().send();
+        net.flush().await;
+        let response = pair.promise.await.unwrap();
+        let remote = response
+            .get()
+            .unwrap()
+            .get_pair()
+            .unwrap()
+            .get_first()
+            .unwrap();
+        drop(response);
+        net.flush().await;
+        // A local maker whose pair() the test answers later.
+        let (local_maker, answer_pair) = support::maker_with_pair();
+        let local_maker: Cap<maker::Client> = Cap::new(local_maker);
+        let local_pair = local_maker.client().pair_request().send();
+        let first = local_pair.pipeline.get_pair().get_first();
+        let mut calls = vec![start_call(&first, 1), start_call(&first, 2)];
+        net.settle().await;
+        assert!(
+            net.waiting(Dir::Up).await.is_empty(),
+            "nothing goes out yet"
+        );
+        answer_pair
+            .send((Cap::from_client(&remote), Probe::cap(&Log::default())))
+            .ok()
+            .unwrap();
+        calls.push(start_call(&first, 3));
+        net.expect(
+            Dir::Up,
+            &[
+                "call q0 -> import 1 m0 []",
+                "call q1 -> import 1 m0 []",
+                "call q2 -> import 1 m0 []",
+            ],
+        )
+        .await;
+        net.flush().await;
+        assert_eq!(server_log.calls(), vec![1, 2, 3]);
+        assert_eq!(outcomes(calls).await, vec![1, 2, 3]);
+        drop((first, local_pair, local_maker, remote, maker));
+    }
+    net.end().await;
+}
