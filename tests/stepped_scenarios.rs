@@ -44,7 +44,8 @@ struct Net {
     up: Wire,
     down: Wire,
     client: ConnectionHandle,
-    server: ConnectionHandle,
+    /// `None` when the test scripts the server itself.
+    server: Option<ConnectionHandle>,
 }
 
 impl Net {
@@ -64,7 +65,7 @@ impl Net {
             up,
             down,
             client,
-            server,
+            server: Some(server),
         }
     }
 
@@ -154,7 +155,11 @@ impl Net {
     /// Ends a test: every table empty on both sides, then nothing alive.
     async fn end(self) {
         self.flush().await;
-        for (side, conn) in [("client", &self.client), ("server", &self.server)] {
+        let sides = [
+            ("client", Some(&self.client)),
+            ("server", self.server.as_ref()),
+        ];
+        for (side, conn) in sides.into_iter().filter_map(|(s, c)| Some((s, c?))) {
             let (t, dump) = conn.inspect().await.unwrap();
             assert_eq!(
                 t.questions + t.answers + t.exports + t.imports + t.embargoes,
@@ -1072,6 +1077,221 @@ async fn scenario_34_a_local_answer_resolved_to_a_remote_one_flushes_queued_call
         assert_eq!(server_log.calls(), vec![1, 2, 3]);
         assert_eq!(outcomes(calls).await, vec![1, 2, 3]);
         drop((first, local_pair, local_maker, remote, maker));
+    }
+    net.end().await;
+}
+
+/// A scripted server for SCENARIO 21: a bare protocol core that the test
+/// drives by hand, so that it can send what our own vats never send (a
+/// `resolve` of one promise to another promise).
+struct Script {
+    core: capnp_actix::proto::captp::Conn<u32>,
+    up: Wire,
+    down: Wire,
+}
+
+impl Script {
+    /// Reads every frame the client has sent; gives the core's events.
+    fn read(&mut self) -> Vec<capnp_actix::proto::captp::Event<u32>> {
+        while let Some(f) = self.up.take() {
+            self.core.receive(&f);
+        }
+        let mut events = Vec::new();
+        while let Some(e) = self.core.next_event() {
+            events.push(e);
+        }
+        events
+    }
+
+    /// Writes what the core has to send.
+    fn write(&mut self) {
+        let out = self.core.take_output();
+        self.down.inject(&out);
+    }
+}
+
+/// SCENARIO 21, against a peer that resolves a chain one step at a time:
+/// the client calls the peer's promise S1; S1 resolves to the peer's
+/// promise S2 (no embargo: the path stays on the connection), then S2 to
+/// the client's own probe. The call sent to S1 is still coming back
+/// through the peer, so the client embargoes S2, although it never
+/// called S2 itself: calls on S1 count as calls on what S1 resolved to.
+#[actix::test]
+async fn scenario_21_a_chain_resolved_step_by_step_embargoes_where_it_ends_at_our_object() {
+    use capnp_actix::proto::captp::{
+        CallTarget, Conn, ConnLimits, Event, InCap, OutCap, OutTarget,
+    };
+    let activity = Activity::default();
+    let (client_end, server_end, up, down) = wire::pair(&activity);
+    drop(server_end);
+    let client = start_connection(client_end, ConnectionOptions::default());
+    let mut script = Script {
+        core: Conn::new(ConnLimits::default(), capnp_actix::proto::Limits::default()),
+        up: up.clone(),
+        down: down.clone(),
+    };
+    let net = Net {
+        activity,
+        up,
+        down,
+        client,
+        server: None,
+    };
+    let log = Log::default();
+    {
+        let local = Probe::cap(&log);
+        let maker = net.maker();
+        let mut req = maker.hold_request();
+        req.get().set_probe(local.client());
+        let held = req.send();
+        let promise = held.pipeline.get_probe();
+        net.expect(
+            Dir::Up,
+            &["bootstrap q0", "call q1 -> answer 0 m1 [senderHosted 0]"],
+        )
+        .await;
+        // The script answers the bootstrap with its object 1 and `hold`
+        // with its promise 10.
+        for e in script.read() {
+            match e {
+                Event::Bootstrap { answer, .. } => {
+                    let m = capnp_actix::proto::content::cap_root_message();
+                    script.core.return_results(
+                        answer,
+                        m.get_root_as_reader().unwrap(),
+                        &[OutCap::Local(1)],
+                    );
+                }
+                Event::Call { answer, params, .. } => {
+                    assert!(matches!(
+                        params.caps.as_slice(),
+                        [InCap::Import { id: 0, .. }]
+                    ));
+                    let mut results = capnp::message::Builder::new_default();
+                    {
+                        let mut table = Vec::new();
+                        let mut root: capnp::any_pointer::Builder<'_> = results.init_root();
+                        capnp::traits::ImbueMut::imbue_mut(&mut root, &mut table);
+                        let stand_in: probe::Client =
+                            capnp_rpc::new_client(Probe::new(&Log::default()));
+                        root.init_as::<maker::hold_results::Builder<'_>>()
+                            .set_probe(stand_in);
+                    }
+                    script.core.return_results(
+                        answer,
+                        results.get_root_as_reader().unwrap(),
+                        &[OutCap::Promise(10)],
+                    );
+                }
+                _ => {}
+            }
+        }
+        script.write();
+        net.pass(
+            Dir::Down,
+            &[
+                "return a0 results [senderHosted 0]",
+                "return a1 results [senderPromise 1]",
+            ],
+        )
+        .await;
+        // M1 goes to S1.
+        let mut calls = vec![start_call(&promise, 1)];
+        net.expect(
+            Dir::Up,
+            &["finish q0", "finish q1", "call q0 -> import 1 m0 []"],
+        )
+        .await;
+        let mut m1 = None;
+        for e in script.read() {
+            if let Event::Call {
+                answer,
+                target: CallTarget::Local(10),
+                interface_id,
+                method_id,
+                params,
+            } = e
+            {
+                let mut m = capnp::message::Builder::new_default();
+                m.set_root(params.content().unwrap()).unwrap();
+                m1 = Some((answer, interface_id, method_id, m));
+            }
+        }
+        let (m1_answer, iid, mid, m1_params) = m1.expect("M1 reached the script");
+        // S1 -> S2 (a new promise), then S2 -> the client's probe.
+        script.core.resolve_export(1, &10, OutCap::Promise(20));
+        script.write();
+        net.pass(Dir::Down, &["resolve 1 -> senderPromise 2"]).await;
+        script.core.resolve_export(2, &20, OutCap::Import(0));
+        script.write();
+        net.pass(Dir::Down, &["resolve 2 -> receiverHosted 0"])
+            .await;
+        // M2 waits behind an embargo on S2.
+        calls.push(start_call(&promise, 2));
+        net.expect(Dir::Up, &["disembargo senderLoopback 0 -> import 2"])
+            .await;
+        assert!(log.calls().is_empty(), "M2 overtook M1");
+        let mut embargo = None;
+        for e in script.read() {
+            if let Event::Loopback { embargo: id, .. } = e {
+                embargo = Some(id);
+            }
+        }
+        // The script forwards M1 to the probe, then reflects.
+        let q = script
+            .core
+            .call(
+                &OutTarget::Import(0),
+                iid,
+                mid,
+                m1_params.get_root_as_reader().unwrap(),
+                &[],
+            )
+            .unwrap();
+        script
+            .core
+            .disembargo_reply(embargo.expect("the script got the disembargo"), 0);
+        script.write();
+        net.pass(
+            Dir::Down,
+            &[
+                "call q0 -> import 0 m0 []",
+                "disembargo receiverLoopback 0 -> import 0",
+            ],
+        )
+        .await;
+        assert_eq!(log.calls(), vec![1, 2]);
+        // The script passes M1's results back to the client; then
+        // everything is released and finished.
+        drop((promise, held, maker, local));
+        script.core.release_import(0);
+        for _ in 0..10 {
+            net.settle().await;
+            for e in script.read() {
+                if let Event::Return {
+                    question,
+                    result: Ok(payload),
+                } = e
+                {
+                    assert_eq!(question, q);
+                    script
+                        .core
+                        .return_results(m1_answer, payload.content().unwrap(), &[]);
+                }
+            }
+            script.write();
+            while net.down.deliver_one() {
+                net.settle().await;
+            }
+        }
+        assert_eq!(outcomes(calls).await, vec![1, 2]);
+        let t = script.core.table_sizes();
+        assert_eq!(
+            t.questions + t.answers + t.exports + t.imports + t.embargoes,
+            0,
+            "script tables not empty:\n{}",
+            script.core.dump()
+        );
     }
     net.end().await;
 }

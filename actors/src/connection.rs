@@ -779,6 +779,13 @@ impl Connection {
         if target.node.settle.is_some() && Arc::ptr_eq(&target.node, &node) {
             return;
         }
+        if !through_us && settle.was_called() {
+            // Calls sent to this import are on their way to what it became:
+            // if that later resolves to one of ours, they count.
+            if let Some(t) = &target.node.settle {
+                t.mark_called();
+            }
+        }
         if !through_us || matches!(target.kind(), Kind::Broken(_)) || !settle.was_called() {
             // (No call of ours went to the import over the wire, so none
             // can be on its way back through the peer: nothing to wait for.)

@@ -73,6 +73,21 @@ impl Wire {
         self.state.borrow().frames.iter().cloned().collect()
     }
 
+    /// Takes the next frame off the wire without delivering it (for a
+    /// scripted peer that reads it itself).
+    pub fn take(&self) -> Option<Vec<u8>> {
+        self.state.borrow_mut().frames.pop_front()
+    }
+
+    /// Queues bytes written by a scripted peer, cut into frames like any
+    /// other write.
+    pub fn inject(&self, bytes: &[u8]) {
+        let mut s = self.state.borrow_mut();
+        let s = &mut *s;
+        s.partial.extend_from_slice(bytes);
+        cut_frames(&mut s.partial, &mut s.frames);
+    }
+
     /// Moves the next frame to the reader. False if none was waiting.
     pub fn deliver_one(&self) -> bool {
         let mut s = self.state.borrow_mut();
