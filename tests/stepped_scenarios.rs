@@ -121,6 +121,16 @@ impl Net {
         assert_eq!(self.waiting(dir).await, expected, "messages going {dir:?}");
     }
 
+    /// Checks that exactly `expected` wait on the wire, in any order (for
+    /// messages that independent actors write).
+    async fn expect_unordered(&self, dir: Dir, expected: &[&str]) {
+        let mut got = self.waiting(dir).await;
+        got.sort();
+        let mut expected = expected.to_vec();
+        expected.sort();
+        assert_eq!(got, expected, "messages going {dir:?}");
+    }
+
     /// Delivers the next `n` messages on a wire, one at a time.
     async fn deliver(&self, dir: Dir, n: usize) {
         for _ in 0..n {
@@ -1292,6 +1302,96 @@ async fn scenario_21_a_chain_resolved_step_by_step_embargoes_where_it_ends_at_ou
             "script tables not empty:\n{}",
             script.core.dump()
         );
+    }
+    net.end().await;
+}
+
+/// SCENARIO 28a, the Tribble race: the client's promise X goes to the
+/// server, whose answer S is a promise; X resolves to the server's object
+/// R while S resolves to X. The server's `resolve` of S names X (the step
+/// it knows), which by then points back at the server: the client still
+/// embargoes S, and M2 reaches R after M1, which went client -> server ->
+/// client -> server.
+#[actix::test]
+async fn scenario_28a_tribble_race_a_resolve_naming_our_promise_that_points_back_is_embargoed() {
+    let held = Held::default();
+    let r_log = Log::default();
+    let net = Net::serving(HeldAndPair {
+        held: held.clone(),
+        first: Probe::cap(&r_log),
+    });
+    {
+        let maker = net.maker();
+        let pair = maker.pair_request().send();
+        net.flush().await;
+        let response = pair.promise.await.unwrap();
+        let r = response
+            .get()
+            .unwrap()
+            .get_pair()
+            .unwrap()
+            .get_first()
+            .unwrap();
+        drop(response);
+        net.flush().await;
+        let (x, resolve_x) = Cap::<probe::Client>::promise();
+        let mut req = maker.hold_request();
+        req.get().set_probe(x.client());
+        let hold = req.send();
+        let back = hold.pipeline.get_probe();
+        let mut calls = vec![start_call(&back, 1)];
+        net.pass(
+            Dir::Up,
+            &[
+                "call q0 -> import 0 m1 [senderPromise 0]",
+                "call q1 -> answer 0.[0] m0 []",
+            ],
+        )
+        .await;
+        net.pass(Dir::Down, &["return a0 results [senderPromise 2]"])
+            .await;
+        net.pass(Dir::Up, &["finish q0"]).await;
+        // X -> R, not yet read by the server.
+        resolve_x.resolve_to(Cap::<probe::Client>::from_client(&r).raw().clone());
+        net.expect(Dir::Up, &["resolve 0 -> receiverHosted 1"])
+            .await;
+        // S -> X on the server, which does not know yet that X is R: M1
+        // goes to X, and the resolve names X.
+        held.resolve();
+        net.pass(
+            Dir::Down,
+            &["call q0 -> import 0 m0 []", "resolve 2 -> receiverHosted 0"],
+        )
+        .await;
+        // The client forwards M1 to R and embargoes S (its resolution, X,
+        // leads back through the client); M2 waits.
+        calls.push(start_call(&back, 2));
+        net.pass(
+            Dir::Up,
+            &[
+                "resolve 0 -> receiverHosted 1",
+                "call q0 -> import 1 m0 []",
+                "disembargo senderLoopback 0 -> import 2",
+            ],
+        )
+        .await;
+        assert_eq!(r_log.calls(), vec![1]);
+        // The server embargoes its import of X too (it forwarded M1 to
+        // it, and X turned out to be its own R), and reflects the
+        // client's disembargo; R answers M1 meanwhile.
+        net.expect_unordered(
+            Dir::Down,
+            &[
+                "disembargo senderLoopback 0 -> import 0",
+                "disembargo receiverLoopback 0 -> import 0",
+                "return a0 results []",
+            ],
+        )
+        .await;
+        net.flush().await;
+        assert_eq!(r_log.calls(), vec![1, 2]);
+        assert_eq!(outcomes(calls).await, vec![1, 2]);
+        drop((back, hold, x, r, maker));
     }
     net.end().await;
 }
