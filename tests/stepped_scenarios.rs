@@ -1,17 +1,17 @@
-//! Stepped protocol scenarios between two of our vats (SCENARIOS 10, 15,
-//! 17, 19, 24, 26, 34): the vats are joined by in-memory wires that move
-//! one message at a time when the test says so, and the test checks the
-//! kind, ids, target and capability descriptors of every message each
-//! side sends, in order, before delivering it. Each test ends with every
-//! table on both sides empty and nothing alive.
+//! Stepped protocol scenarios between our vats (SCENARIOS 6, 8, 10, 12-21,
+//! 24-26, 28a, 28b with three vats, 34): the vats are joined by in-memory
+//! wires that move one message at a time when the test says so, and the
+//! test checks the kind, ids, target and capability descriptors of every
+//! message each side sends before delivering it. Scenario 21 also runs
+//! against a scripted peer (a bare protocol core the test drives), which
+//! sends what our vats never do. Each test ends with every table on every
+//! side empty and nothing alive.
 //!
 //! The same scenarios run over real sockets with many calls in bursts in
 //! `tests/embargo_scenarios.rs` and `tests/path_shortening.rs`; here the
 //! interleaving is forced, so the embargo logic is checked message by
 //! message.
 
-#[path = "sim/describe.rs"]
-mod describe;
 mod support;
 #[path = "sim/wire.rs"]
 #[allow(dead_code)]
@@ -162,8 +162,8 @@ impl Net {
         }
     }
 
-    /// Ends a test: every table empty on both sides, then nothing alive.
-    async fn end(self) {
+    /// Closes the connection once every table on both sides is empty.
+    async fn close(&self) {
         self.flush().await;
         let sides = [
             ("client", Some(&self.client)),
@@ -179,6 +179,11 @@ impl Net {
         }
         self.client.close("test over");
         self.flush().await;
+    }
+
+    /// Ends a test: every table empty on both sides, then nothing alive.
+    async fn end(self) {
+        self.close().await;
         drop(self);
         capnp_actix::debug::settle(Duration::from_secs(5))
             .await
@@ -1394,4 +1399,96 @@ async fn scenario_28a_tribble_race_a_resolve_naming_our_promise_that_points_back
         drop((back, hold, x, r, maker));
     }
     net.end().await;
+}
+
+/// The middle vat's maker for SCENARIO 28b: `hold` answers with a promise
+/// that the test resolves to `third` (a capability of a third vat),
+/// whatever it was given.
+struct ToThird {
+    third: CapRef,
+    held: Held,
+}
+
+impl maker::Server for ToThird {
+    async fn hold(
+        self: Rc<Self>,
+        _: maker::HoldParams,
+        mut results: maker::HoldResults,
+    ) -> Result<(), capnp::Error> {
+        let (promise, resolver) = Cap::<probe::Client>::promise();
+        self.held
+            .0
+            .borrow_mut()
+            .push((resolver, self.third.clone()));
+        results.get().set_probe(promise.client());
+        Ok(())
+    }
+}
+
+/// SCENARIO 28b, three vats A - B - C: B's answer to A is a promise that
+/// resolves to C's object, which B reaches through its own import. To A
+/// the resolution is one of B's capabilities (B exports its proxy), so A
+/// sends no disembargo that B would have to reject; B forwards M1 and M2
+/// to C in order.
+#[actix::test]
+async fn scenario_28b_a_resolution_to_a_third_vat_needs_no_disembargo_and_keeps_order() {
+    let c_log = Log::default();
+    let c_probe = Probe::cap(&c_log);
+    // B is the client of C...
+    let bc = Net::new(c_probe.raw().clone());
+    let c_at_b = bc.client.bootstrap(b"");
+    let held = Held::default();
+    // ... and the server of A.
+    let ab = Net::serving(ToThird {
+        third: c_at_b.clone(),
+        held: held.clone(),
+    });
+    {
+        let unused = Probe::cap(&Log::default());
+        let back = hold_through_bootstrap(&ab, unused.client()).await;
+        let mut calls = vec![start_call(&back, 1)];
+        ab.pass(Dir::Up, &["call q2 -> answer 1.[0] m0 []"]).await;
+        // (B drops the probe it was given at once.)
+        ab.pass(
+            Dir::Down,
+            &[
+                "return a0 results [senderHosted 0]",
+                "release 0 x1",
+                "return a1 results [senderPromise 1]",
+            ],
+        )
+        .await;
+        // B's promise resolves to C's object: M1 goes on to C (pipelined
+        // on B's bootstrap question to C).
+        held.resolve();
+        bc.pass(Dir::Up, &["bootstrap q0", "call q1 -> answer 0 m0 []"])
+            .await;
+        assert_eq!(c_log.calls(), vec![1]);
+        // Once C's object is settled at B, A hears of B's proxy for it.
+        bc.flush().await;
+        ab.pass(
+            Dir::Down,
+            &["resolve 1 -> senderHosted 2", "return a2 results []"],
+        )
+        .await;
+        calls.push(start_call(&back, 2));
+        let up = ab.waiting(Dir::Up).await;
+        assert!(!up.iter().any(|m| m.starts_with("disembargo")), "{up:?}");
+        assert!(
+            up.contains(&"call q0 -> import 2 m0 []".to_string()),
+            "{up:?}"
+        );
+        ab.deliver(Dir::Up, up.len()).await;
+        // B forwards M2 to C.
+        let up = bc.waiting(Dir::Up).await;
+        assert!(up.iter().any(|m| m.starts_with("call")), "{up:?}");
+        bc.flush().await;
+        assert_eq!(c_log.calls(), vec![1, 2]);
+        ab.flush().await;
+        assert_eq!(outcomes(calls).await, vec![1, 2]);
+        drop((back, unused));
+    }
+    ab.close().await;
+    drop((ab, c_at_b, c_probe));
+    bc.end().await;
 }
