@@ -12,6 +12,8 @@
 //! interleaving is forced, so the embargo logic is checked message by
 //! message.
 
+#[path = "sim/describe.rs"]
+mod describe;
 mod support;
 #[path = "sim/wire.rs"]
 #[allow(dead_code)]
