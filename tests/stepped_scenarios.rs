@@ -1,5 +1,5 @@
 //! Stepped protocol scenarios between our vats (SCENARIOS 6, 8, 10, 12-21,
-//! 24-26, 28a, 28b with three vats, 34): the vats are joined by in-memory
+//! 24-27, 28a, 28b with three vats, 33, 34): the vats are joined by in-memory
 //! wires that move one message at a time when the test says so, and the
 //! test checks the kind, ids, target and capability descriptors of every
 //! message each side sends before delivering it. Scenario 21 also runs
@@ -1493,4 +1493,75 @@ async fn scenario_28b_a_resolution_to_a_third_vat_needs_no_disembargo_and_keeps_
     ab.close().await;
     drop((ab, c_at_b, c_probe));
     bc.end().await;
+}
+
+/// SCENARIO 27: a local promise, called before and after it resolves to
+/// the server's bootstrap capability (itself not answered yet): the
+/// queued calls go out pipelined on the bootstrap question, in order,
+/// followed by later calls on the promise and on the bootstrap itself.
+#[actix::test]
+async fn scenario_27_a_local_promise_resolved_to_the_unanswered_bootstrap_forwards_in_order() {
+    let log = Log::default();
+    let net = Net::new(Probe::cap(&log).raw().clone());
+    {
+        let (promise, resolver) = Cap::<probe::Client>::promise();
+        let p = promise.client();
+        let mut calls = vec![start_call(&p, 0), start_call(&p, 1)];
+        net.settle().await;
+        assert!(net.waiting(Dir::Up).await.is_empty());
+        let bootstrap = net.client.bootstrap(b"");
+        resolver.resolve_to(bootstrap.clone());
+        calls.push(start_call(&p, 2));
+        let direct: Cap<probe::Client> = Cap::from_raw(bootstrap);
+        calls.push(start_call(&direct.client(), 3));
+        net.pass(
+            Dir::Up,
+            &[
+                "bootstrap q0",
+                "call q1 -> answer 0 m0 []",
+                "call q2 -> answer 0 m0 []",
+                "call q3 -> answer 0 m0 []",
+                "call q4 -> answer 0 m0 []",
+            ],
+        )
+        .await;
+        assert_eq!(log.calls(), vec![0, 1, 2, 3]);
+        net.flush().await;
+        // After the return: the import, directly.
+        calls.push(start_call(&p, 4));
+        net.expect(Dir::Up, &["call q0 -> import 0 m0 []"]).await;
+        net.flush().await;
+        assert_eq!(log.calls(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(outcomes(calls).await, vec![0, 1, 2, 3, 4]);
+        drop((p, promise, direct));
+    }
+    net.end().await;
+}
+
+/// SCENARIO 33: a handle to an import is released while a local promise
+/// resolved to the same import still forwards to it: no `release` goes
+/// out until the promise goes too, and calls through the promise still
+/// reach the import.
+#[actix::test]
+async fn scenario_33_a_released_handle_leaves_its_import_to_a_promise_forwarding_through_it() {
+    let log = Log::default();
+    let net = Net::new(Probe::cap(&log).raw().clone());
+    {
+        let import: Cap<probe::Client> = Cap::from_raw(net.client.bootstrap(b""));
+        let mut calls = vec![start_call(&import.client(), 0)];
+        net.flush().await;
+        let (promise, resolver) = Cap::<probe::Client>::promise();
+        resolver.resolve_to(import.raw().clone());
+        drop(import);
+        net.settle().await;
+        assert!(net.waiting(Dir::Up).await.is_empty(), "released too early");
+        calls.push(start_call(&promise.client(), 1));
+        net.pass(Dir::Up, &["call q0 -> import 0 m0 []"]).await;
+        net.flush().await;
+        drop(promise);
+        net.pass(Dir::Up, &["release 0 x1"]).await;
+        assert_eq!(log.calls(), vec![0, 1]);
+        assert_eq!(outcomes(calls).await, vec![0, 1]);
+    }
+    net.end().await;
 }
