@@ -149,6 +149,8 @@ impl Sim {
         for a in 0..vats {
             for b in a + 1..vats {
                 let (end_a, end_b, ab, ba) = wire::pair(&activity);
+                ab.set_label(&format!("{a}>{b} "));
+                ba.set_label(&format!("{b}>{a} "));
                 if cfg.capture {
                     ab.start_capture();
                     ba.start_capture();

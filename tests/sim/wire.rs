@@ -38,6 +38,8 @@ struct State {
     shut: bool,
     /// The wire was cut: the reader gets end-of-stream at once, writes fail.
     cut: bool,
+    /// Printed with each frame delivered under `SIM_TRACE`.
+    label: String,
     /// Every frame written, if capture is on (seed corpora, raw-bytes tests).
     capture: Option<Vec<Vec<u8>>>,
 }
@@ -94,7 +96,7 @@ impl Wire {
         match s.frames.pop_front() {
             Some(f) => {
                 if std::env::var_os("SIM_TRACE").is_some() {
-                    println!("    deliver {}", super::describe::frame(&f));
+                    println!("    deliver {}{}", s.label, super::describe::frame(&f));
                 }
                 s.readable.extend(f);
                 s.wake_reader();
@@ -113,6 +115,11 @@ impl Wire {
         s.partial.clear();
         s.readable.clear();
         s.wake_reader();
+    }
+
+    /// Names the wire in `SIM_TRACE` output (`"0>1 "`, say).
+    pub fn set_label(&self, label: &str) {
+        self.state.borrow_mut().label = label.to_string();
     }
 
     /// Starts keeping a copy of every frame written from now on.
