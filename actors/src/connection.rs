@@ -16,7 +16,6 @@ use actix::{
     StreamHandler, WrapFuture,
 };
 use bytes::Bytes;
-use capnp::traits::Imbue;
 use capnp_actix_proto::captp::{
     CallTarget, Conn, ConnLimits, Event, InCap, InPayload, OutCap, OutTarget, TableSizes,
 };
@@ -29,8 +28,8 @@ use tokio::sync::mpsc;
 use crate::answer::{Answer, AnswerRef, Call, Completer, Outcome};
 use crate::cap::{next_id, CapRef, Kind, Node};
 use crate::error;
-use crate::hook::{self, send_call, WaitOutcome};
-use crate::payload::{payload_from_reader, Payload};
+use crate::hook::{send_call, WaitOutcome};
+use crate::payload::{payload_received, Payload};
 use crate::registry;
 
 /// Finds the bootstrap capability for a service ID (the ID's raw bytes;
@@ -433,10 +432,10 @@ impl Connection {
                 // pipelines on it reach the capability (or get the error).
                 let (answer_ref, completer) = Answer::open();
                 let complete = move |found: Result<CapRef, capnp::Error>| match found {
-                    Ok(cap) => completer.complete_payload(Payload {
-                        message: capnp_actix_proto::content::cap_root_message(),
-                        caps: vec![Some(cap)],
-                    }),
+                    Ok(cap) => completer.complete_payload(Payload::built(
+                        capnp_actix_proto::content::cap_root_message(),
+                        vec![Some(cap)],
+                    )),
                     Err(e) => completer.complete(Err(e)),
                 };
                 match (&mut found).now_or_never() {
@@ -926,10 +925,8 @@ impl Connection {
     fn in_payload(&mut self, p: InPayload<CapRef>) -> Result<Payload, capnp::Error> {
         let caps: Vec<Option<CapRef>> =
             p.caps.clone().into_iter().map(|c| self.in_cap(c)).collect();
-        let table = hook::to_hooks(&caps);
-        let mut content = p.content()?;
-        content.imbue(&table);
-        payload_from_reader(content)
+        let (content, _, size) = p.into_in_place()?;
+        payload_received(content, caps, size)
     }
 
     fn send_call(&mut self, target: RemoteTarget, call: Call) {

@@ -17,8 +17,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 
-use capnp::message::{self, Builder, HeapAllocator};
-use capnp::{any_pointer, Error};
+use capnp::message::{self, Builder, HeapAllocator, ReaderOptions};
+use capnp::{any_pointer, Error, MessageSize};
 
 use crate::exception;
 use crate::frame::{self, FrameDecoder, WordSegments};
@@ -140,6 +140,8 @@ pub enum OutTarget {
 /// capability index of its content stands for.
 pub struct InPayload<L> {
     message: message::Reader<WordSegments>,
+    /// The nesting limit the message was received with.
+    nesting_limit: i32,
     /// What each capability index of the content stands for.
     pub caps: Vec<InCap<L>>,
 }
@@ -152,15 +154,64 @@ impl<L> InPayload<L> {
 
     /// The content: the params of a call or the results of a return.
     pub fn content(&self) -> capnp::Result<any_pointer::Reader<'_>> {
-        let m: rpc_message::Reader<'_> = self.message.get_root()?;
-        match m.which() {
-            Ok(rpc_message::Call(c)) => Ok(c?.get_params()?.get_content()),
-            Ok(rpc_message::Return(r)) => match r?.which() {
-                Ok(return_::Results(p)) => Ok(p?.get_content()),
-                _ => Err(Error::failed("return carries no results".into())),
-            },
-            _ => Err(Error::failed("message carries no payload".into())),
-        }
+        content_of(&self.message)
+    }
+
+    /// Keeps the received message so that its content can be read where
+    /// it lies, instead of being copied out.
+    ///
+    /// The whole content is traversed once first (its size, as
+    /// `target_size` counts it), against the traversal budget the message
+    /// was received with, so a message whose pointers share subtrees
+    /// cannot amplify beyond that budget; the size is returned. After that
+    /// check the content reader has no traversal limit: a full read of it
+    /// costs at most that size, as a full read of a copy would. The
+    /// nesting limit stays.
+    pub fn into_in_place(self) -> capnp::Result<(InContent, Vec<InCap<L>>, MessageSize)> {
+        let size = self.content()?.target_size()?;
+        let InPayload {
+            message,
+            caps,
+            nesting_limit,
+        } = self;
+        let mut options = ReaderOptions::new();
+        options
+            .traversal_limit_in_words(None)
+            .nesting_limit(nesting_limit);
+        let message = message::Reader::new(message.into_segments(), options);
+        Ok((InContent { message }, caps, size))
+    }
+}
+
+/// A received call or return kept whole, its payload content read in
+/// place (see [`InPayload::into_in_place`]). It may be shared between
+/// threads.
+pub struct InContent {
+    message: message::Reader<WordSegments>,
+}
+
+impl InContent {
+    /// The content: the params of a call or the results of a return. Its
+    /// capability pointers index the payload's cap table.
+    pub fn content(&self) -> capnp::Result<any_pointer::Reader<'_>> {
+        content_of(&self.message)
+    }
+
+    /// The size of the whole message, in words.
+    pub fn message_words(&self) -> usize {
+        self.message.size_in_words()
+    }
+}
+
+fn content_of(message: &message::Reader<WordSegments>) -> capnp::Result<any_pointer::Reader<'_>> {
+    let m: rpc_message::Reader<'_> = message.get_root()?;
+    match m.which() {
+        Ok(rpc_message::Call(c)) => Ok(c?.get_params()?.get_content()),
+        Ok(rpc_message::Return(r)) => match r?.which() {
+            Ok(return_::Results(p)) => Ok(p?.get_content()),
+            _ => Err(Error::failed("return carries no results".into())),
+        },
+        _ => Err(Error::failed("message carries no payload".into())),
     }
 }
 
@@ -384,6 +435,8 @@ pub struct Conn<L> {
     export_ids: HashMap<L, u32>,
     imports: HashMap<u32, Import>,
     decoder: FrameDecoder,
+    /// The nesting limit of incoming messages.
+    nesting_limit: i32,
     out: Vec<u8>,
     /// Finishes for returned questions, sent after whatever the runtime
     /// writes while handling the return (a disembargo must precede them).
@@ -411,6 +464,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         Conn {
             limits,
             decoder: FrameDecoder::new(reader),
+            nesting_limit: reader.nesting_limit,
             questions: Slots::new(),
             answers: HashMap::new(),
             exports: Slots::new(),
@@ -1191,7 +1245,11 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                     target,
                     interface_id,
                     method_id,
-                    params: InPayload { message: msg, caps },
+                    params: InPayload {
+                        message: msg,
+                        caps,
+                        nesting_limit: self.nesting_limit,
+                    },
                 });
             }
             Parsed::Return {
@@ -1220,7 +1278,11 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                 let result = match result {
                     RawReturn::Results(caps) => {
                         let caps = self.import_caps(caps)?;
-                        Ok(InPayload { message: msg, caps })
+                        Ok(InPayload {
+                            message: msg,
+                            caps,
+                            nesting_limit: self.nesting_limit,
+                        })
                     }
                     RawReturn::Error(e) => Err(e),
                     RawReturn::TakeFrom(other) => {

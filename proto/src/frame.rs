@@ -6,6 +6,8 @@
 //! segment table against [`Limits`] before buffering a body, and yields
 //! each complete message. [`encode`] writes one.
 
+use std::collections::VecDeque;
+
 use capnp::message::{self, ReaderSegments};
 use capnp::Word;
 
@@ -106,11 +108,71 @@ pub const TRAVERSALS_PER_WORD: usize = 8;
 pub const TRAVERSAL_SLACK_WORDS: usize = 8192;
 
 /// Incremental decoder of frames; see the module docs.
+///
+/// Each frame's body is copied once, from the bytes pushed straight into
+/// the word buffer of the message it becomes (not zeroed first).
 pub struct FrameDecoder {
     limits: Limits,
-    buf: Vec<u8>,
-    /// Bytes of `buf` already consumed.
-    start: usize,
+    /// Bytes of the segment table of the frame being received.
+    head: Vec<u8>,
+    /// The body of the frame being received, once its table is known.
+    body: Option<Body>,
+    /// Complete messages not yet taken.
+    ready: VecDeque<message::Reader<WordSegments>>,
+    /// Why the stream is invalid, reported after the messages before it.
+    error: Option<FrameError>,
+}
+
+/// A frame body being received.
+struct Body {
+    /// Bytes of its segment table (counted by [`FrameDecoder::buffered`]).
+    head_len: usize,
+    words: Vec<Word>,
+    /// Words the body has in all.
+    total: usize,
+    bounds: Vec<(usize, usize)>,
+    /// The start of a word split between two pushes.
+    partial: [u8; 8],
+    partial_len: usize,
+}
+
+impl Body {
+    /// Bytes of the frame received so far.
+    fn received(&self) -> usize {
+        self.head_len + self.words.len() * 8 + self.partial_len
+    }
+
+    /// Takes what `bytes` holds of the body; returns the bytes used.
+    fn fill(&mut self, bytes: &[u8]) -> usize {
+        let mut used = 0;
+        if self.partial_len > 0 {
+            let n = (8 - self.partial_len).min(bytes.len());
+            self.partial[self.partial_len..self.partial_len + n].copy_from_slice(&bytes[..n]);
+            self.partial_len += n;
+            used = n;
+            if self.partial_len < 8 {
+                return used;
+            }
+            self.words.push(word_of(&self.partial));
+            self.partial_len = 0;
+        }
+        let want = self.total - self.words.len();
+        let whole = ((bytes.len() - used) / 8).min(want);
+        self.words
+            .extend(bytes[used..used + whole * 8].chunks_exact(8).map(word_of));
+        used += whole * 8;
+        if self.words.len() < self.total {
+            let rest = (bytes.len() - used).min(7);
+            self.partial[..rest].copy_from_slice(&bytes[used..used + rest]);
+            self.partial_len = rest;
+            used += rest;
+        }
+        used
+    }
+}
+
+fn word_of(b: &[u8]) -> Word {
+    capnp::word(b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7])
 }
 
 impl FrameDecoder {
@@ -118,89 +180,138 @@ impl FrameDecoder {
     pub fn new(limits: Limits) -> Self {
         FrameDecoder {
             limits,
-            buf: Vec::new(),
-            start: 0,
+            head: Vec::new(),
+            body: None,
+            ready: VecDeque::new(),
+            error: None,
         }
     }
 
-    /// Appends received bytes.
-    pub fn push(&mut self, bytes: &[u8]) {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
+    /// Takes received bytes, decoding every frame they complete.
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && self.error.is_none() {
+            if let Some(body) = &mut self.body {
+                let used = body.fill(bytes);
+                bytes = &bytes[used..];
+                if body.words.len() == body.total {
+                    if let Some(body) = self.body.take() {
+                        self.finish_body(body);
+                    }
+                }
+                continue;
+            }
+            // The segment table: its first word, then the rest of it.
+            let need = match self.table_len() {
+                Some(need) => need,
+                None => return,
+            };
+            let n = (need - self.head.len()).min(bytes.len());
+            self.head.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            match self.table_len() {
+                None => return,
+                Some(need) if self.head.len() == need && need > 4 => self.start_body(),
+                Some(_) => {}
+            }
         }
-        self.buf.extend_from_slice(bytes);
     }
 
-    /// Bytes received but not yet decoded.
-    pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
-    }
-
-    /// The next complete message, `Ok(None)` if more bytes are needed, or
-    /// the reason the stream is invalid.
-    pub fn next_message(&mut self) -> Result<Option<message::Reader<WordSegments>>, FrameError> {
-        let data = &self.buf[self.start..];
-        let Some(first) = read_u32(data, 0) else {
-            return Ok(None);
+    /// Bytes of the segment table of the frame being received (4 until its
+    /// first word is known), or `None` after recording that the frame has
+    /// too many segments.
+    fn table_len(&mut self) -> Option<usize> {
+        let Some(first) = read_u32(&self.head, 0) else {
+            return Some(4);
         };
         let count = u64::from(first) + 1;
         if count >= self.limits.max_segments as u64 {
-            return Err(FrameError::TooManySegments {
+            self.error = Some(FrameError::TooManySegments {
                 count,
                 max: self.limits.max_segments,
             });
+            return None;
         }
-        let count = count as usize;
         // 4 bytes of count, 4 per segment size, padded to 8.
-        let header = (4 + 4 * count + 7) & !7;
-        if data.len() < header {
-            return Ok(None);
-        }
-        let mut total: u64 = 0;
-        for i in 0..count {
-            total += u64::from(read_u32(data, 4 + 4 * i).unwrap_or(0));
-        }
+        Some((4 + 4 * count as usize + 7) & !7)
+    }
+
+    /// The segment table is complete: checks it and starts the body.
+    fn start_body(&mut self) {
+        let count = (self.head.len() - 4) / 4;
+        let count = read_u32(&self.head, 0).map_or(count, |c| c as usize + 1);
+        let sizes: Vec<usize> = (0..count)
+            .map(|i| read_u32(&self.head, 4 + 4 * i).unwrap_or(0) as usize)
+            .collect();
+        let total: u64 = sizes.iter().map(|&n| n as u64).sum();
         if total > self.limits.max_frame_words as u64 {
-            return Err(FrameError::TooLarge {
+            self.error = Some(FrameError::TooLarge {
                 words: total,
                 max: self.limits.max_frame_words,
             });
+            return;
         }
-        let body = total as usize * 8;
-        if data.len() < header + body {
-            return Ok(None);
-        }
-        let mut words = Word::allocate_zeroed_vec(total as usize);
-        Word::words_to_bytes_mut(&mut words).copy_from_slice(&data[header..header + body]);
         let mut bounds = Vec::with_capacity(count);
         let mut at = 0;
-        for i in 0..count {
-            let n = read_u32(data, 4 + 4 * i).unwrap_or(0) as usize;
+        for n in sizes {
             bounds.push((at, at + n));
             at += n;
         }
-        self.start += header + body;
-        if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        } else if self.start > 64 * 1024 && self.start * 2 > self.buf.len() {
-            self.buf.drain(..self.start);
-            self.start = 0;
+        let body = Body {
+            head_len: self.head.len(),
+            words: Vec::with_capacity(total as usize),
+            total: total as usize,
+            bounds,
+            partial: [0; 8],
+            partial_len: 0,
+        };
+        self.head.clear();
+        if body.total == 0 {
+            self.finish_body(body);
+        } else {
+            self.body = Some(body);
         }
-        // Each message may be traversed a few times over (parsed, copied
-        // once), never more: a small message whose pointers all share one
-        // subtree cannot make us read (or copy) far more than it weighs.
+    }
+
+    fn finish_body(&mut self, body: Body) {
+        let total = body.total;
+        // Each message may be traversed a few times over (parsed, checked
+        // or copied once), never more: a small message whose pointers all
+        // share one subtree cannot make us read (or copy) far more than it
+        // weighs.
         let mut options = self.limits.reader_options();
-        let budget = (total as usize)
+        let budget = total
             .saturating_mul(TRAVERSALS_PER_WORD)
             .saturating_add(TRAVERSAL_SLACK_WORDS)
             .min(self.limits.traversal_limit_words);
         options.traversal_limit_in_words(Some(budget));
-        Ok(Some(message::Reader::new(
-            WordSegments { words, bounds },
+        self.ready.push_back(message::Reader::new(
+            WordSegments {
+                words: body.words,
+                bounds: body.bounds,
+            },
             options,
-        )))
+        ));
+    }
+
+    /// Bytes received but not yet decoded (of an unfinished frame).
+    pub fn buffered(&self) -> usize {
+        match &self.body {
+            Some(b) => b.received(),
+            None => self.head.len(),
+        }
+    }
+
+    /// The next complete message, `Ok(None)` if more bytes are needed, or
+    /// the reason the stream is invalid (once the messages before the
+    /// invalid frame have been taken).
+    pub fn next_message(&mut self) -> Result<Option<message::Reader<WordSegments>>, FrameError> {
+        if let Some(m) = self.ready.pop_front() {
+            return Ok(Some(m));
+        }
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(None),
+        }
     }
 
     /// Called at end of stream: an error if a frame was left unfinished.
