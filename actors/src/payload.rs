@@ -143,6 +143,15 @@ impl Frozen {
         }
     }
 
+    /// The segments of the message whose root is the content, when the
+    /// results were built here (for sending them as they are).
+    pub(crate) fn own_segments(&self) -> Option<Vec<&[u8]>> {
+        match &self.message {
+            FrozenBody::Copied(m) => Some(m.get_segments().segments()),
+            FrozenBody::Received(_) => None,
+        }
+    }
+
     /// The root pointer, imbued with the given hook table.
     pub(crate) fn root<'a>(
         &'a self,
