@@ -568,7 +568,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         if self.aborted.is_some() {
             return;
         }
-        let mut m = Builder::new_default();
+        let mut m = small_message();
         exception::write(
             &reason,
             m.init_root::<rpc_message::Builder<'_>>().init_abort(),
@@ -618,7 +618,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     /// is sent when it is empty). Returns the question id.
     pub fn bootstrap(&mut self, object_id: &[u8]) -> Result<u32, Error> {
         let q = self.new_question()?;
-        let mut m = Builder::new_default();
+        let mut m = small_message();
         {
             let mut b = m.init_root::<rpc_message::Builder<'_>>().init_bootstrap();
             b.set_question_id(q);
@@ -780,7 +780,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             }
             None => return,
         };
-        let mut m = Builder::new_default();
+        let mut m = small_message();
         {
             let mut f = m.init_root::<rpc_message::Builder<'_>>().init_finish();
             f.set_question_id(question);
@@ -802,7 +802,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         let Some(count) = self.imports.remove(&import).map(|i| i.refs) else {
             return;
         };
-        let mut m = Builder::new_default();
+        let mut m = small_message();
         {
             let mut r = m.init_root::<rpc_message::Builder<'_>>().init_release();
             r.set_id(import);
@@ -881,7 +881,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     /// Sends a return without results (`fill` sets which kind) and records
     /// the answer as returned.
     fn send_bare_return(&mut self, answer: u32, fill: impl FnOnce(return_::Builder<'_>)) {
-        let mut m = Builder::new_default();
+        let mut m = small_message();
         {
             let mut r = m.init_root::<rpc_message::Builder<'_>>().init_return();
             r.set_answer_id(answer);
@@ -930,7 +930,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         }
         self.next_embargo = id.wrapping_add(1);
         self.embargoes.insert(id);
-        let mut m = Builder::new_default();
+        let mut m = small_message();
         {
             let mut d = m.init_root::<rpc_message::Builder<'_>>().init_disembargo();
             write_target(target, d.reborrow().init_target());
@@ -953,7 +953,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         if self.aborted.is_some() {
             return;
         }
-        let mut m = Builder::new_default();
+        let mut m = small_message();
         {
             let mut d = m.init_root::<rpc_message::Builder<'_>>().init_disembargo();
             write_target(target, d.reborrow().init_target());
@@ -1167,7 +1167,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         }
         let mut resolves = Vec::new();
         let mut exports = Vec::new();
-        let mut m = Builder::new_default();
+        let mut m = small_message();
         {
             let mut r = m.init_root::<rpc_message::Builder<'_>>().init_resolve();
             r.set_promise_id(export);
@@ -1208,7 +1208,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
 
     fn send_broken_resolves(&mut self, resolves: Vec<(u32, Error)>) {
         for (id, e) in resolves {
-            let mut m = Builder::new_default();
+            let mut m = small_message();
             {
                 let mut r = m.init_root::<rpc_message::Builder<'_>>().init_resolve();
                 r.set_promise_id(id);
@@ -1299,7 +1299,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         match parsed {
             Parsed::Unknown => {
                 let root: rpc_message::Reader<'_> = msg.get_root()?;
-                let mut m = Builder::new_default();
+                let mut m = small_message();
                 m.init_root::<rpc_message::Builder<'_>>()
                     .set_unimplemented(root)?;
                 self.send(&m);
@@ -1548,7 +1548,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                 }
                 RawEmbargo::Other => {
                     let root: rpc_message::Reader<'_> = msg.get_root()?;
-                    let mut m = Builder::new_default();
+                    let mut m = small_message();
                     m.init_root::<rpc_message::Builder<'_>>()
                         .set_unimplemented(root)?;
                     self.send(&m);
@@ -1675,7 +1675,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                 if gone {
                     self.imports.remove(id);
                 }
-                let mut m = Builder::new_default();
+                let mut m = small_message();
                 {
                     let mut r = m.init_root::<rpc_message::Builder<'_>>().init_release();
                     r.set_id(*id);
@@ -1977,6 +1977,16 @@ fn parse(msg: &message::Reader<WordSegments>) -> capnp::Result<Parsed> {
 
 /// The segments of a message.
 type Segments<'a> = &'a [&'a [u8]];
+
+/// A builder for a message without payload (finish, release, a bare
+/// return, ...): capnp's default first segment of 1024 words would be
+/// zeroed in full for a message of a few words.
+fn small_message() -> Builder<HeapAllocator> {
+    Builder::new(HeapAllocator::new().first_segment_words(SMALL_MESSAGE_WORDS))
+}
+
+/// First segment of [`small_message`]s; larger ones grow more segments.
+const SMALL_MESSAGE_WORDS: u32 = 32;
 
 /// What the content of an outgoing payload is given as.
 enum Content<'a> {
