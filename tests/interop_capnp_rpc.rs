@@ -87,6 +87,17 @@ async fn exercise(
     let reply = req.send().promise.await?;
     assert_eq!(reply.get()?.get_reply()?.to_str()?, "echo:foo");
 
+    // Large enough (over 1024 words) that our side sends its params or
+    // results as segments spliced behind the call or return (far pointers
+    // into them), which the other implementation must read.
+    let long: String = (0..40_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let mut req = echo.ping_request();
+    req.get().set_msg(long.as_str());
+    let reply = req.send().promise.await?;
+    assert_eq!(reply.get()?.get_reply()?.to_str()?, format!("echo:{long}"));
+
     let mut req = echo.heartbeat_request();
     req.get().set_msg("beat");
     req.get().set_callback(callback);

@@ -526,6 +526,21 @@ async fn our_client_cpp_echo_server(test: &str, transport: Transport) {
             .unwrap_or_else(|e| panic!("{test}: ping: {e}; {}", server.output()));
         assert_eq!(reply.get().unwrap().get_reply().unwrap(), "echo:foo");
 
+        // Over 1024 words: our params go out as segments spliced behind
+        // the call (far pointers into them), which the C++ server reads.
+        let long: String = (0..40_000)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let mut req = echo.ping_request();
+        req.get().set_msg(long.as_str());
+        let reply = within("long ping", req.send().promise)
+            .await
+            .unwrap_or_else(|e| panic!("{test}: long ping: {e}; {}", server.output()));
+        assert_eq!(
+            reply.get().unwrap().get_reply().unwrap().to_str().unwrap(),
+            format!("echo:{long}")
+        );
+
         let mut req = echo.heartbeat_request();
         req.get().set_msg("beat");
         req.get()

@@ -341,6 +341,19 @@ async fn our_client_pycapnp_server(address: &str) {
         let reply = within("ping", req.send().promise).await.unwrap();
         assert_eq!(reply.get().unwrap().get_reply().unwrap(), "echo:foo");
 
+        // Over 1024 words: our params go out as segments spliced behind
+        // the call (far pointers into them), which pycapnp reads.
+        let long: String = (0..40_000)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let mut req = echo.ping_request();
+        req.get().set_msg(long.as_str());
+        let reply = within("long ping", req.send().promise).await.unwrap();
+        assert_eq!(
+            reply.get().unwrap().get_reply().unwrap().to_str().unwrap(),
+            format!("echo:{long}")
+        );
+
         let got: Lines = Arc::default();
         let mut req = echo.heartbeat_request();
         req.get().set_msg("beat");

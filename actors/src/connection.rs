@@ -16,7 +16,6 @@ use actix::{
     StreamHandler, WrapFuture,
 };
 use bytes::Bytes;
-use capnp::traits::Imbue;
 use capnp_actix_proto::captp::{
     CallTarget, Conn, ConnLimits, Event, InCap, InPayload, OutCap, OutTarget, TableSizes,
 };
@@ -29,8 +28,8 @@ use tokio::sync::mpsc;
 use crate::answer::{Answer, AnswerRef, Call, Completer, Outcome};
 use crate::cap::{next_id, CapRef, Kind, Node};
 use crate::error;
-use crate::hook::{self, send_call, WaitOutcome};
-use crate::payload::{payload_from_reader, Payload};
+use crate::hook::{send_call, WaitOutcome};
+use crate::payload::{payload_received, Body, Payload};
 use crate::registry;
 
 /// Finds the bootstrap capability for a service ID (the ID's raw bytes;
@@ -76,6 +75,9 @@ pub struct ConnectionOptions {
 
 /// How long the writer may go on after the connection ended.
 const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The largest write buffer kept for reuse once written.
+const MAX_SPARE_BYTES: usize = 4 << 20;
 
 /// Default of [`ConnectionOptions::max_outgoing_bytes`].
 pub const DEFAULT_MAX_OUTGOING_BYTES: usize = 64 << 20;
@@ -241,7 +243,10 @@ where
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let queued = Arc::new(AtomicUsize::new(0));
     let written = queued.clone();
-    // The writer: everything queued since the last write goes out in one.
+    let spare = Arc::new(std::sync::Mutex::new(None::<Vec<u8>>));
+    let written_spare = spare.clone();
+    // The writer: everything queued since the last write goes out in one;
+    // the buffer then goes back to the connection for its next output.
     let writer = actix_rt::spawn(async move {
         while let Some(mut buf) = rx.recv().await {
             while let Ok(more) = rx.try_recv() {
@@ -251,6 +256,11 @@ where
                 break;
             }
             written.fetch_sub(buf.len(), Ordering::Relaxed);
+            if buf.capacity() <= MAX_SPARE_BYTES {
+                if let Ok(mut slot) = written_spare.lock() {
+                    *slot = Some(buf);
+                }
+            }
         }
         let _ = write.shutdown().await;
     });
@@ -273,6 +283,7 @@ where
             out: Some(tx),
             writer: Some(writer),
             queued,
+            spare,
             max_outgoing,
             held: HashMap::new(),
             held_bytes: 0,
@@ -307,6 +318,8 @@ pub struct Connection {
     writer: Option<actix_rt::task::JoinHandle<()>>,
     /// Bytes handed to the writer and not yet written.
     queued: Arc<AtomicUsize>,
+    /// A buffer the writer has finished with, for the next output.
+    spare: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
     max_outgoing: usize,
     /// Sizes of the peer's calls not answered yet, and their sum.
     held: HashMap<u32, usize>,
@@ -380,6 +393,14 @@ enum Embargo {
 }
 
 impl Connection {
+    /// Gives the core the buffer the writer last finished with, if any, to
+    /// write its next output into (called before the core gets work).
+    fn recycle(&mut self) {
+        if let Some(buffer) = self.spare.lock().ok().and_then(|mut s| s.take()) {
+            self.core.recycle_output(buffer);
+        }
+    }
+
     /// Handles the core's events and writes what the core produced.
     fn settle(&mut self, ctx: &mut actix::Context<Self>) {
         while let Some(event) = self.core.next_event() {
@@ -433,10 +454,10 @@ impl Connection {
                 // pipelines on it reach the capability (or get the error).
                 let (answer_ref, completer) = Answer::open();
                 let complete = move |found: Result<CapRef, capnp::Error>| match found {
-                    Ok(cap) => completer.complete_payload(Payload {
-                        message: capnp_actix_proto::content::cap_root_message(),
-                        caps: vec![Some(cap)],
-                    }),
+                    Ok(cap) => completer.complete_payload(Payload::built(
+                        capnp_actix_proto::content::cap_root_message(),
+                        vec![Some(cap)],
+                    )),
                     Err(e) => completer.complete(Err(e)),
                 };
                 match (&mut found).now_or_never() {
@@ -859,6 +880,7 @@ impl Connection {
     }
 
     fn send_return(&mut self, answer: u32, outcome: Outcome) {
+        self.recycle();
         self.unhold(answer);
         match outcome {
             Ok(frozen) => {
@@ -867,6 +889,9 @@ impl Connection {
                     .iter()
                     .map(|c| self.out_cap(c.as_ref()))
                     .collect();
+                if let Some(segments) = frozen.own_segments() {
+                    return self.core.return_message(answer, &segments, &caps);
+                }
                 match frozen.raw_root() {
                     Ok(root) => self.core.return_results(answer, root, &caps),
                     Err(e) => self.core.return_error(answer, e),
@@ -933,10 +958,8 @@ impl Connection {
     fn in_payload(&mut self, p: InPayload<CapRef>) -> Result<Payload, capnp::Error> {
         let caps: Vec<Option<CapRef>> =
             p.caps.clone().into_iter().map(|c| self.in_cap(c)).collect();
-        let table = hook::to_hooks(&caps);
-        let mut content = p.content()?;
-        content.imbue(&table);
-        payload_from_reader(content)
+        let (content, _, size) = p.into_in_place()?;
+        payload_received(content, caps, size)
     }
 
     fn send_call(&mut self, target: RemoteTarget, call: Call) {
@@ -1011,10 +1034,19 @@ impl Connection {
             .iter()
             .map(|c| self.out_cap(c.as_ref()))
             .collect();
-        let sent = params.raw_root().and_then(|root| {
-            self.core
-                .call(&out_target, interface_id, method_id, root, &caps)
-        });
+        let sent = match &params.body {
+            Body::Built(m) => self.core.call_message(
+                &out_target,
+                interface_id,
+                method_id,
+                &m.get_segments_for_output(),
+                &caps,
+            ),
+            Body::Received(_) => params.raw_root().and_then(|root| {
+                self.core
+                    .call(&out_target, interface_id, method_id, root, &caps)
+            }),
+        };
         match sent {
             Ok(q) => self.register_question(q, completer),
             Err(e) => completer.complete(Err(e)),
@@ -1094,6 +1126,7 @@ impl Connection {
 
 impl StreamHandler<Result<Bytes, std::io::Error>> for Connection {
     fn handle(&mut self, item: Result<Bytes, std::io::Error>, ctx: &mut Self::Context) {
+        self.recycle();
         match item {
             Ok(bytes) => self.core.receive(&bytes),
             Err(e) => self.core.disconnected(capnp::Error::disconnected(format!(
@@ -1112,6 +1145,7 @@ impl StreamHandler<Result<Bytes, std::io::Error>> for Connection {
 impl Handler<ConnMsg> for Connection {
     type Result = ();
     fn handle(&mut self, msg: ConnMsg, ctx: &mut Self::Context) {
+        self.recycle();
         match msg {
             ConnMsg::Call { target, call } => self.send_call(target, call),
             ConnMsg::Release { import, node } => {

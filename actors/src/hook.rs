@@ -21,7 +21,7 @@ use futures::FutureExt;
 use crate::answer::{Answer, AnswerRef, Call, Outcome};
 use crate::cap::{CapRef, Kind};
 use crate::foreign;
-use crate::payload::{payload_from_reader, Frozen, HookTable, Payload, SendCapTable};
+use crate::payload::{payload_from_reader, Body, Frozen, HookTable, Payload, SendCapTable};
 use std::sync::Arc;
 
 static BRAND: u8 = 0;
@@ -285,10 +285,7 @@ impl OutgoingRequest {
     }
 
     fn into_call_parts(self) -> (CapRef, u64, u16, Payload) {
-        let payload = Payload {
-            message: self.message,
-            caps: to_caps(self.table),
-        };
+        let payload = Payload::built(self.message, to_caps(self.table));
         (self.target, self.interface_id, self.method_id, payload)
     }
 }
@@ -389,7 +386,7 @@ impl PipelineHook for AnswerPipeline {
 
 /// The parameters of a call, as the method reads them.
 pub(crate) struct LocalParams {
-    message: message::Builder<HeapAllocator>,
+    message: Body,
     table: HookTable,
 }
 
@@ -399,7 +396,7 @@ impl LocalParams {
         // The sendable handles are no longer needed: the hooks hold the
         // capabilities now.
         LocalParams {
-            message: payload.message,
+            message: payload.body,
             table,
         }
     }
@@ -407,7 +404,7 @@ impl LocalParams {
 
 impl ParamsHook for LocalParams {
     fn get(&self) -> capnp::Result<any_pointer::Reader<'_>> {
-        let mut root: any_pointer::Reader<'_> = self.message.get_root_as_reader()?;
+        let mut root: any_pointer::Reader<'_> = self.message.root()?;
         root.imbue(&self.table);
         Ok(root)
     }
@@ -462,10 +459,10 @@ impl LocalResults {
 impl Drop for LocalResults {
     fn drop(&mut self) {
         if let Some(message) = self.message.take() {
-            *self.slot.borrow_mut() = Some(Payload {
+            *self.slot.borrow_mut() = Some(Payload::built(
                 message,
-                caps: to_caps(std::mem::take(&mut self.table)),
-            });
+                to_caps(std::mem::take(&mut self.table)),
+            ));
         }
     }
 }

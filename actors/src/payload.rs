@@ -7,6 +7,8 @@ use capnp::any_pointer;
 use capnp::message::{self, HeapAllocator, ReaderOptions};
 use capnp::private::capability::{ClientHook, PipelineOp};
 use capnp::traits::{Imbue, ImbueMut};
+use capnp::MessageSize;
+use capnp_actix_proto::captp::InContent;
 use capnp_actix_proto::WordSegments;
 
 use crate::cap::CapRef;
@@ -19,22 +21,47 @@ pub(crate) type SendCapTable = Vec<Option<CapRef>>;
 /// The `!Send` form of a cap table that capnp's readers and builders use.
 pub(crate) type HookTable = Vec<Option<Box<dyn ClientHook>>>;
 
-/// Parameters or results under construction or in transit: an owned builder
-/// (Send) and its capabilities. Moving it between actors copies nothing.
+/// The message of a payload.
+pub(crate) enum Body {
+    /// Built in this process; the content is at the root.
+    Built(message::Builder<HeapAllocator>),
+    /// Received from a peer and read where it lies (a call's params or a
+    /// return's results, inside the rpc message that carried them).
+    Received(InContent),
+}
+
+impl Body {
+    /// The content, with capability pointers as bare indexes.
+    pub(crate) fn root(&self) -> capnp::Result<any_pointer::Reader<'_>> {
+        match self {
+            Body::Built(m) => m.get_root_as_reader(),
+            Body::Received(m) => m.content(),
+        }
+    }
+}
+
+/// Parameters or results under construction or in transit: an owned
+/// message (Send) and its capabilities. Moving it between actors copies
+/// nothing.
 pub(crate) struct Payload {
-    pub(crate) message: message::Builder<HeapAllocator>,
+    pub(crate) body: Body,
     pub(crate) caps: SendCapTable,
 }
 
 impl Payload {
+    /// A payload built in this process.
+    pub(crate) fn built(message: message::Builder<HeapAllocator>, caps: SendCapTable) -> Self {
+        Payload {
+            body: Body::Built(message),
+            caps,
+        }
+    }
+
     /// A payload with an empty root.
     pub(crate) fn empty() -> Self {
         let mut message = message::Builder::new(HeapAllocator::new().first_segment_words(1));
         message.init_root::<any_pointer::Builder<'_>>();
-        Payload {
-            message,
-            caps: Vec::new(),
-        }
+        Payload::built(message, Vec::new())
     }
 
     /// Reads the root pointer with the cap table turned into hooks that live
@@ -44,14 +71,14 @@ impl Payload {
         f: impl FnOnce(any_pointer::Reader<'_>) -> capnp::Result<R>,
     ) -> capnp::Result<R> {
         let table = hook::to_hooks(&self.caps);
-        let mut root: any_pointer::Reader<'_> = self.message.get_root_as_reader()?;
+        let mut root: any_pointer::Reader<'_> = self.body.root()?;
         root.imbue(&table);
         f(root)
     }
 
     /// The root pointer, with capability pointers as bare indexes.
     pub(crate) fn raw_root(&self) -> capnp::Result<any_pointer::Reader<'_>> {
-        self.message.get_root_as_reader()
+        self.body.root()
     }
 
     /// The capability at a pipeline path, read from this payload.
@@ -66,19 +93,32 @@ impl Payload {
         }
     }
 
-    /// Freezes a finished payload into the shareable form used for answers.
+    /// Freezes a finished payload into the shareable form used for answers
+    /// (a built message is copied once; a received one is kept as it is).
     pub(crate) fn freeze(self) -> Arc<Frozen> {
-        Arc::new(Frozen::copy_of(&self.message, self.caps))
+        Arc::new(match self.body {
+            Body::Built(m) => Frozen::copy_of(&m, self.caps),
+            Body::Received(m) => Frozen {
+                message: FrozenBody::Received(m),
+                caps: self.caps,
+            },
+        })
     }
+}
+
+enum FrozenBody {
+    Copied(message::Reader<WordSegments>),
+    Received(InContent),
 }
 
 /// A finished message that many readers on many threads may share: the
 /// results of a call, read by the caller and by pipelined calls.
 ///
-/// Built once per answer by copying the result segments into one buffer
-/// (`message::Builder` is not `Sync`, so it cannot be shared as it is).
+/// Results built here are copied once into one buffer (`message::Builder`
+/// is not `Sync`, so it cannot be shared as it is); results received from
+/// a peer are shared as they arrived.
 pub(crate) struct Frozen {
-    message: message::Reader<WordSegments>,
+    message: FrozenBody,
     pub(crate) caps: SendCapTable,
 }
 
@@ -89,7 +129,7 @@ impl Frozen {
         // is needed (and a shared answer is read many times).
         let options = *ReaderOptions::new().traversal_limit_in_words(None);
         Frozen {
-            message: message::Reader::new(segments, options),
+            message: FrozenBody::Copied(message::Reader::new(segments, options)),
             caps,
         }
     }
@@ -97,7 +137,19 @@ impl Frozen {
     /// The root pointer, with capability pointers as bare indexes into
     /// `caps` (for code that renumbers them, such as a connection).
     pub(crate) fn raw_root(&self) -> capnp::Result<any_pointer::Reader<'_>> {
-        self.message.get_root()
+        match &self.message {
+            FrozenBody::Copied(m) => m.get_root(),
+            FrozenBody::Received(m) => m.content(),
+        }
+    }
+
+    /// The segments of the message whose root is the content, when the
+    /// results were built here (for sending them as they are).
+    pub(crate) fn own_segments(&self) -> Option<Vec<&[u8]>> {
+        match &self.message {
+            FrozenBody::Copied(m) => Some(m.get_segments().segments()),
+            FrozenBody::Received(_) => None,
+        }
     }
 
     /// The root pointer, imbued with the given hook table.
@@ -105,7 +157,7 @@ impl Frozen {
         &'a self,
         table: &'a HookTable,
     ) -> capnp::Result<any_pointer::Reader<'a>> {
-        let mut root: any_pointer::Reader<'a> = self.message.get_root()?;
+        let mut root: any_pointer::Reader<'a> = self.raw_root()?;
         root.imbue(table);
         Ok(root)
     }
@@ -135,6 +187,30 @@ impl Frozen {
     }
 }
 
+/// A received payload with its capabilities already turned into handles
+/// (`caps`, indexed as the wire cap table): kept in place when its content
+/// carries no capability (nothing to renumber), otherwise copied as
+/// [`payload_from_reader`] does, so that cap tables stay as they were.
+pub(crate) fn payload_received(
+    content: InContent,
+    caps: SendCapTable,
+    size: MessageSize,
+) -> capnp::Result<Payload> {
+    if size.cap_count == 0 {
+        // The content refers to none of `caps` (if the peer sent any, they
+        // are released as they would be after a copy).
+        drop(caps);
+        return Ok(Payload {
+            body: Body::Received(content),
+            caps: Vec::new(),
+        });
+    }
+    let table = hook::to_hooks(&caps);
+    let mut root = content.content()?;
+    root.imbue(&table);
+    payload_from_reader(root)
+}
+
 /// Copies `src` (a reader imbued with hooks) into a new payload, turning the
 /// capabilities it carries into sendable handles.
 pub(crate) fn payload_from_reader(src: any_pointer::Reader<'_>) -> capnp::Result<Payload> {
@@ -149,8 +225,5 @@ pub(crate) fn payload_from_reader(src: any_pointer::Reader<'_>) -> capnp::Result
         root.imbue_mut(&mut table);
         root.set_as(src)?;
     }
-    Ok(Payload {
-        message,
-        caps: hook::to_caps(table),
-    })
+    Ok(Payload::built(message, hook::to_caps(table)))
 }

@@ -17,8 +17,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 
-use capnp::message::{self, Builder, HeapAllocator};
-use capnp::{any_pointer, Error};
+use capnp::message::{self, Builder, HeapAllocator, ReaderOptions};
+use capnp::{any_pointer, Error, MessageSize};
 
 use crate::exception;
 use crate::frame::{self, FrameDecoder, WordSegments};
@@ -140,6 +140,8 @@ pub enum OutTarget {
 /// capability index of its content stands for.
 pub struct InPayload<L> {
     message: message::Reader<WordSegments>,
+    /// The nesting limit the message was received with.
+    nesting_limit: i32,
     /// What each capability index of the content stands for.
     pub caps: Vec<InCap<L>>,
 }
@@ -152,15 +154,64 @@ impl<L> InPayload<L> {
 
     /// The content: the params of a call or the results of a return.
     pub fn content(&self) -> capnp::Result<any_pointer::Reader<'_>> {
-        let m: rpc_message::Reader<'_> = self.message.get_root()?;
-        match m.which() {
-            Ok(rpc_message::Call(c)) => Ok(c?.get_params()?.get_content()),
-            Ok(rpc_message::Return(r)) => match r?.which() {
-                Ok(return_::Results(p)) => Ok(p?.get_content()),
-                _ => Err(Error::failed("return carries no results".into())),
-            },
-            _ => Err(Error::failed("message carries no payload".into())),
-        }
+        content_of(&self.message)
+    }
+
+    /// Keeps the received message so that its content can be read where
+    /// it lies, instead of being copied out.
+    ///
+    /// The whole content is traversed once first (its size, as
+    /// `target_size` counts it), against the traversal budget the message
+    /// was received with, so a message whose pointers share subtrees
+    /// cannot amplify beyond that budget; the size is returned. After that
+    /// check the content reader has no traversal limit: a full read of it
+    /// costs at most that size, as a full read of a copy would. The
+    /// nesting limit stays.
+    pub fn into_in_place(self) -> capnp::Result<(InContent, Vec<InCap<L>>, MessageSize)> {
+        let size = self.content()?.target_size()?;
+        let InPayload {
+            message,
+            caps,
+            nesting_limit,
+        } = self;
+        let mut options = ReaderOptions::new();
+        options
+            .traversal_limit_in_words(None)
+            .nesting_limit(nesting_limit);
+        let message = message::Reader::new(message.into_segments(), options);
+        Ok((InContent { message }, caps, size))
+    }
+}
+
+/// A received call or return kept whole, its payload content read in
+/// place (see [`InPayload::into_in_place`]). It may be shared between
+/// threads.
+pub struct InContent {
+    message: message::Reader<WordSegments>,
+}
+
+impl InContent {
+    /// The content: the params of a call or the results of a return. Its
+    /// capability pointers index the payload's cap table.
+    pub fn content(&self) -> capnp::Result<any_pointer::Reader<'_>> {
+        content_of(&self.message)
+    }
+
+    /// The size of the whole message, in words.
+    pub fn message_words(&self) -> usize {
+        self.message.size_in_words()
+    }
+}
+
+fn content_of(message: &message::Reader<WordSegments>) -> capnp::Result<any_pointer::Reader<'_>> {
+    let m: rpc_message::Reader<'_> = message.get_root()?;
+    match m.which() {
+        Ok(rpc_message::Call(c)) => Ok(c?.get_params()?.get_content()),
+        Ok(rpc_message::Return(r)) => match r?.which() {
+            Ok(return_::Results(p)) => Ok(p?.get_content()),
+            _ => Err(Error::failed("return carries no results".into())),
+        },
+        _ => Err(Error::failed("message carries no payload".into())),
     }
 }
 
@@ -384,6 +435,8 @@ pub struct Conn<L> {
     export_ids: HashMap<L, u32>,
     imports: HashMap<u32, Import>,
     decoder: FrameDecoder,
+    /// The nesting limit of incoming messages.
+    nesting_limit: i32,
     out: Vec<u8>,
     /// Finishes for returned questions, sent after whatever the runtime
     /// writes while handling the return (a disembargo must precede them).
@@ -411,6 +464,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         Conn {
             limits,
             decoder: FrameDecoder::new(reader),
+            nesting_limit: reader.nesting_limit,
             questions: Slots::new(),
             answers: HashMap::new(),
             exports: Slots::new(),
@@ -432,6 +486,17 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             self.finish(q);
         }
         std::mem::take(&mut self.out)
+    }
+
+    /// Hands back a buffer that [`Conn::take_output`] returned, once its
+    /// bytes are written: the next output goes into it (it is cleared
+    /// first), so that large buffers are not freed and allocated again for
+    /// every message.
+    pub fn recycle_output(&mut self, mut buffer: Vec<u8>) {
+        if self.out.is_empty() && buffer.capacity() > self.out.capacity() {
+            buffer.clear();
+            self.out = buffer;
+        }
     }
 
     /// True if there are bytes to write.
@@ -491,7 +556,9 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     }
 
     fn send(&mut self, m: &Builder<HeapAllocator>) {
-        frame::encode(&m.get_segments_for_output(), &mut self.out);
+        let segments = m.get_segments_for_output();
+        self.out.reserve(frame::encoded_len(&segments));
+        frame::encode(&segments, &mut self.out);
     }
 
     /// Ends the connection: sends `abort` with `reason`, forgets every
@@ -501,7 +568,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         if self.aborted.is_some() {
             return;
         }
-        let mut m = Builder::new_default();
+        let mut m = small_message();
         exception::write(
             &reason,
             m.init_root::<rpc_message::Builder<'_>>().init_abort(),
@@ -551,7 +618,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     /// is sent when it is empty). Returns the question id.
     pub fn bootstrap(&mut self, object_id: &[u8]) -> Result<u32, Error> {
         let q = self.new_question()?;
-        let mut m = Builder::new_default();
+        let mut m = small_message();
         {
             let mut b = m.init_root::<rpc_message::Builder<'_>>().init_bootstrap();
             b.set_question_id(q);
@@ -577,7 +644,37 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         content: any_pointer::Reader<'_>,
         caps: &[OutCap<L>],
     ) -> Result<u32, Error> {
-        self.send_call(target, interface_id, method_id, content, caps, false)
+        self.send_call(
+            target,
+            interface_id,
+            method_id,
+            Content::Reader(content),
+            caps,
+            false,
+        )
+    }
+
+    /// Sends a call whose params content is the root of the message with
+    /// these segments (a message built by this process), as
+    /// [`Conn::call`] does. When the content carries no capability, its
+    /// segments go out as they are, behind the call's own segment (see
+    /// [`frame::encode_spliced`]), instead of being copied into the call.
+    pub fn call_message(
+        &mut self,
+        target: &OutTarget,
+        interface_id: u64,
+        method_id: u16,
+        segments: &[&[u8]],
+        caps: &[OutCap<L>],
+    ) -> Result<u32, Error> {
+        self.send_call(
+            target,
+            interface_id,
+            method_id,
+            Content::Message(segments),
+            caps,
+            false,
+        )
     }
 
     fn send_call(
@@ -585,7 +682,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         target: &OutTarget,
         interface_id: u64,
         method_id: u16,
-        content: any_pointer::Reader<'_>,
+        content: Content<'_>,
         caps: &[OutCap<L>],
         yourself: bool,
     ) -> Result<u32, Error> {
@@ -601,7 +698,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             }
         }
         let q = self.new_question()?;
-        let mut m = Builder::new_default();
+        let mut m = payload_message(&content, caps.len());
         {
             let mut c = m.init_root::<rpc_message::Builder<'_>>().init_call();
             c.set_question_id(q);
@@ -615,9 +712,13 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             }
             c.init_params();
         }
-        let resolves = self.write_payload(&mut m, call_params, content, caps);
+        let resolves = self.write_content(&mut m, call_params, &content, caps);
         let resolves = match resolves {
-            Ok((r, exports)) => {
+            Ok(((r, exports), spliced)) => {
+                if let Err(e) = self.send_content(&mut m, call_params, CALL_CONTENT, spliced) {
+                    self.questions.remove(q);
+                    return Err(e);
+                }
                 if let Some(question) = self.questions.get_mut(q) {
                     question.param_exports = exports;
                 }
@@ -628,7 +729,6 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                 return Err(e);
             }
         };
-        self.send(&m);
         self.send_broken_resolves(resolves);
         Ok(q)
     }
@@ -651,7 +751,14 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         if !self.answer_pending(answer) {
             return Err(Error::failed(format!("answer {answer} is not pending")));
         }
-        let q = self.send_call(target, interface_id, method_id, content, caps, true)?;
+        let q = self.send_call(
+            target,
+            interface_id,
+            method_id,
+            Content::Reader(content),
+            caps,
+            true,
+        )?;
         if let Some(question) = self.questions.get_mut(q) {
             question.yourself = true;
         }
@@ -673,7 +780,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             }
             None => return,
         };
-        let mut m = Builder::new_default();
+        let mut m = small_message();
         {
             let mut f = m.init_root::<rpc_message::Builder<'_>>().init_finish();
             f.set_question_id(question);
@@ -695,7 +802,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         let Some(count) = self.imports.remove(&import).map(|i| i.refs) else {
             return;
         };
-        let mut m = Builder::new_default();
+        let mut m = small_message();
         {
             let mut r = m.init_root::<rpc_message::Builder<'_>>().init_release();
             r.set_id(import);
@@ -711,29 +818,42 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         content: any_pointer::Reader<'_>,
         caps: &[OutCap<L>],
     ) {
+        self.send_return(answer, Content::Reader(content), caps)
+    }
+
+    /// Answers `answer` with results whose content is the root of the
+    /// message with these segments (a message built by this process); see
+    /// [`Conn::call_message`].
+    pub fn return_message(&mut self, answer: u32, segments: &[&[u8]], caps: &[OutCap<L>]) {
+        self.send_return(answer, Content::Message(segments), caps)
+    }
+
+    fn send_return(&mut self, answer: u32, content: Content<'_>, caps: &[OutCap<L>]) {
         if !self.answer_pending(answer) {
             return;
         }
         if self.kept_for_tail_call(answer) {
             return;
         }
-        let mut m = Builder::new_default();
+        let mut m = payload_message(&content, caps.len());
         {
             let mut r = m.init_root::<rpc_message::Builder<'_>>().init_return();
             r.set_answer_id(answer);
             r.set_release_param_caps(false);
             r.init_results();
         }
-        let written = self.write_payload(&mut m, return_results, content, caps);
+        let written = self.write_content(&mut m, return_results, &content, caps);
         match written {
-            Ok((resolves, exports)) => {
+            Ok(((resolves, exports), spliced)) => {
                 let forget = exports.is_empty() && self.no_finish_needed(answer);
                 if forget {
                     if let Ok(mut r) = return_results_nav(&mut m) {
                         r.set_no_finish_needed(true);
                     }
                 }
-                self.send(&m);
+                if let Err(e) = self.send_content(&mut m, return_results, RETURN_CONTENT, spliced) {
+                    return self.return_error(answer, e);
+                }
                 self.send_broken_resolves(resolves);
                 self.answered(answer, exports);
                 if forget {
@@ -761,7 +881,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     /// Sends a return without results (`fill` sets which kind) and records
     /// the answer as returned.
     fn send_bare_return(&mut self, answer: u32, fill: impl FnOnce(return_::Builder<'_>)) {
-        let mut m = Builder::new_default();
+        let mut m = small_message();
         {
             let mut r = m.init_root::<rpc_message::Builder<'_>>().init_return();
             r.set_answer_id(answer);
@@ -810,7 +930,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         }
         self.next_embargo = id.wrapping_add(1);
         self.embargoes.insert(id);
-        let mut m = Builder::new_default();
+        let mut m = small_message();
         {
             let mut d = m.init_root::<rpc_message::Builder<'_>>().init_disembargo();
             write_target(target, d.reborrow().init_target());
@@ -833,7 +953,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         if self.aborted.is_some() {
             return;
         }
-        let mut m = Builder::new_default();
+        let mut m = small_message();
         {
             let mut d = m.init_root::<rpc_message::Builder<'_>>().init_disembargo();
             write_target(target, d.reborrow().init_target());
@@ -889,6 +1009,68 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             self.answers.remove(&answer);
             self.events.push_back(Event::Finished { answer });
         }
+    }
+
+    /// Writes a payload into `m` as [`Conn::write_payload`] does, except
+    /// that content given as a message's segments, with no capability, is
+    /// not copied: the payload gets an empty cap table and a null content
+    /// for now, and the segments to splice in behind it are returned, for
+    /// [`Conn::send_content`].
+    fn write_content<'c, F>(
+        &mut self,
+        m: &mut Builder<HeapAllocator>,
+        nav: F,
+        content: &Content<'c>,
+        caps: &[OutCap<L>],
+    ) -> Result<(Written, Option<Segments<'c>>), Error>
+    where
+        F: for<'x> Fn(&'x mut Builder<HeapAllocator>) -> capnp::Result<payload::Builder<'x>>,
+    {
+        match *content {
+            Content::Message(segments) if caps.is_empty() && splice_worthwhile(segments) => {
+                nav(m)?.init_cap_table(0);
+                Ok(((Vec::new(), Vec::new()), Some(segments)))
+            }
+            Content::Message(segments) => {
+                let message = message::Reader::new(
+                    message::SegmentArray::new(segments),
+                    *ReaderOptions::new().traversal_limit_in_words(None),
+                );
+                let root = message.get_root()?;
+                Ok((self.write_payload(m, nav, root, caps)?, None))
+            }
+            Content::Reader(root) => Ok((self.write_payload(m, nav, root, caps)?, None)),
+        }
+    }
+
+    /// Sends `m`, with the content segments `spliced` (if any) behind it,
+    /// reached from the pointer at `path` in `m` (see
+    /// [`frame::encode_spliced`]). Should they not fit (a header of more
+    /// than one segment), the content is copied into `m` after all.
+    fn send_content<F>(
+        &mut self,
+        m: &mut Builder<HeapAllocator>,
+        nav: F,
+        path: &[u16],
+        spliced: Option<&[&[u8]]>,
+    ) -> Result<(), Error>
+    where
+        F: for<'x> Fn(&'x mut Builder<HeapAllocator>) -> capnp::Result<payload::Builder<'x>>,
+    {
+        let Some(content) = spliced else {
+            self.send(m);
+            return Ok(());
+        };
+        if frame::encode_spliced(&m.get_segments_for_output(), path, content, &mut self.out) {
+            return Ok(());
+        }
+        let message = message::Reader::new(
+            message::SegmentArray::new(content),
+            *ReaderOptions::new().traversal_limit_in_words(None),
+        );
+        self.write_payload(m, nav, message.get_root()?, &[])?;
+        self.send(m);
+        Ok(())
     }
 
     /// Writes a payload into `m` (reached through `nav`): copies `content`
@@ -985,7 +1167,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         }
         let mut resolves = Vec::new();
         let mut exports = Vec::new();
-        let mut m = Builder::new_default();
+        let mut m = small_message();
         {
             let mut r = m.init_root::<rpc_message::Builder<'_>>().init_resolve();
             r.set_promise_id(export);
@@ -1026,7 +1208,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
 
     fn send_broken_resolves(&mut self, resolves: Vec<(u32, Error)>) {
         for (id, e) in resolves {
-            let mut m = Builder::new_default();
+            let mut m = small_message();
             {
                 let mut r = m.init_root::<rpc_message::Builder<'_>>().init_resolve();
                 r.set_promise_id(id);
@@ -1117,7 +1299,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         match parsed {
             Parsed::Unknown => {
                 let root: rpc_message::Reader<'_> = msg.get_root()?;
-                let mut m = Builder::new_default();
+                let mut m = small_message();
                 m.init_root::<rpc_message::Builder<'_>>()
                     .set_unimplemented(root)?;
                 self.send(&m);
@@ -1191,7 +1373,11 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                     target,
                     interface_id,
                     method_id,
-                    params: InPayload { message: msg, caps },
+                    params: InPayload {
+                        message: msg,
+                        caps,
+                        nesting_limit: self.nesting_limit,
+                    },
                 });
             }
             Parsed::Return {
@@ -1220,7 +1406,11 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                 let result = match result {
                     RawReturn::Results(caps) => {
                         let caps = self.import_caps(caps)?;
-                        Ok(InPayload { message: msg, caps })
+                        Ok(InPayload {
+                            message: msg,
+                            caps,
+                            nesting_limit: self.nesting_limit,
+                        })
                     }
                     RawReturn::Error(e) => Err(e),
                     RawReturn::TakeFrom(other) => {
@@ -1358,7 +1548,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                 }
                 RawEmbargo::Other => {
                     let root: rpc_message::Reader<'_> = msg.get_root()?;
-                    let mut m = Builder::new_default();
+                    let mut m = small_message();
                     m.init_root::<rpc_message::Builder<'_>>()
                         .set_unimplemented(root)?;
                     self.send(&m);
@@ -1485,7 +1675,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                 if gone {
                     self.imports.remove(id);
                 }
-                let mut m = Builder::new_default();
+                let mut m = small_message();
                 {
                     let mut r = m.init_root::<rpc_message::Builder<'_>>().init_release();
                     r.set_id(*id);
@@ -1783,6 +1973,72 @@ fn parse(msg: &message::Reader<WordSegments>) -> capnp::Result<Parsed> {
         | rpc_message::Accept(_)
         | rpc_message::Join(_) => Parsed::Unknown,
     })
+}
+
+/// The segments of a message.
+type Segments<'a> = &'a [&'a [u8]];
+
+/// A builder for a message without payload (finish, release, a bare
+/// return, ...): capnp's default first segment of 1024 words would be
+/// zeroed in full for a message of a few words.
+fn small_message() -> Builder<HeapAllocator> {
+    Builder::new(HeapAllocator::new().first_segment_words(SMALL_MESSAGE_WORDS))
+}
+
+/// First segment of [`small_message`]s; larger ones grow more segments.
+const SMALL_MESSAGE_WORDS: u32 = 32;
+
+/// What the content of an outgoing payload is given as.
+enum Content<'a> {
+    /// A reader: the content is copied into the call or return.
+    Reader(any_pointer::Reader<'a>),
+    /// The segments of a message (built here) whose root is the content.
+    Message(&'a [&'a [u8]]),
+}
+
+/// Content smaller than this (in words) is copied into its call or
+/// return: the copy is cheap, and the message stays one segment.
+const SPLICE_MIN_WORDS: usize = 1024;
+
+/// Room kept in the header segment of a spliced message, beyond
+/// [`PAYLOAD_HEADER_WORDS`], for a long promised-answer path.
+const SPLICED_HEADER_WORDS: u64 = 96;
+
+/// True if content with these segments is better spliced than copied.
+fn splice_worthwhile(segments: &[&[u8]]) -> bool {
+    frame::spliceable(segments)
+        && segments.iter().map(|s| s.len() / 8).sum::<usize>() >= SPLICE_MIN_WORDS
+}
+
+/// Pointer fields from a call message's root to its params content.
+const CALL_CONTENT: &[u16] = &[0, 1, 0];
+/// Pointer fields from a return message's root to its results content.
+const RETURN_CONTENT: &[u16] = &[0, 0, 0];
+
+/// Words of a call or return message besides its content, with room for
+/// a target or path and the cap table's list pointer.
+const PAYLOAD_HEADER_WORDS: u64 = 32;
+
+/// A builder for a call or return whose first segment is large enough
+/// for the whole message, so that the content is copied once into one
+/// allocation (capnp's default of 1024 words is zeroed in full, and a
+/// large content would go to a second, freshly allocated segment).
+fn payload_message(content: &Content<'_>, caps: usize) -> Builder<HeapAllocator> {
+    let content_words = match content {
+        // (A content that cannot be measured fails when copied.)
+        Content::Reader(r) => r.target_size().map_or(0, |s| s.word_count),
+        // Only the header: the content goes behind it.
+        Content::Message(segments) if caps == 0 && splice_worthwhile(segments) => {
+            SPLICED_HEADER_WORDS
+        }
+        Content::Message(segments) => segments.iter().map(|s| s.len() as u64 / 8).sum(),
+    };
+    // A descriptor is at most 2 words plus a promised answer's path.
+    let words = PAYLOAD_HEADER_WORDS
+        .saturating_add(content_words)
+        .saturating_add(4 * caps as u64)
+        .min(1 << 24);
+    Builder::new(HeapAllocator::new().first_segment_words(words as u32))
 }
 
 fn call_params(m: &mut Builder<HeapAllocator>) -> capnp::Result<payload::Builder<'_>> {

@@ -6,6 +6,8 @@
 //! segment table against [`Limits`] before buffering a body, and yields
 //! each complete message. [`encode`] writes one.
 
+use std::collections::VecDeque;
+
 use capnp::message::{self, ReaderSegments};
 use capnp::Word;
 
@@ -77,16 +79,24 @@ impl WordSegments {
     /// a trailing partial word is dropped).
     pub fn copy_of(segments: &[&[u8]]) -> Self {
         let total: usize = segments.iter().map(|s| s.len() / 8).sum();
-        let mut words = Word::allocate_zeroed_vec(total);
+        // Filled word by word rather than zeroed and then overwritten.
+        let mut words = Vec::with_capacity(total);
         let mut bounds = Vec::with_capacity(segments.len());
-        let mut at = 0;
         for seg in segments {
-            let n = seg.len() / 8;
-            Word::words_to_bytes_mut(&mut words[at..at + n]).copy_from_slice(&seg[..n * 8]);
-            bounds.push((at, at + n));
-            at += n;
+            let at = words.len();
+            words.extend(seg.chunks_exact(8).map(word_of));
+            bounds.push((at, words.len()));
         }
         WordSegments { words, bounds }
+    }
+}
+
+impl WordSegments {
+    /// The segments, in order.
+    pub fn segments(&self) -> Vec<&[u8]> {
+        (0..self.bounds.len() as u32)
+            .filter_map(|i| self.get_segment(i))
+            .collect()
     }
 }
 
@@ -106,11 +116,71 @@ pub const TRAVERSALS_PER_WORD: usize = 8;
 pub const TRAVERSAL_SLACK_WORDS: usize = 8192;
 
 /// Incremental decoder of frames; see the module docs.
+///
+/// Each frame's body is copied once, from the bytes pushed straight into
+/// the word buffer of the message it becomes (not zeroed first).
 pub struct FrameDecoder {
     limits: Limits,
-    buf: Vec<u8>,
-    /// Bytes of `buf` already consumed.
-    start: usize,
+    /// Bytes of the segment table of the frame being received.
+    head: Vec<u8>,
+    /// The body of the frame being received, once its table is known.
+    body: Option<Body>,
+    /// Complete messages not yet taken.
+    ready: VecDeque<message::Reader<WordSegments>>,
+    /// Why the stream is invalid, reported after the messages before it.
+    error: Option<FrameError>,
+}
+
+/// A frame body being received.
+struct Body {
+    /// Bytes of its segment table (counted by [`FrameDecoder::buffered`]).
+    head_len: usize,
+    words: Vec<Word>,
+    /// Words the body has in all.
+    total: usize,
+    bounds: Vec<(usize, usize)>,
+    /// The start of a word split between two pushes.
+    partial: [u8; 8],
+    partial_len: usize,
+}
+
+impl Body {
+    /// Bytes of the frame received so far.
+    fn received(&self) -> usize {
+        self.head_len + self.words.len() * 8 + self.partial_len
+    }
+
+    /// Takes what `bytes` holds of the body; returns the bytes used.
+    fn fill(&mut self, bytes: &[u8]) -> usize {
+        let mut used = 0;
+        if self.partial_len > 0 {
+            let n = (8 - self.partial_len).min(bytes.len());
+            self.partial[self.partial_len..self.partial_len + n].copy_from_slice(&bytes[..n]);
+            self.partial_len += n;
+            used = n;
+            if self.partial_len < 8 {
+                return used;
+            }
+            self.words.push(word_of(&self.partial));
+            self.partial_len = 0;
+        }
+        let want = self.total - self.words.len();
+        let whole = ((bytes.len() - used) / 8).min(want);
+        self.words
+            .extend(bytes[used..used + whole * 8].chunks_exact(8).map(word_of));
+        used += whole * 8;
+        if self.words.len() < self.total {
+            let rest = (bytes.len() - used).min(7);
+            self.partial[..rest].copy_from_slice(&bytes[used..used + rest]);
+            self.partial_len = rest;
+            used += rest;
+        }
+        used
+    }
+}
+
+fn word_of(b: &[u8]) -> Word {
+    capnp::word(b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7])
 }
 
 impl FrameDecoder {
@@ -118,89 +188,138 @@ impl FrameDecoder {
     pub fn new(limits: Limits) -> Self {
         FrameDecoder {
             limits,
-            buf: Vec::new(),
-            start: 0,
+            head: Vec::new(),
+            body: None,
+            ready: VecDeque::new(),
+            error: None,
         }
     }
 
-    /// Appends received bytes.
-    pub fn push(&mut self, bytes: &[u8]) {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
+    /// Takes received bytes, decoding every frame they complete.
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && self.error.is_none() {
+            if let Some(body) = &mut self.body {
+                let used = body.fill(bytes);
+                bytes = &bytes[used..];
+                if body.words.len() == body.total {
+                    if let Some(body) = self.body.take() {
+                        self.finish_body(body);
+                    }
+                }
+                continue;
+            }
+            // The segment table: its first word, then the rest of it.
+            let need = match self.table_len() {
+                Some(need) => need,
+                None => return,
+            };
+            let n = (need - self.head.len()).min(bytes.len());
+            self.head.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            match self.table_len() {
+                None => return,
+                Some(need) if self.head.len() == need && need > 4 => self.start_body(),
+                Some(_) => {}
+            }
         }
-        self.buf.extend_from_slice(bytes);
     }
 
-    /// Bytes received but not yet decoded.
-    pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
-    }
-
-    /// The next complete message, `Ok(None)` if more bytes are needed, or
-    /// the reason the stream is invalid.
-    pub fn next_message(&mut self) -> Result<Option<message::Reader<WordSegments>>, FrameError> {
-        let data = &self.buf[self.start..];
-        let Some(first) = read_u32(data, 0) else {
-            return Ok(None);
+    /// Bytes of the segment table of the frame being received (4 until its
+    /// first word is known), or `None` after recording that the frame has
+    /// too many segments.
+    fn table_len(&mut self) -> Option<usize> {
+        let Some(first) = read_u32(&self.head, 0) else {
+            return Some(4);
         };
         let count = u64::from(first) + 1;
         if count >= self.limits.max_segments as u64 {
-            return Err(FrameError::TooManySegments {
+            self.error = Some(FrameError::TooManySegments {
                 count,
                 max: self.limits.max_segments,
             });
+            return None;
         }
-        let count = count as usize;
         // 4 bytes of count, 4 per segment size, padded to 8.
-        let header = (4 + 4 * count + 7) & !7;
-        if data.len() < header {
-            return Ok(None);
-        }
-        let mut total: u64 = 0;
-        for i in 0..count {
-            total += u64::from(read_u32(data, 4 + 4 * i).unwrap_or(0));
-        }
+        Some((4 + 4 * count as usize + 7) & !7)
+    }
+
+    /// The segment table is complete: checks it and starts the body.
+    fn start_body(&mut self) {
+        let count = (self.head.len() - 4) / 4;
+        let count = read_u32(&self.head, 0).map_or(count, |c| c as usize + 1);
+        let sizes: Vec<usize> = (0..count)
+            .map(|i| read_u32(&self.head, 4 + 4 * i).unwrap_or(0) as usize)
+            .collect();
+        let total: u64 = sizes.iter().map(|&n| n as u64).sum();
         if total > self.limits.max_frame_words as u64 {
-            return Err(FrameError::TooLarge {
+            self.error = Some(FrameError::TooLarge {
                 words: total,
                 max: self.limits.max_frame_words,
             });
+            return;
         }
-        let body = total as usize * 8;
-        if data.len() < header + body {
-            return Ok(None);
-        }
-        let mut words = Word::allocate_zeroed_vec(total as usize);
-        Word::words_to_bytes_mut(&mut words).copy_from_slice(&data[header..header + body]);
         let mut bounds = Vec::with_capacity(count);
         let mut at = 0;
-        for i in 0..count {
-            let n = read_u32(data, 4 + 4 * i).unwrap_or(0) as usize;
+        for n in sizes {
             bounds.push((at, at + n));
             at += n;
         }
-        self.start += header + body;
-        if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        } else if self.start > 64 * 1024 && self.start * 2 > self.buf.len() {
-            self.buf.drain(..self.start);
-            self.start = 0;
+        let body = Body {
+            head_len: self.head.len(),
+            words: Vec::with_capacity(total as usize),
+            total: total as usize,
+            bounds,
+            partial: [0; 8],
+            partial_len: 0,
+        };
+        self.head.clear();
+        if body.total == 0 {
+            self.finish_body(body);
+        } else {
+            self.body = Some(body);
         }
-        // Each message may be traversed a few times over (parsed, copied
-        // once), never more: a small message whose pointers all share one
-        // subtree cannot make us read (or copy) far more than it weighs.
+    }
+
+    fn finish_body(&mut self, body: Body) {
+        let total = body.total;
+        // Each message may be traversed a few times over (parsed, checked
+        // or copied once), never more: a small message whose pointers all
+        // share one subtree cannot make us read (or copy) far more than it
+        // weighs.
         let mut options = self.limits.reader_options();
-        let budget = (total as usize)
+        let budget = total
             .saturating_mul(TRAVERSALS_PER_WORD)
             .saturating_add(TRAVERSAL_SLACK_WORDS)
             .min(self.limits.traversal_limit_words);
         options.traversal_limit_in_words(Some(budget));
-        Ok(Some(message::Reader::new(
-            WordSegments { words, bounds },
+        self.ready.push_back(message::Reader::new(
+            WordSegments {
+                words: body.words,
+                bounds: body.bounds,
+            },
             options,
-        )))
+        ));
+    }
+
+    /// Bytes received but not yet decoded (of an unfinished frame).
+    pub fn buffered(&self) -> usize {
+        match &self.body {
+            Some(b) => b.received(),
+            None => self.head.len(),
+        }
+    }
+
+    /// The next complete message, `Ok(None)` if more bytes are needed, or
+    /// the reason the stream is invalid (once the messages before the
+    /// invalid frame have been taken).
+    pub fn next_message(&mut self) -> Result<Option<message::Reader<WordSegments>>, FrameError> {
+        if let Some(m) = self.ready.pop_front() {
+            return Ok(Some(m));
+        }
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(None),
+        }
     }
 
     /// Called at end of stream: an error if a frame was left unfinished.
@@ -215,6 +334,142 @@ impl FrameDecoder {
 fn read_u32(data: &[u8], at: usize) -> Option<u32> {
     let b = data.get(at..at + 4)?;
     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Segments beyond which a message is not spliced (peers limit the
+/// segments of a frame, 512 by default).
+const MAX_SPLICED_SEGMENTS: usize = 32;
+
+/// True if the message with these segments (built by this process, its
+/// root at the start of the first) can be spliced by [`encode_spliced`].
+pub fn spliceable(segments: &[&[u8]]) -> bool {
+    (1..=MAX_SPLICED_SEGMENTS).contains(&segments.len())
+        && segments[0].len() >= 8
+        && segments
+            .iter()
+            .all(|s| s.len() % 8 == 0 && s.len() / 8 < 1 << 29)
+}
+
+fn word_at(bytes: &[u8], index: usize) -> Option<u64> {
+    let b = bytes.get(index * 8..index * 8 + 8)?;
+    let mut w = [0; 8];
+    w.copy_from_slice(b);
+    Some(u64::from_le_bytes(w))
+}
+
+/// The index of the pointer reached from the root pointer of a
+/// one-segment message by following struct pointers, taking pointer field
+/// `path[i]` of the `i`th struct; `None` if the way is not made of
+/// in-segment struct pointers.
+fn pointer_index(segment: &[u8], path: &[u16]) -> Option<usize> {
+    let mut at = 0usize;
+    for &field in path {
+        let w = word_at(segment, at)?;
+        if w & 3 != 0 {
+            return None;
+        }
+        let offset = i64::from((w as u32 as i32) >> 2);
+        let start = usize::try_from(at as i64 + 1 + offset).ok()?;
+        let data = ((w >> 32) & 0xffff) as usize;
+        let pointers = (w >> 48) as usize;
+        if usize::from(field) >= pointers {
+            return None;
+        }
+        at = start + data + usize::from(field);
+    }
+    word_at(segment, at).map(|_| at)
+}
+
+/// Appends one frame made of two messages built by this process: `header`
+/// (one segment), whose pointer at `path` (see `pointer_index`) is null,
+/// and `content`, whose root becomes what that pointer points to. The
+/// content's segments are written as they are, first (so that the segment
+/// numbers in its far pointers stay right), the header last; the frame's
+/// root pointer (the first word of the content's first segment, where its
+/// root pointer was) becomes a far pointer to the header's root pointer,
+/// and the pointer at `path` becomes the content's root pointer, turned
+/// into a far pointer through a two-word landing pad appended to the
+/// header when it pointed within the first segment.
+///
+/// Returns false, writing nothing, if the header is not one segment, the
+/// path does not lead to a null pointer, or the content is not
+/// [`spliceable`].
+pub fn encode_spliced(
+    header: &[&[u8]],
+    path: &[u16],
+    content: &[&[u8]],
+    out: &mut Vec<u8>,
+) -> bool {
+    let [head] = header else {
+        return false;
+    };
+    if !spliceable(content) || head.len() % 8 != 0 || head.len() / 8 >= 1 << 29 {
+        return false;
+    }
+    let Some(slot) = pointer_index(head, path) else {
+        return false;
+    };
+    if word_at(head, slot) != Some(0) {
+        return false;
+    }
+    let n = content.len() as u64;
+    let head_words = (head.len() / 8) as u64;
+    let root = word_at(content[0], 0).unwrap_or(0);
+    let mut pad: Vec<u64> = Vec::new();
+    let slot_word = match root & 3 {
+        // Null, far (segment numbers are kept) or a capability: as it is.
+        _ if root == 0 => 0,
+        2 | 3 => root,
+        // A struct or list in the first segment: a double-far pointer to a
+        // landing pad in the header segment, which points at the object
+        // and describes it.
+        _ => {
+            let offset = i64::from((root as u32 as i32) >> 2);
+            let target = 1 + offset;
+            if target < 0 || target as usize >= content[0].len() / 8 {
+                return false;
+            }
+            pad.push(2 | ((target as u64) << 3));
+            pad.push(root & !0xffff_fffc);
+            2 | 4 | (head_words << 3) | (n << 32)
+        }
+    };
+    // The frame's root: a far pointer to the header's root pointer.
+    let frame_root = 2 | (n << 32);
+    let mut sizes: Vec<&[u8]> = content.to_vec();
+    let tail_len = head.len() + pad.len() * 8;
+    let count = sizes.len() + 1;
+    out.reserve(
+        (4 + 4 * count).div_ceil(8) * 8 + sizes.iter().map(|s| s.len()).sum::<usize>() + tail_len,
+    );
+    out.extend_from_slice(&((count - 1) as u32).to_le_bytes());
+    for s in &sizes {
+        out.extend_from_slice(&((s.len() / 8) as u32).to_le_bytes());
+    }
+    out.extend_from_slice(&((tail_len / 8) as u32).to_le_bytes());
+    if count.is_multiple_of(2) {
+        out.extend_from_slice(&[0; 4]);
+    }
+    let first = sizes.remove(0);
+    out.extend_from_slice(&frame_root.to_le_bytes());
+    out.extend_from_slice(&first[8..]);
+    for s in sizes {
+        out.extend_from_slice(s);
+    }
+    out.extend_from_slice(&head[..slot * 8]);
+    out.extend_from_slice(&slot_word.to_le_bytes());
+    out.extend_from_slice(&head[slot * 8 + 8..]);
+    for w in pad {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    true
+}
+
+/// Bytes of the frame of a message with these segments.
+pub fn encoded_len(segments: &[&[u8]]) -> usize {
+    let count = segments.len().max(1);
+    let table = (4 + 4 * count + 7) & !7;
+    table + segments.iter().map(|s| s.len()).sum::<usize>()
 }
 
 /// Appends the frame of a message with these segments to `out`.
@@ -267,6 +522,139 @@ mod tests {
             capnp::serialize::write_message(&mut theirs, &m).unwrap();
             assert_eq!(frame_of(&m), theirs);
         }
+    }
+
+    /// A return header with a null results content, and the frame with
+    /// `content` spliced into it, decoded.
+    fn spliced(content: &Builder<HeapAllocator>) -> message::Reader<WordSegments> {
+        use crate::rpc_capnp::{message as rpc_message, return_};
+        let mut header = Builder::new(HeapAllocator::new().first_segment_words(64));
+        {
+            let mut r = header.init_root::<rpc_message::Builder<'_>>().init_return();
+            r.set_answer_id(7);
+            r.init_results().init_cap_table(0);
+        }
+        let mut out = Vec::new();
+        assert!(encode_spliced(
+            &header.get_segments_for_output(),
+            &[0, 0, 0],
+            &content.get_segments_for_output(),
+            &mut out
+        ));
+        let mut d = FrameDecoder::new(Limits::default());
+        d.push(&out);
+        let m = d.next_message().unwrap().unwrap();
+        assert!(d.next_message().unwrap().is_none());
+        {
+            let root: rpc_message::Reader<'_> = m.get_root().unwrap();
+            let rpc_message::Which::Return(r) = root.which().unwrap() else {
+                panic!("not a return")
+            };
+            let r = r.unwrap();
+            assert_eq!(r.get_answer_id(), 7);
+            assert!(matches!(r.which(), Ok(return_::Results(_))));
+        }
+        m
+    }
+
+    fn spliced_reason(m: &message::Reader<WordSegments>) -> String {
+        use crate::rpc_capnp::{message as rpc_message, return_};
+        let root: rpc_message::Reader<'_> = m.get_root().unwrap();
+        let Ok(rpc_message::Which::Return(Ok(r))) = root.which() else {
+            panic!("not a return")
+        };
+        let Ok(return_::Results(Ok(p))) = r.which() else {
+            panic!("no results")
+        };
+        let e: crate::rpc_capnp::exception::Reader<'_> = p.get_content().get_as().unwrap();
+        e.get_reason().unwrap().to_string().unwrap()
+    }
+
+    #[test]
+    fn spliced_content_reads_back_whatever_its_segments() {
+        // Root in the first segment, text in another (far pointer within
+        // the content); root struct in a second segment (the root pointer
+        // itself is far); everything in one segment.
+        for (len, words) in [(5000, 4), (300, 1), (40, 1024)] {
+            let m = sample(len, words);
+            let got = spliced(&m);
+            assert_eq!(spliced_reason(&got).len(), len);
+            assert_eq!(
+                got.into_segments().len(),
+                m.get_segments_for_output().len() + 1
+            );
+        }
+        // A list at the root.
+        let mut m = Builder::new(HeapAllocator::new().first_segment_words(2));
+        m.set_root(&[1u64, 2, 3, 4][..]).unwrap();
+        let got = spliced(&m);
+        let root: crate::rpc_capnp::message::Reader<'_> = got.get_root().unwrap();
+        let Ok(crate::rpc_capnp::message::Which::Return(Ok(r))) = root.which() else {
+            panic!()
+        };
+        let Ok(crate::rpc_capnp::return_::Results(Ok(p))) = r.which() else {
+            panic!()
+        };
+        let list: capnp::primitive_list::Reader<'_, u64> = p.get_content().get_as().unwrap();
+        assert_eq!(list.iter().collect::<Vec<_>>(), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn splicing_refuses_what_it_cannot_do() {
+        let content = sample(10, 64);
+        let segs = content.get_segments_for_output();
+        let header = sample(10, 64);
+        let mut out = Vec::new();
+        // The pointer at the path is not null (it is the reason text).
+        assert!(!encode_spliced(
+            &header.get_segments_for_output(),
+            &[0],
+            &segs,
+            &mut out
+        ));
+        // No such pointer field.
+        assert!(!encode_spliced(
+            &header.get_segments_for_output(),
+            &[5],
+            &segs,
+            &mut out
+        ));
+        // A header of two segments.
+        let big = sample(5000, 4);
+        assert!(!encode_spliced(
+            &big.get_segments_for_output(),
+            &[],
+            &segs,
+            &mut out
+        ));
+        assert!(!spliceable(&[]));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn encoded_len_is_the_length_encode_writes() {
+        for (len, words) in [(3, 1024), (5000, 4), (0, 1)] {
+            let m = sample(len, words);
+            let segs = m.get_segments_for_output();
+            assert_eq!(encoded_len(&segs), frame_of(&m).len());
+        }
+        assert_eq!(encoded_len(&[]), 8);
+    }
+
+    #[test]
+    fn copied_segments_read_back_the_same() {
+        let m = sample(5000, 4);
+        let segs = m.get_segments_for_output();
+        assert!(segs.len() > 1);
+        let copy = WordSegments::copy_of(&segs);
+        assert_eq!(copy.len(), segs.len());
+        for (i, s) in segs.iter().enumerate() {
+            assert_eq!(copy.get_segment(i as u32), Some(*s));
+        }
+        assert_eq!(
+            reason(&message::Reader::new(copy, Default::default())),
+            5000
+        );
     }
 
     #[test]
