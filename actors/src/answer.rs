@@ -154,6 +154,11 @@ struct AnswerState {
     /// Fields under a network embargo: calls on them keep going through
     /// the connection, which holds them until the embargo lifts.
     embargoed: Vec<Vec<u16>>,
+    /// Per field, the calls sent through the connection's mailbox that it
+    /// has not handled yet: while there are any, later calls follow them
+    /// through the mailbox, even once the answer is known here, so that
+    /// none overtakes them; after that, calls go to the field directly.
+    routed: Vec<(Vec<u16>, usize)>,
     /// The call made a tail call: its answer is this one's.
     forward: Option<AnswerRef>,
     /// For a call a peer made on us: the connection, its id and our answer
@@ -389,8 +394,10 @@ impl Answer {
             return;
         }
         // A connection that has ended keeps nothing in order any more.
-        let embargoed = s.embargoed.iter().any(|p| p == path)
-            && s.remote.as_ref().is_some_and(|(conn, _)| conn.connected());
+        let connected = s.remote.as_ref().is_some_and(|(conn, _)| conn.connected());
+        let embargoed = connected
+            && (s.embargoed.iter().any(|p| p == path)
+                || s.routed.iter().any(|(p, n)| p == path && *n > 0));
         if let (Some(resolution), false) = (s.resolution(), embargoed) {
             // Nothing was ever queued on this answer, so delivering directly
             // cannot overtake an earlier pipelined call.
@@ -404,8 +411,9 @@ impl Answer {
             // this one may still be in that mailbox when the return
             // arrives, and a later call delivered directly would overtake
             // it.
-            if !s.embargoed.iter().any(|p| p == path) {
-                s.embargoed.push(path.to_vec());
+            match s.routed.iter_mut().find(|(p, _)| p == path) {
+                Some((_, n)) => *n += 1,
+                None => s.routed.push((path.to_vec(), 1)),
             }
             drop(s);
             // The call's own answer is remote too from now on, so that calls
@@ -457,6 +465,23 @@ impl Answer {
     /// See `origin`.
     pub(crate) fn origin(&self) -> Option<(Recipient<crate::connection::ConnMsg>, u64, u32)> {
         self.lock().origin.clone()
+    }
+
+    /// The connection has handled a call routed through its mailbox on
+    /// field `path` (see `routed`).
+    pub(crate) fn routed_done(&self, path: &[u16]) {
+        let mut s = self.lock();
+        if let Some(i) = s.routed.iter().position(|(p, _)| p == path) {
+            s.routed[i].1 -= 1;
+            if s.routed[i].1 == 0 {
+                s.routed.swap_remove(i);
+            }
+        }
+    }
+
+    /// Lifts the embargo on field `path` (its held calls are delivered).
+    pub(crate) fn lift_embargo(&self, path: &[u16]) {
+        self.lock().embargoed.retain(|p| p != path);
     }
 
     /// Puts field `path` under an embargo (see `embargoed`).

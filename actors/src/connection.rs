@@ -627,6 +627,7 @@ impl Connection {
                     for call in held {
                         target.deliver(call);
                     }
+                    answer.lift_embargo(&path);
                 }
                 Some(Embargo::Import { resolver, target }) => resolver.resolve_to(target),
                 None => {}
@@ -1147,7 +1148,16 @@ impl Handler<ConnMsg> for Connection {
     fn handle(&mut self, msg: ConnMsg, ctx: &mut Self::Context) {
         self.recycle();
         match msg {
-            ConnMsg::Call { target, call } => self.send_call(target, call),
+            ConnMsg::Call { target, call } => {
+                let routed = match &target {
+                    RemoteTarget::Answer { answer, path } => Some((answer.clone(), path.clone())),
+                    RemoteTarget::Import(_) => None,
+                };
+                self.send_call(target, call);
+                if let Some((answer, path)) = routed {
+                    answer.routed_done(&path);
+                }
+            }
             ConnMsg::Release { import, node } => {
                 if self.imports.get(&import).is_some_and(|(_, n)| *n == node) {
                     self.imports.remove(&import);
