@@ -809,8 +809,9 @@ impl Connection {
             }
         }
         if !through_us || matches!(target.kind(), Kind::Broken(_)) || !settle.was_called() {
-            // (No call of ours went to the import over the wire, so none
-            // can be on its way back through the peer: nothing to wait for.)
+            // No embargo: the path stays on this connection, or the import
+            // is broken, or no call of ours went to it over the wire (so
+            // none can be on its way back through the peer).
             return settle.settle(target);
         }
         // Calls on the import wait from now on; the disembargo itself goes
