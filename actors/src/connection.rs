@@ -125,6 +125,13 @@ pub(crate) enum ConnMsg {
         resolver: crate::promise::Resolver,
         target: CapRef,
     },
+    /// Reflects the peer's disembargo `embargo` now, naming `target` (see
+    /// `Event::Loopback`): it goes out after every call this mailbox held
+    /// when it was queued.
+    Reflect {
+        embargo: u32,
+        target: OutTarget,
+    },
     /// A method serving the peer's call `answer` tail-calls the peer's
     /// capability `import`: send it with `sendResultsTo.yourself` and
     /// answer with `takeFromOtherQuestion`.
@@ -653,10 +660,28 @@ impl Connection {
                     .as_ref()
                     .is_some_and(|c| self.leads_back_to_peer(c));
                 if !back_to_sender {
-                    self.core.abort(capnp::Error::failed(
-                        "protocol error: disembargo target does not point back to the sender"
-                            .into(),
-                    ));
+                    // It did when the peer sent it (a question of ours it
+                    // named has returned since, or a promise resolved):
+                    // every call the peer sent that way before has been
+                    // handed on by now, so reflect it after them, through
+                    // our own mailbox.
+                    tracing::debug!(
+                        conn = self.id,
+                        embargo,
+                        "disembargo target no longer leads back to the peer; reflected at once"
+                    );
+                    // (The reply names what the peer's disembargo named;
+                    // a receiverLoopback's target is not read, its id is.)
+                    let target = match target {
+                        CallTarget::Answer { answer, path } => OutTarget::Answer {
+                            question: answer,
+                            path,
+                        },
+                        CallTarget::Local(c) => {
+                            OutTarget::Import(self.core.export_id(&c).unwrap_or(0))
+                        }
+                    };
+                    self.me.do_send(ConnMsg::Reflect { embargo, target });
                     return;
                 }
                 // Reflect it along the path calls on the target take
@@ -748,18 +773,21 @@ impl Connection {
         pipelined: Vec<Vec<u16>>,
     ) {
         for path in pipelined {
-            let field = results.cap_at(&path).shortened();
+            // Judged as the peer named it: one of its capabilities means
+            // the calls pipelined on it stay with the peer (if the peer
+            // later resolves it to one of ours, the import's own embargo
+            // takes care of them); one of ours (an export, or one of our
+            // answers), even if it has resolved back to the peer since,
+            // means they come back through us.
+            let field = results.cap_at(&path);
             let theirs =
                 matches!(field.kind(), Kind::Remote { conn_id, .. } if *conn_id == self.id);
             if theirs {
-                // The calls pipelined on it went to the peer, on their way
-                // to this import: if the peer later resolves it to one of
-                // ours, they may still be coming back.
                 if let Some(settle) = &field.node.settle {
                     settle.mark_called();
                 }
             }
-            if theirs || matches!(field.kind(), Kind::Broken(_)) {
+            if theirs || matches!(field.shortened().kind(), Kind::Broken(_)) {
                 continue;
             }
             if let Some(id) = self.core.disembargo_request(question, &path) {
@@ -1159,6 +1187,7 @@ impl Handler<ConnMsg> for Connection {
                     answer.routed_done(&path);
                 }
             }
+            ConnMsg::Reflect { embargo, target } => self.core.disembargo_reply_to(embargo, &target),
             ConnMsg::Release { import, node } => {
                 if self.imports.get(&import).is_some_and(|(_, n)| *n == node) {
                     self.imports.remove(&import);

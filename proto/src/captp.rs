@@ -946,6 +946,11 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         self.disembargo_reply_to(embargo, &OutTarget::Import(import));
     }
 
+    /// The export id of `cap`, if it is exported.
+    pub fn export_id(&self, cap: &L) -> Option<u32> {
+        self.export_ids.get(cap).copied()
+    }
+
     /// [`Conn::disembargo_reply`] when the target turned out to be a field
     /// of one of our questions to the peer (a promised answer), or an
     /// import.
