@@ -242,6 +242,24 @@ impl maker::Server for Held {
     }
 }
 
+/// The first capability of the server's `pair()`, fetched with every
+/// message delivered.
+async fn first_of_pair(net: &Net, maker: &maker::Client) -> probe::Client {
+    let pair = maker.pair_request().send();
+    net.flush().await;
+    let response = pair.promise.await.unwrap();
+    let first = response
+        .get()
+        .unwrap()
+        .get_pair()
+        .unwrap()
+        .get_first()
+        .unwrap();
+    drop(response);
+    net.flush().await;
+    first
+}
+
 /// The client's bootstrap and a `hold(local)` pipelined on it: the first
 /// three messages of most scenarios here.
 async fn hold_through_bootstrap(net: &Net, local: probe::Client) -> probe::Client {
@@ -871,18 +889,7 @@ async fn scenario_18_and_20_both_sides_embargo_when_calls_bounce_back() {
     {
         let maker = net.maker();
         // R, the server's probe, reached through pair().
-        let pair = maker.pair_request().send();
-        net.flush().await;
-        let response = pair.promise.await.unwrap();
-        let r = response
-            .get()
-            .unwrap()
-            .get_pair()
-            .unwrap()
-            .get_first()
-            .unwrap();
-        drop(response);
-        net.flush().await;
+        let r = first_of_pair(&net, &maker).await;
         // P goes to the server; M1 is pipelined on hold's answer.
         let (p, resolve_p) = Cap::<probe::Client>::promise();
         let mut req = maker.hold_request();
@@ -1053,18 +1060,7 @@ async fn scenario_34_a_local_answer_resolved_to_a_remote_one_flushes_queued_call
     });
     {
         let maker = net.maker();
-        let pair = maker.pair_request().send();
-        net.flush().await;
-        let response = pair.promise.await.unwrap();
-        let remote = response
-            .get()
-            .unwrap()
-            .get_pair()
-            .unwrap()
-            .get_first()
-            .unwrap();
-        drop(response);
-        net.flush().await;
+        let remote = first_of_pair(&net, &maker).await;
         // A local maker whose pair() the test answers later.
         let (local_maker, answer_pair) = support::maker_with_pair();
         let local_maker: Cap<maker::Client> = Cap::new(local_maker);
@@ -1329,18 +1325,7 @@ async fn scenario_28a_tribble_race_a_resolve_naming_our_promise_that_points_back
     });
     {
         let maker = net.maker();
-        let pair = maker.pair_request().send();
-        net.flush().await;
-        let response = pair.promise.await.unwrap();
-        let r = response
-            .get()
-            .unwrap()
-            .get_pair()
-            .unwrap()
-            .get_first()
-            .unwrap();
-        drop(response);
-        net.flush().await;
+        let r = first_of_pair(&net, &maker).await;
         let (x, resolve_x) = Cap::<probe::Client>::promise();
         let mut req = maker.hold_request();
         req.get().set_probe(x.client());
