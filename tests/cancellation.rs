@@ -12,10 +12,7 @@ use std::time::Duration;
 use capnp_actix::connection::{bootstrap_fn, start_connection, ConnectionOptions};
 use capnp_actix::schemas::test_api_capnp::probe;
 use capnp_actix::Cap;
-use capnp_rpc::{rpc_twoparty_capnp::Side, twoparty, RpcSystem};
-use futures::AsyncReadExt;
 use support::{Log, Probe};
-use tokio_util::compat::TokioAsyncReadCompatExt;
 
 /// Our server: its bootstrap is a promise that resolves to a probe after
 /// `delay`, so calls wait in the promise's queue until then.
@@ -52,31 +49,15 @@ async fn a_peer_that_needs_the_workaround_gets_its_cancelled_call_started() {
     );
     // The capnp-rpc crate leaves requireEarlyCancellationWorkaround at its
     // default (true).
-    let client = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async move {
-            theirs.set_nonblocking(true).unwrap();
-            let stream = tokio::net::UnixStream::from_std(theirs).unwrap();
-            let (r, w) = stream.compat().split();
-            let network = twoparty::VatNetwork::new(r, w, Side::Client, Default::default());
-            let mut rpc = RpcSystem::new(Box::new(network), None);
-            let p: probe::Client = rpc.bootstrap(Side::Server);
-            tokio::task::spawn_local(rpc);
-            let mut req = p.call_request();
-            req.get().set_seq(1);
-            let pending = req.send();
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            drop(pending); // finish, before the call could start
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        })
+    let client = support::their_client(theirs, |p: probe::Client| async move {
+        let mut req = p.call_request();
+        req.get().set_seq(1);
+        let pending = req.send();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(pending); // finish, before the call could start
+        tokio::time::sleep(Duration::from_millis(300)).await;
     });
-    while !client.is_finished() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    client.join().unwrap();
+    support::join(client).await;
     assert_eq!(
         log.calls(),
         [1],

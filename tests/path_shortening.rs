@@ -12,10 +12,7 @@ use std::time::Duration;
 use capnp_actix::connection::{start_connection, ConnectionOptions};
 use capnp_actix::schemas::test_api_capnp::{maker, probe};
 use capnp_actix::Cap;
-use capnp_rpc::{rpc_twoparty_capnp::Side, twoparty, RpcSystem};
-use futures::AsyncReadExt;
 use support::{call, Log, Probe};
-use tokio_util::compat::TokioAsyncReadCompatExt;
 
 /// Their maker: `hold(probe)` answers at once with a promise that
 /// resolves to the probe it was given after `delay`.
@@ -184,35 +181,14 @@ async fn the_capnp_rpc_crate_shortens_a_promise_our_server_resolves_to_its_objec
     // Their client: its probe is a capnp-rpc local object, reached back
     // through our promise, then directly once it shortens the path (its
     // embargo's disembargo targets our resolved export).
-    let client = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async move {
-            theirs.set_nonblocking(true).unwrap();
-            let stream = tokio::net::UnixStream::from_std(theirs).unwrap();
-            let (r, w) = stream.compat().split();
-            let network = twoparty::VatNetwork::new(r, w, Side::Client, Default::default());
-            let mut rpc = RpcSystem::new(Box::new(network), None);
-            let maker: maker::Client = rpc.bootstrap(Side::Server);
-            tokio::task::spawn_local(rpc);
-            let log = Log::default();
-            let local: probe::Client = capnp_rpc::new_client(Probe::new(&log));
-            let promise = calls_across(&maker, local, &log, false).await;
-            assert_eq!(call(&promise, 100).await.unwrap(), 100);
-            log.calls()
-        })
+    let client = support::their_client(theirs, |maker: maker::Client| async move {
+        let log = Log::default();
+        let local: probe::Client = capnp_rpc::new_client(Probe::new(&log));
+        let promise = calls_across(&maker, local, &log, false).await;
+        assert_eq!(call(&promise, 100).await.unwrap(), 100);
+        log.calls()
     });
-    let joined = actix::spawn(async move {
-        loop {
-            if client.is_finished() {
-                return client.join();
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    });
-    let arrived = joined.await.unwrap().unwrap();
+    let arrived = support::join(client).await;
     server.close("test over");
     drop(holder);
     capnp_actix::debug::settle(Duration::from_secs(5))
@@ -268,20 +244,8 @@ fn their_server(
     stream: std::os::unix::net::UnixStream,
     delay: Duration,
 ) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async move {
-            stream.set_nonblocking(true).unwrap();
-            let stream = tokio::net::UnixStream::from_std(stream).unwrap();
-            let (r, w) = stream.compat().split();
-            let network = twoparty::VatNetwork::new(r, w, Side::Server, Default::default());
-            let holder: maker::Client = capnp_rpc::new_client(DelayedHolder { delay });
-            let rpc = RpcSystem::new(Box::new(network), Some(holder.client));
-            let _ = rpc.await;
-        })
+    support::their_server(stream, move || {
+        capnp_rpc::new_client::<maker::Client, _>(DelayedHolder { delay }).client
     })
 }
 

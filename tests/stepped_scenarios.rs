@@ -871,6 +871,64 @@ impl maker::Server for HeldAndPair {
     }
 }
 
+/// Where SCENARIOS 18/20 and 28a start: the server's maker answers `hold`
+/// with its own promise S (see [`Held`]); the client has fetched R, the
+/// server's probe, through `pair()`, sent its local promise P in `hold`,
+/// and pipelined M1 on the answer; the server has answered with S, which
+/// holds M1, and the client has finished the question.
+struct Bounce {
+    net: Net,
+    held: Held,
+    r_log: Log,
+    maker: maker::Client,
+    r: probe::Client,
+    p: Cap<probe::Client>,
+    resolve_p: Resolver,
+    hold: capnp::capability::RemotePromise<maker::hold_results::Owned>,
+    back: probe::Client,
+    calls: Vec<tokio::task::JoinHandle<Result<u64, capnp::Error>>>,
+}
+
+async fn bounce() -> Bounce {
+    let held = Held::default();
+    let r_log = Log::default();
+    let net = Net::serving(HeldAndPair {
+        held: held.clone(),
+        first: Probe::cap(&r_log),
+    });
+    let maker = net.maker();
+    let r = first_of_pair(&net, &maker).await;
+    let (p, resolve_p) = Cap::<probe::Client>::promise();
+    let mut req = maker.hold_request();
+    req.get().set_probe(p.client());
+    let hold = req.send();
+    let back = hold.pipeline.get_probe();
+    let calls = vec![start_call(&back, 1)];
+    net.pass(
+        Dir::Up,
+        &[
+            "call q0 -> import 0 m1 [senderPromise 0]",
+            "call q1 -> answer 0.[0] m0 []",
+        ],
+    )
+    .await;
+    net.pass(Dir::Down, &["return a0 results [senderPromise 2]"])
+        .await;
+    net.pass(Dir::Up, &["finish q0"]).await;
+    Bounce {
+        net,
+        held,
+        r_log,
+        maker,
+        r,
+        p,
+        resolve_p,
+        hold,
+        back,
+        calls,
+    }
+}
+
 /// SCENARIOS 18 and 20: M1 bounces client -> server -> client -> server.
 /// The client's promise P goes to the server, whose answer is its own
 /// promise S; S resolves to P (M1 comes back to the client), then P
@@ -880,35 +938,19 @@ impl maker::Server for HeldAndPair {
 /// R after M1.
 #[actix::test]
 async fn scenario_18_and_20_both_sides_embargo_when_calls_bounce_back() {
-    let held = Held::default();
-    let server_log = Log::default();
-    let net = Net::serving(HeldAndPair {
-        held: held.clone(),
-        first: Probe::cap(&server_log),
-    });
+    let Bounce {
+        net,
+        held,
+        r_log: server_log,
+        maker,
+        r,
+        p,
+        resolve_p,
+        hold,
+        back,
+        mut calls,
+    } = bounce().await;
     {
-        let maker = net.maker();
-        // R, the server's probe, reached through pair().
-        let r = first_of_pair(&net, &maker).await;
-        // P goes to the server; M1 is pipelined on hold's answer.
-        let (p, resolve_p) = Cap::<probe::Client>::promise();
-        let mut req = maker.hold_request();
-        req.get().set_probe(p.client());
-        let hold = req.send();
-        let back = hold.pipeline.get_probe();
-        let mut calls = vec![start_call(&back, 1)];
-        net.pass(
-            Dir::Up,
-            &[
-                "call q0 -> import 0 m1 [senderPromise 0]",
-                "call q1 -> answer 0.[0] m0 []",
-            ],
-        )
-        .await;
-        // The server answers with its promise S, which holds M1.
-        net.pass(Dir::Down, &["return a0 results [senderPromise 2]"])
-            .await;
-        net.pass(Dir::Up, &["finish q0"]).await;
         // S resolves to P: M1 comes back to the client, into P's queue,
         // and the client embargoes its import of S (it pipelined M1 on
         // it): M2 waits in the client.
@@ -1317,32 +1359,19 @@ async fn scenario_21_a_chain_resolved_step_by_step_embargoes_where_it_ends_at_ou
 /// client -> server.
 #[actix::test]
 async fn scenario_28a_tribble_race_a_resolve_naming_our_promise_that_points_back_is_embargoed() {
-    let held = Held::default();
-    let r_log = Log::default();
-    let net = Net::serving(HeldAndPair {
-        held: held.clone(),
-        first: Probe::cap(&r_log),
-    });
+    let Bounce {
+        net,
+        held,
+        r_log,
+        maker,
+        r,
+        p: x,
+        resolve_p: resolve_x,
+        hold,
+        back,
+        mut calls,
+    } = bounce().await;
     {
-        let maker = net.maker();
-        let r = first_of_pair(&net, &maker).await;
-        let (x, resolve_x) = Cap::<probe::Client>::promise();
-        let mut req = maker.hold_request();
-        req.get().set_probe(x.client());
-        let hold = req.send();
-        let back = hold.pipeline.get_probe();
-        let mut calls = vec![start_call(&back, 1)];
-        net.pass(
-            Dir::Up,
-            &[
-                "call q0 -> import 0 m1 [senderPromise 0]",
-                "call q1 -> answer 0.[0] m0 []",
-            ],
-        )
-        .await;
-        net.pass(Dir::Down, &["return a0 results [senderPromise 2]"])
-            .await;
-        net.pass(Dir::Up, &["finish q0"]).await;
         // X -> R, not yet read by the server.
         resolve_x.resolve_to(Cap::<probe::Client>::from_client(&r).raw().clone());
         net.expect(Dir::Up, &["resolve 0 -> receiverHosted 1"])

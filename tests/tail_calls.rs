@@ -147,9 +147,6 @@ async fn a_tail_call_back_to_the_caller_goes_out_as_send_results_to_yourself() {
 
 #[actix::test]
 async fn the_capnp_rpc_crate_takes_the_results_of_our_tail_call_to_it() {
-    use capnp_rpc::{rpc_twoparty_capnp::Side, twoparty, RpcSystem};
-    use futures::AsyncReadExt;
-    use tokio_util::compat::TokioAsyncReadCompatExt;
     // Our TailCaller serves the capnp-rpc crate's client, whose own maker
     // it tail-calls. With the default options the tail call goes out as
     // an ordinary call and its results come back through us: the
@@ -169,51 +166,35 @@ async fn the_capnp_rpc_crate_takes_the_results_of_our_tail_call_to_it() {
             ..Default::default()
         },
     );
-    let client = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async move {
-            theirs.set_nonblocking(true).unwrap();
-            let stream = tokio::net::UnixStream::from_std(theirs).unwrap();
-            let (r, w) = stream.compat().split();
-            let network = twoparty::VatNetwork::new(r, w, Side::Client, Default::default());
-            let mut rpc = RpcSystem::new(Box::new(network), None);
-            let remote: maker::Client = rpc.bootstrap(Side::Server);
-            tokio::task::spawn_local(rpc);
-            let slow: maker::Client = capnp_rpc::new_client(SlowHold);
-            let mut req = remote.hold_request();
-            req.get().set_probe(probe::Client {
-                client: slow.client.clone(),
-            });
-            let pending = req.send();
-            let held = pending.pipeline.get_probe();
-            let early = call(&held, 1);
-            let t = Duration::from_secs(5);
-            let response = tokio::time::timeout(t, pending.promise)
-                .await
-                .map_err(|_| "the response never came".to_string())?
-                .map_err(|e| e.to_string())?;
-            let returned = response
-                .get()
-                .and_then(|r| r.get_probe())
-                .map_err(|e| e.to_string())?;
-            let one = tokio::time::timeout(t, early)
-                .await
-                .map_err(|_| "the pipelined call never returned".to_string())?
-                .map_err(|e| e.to_string())?;
-            let two = tokio::time::timeout(t, call(&returned, 2))
-                .await
-                .map_err(|_| "the call on the result never returned".to_string())?
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((one, two))
-        })
+    let client = support::their_client(theirs, |remote: maker::Client| async move {
+        let slow: maker::Client = capnp_rpc::new_client(SlowHold);
+        let mut req = remote.hold_request();
+        req.get().set_probe(probe::Client {
+            client: slow.client.clone(),
+        });
+        let pending = req.send();
+        let held = pending.pipeline.get_probe();
+        let early = call(&held, 1);
+        let t = Duration::from_secs(5);
+        let response = tokio::time::timeout(t, pending.promise)
+            .await
+            .map_err(|_| "the response never came".to_string())?
+            .map_err(|e| e.to_string())?;
+        let returned = response
+            .get()
+            .and_then(|r| r.get_probe())
+            .map_err(|e| e.to_string())?;
+        let one = tokio::time::timeout(t, early)
+            .await
+            .map_err(|_| "the pipelined call never returned".to_string())?
+            .map_err(|e| e.to_string())?;
+        let two = tokio::time::timeout(t, call(&returned, 2))
+            .await
+            .map_err(|_| "the call on the result never returned".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((one, two))
     });
-    while !client.is_finished() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(client.join().unwrap(), Ok((1, 2)));
+    assert_eq!(support::join(client).await, Ok((1, 2)));
     assert_eq!(our_log.calls(), [1, 2]);
     server.close("test over");
     drop(service);

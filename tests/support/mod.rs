@@ -163,3 +163,92 @@ pub fn maker_with_pair() -> (Maker, oneshot::Sender<ProbePair>) {
     m.pairs.borrow_mut().push(rx);
     (m, tx)
 }
+
+/// Runs a vat of the capnp-rpc crate on a thread of its own (a tokio
+/// current-thread runtime and `LocalSet`) over `stream`, on `side`,
+/// offering what `bootstrap` makes; `body` gets its `RpcSystem`.
+fn their_vat<B, F, Fut, T>(
+    stream: std::os::unix::net::UnixStream,
+    side: capnp_rpc::rpc_twoparty_capnp::Side,
+    bootstrap: B,
+    body: F,
+) -> std::thread::JoinHandle<T>
+where
+    B: FnOnce() -> Option<capnp::capability::Client> + Send + 'static,
+    F: FnOnce(capnp_rpc::RpcSystem<capnp_rpc::rpc_twoparty_capnp::Side>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    use futures::AsyncReadExt;
+    use tokio_util::compat::TokioAsyncReadCompatExt;
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async move {
+            stream.set_nonblocking(true).unwrap();
+            let stream = tokio::net::UnixStream::from_std(stream).unwrap();
+            let (r, w) = stream.compat().split();
+            let network = capnp_rpc::twoparty::VatNetwork::new(r, w, side, Default::default());
+            body(capnp_rpc::RpcSystem::new(Box::new(network), bootstrap())).await
+        })
+    })
+}
+
+/// Runs `body` on a thread of its own as a client of the capnp-rpc crate
+/// over `stream`, with the peer's bootstrap capability. [`join`] waits
+/// for its result.
+pub fn their_client<C, F, Fut, T>(
+    stream: std::os::unix::net::UnixStream,
+    body: F,
+) -> std::thread::JoinHandle<T>
+where
+    C: capnp::capability::FromClientHook + 'static,
+    F: FnOnce(C) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    use capnp_rpc::rpc_twoparty_capnp::Side;
+    their_vat(
+        stream,
+        Side::Client,
+        || None,
+        move |mut rpc| async move {
+            let bootstrap: C = rpc.bootstrap(Side::Server);
+            tokio::task::spawn_local(rpc);
+            body(bootstrap).await
+        },
+    )
+}
+
+/// Serves what `bootstrap` makes with the capnp-rpc crate over `stream`,
+/// on a thread of its own, until the connection ends.
+pub fn their_server<B>(
+    stream: std::os::unix::net::UnixStream,
+    bootstrap: B,
+) -> std::thread::JoinHandle<()>
+where
+    B: FnOnce() -> capnp::capability::Client + Send + 'static,
+{
+    use capnp_rpc::rpc_twoparty_capnp::Side;
+    their_vat(
+        stream,
+        Side::Server,
+        move || Some(bootstrap()),
+        |rpc| async move {
+            let _ = rpc.await;
+        },
+    )
+}
+
+/// Waits for a thread without blocking the actix system it is called
+/// from; a panic on the thread is raised here.
+pub async fn join<T>(thread: std::thread::JoinHandle<T>) -> T {
+    while !thread.is_finished() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    thread
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
