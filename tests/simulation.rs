@@ -1629,20 +1629,16 @@ fn seed_4331_calls_on_one_reference_keep_their_order_steps() -> Scenario {
     }
 }
 
-/// A 125-step scenario the shrinker made from seed 4331 (the full seed
-/// passes now, as do seeds 0-9000): calls on one reference still arrive
-/// out of order at teardown. What the trace (`SIM_TRACE=1`) shows: vat 1
-/// pipelines calls 26 and 30 on its bootstrap question q2 to vat 0. Vat
-/// 0's answer is its promise P1, resolved to its import 1 (vat 1's
-/// exported promise). Call 26 reaches vat 0 before vat 1's `resolve 1 ->
-/// senderHosted 0`, call 30 after it, so vat 0 forwards 26 to import 1 and
-/// 30 to import 0 (import 1 has resolved to it). At vat 1, 30 (on export
-/// 0) reaches object 0 before 26 (on export 1, through its promise). The
-/// Tribble rule of rpc.capnp (calls to a promise resolved to R go strictly
-/// to R) suggests vat 0 should keep sending P1's calls to import 1, or vat
-/// 1's path through export 1 has a hop export 0 does not; not settled.
+/// A 125-step scenario the shrinker made from seed 4331. Vat 1 pipelines
+/// calls 26 and 30 on its bootstrap question to vat 0, whose answer is
+/// vat 1's exported promise 1. Vat 1 had resolved promise 1 to a field of
+/// one of its own questions, which returned vat 1's object 0 and so went
+/// under an embargo. Vat 1 then said `resolve 1 -> senderHosted 0` at
+/// once: vat 0 sent call 30 straight to object 0, which overtook call 26,
+/// still held by the embargo on its way through promise 1. A field under
+/// an embargo now stays unsettled until the embargo lifts, so the
+/// `resolve` waits for it.
 #[test]
-#[ignore = "bug: E-order, the full seed 4331 (cause not found yet)"]
 fn seed_4331_full_calls_on_one_reference_keep_their_order() {
     regression(Scenario {
         vats: 2,

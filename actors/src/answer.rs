@@ -479,9 +479,25 @@ impl Answer {
         }
     }
 
-    /// Lifts the embargo on field `path` (its held calls are delivered).
+    /// Lifts the embargo on field `path` (its held calls are delivered),
+    /// and settles the pipelined capability of that field, which waited
+    /// for the embargo (see `publish`).
     pub(crate) fn lift_embargo(&self, path: &[u16]) {
-        self.lock().embargoed.retain(|p| p != path);
+        let mut s = self.lock();
+        s.embargoed.retain(|p| p != path);
+        let Some(resolution) = s.resolution() else {
+            return;
+        };
+        let nodes: Vec<Arc<Node>> = s
+            .pipelined
+            .iter()
+            .filter(|(p, _)| p == path)
+            .filter_map(|(_, w)| w.upgrade())
+            .collect();
+        drop(s);
+        for node in nodes {
+            settle_field(CapRef { node }, &resolution, path);
+        }
     }
 
     /// Puts field `path` under an embargo (see `embargoed`).
@@ -523,6 +539,12 @@ impl Answer {
     /// capabilities. (Once a queue exists every pipelined call goes through
     /// it, so sending after the lock is released lets nothing slip past:
     /// calls that reach the queue first wait there for the resolution.)
+    ///
+    /// A field under a network embargo stays unsettled until the embargo
+    /// lifts: until then it must not be seen as what it became (by a
+    /// promise we exported that resolved to it, whose `resolve` would let
+    /// the peer call the end directly, or by a payload naming it), since
+    /// calls made on it earlier are still held.
     fn publish(&self, s: MutexGuard<'_, AnswerState>) {
         let Some(resolution) = s.resolution() else {
             return;
@@ -531,6 +553,7 @@ impl Answer {
         let nodes: Vec<(Vec<u16>, Arc<Node>)> = s
             .pipelined
             .iter()
+            .filter(|(p, _)| !s.embargoed.contains(p))
             .filter_map(|(p, w)| w.upgrade().map(|n| (p.clone(), n)))
             .collect();
         drop(s);
@@ -538,18 +561,23 @@ impl Answer {
             f.do_send(Resolved(resolution.clone()));
         }
         for (path, node) in nodes {
-            let me = CapRef { node };
-            let target = resolve_path(&resolution, &path);
-            let target = if me.would_cycle(&target) {
-                // A field resolved to itself.
-                CapRef::broken(error::cycle())
-            } else {
-                target
-            };
-            if let Some(settle) = &me.node.settle {
-                settle.settle(target);
-            }
+            settle_field(CapRef { node }, &resolution, &path);
         }
+    }
+}
+
+/// Settles the pipelined capability `me` of field `path` to what the field
+/// became.
+fn settle_field(me: CapRef, resolution: &Resolution, path: &[u16]) {
+    let target = resolve_path(resolution, path);
+    let target = if me.would_cycle(&target) {
+        // A field resolved to itself.
+        CapRef::broken(error::cycle())
+    } else {
+        target
+    };
+    if let Some(settle) = &me.node.settle {
+        settle.settle(target);
     }
 }
 
@@ -614,7 +642,7 @@ impl AnswerRef {
         {
             return CapRef { node };
         }
-        if let Some(resolution) = s.resolution() {
+        if let (Some(resolution), false) = (s.resolution(), s.embargoed.contains(&path)) {
             // Already answered: no need for a promise at all.
             drop(s);
             return resolve_path(&resolution, &path);
@@ -625,7 +653,7 @@ impl AnswerRef {
             path: path.clone(),
         });
         let mut s = self.answer.lock();
-        match s.resolution() {
+        match s.resolution().filter(|_| !s.embargoed.contains(&path)) {
             // Resolved while we built the node: settle it now.
             Some(resolution) => {
                 drop(s);

@@ -749,10 +749,12 @@ impl Connection {
                 self.tail_calls.clear();
                 for (_, emb) in self.embargoes.drain() {
                     match emb {
-                        Embargo::Field { held, .. } => {
+                        Embargo::Field { held, answer, path } => {
                             for call in held {
                                 call.fail(e.clone());
                             }
+                            // Nothing is kept in order any more.
+                            answer.lift_embargo(&path);
                         }
                         Embargo::Import { resolver, .. } => resolver.reject(e.clone()),
                     }
