@@ -1,5 +1,6 @@
 //! Stepped protocol scenarios between our vats (SCENARIOS 6, 8, 10, 12-21,
-//! 24-27, 28a, 28b with three vats, 33, 34): the vats are joined by in-memory
+//! 23-28, 28a, 28b with three vats, 33, 34, and regressions of the
+//! simulation's seeds): the vats are joined by in-memory
 //! wires that move one message at a time when the test says so, and the
 //! test checks the kind, ids, target and capability descriptors of every
 //! message each side sends before delivering it. Scenario 21 also runs
@@ -24,10 +25,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use capnp_actix::connection::{
-    bootstrap_fn, start_connection, ConnectionHandle, ConnectionOptions,
+    bootstrap_fn, start_connection, BootstrapFn, ConnectionHandle, ConnectionOptions,
 };
 use capnp_actix::schemas::test_api_capnp::{maker, probe};
 use capnp_actix::{Cap, CapRef, Resolver};
+use futures::channel::oneshot;
 use support::{Log, Probe};
 use wire::{Activity, Wire};
 
@@ -52,16 +54,29 @@ struct Net {
 
 impl Net {
     fn new(service: CapRef) -> Net {
+        Net::mutual(bootstrap_fn(move |_: &[u8]| Ok(service.clone())), None)
+    }
+
+    /// Two vats where the server offers what `server` looks up, and the
+    /// client what `client` does, if anything (SCENARIO 23: each vat
+    /// bootstraps the other).
+    fn mutual(server: BootstrapFn, client: Option<BootstrapFn>) -> Net {
         let activity = Activity::default();
         let (client_end, server_end, up, down) = wire::pair(&activity);
         let server = start_connection(
             server_end,
             ConnectionOptions {
-                bootstrap: Some(bootstrap_fn(move |_: &[u8]| Ok(service.clone()))),
+                bootstrap: Some(server),
                 ..Default::default()
             },
         );
-        let client = start_connection(client_end, ConnectionOptions::default());
+        let client = start_connection(
+            client_end,
+            ConnectionOptions {
+                bootstrap: client,
+                ..Default::default()
+            },
+        );
         Net {
             activity,
             up,
@@ -133,6 +148,17 @@ impl Net {
         assert_eq!(got, expected, "messages going {dir:?}");
     }
 
+    /// Checks that no call and no disembargo waits to go up (calls made
+    /// so far went to a local or broken target).
+    async fn no_call_goes_up(&self) {
+        let up = self.waiting(Dir::Up).await;
+        assert!(
+            !up.iter()
+                .any(|m| m.starts_with("call") || m.starts_with("disembargo")),
+            "{up:?}"
+        );
+    }
+
     /// Delivers the next `n` messages on a wire, one at a time.
     async fn deliver(&self, dir: Dir, n: usize) {
         for _ in 0..n {
@@ -150,16 +176,24 @@ impl Net {
 
     /// Delivers everything both ways until nothing moves.
     async fn flush(&self) {
+        self.flush_seen().await;
+    }
+
+    /// [`Net::flush`], giving every message delivered.
+    async fn flush_seen(&self) -> Vec<String> {
+        let mut seen = Vec::new();
         loop {
             self.settle().await;
             let mut moved = false;
             for w in [&self.up, &self.down] {
-                while w.deliver_one() {
+                while let Some(f) = w.waiting().first() {
+                    seen.push(describe::frame(f));
+                    w.deliver_one();
                     moved = true;
                 }
             }
             if !moved {
-                return;
+                return seen;
             }
         }
     }
@@ -226,6 +260,12 @@ impl Held {
         let (resolver, _) = self.0.borrow_mut().remove(0);
         resolver.reject(capnp::Error::failed(reason.into()));
     }
+    /// A new held promise, which [`Held::resolve`] resolves to `to`.
+    fn promise_for(&self, to: CapRef) -> probe::Client {
+        let (promise, resolver) = Cap::<probe::Client>::promise();
+        self.0.borrow_mut().push((resolver, to));
+        promise.client()
+    }
 }
 
 impl maker::Server for Held {
@@ -235,9 +275,9 @@ impl maker::Server for Held {
         mut results: maker::HoldResults,
     ) -> Result<(), capnp::Error> {
         let given: Cap<probe::Client> = Cap::from_client(&params.get()?.get_probe()?);
-        let (promise, resolver) = Cap::<probe::Client>::promise();
-        self.0.borrow_mut().push((resolver, given.raw().clone()));
-        results.get().set_probe(promise.client());
+        results
+            .get()
+            .set_probe(self.promise_for(given.raw().clone()));
         Ok(())
     }
 }
@@ -260,19 +300,31 @@ async fn first_of_pair(net: &Net, maker: &maker::Client) -> probe::Client {
     first
 }
 
-/// The client's bootstrap and a `hold(local)` pipelined on it: the first
-/// three messages of most scenarios here.
-async fn hold_through_bootstrap(net: &Net, local: probe::Client) -> probe::Client {
+/// The client's bootstrap and a `hold(local)` pipelined on it, delivered:
+/// the first messages of most scenarios here. Gives the maker and the call.
+async fn send_hold(
+    net: &Net,
+    local: probe::Client,
+) -> (
+    maker::Client,
+    capnp::capability::RemotePromise<maker::hold_results::Owned>,
+) {
     let maker = net.maker();
     let mut req = maker.hold_request();
     req.get().set_probe(local);
     let held = req.send();
-    let promise = held.pipeline.get_probe();
     net.pass(
         Dir::Up,
         &["bootstrap q0", "call q1 -> answer 0 m1 [senderHosted 0]"],
     )
     .await;
+    (maker, held)
+}
+
+/// [`send_hold`], for the capability pipelined on its answer only.
+async fn hold_through_bootstrap(net: &Net, local: probe::Client) -> probe::Client {
+    let (maker, held) = send_hold(net, local).await;
+    let promise = held.pipeline.get_probe();
     tokio::task::spawn_local(async move {
         let _ = held.promise.await;
         drop(maker);
@@ -446,12 +498,7 @@ async fn scenario_17_an_import_never_called_resolves_to_our_object_without_an_em
         let calls = vec![start_call(&promise, 0)];
         net.settle().await;
         assert_eq!(log.calls(), vec![0], "called locally at once");
-        let up = net.waiting(Dir::Up).await;
-        assert!(
-            !up.iter()
-                .any(|m| m.starts_with("disembargo") || m.starts_with("call")),
-            "{up:?}"
-        );
+        net.no_call_goes_up().await;
         net.flush().await;
         assert_eq!(outcomes(calls).await, vec![0]);
         drop((promise, local));
@@ -681,12 +728,7 @@ async fn scenario_16_and_26_a_pipelined_call_on_an_absent_field_fails_without_an
         assert!(before.await.unwrap().is_err());
         let after = start_call(&second, 2);
         net.settle().await;
-        let up = net.waiting(Dir::Up).await;
-        assert!(
-            !up.iter()
-                .any(|m| m.starts_with("call") || m.starts_with("disembargo")),
-            "{up:?}"
-        );
+        net.no_call_goes_up().await;
         assert!(after.await.unwrap().is_err());
         assert!(server_log.calls().is_empty());
         drop((second, pair, maker));
@@ -772,10 +814,14 @@ impl maker::Server for ViaPair {
     ) -> Result<(), capnp::Error> {
         let given: Cap<probe::Client> = Cap::from_client(&params.get()?.get_probe()?);
         let theirs: maker::Client = given.cast::<maker::Client>().client();
-        let first = theirs.pair_request().send().pipeline.get_pair().get_first();
-        results.get().set_probe(first);
+        results.get().set_probe(first_of_their_pair(&theirs));
         Ok(())
     }
+}
+
+/// The first field of `theirs.pair()`, pipelined.
+fn first_of_their_pair(theirs: &maker::Client) -> probe::Client {
+    theirs.pair_request().send().pipeline.get_pair().get_first()
 }
 
 /// SCENARIO 14: M1 is pipelined through an answer that turns out to be a
@@ -1062,15 +1108,7 @@ async fn scenario_25_a_broken_capability_echoed_back_gets_no_embargo() {
             ],
         )
         .await;
-        let mut seen = Vec::new();
-        for _ in 0..10 {
-            for dir in [Dir::Up, Dir::Down] {
-                seen.extend(net.waiting(dir).await);
-            }
-            net.deliver(Dir::Up, net.waiting(Dir::Up).await.len()).await;
-            net.deliver(Dir::Down, net.waiting(Dir::Down).await.len())
-                .await;
-        }
+        let seen = net.flush_seen().await;
         assert!(
             !seen.iter().any(|m| m.starts_with("disembargo")),
             "{seen:?}"
@@ -1431,12 +1469,9 @@ impl maker::Server for ToThird {
         _: maker::HoldParams,
         mut results: maker::HoldResults,
     ) -> Result<(), capnp::Error> {
-        let (promise, resolver) = Cap::<probe::Client>::promise();
-        self.held
-            .0
-            .borrow_mut()
-            .push((resolver, self.third.clone()));
-        results.get().set_probe(promise.client());
+        results
+            .get()
+            .set_probe(self.held.promise_for(self.third.clone()));
         Ok(())
     }
 }
@@ -1576,6 +1611,442 @@ async fn scenario_33_a_released_handle_leaves_its_import_to_a_promise_forwarding
         net.pass(Dir::Up, &["release 0 x1"]).await;
         assert_eq!(log.calls(), vec![0, 1]);
         assert_eq!(outcomes(calls).await, vec![0, 1]);
+    }
+    net.end().await;
+}
+
+/// A maker whose `hold(probe)` answers with the probe it was given, but
+/// only once the test opens its gate: a call blocked in its callee.
+struct Gated(RefCell<Option<oneshot::Receiver<()>>>);
+
+impl Gated {
+    /// The maker, and the gate's key.
+    fn new() -> (Gated, oneshot::Sender<()>) {
+        let (open, gate) = oneshot::channel();
+        (Gated(RefCell::new(Some(gate))), open)
+    }
+}
+
+impl maker::Server for Gated {
+    async fn hold(
+        self: Rc<Self>,
+        params: maker::HoldParams,
+        mut results: maker::HoldResults,
+    ) -> Result<(), capnp::Error> {
+        let gate = self.0.borrow_mut().take();
+        if let Some(g) = gate {
+            let _ = g.await;
+        }
+        results.get().set_probe(params.get()?.get_probe()?);
+        Ok(())
+    }
+}
+
+/// SCENARIO 28: the client's own probe goes to the server in `hold`,
+/// which blocks until the test opens its gate, then answers with that
+/// probe; the client pings the capability pipelined on the answer while
+/// the path shortens from "through the server" to "local". Ping 0, made
+/// while the call is blocked, waits in the server and comes back with
+/// the return; ping 1, made after the return but before the disembargo
+/// is reflected, waits in the client; ping 2, made after, goes to the
+/// probe directly. The probe sees 0, 1, 2.
+#[actix::test]
+async fn scenario_28_fetched_back_through_a_blocked_call_and_pinged_while_the_path_shortens() {
+    let (gated, open) = Gated::new();
+    let net = Net::serving(gated);
+    let log = Log::default();
+    {
+        let local = Probe::cap(&log);
+        let (maker, pending) = send_hold(&net, local.client()).await;
+        let held = pending.pipeline.get_probe();
+        // The bootstrap returns; `hold` blocks in the server.
+        net.pass(Dir::Down, &["return a0 results [senderHosted 0]"])
+            .await;
+        // Ping 0, before the return: pipelined on the question, it waits
+        // in the server behind the blocked call.
+        let mut calls = vec![start_call(&held, 0)];
+        net.pass(Dir::Up, &["finish q0", "call q0 -> answer 1.[0] m0 []"])
+            .await;
+        net.expect(Dir::Down, &[]).await;
+        // The gate opens: the server answers with the client's own probe,
+        // then forwards ping 0 to it.
+        open.send(()).unwrap();
+        net.expect(
+            Dir::Down,
+            &[
+                "return a1 results [receiverHosted 0]",
+                "call q0 -> import 0 m0 []",
+            ],
+        )
+        .await;
+        net.deliver(Dir::Down, 1).await;
+        // Ping 1, after the return: the answer is the client's own probe,
+        // but ping 0 is still on its way back, so the client embargoes
+        // the field and holds ping 1.
+        calls.push(start_call(&held, 1));
+        net.expect(
+            Dir::Up,
+            &["disembargo senderLoopback 0 -> answer 1.[0]", "finish q1"],
+        )
+        .await;
+        assert!(log.calls().is_empty(), "ping 1 overtook ping 0");
+        // Ping 0 arrives; ping 1 still waits for the disembargo.
+        net.deliver(Dir::Down, 1).await;
+        assert_eq!(log.calls(), vec![0]);
+        // The server reflects the disembargo (behind ping 0, which went
+        // down before it); ping 1 goes once it is back.
+        net.deliver(Dir::Up, 2).await;
+        net.pass(Dir::Down, &["disembargo receiverLoopback 0 -> import 0"])
+            .await;
+        assert_eq!(log.calls(), vec![0, 1]);
+        // Ping 2, after: straight to the probe, nothing on the wire.
+        calls.push(start_call(&held, 2));
+        net.settle().await;
+        assert_eq!(log.calls(), vec![0, 1, 2]);
+        net.no_call_goes_up().await;
+        net.flush().await;
+        assert_eq!(outcomes(calls).await, vec![0, 1, 2]);
+        // The capability fetched from the answer is the probe itself.
+        let response = pending.promise.await.unwrap();
+        let fetched = response.get().unwrap().get_probe().unwrap();
+        let direct = start_call(&fetched, 3);
+        net.settle().await;
+        assert_eq!(log.calls(), vec![0, 1, 2, 3]);
+        assert!(net.waiting(Dir::Up).await.is_empty());
+        assert_eq!(outcomes(vec![direct]).await, vec![3]);
+        drop((fetched, response, held, maker, local));
+    }
+    net.end().await;
+    assert_eq!(log.released(), 1);
+}
+
+/// The server's maker for the regression of commit c9855a1: `hold(m)`
+/// treats `m` as a maker and asks it `hold(ours)`, whose answer will be
+/// the server's own `ours`; it answers with a promise of its own, which
+/// [`Held::resolve`] resolves to the field of that question.
+struct AskBack {
+    held: Held,
+    ours: Cap<probe::Client>,
+}
+
+impl maker::Server for AskBack {
+    async fn hold(
+        self: Rc<Self>,
+        params: maker::HoldParams,
+        mut results: maker::HoldResults,
+    ) -> Result<(), capnp::Error> {
+        let given: Cap<probe::Client> = Cap::from_client(&params.get()?.get_probe()?);
+        let theirs: maker::Client = given.cast::<maker::Client>().client();
+        let mut req = theirs.hold_request();
+        req.get().set_probe(self.ours.client());
+        let field = req.send().pipeline.get_probe();
+        let field: Cap<probe::Client> = Cap::from_client(&field);
+        results
+            .get()
+            .set_probe(self.held.promise_for(field.raw().clone()));
+        Ok(())
+    }
+}
+
+/// Regression (commit c9855a1, the seed-4331 simulation scenario): the
+/// server's exported promise P resolves to a field of the server's own
+/// question Q to the client, and Q returns the server's object O. A call
+/// the client made on P went through Q's field to the client and is on
+/// its way back to O, so the server embargoes the field. P must not be
+/// announced (`resolve P -> senderHosted O`) until the embargo has
+/// lifted: the client would send its next calls straight to O, past
+/// those the embargo still holds. The `resolve` goes down only once the
+/// client's reflection of the disembargo has reached the server, and O
+/// sees every call made on P in order.
+#[actix::test]
+async fn an_exported_promise_resolved_to_an_embargoed_field_is_announced_after_the_embargo() {
+    let held = Held::default();
+    let log = Log::default();
+    let net = Net::serving(AskBack {
+        held: held.clone(),
+        ours: Probe::cap(&log),
+    });
+    {
+        // The client's maker answers the server's question Q only when
+        // the test opens its gate.
+        let (gated, open) = Gated::new();
+        let local: Cap<maker::Client> = Cap::new(gated);
+        let as_probe: Cap<probe::Client> = local.clone().cast();
+        let p = hold_through_bootstrap(&net, as_probe.client()).await;
+        // The server asks Q = hold(O) of the client's maker (which
+        // blocks) and answers with its promise P.
+        net.pass(
+            Dir::Down,
+            &[
+                "return a0 results [senderHosted 0]",
+                "call q0 -> import 0 m1 [senderHosted 1]",
+                "release 0 x1",
+                "return a1 results [senderPromise 2]",
+            ],
+        )
+        .await;
+        // P resolves to Q's field, which is not settled: nothing to say.
+        held.resolve();
+        net.expect(Dir::Down, &[]).await;
+        // Call 0 on P goes through Q's field, pipelined back to the
+        // client, and waits there behind the blocked Q.
+        let mut calls = vec![start_call(&p, 0)];
+        net.pass(
+            Dir::Up,
+            &[
+                "finish q0",
+                "finish q1",
+                "release 0 x1",
+                "call q0 -> import 2 m0 []",
+            ],
+        )
+        .await;
+        net.pass(Dir::Down, &["call q1 -> answer 0.[0] m0 []"])
+            .await;
+        // Q returns O, the server's own object; the client forwards call 0
+        // to it.
+        open.send(()).unwrap();
+        let back = [
+            "return a0 results [receiverHosted 1]",
+            "call q1 -> import 1 m0 []",
+        ];
+        net.expect(Dir::Up, &back).await;
+        // The server reads the return: call 0 went out on the field, which
+        // is its own O, so it embargoes the field. P resolved to that
+        // field, so P is not settled yet either: no `resolve` goes down.
+        net.deliver(Dir::Up, 1).await;
+        net.expect(
+            Dir::Down,
+            &["disembargo senderLoopback 0 -> answer 0.[0]", "finish q0"],
+        )
+        .await;
+        // Call 1 on P, then the client reflects the disembargo (behind
+        // call 0, which it forwarded to O first), then call 2 on P: all
+        // three still go to P, which the client has not heard settle.
+        calls.push(start_call(&p, 1));
+        net.deliver(Dir::Down, 2).await;
+        calls.push(start_call(&p, 2));
+        net.expect(
+            Dir::Up,
+            &[
+                "call q1 -> import 1 m0 []",
+                "call q2 -> import 2 m0 []",
+                "disembargo receiverLoopback 0 -> import 1",
+                "call q3 -> import 2 m0 []",
+            ],
+        )
+        .await;
+        // Call 0 reaches O; call 1 waits in the server's embargo, and P
+        // is still not announced.
+        net.deliver(Dir::Up, 2).await;
+        assert_eq!(log.calls(), vec![0]);
+        let down = net.waiting(Dir::Down).await;
+        assert!(!down.iter().any(|m| m.starts_with("resolve")), "{down:?}");
+        // The reflection lifts the embargo: call 1 goes to O, and only
+        // now does the server announce that P is O.
+        net.deliver(Dir::Up, 1).await;
+        assert_eq!(log.calls(), vec![0, 1]);
+        // (O answers calls 0 and 1 meanwhile.)
+        net.expect_unordered(
+            Dir::Down,
+            &[
+                "return a1 results []",
+                "resolve 2 -> senderHosted 1",
+                "return a2 results []",
+            ],
+        )
+        .await;
+        // Call 2, made before the client heard of it, goes through P too.
+        net.deliver(Dir::Up, 1).await;
+        assert_eq!(log.calls(), vec![0, 1, 2]);
+        // Once the client has the `resolve`, calls on P go to O directly.
+        net.deliver(Dir::Down, 3).await;
+        calls.push(start_call(&p, 3));
+        let up = net.waiting(Dir::Up).await;
+        assert_eq!(
+            up.iter()
+                .filter(|m| m.starts_with("call"))
+                .collect::<Vec<_>>(),
+            ["call q1 -> import 1 m0 []"],
+            "{up:?}"
+        );
+        net.flush().await;
+        assert_eq!(log.calls(), vec![0, 1, 2, 3]);
+        assert_eq!(outcomes(calls).await, vec![0, 1, 2, 3]);
+        drop((p, as_probe, local));
+    }
+    net.end().await;
+}
+
+/// The server's maker for SCENARIO 23: `pair()` asks the same of the
+/// client's maker (the server's bootstrap of the client, set once the
+/// connection is up) and answers with its first field, pipelined.
+#[derive(Clone, Default)]
+struct PairOfPeer(Rc<RefCell<Option<maker::Client>>>);
+
+impl maker::Server for PairOfPeer {
+    async fn pair(
+        self: Rc<Self>,
+        _: maker::PairParams,
+        mut results: maker::PairResults,
+    ) -> Result<(), capnp::Error> {
+        let peer = self.0.borrow().clone().expect("the client's maker");
+        results
+            .get()
+            .init_pair()
+            .set_first(first_of_their_pair(&peer));
+        Ok(())
+    }
+}
+
+/// SCENARIO 23 (after test_local_embargo_11 of the OCaml capnp-rpc):
+/// each vat bootstraps the other. The client asks the server's `pair()`
+/// (Q1) and pipelines M1 on its first field X; the server answers with
+/// the first field of the same call on the client's maker (Q2), which
+/// the client answers with T, its second bootstrap of the server (for the
+/// server's probe R), not returned yet. X turns out to be T, a promise
+/// the client holds, and M1 is coming back through the server: the client
+/// embargoes X, and M2 waits. T then resolves to R, which is remote: no
+/// second embargo. The server embargoes Q2's field too (it forwarded M1
+/// on it, and it is its own R). One disembargo each way, and R sees M1,
+/// M2, M3 in order.
+#[actix::test]
+async fn scenario_23_mutual_bootstraps_where_the_second_embargo_is_not_needed_as_remote() {
+    let r_log = Log::default();
+    let peer = PairOfPeer::default();
+    let server_maker: Cap<maker::Client> = Cap::new(peer.clone());
+    let r = Probe::cap(&r_log).raw().clone();
+    let (client_maker, answer_pair) = support::maker_with_pair();
+    let client_maker: Cap<maker::Client> = Cap::new(client_maker);
+    let (sm, cm) = (server_maker.raw().clone(), client_maker.raw().clone());
+    let net = Net::mutual(
+        bootstrap_fn(move |id: &[u8]| {
+            Ok(if id == b"probe" {
+                r.clone()
+            } else {
+                sm.clone()
+            })
+        }),
+        Some(bootstrap_fn(move |_: &[u8]| Ok(cm.clone()))),
+    );
+    drop((server_maker, client_maker));
+    {
+        // Each vat bootstraps the other.
+        let to_server = net.maker();
+        let to_client: Cap<maker::Client> =
+            Cap::from_raw(net.server.as_ref().unwrap().bootstrap(b""));
+        *peer.0.borrow_mut() = Some(to_client.client());
+        net.expect(Dir::Up, &["bootstrap q0"]).await;
+        net.expect(Dir::Down, &["bootstrap q0"]).await;
+        net.flush().await;
+        // Q1, and the second bootstrap, of the server's probe R, which
+        // the server reads only later.
+        let q1 = to_server.pair_request().send();
+        let x = q1.pipeline.get_pair().get_first();
+        let t: Cap<probe::Client> = Cap::from_raw(net.client.bootstrap(b"probe"));
+        net.expect(Dir::Up, &["call q0 -> import 0 m0 []", "bootstrap q1"])
+            .await;
+        net.deliver(Dir::Up, 1).await;
+        // The server asks Q2 of the client's maker and answers Q1 with
+        // Q2's first field: a promised answer of the client's own.
+        net.expect(
+            Dir::Down,
+            &[
+                "call q0 -> import 0 m0 []",
+                "return a0 results [receiverAnswer 0.[0.0]]",
+            ],
+        )
+        .await;
+        // M1, pipelined on X.
+        let mut calls = vec![start_call(&x, 1)];
+        // The client answers Q2 with T, pipelined on its bootstrap
+        // question q1 (and a spare probe as the second field).
+        net.deliver(Dir::Down, 1).await;
+        let spare = Probe::cap(&Log::default());
+        answer_pair.send((t.clone(), spare)).ok().unwrap();
+        let mut up = vec![
+            "bootstrap q1",
+            "call q2 -> answer 0.[0.0] m0 []",
+            "return a0 results [receiverAnswer 1, senderHosted 1]",
+        ];
+        net.expect(Dir::Up, &up).await;
+        // The server answers the second bootstrap with R.
+        net.deliver(Dir::Up, 1).await;
+        up.remove(0);
+        net.expect(
+            Dir::Down,
+            &[
+                "return a0 results [receiverAnswer 0.[0.0]]",
+                "return a1 results [senderHosted 1]",
+            ],
+        )
+        .await;
+        // The client reads Q1's return: X is T, which it holds, and M1
+        // is coming back through the server: it embargoes X, and M2 waits.
+        net.deliver(Dir::Down, 1).await;
+        calls.push(start_call(&x, 2));
+        up.extend(["disembargo senderLoopback 0 -> answer 0.[0.0]", "finish q0"]);
+        net.expect(Dir::Up, &up).await;
+        // T resolves to R, the server's: no second disembargo, and M2
+        // still waits for the first.
+        net.deliver(Dir::Down, 1).await;
+        up.push("finish q1");
+        net.expect(Dir::Up, &up).await;
+        // M1 reaches the server, which forwards it on Q2's field to the
+        // client, which forwards it to T, that is R.
+        net.deliver(Dir::Up, 1).await;
+        up.remove(0);
+        net.pass(Dir::Down, &["call q1 -> answer 0.[0.0] m0 []"])
+            .await;
+        up.push("call q0 -> import 1 m0 []");
+        net.expect(Dir::Up, &up).await;
+        // The server reads Q2's return: its field is the server's own R,
+        // and M1 went out on it: the server embargoes it in turn.
+        net.deliver(Dir::Up, 1).await;
+        up.remove(0);
+        net.expect(
+            Dir::Down,
+            &["disembargo senderLoopback 0 -> answer 0.[0.0]", "finish q0"],
+        )
+        .await;
+        // The client reflects it (behind M1, which it forwarded first).
+        net.deliver(Dir::Down, 1).await;
+        up.push("disembargo receiverLoopback 0 -> import 1");
+        net.expect(Dir::Up, &up).await;
+        // The server reflects the client's disembargo.
+        net.deliver(Dir::Up, 1).await;
+        up.remove(0);
+        net.pass(
+            Dir::Down,
+            &[
+                "finish q0",
+                "disembargo receiverLoopback 0 -> answer 0.[0.0]",
+            ],
+        )
+        .await;
+        // The client's embargo lifts: M2 goes straight to R, behind M1,
+        // with no second embargo since R is remote.
+        up.push("call q1 -> import 1 m0 []");
+        net.expect(Dir::Up, &up).await;
+        assert!(r_log.calls().is_empty());
+        // Nobody starts another embargo as the rest is delivered.
+        let seen = net.flush_seen().await;
+        assert!(
+            !seen
+                .iter()
+                .any(|m| m.starts_with("disembargo senderLoopback")),
+            "{seen:?}"
+        );
+        assert_eq!(r_log.calls(), vec![1, 2]);
+        // M3: to R directly.
+        calls.push(start_call(&x, 3));
+        net.expect(Dir::Up, &["call q0 -> import 1 m0 []"]).await;
+        net.flush().await;
+        assert_eq!(r_log.calls(), vec![1, 2, 3]);
+        assert_eq!(outcomes(calls).await, vec![1, 2, 3]);
+        // (The server's maker lets go of the client's.)
+        peer.0.borrow_mut().take();
+        drop((to_server, to_client, x, t, q1));
     }
     net.end().await;
 }
