@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use capnp::any_pointer;
-use capnp::message::{self, HeapAllocator};
+use capnp::message::{self, HeapAllocator, ReaderSegments};
 use capnp::private::capability::{ClientHook, PipelineOp};
 use capnp::traits::{Imbue, ImbueMut};
 use capnp::MessageSize;
 use capnp_actix_proto::captp::InContent;
+use capnp_actix_proto::frame::Kept;
 
 use crate::cap::CapRef;
 use crate::hook;
@@ -135,11 +136,12 @@ impl Frozen {
         }
     }
 
-    /// The segments of the message whose root is the content, when the
-    /// results were built here (for sending them as they are).
-    pub(crate) fn own_segments(&self) -> Option<Vec<&[u8]>> {
+    /// The message whose root is the content, when the results were built
+    /// here (for sending its segments as they are; see
+    /// `Conn::return_kept`).
+    pub(crate) fn kept(self: &Arc<Self>) -> Option<Kept> {
         match &self.message {
-            FrozenBody::Built(m) => Some(m.get_segments_for_output().to_vec()),
+            FrozenBody::Built(_) => Some(self.clone()),
             FrozenBody::Received(_) => None,
         }
     }
@@ -176,6 +178,23 @@ impl Frozen {
     pub(crate) fn copy_into(&self, mut dest: any_pointer::Builder<'_>) -> capnp::Result<()> {
         let table = hook::to_hooks(&self.caps);
         dest.set_as(self.root(&table)?)
+    }
+}
+
+/// The segments of the message built here whose root is the content
+/// (none for received results).
+impl ReaderSegments for Frozen {
+    fn get_segment(&self, idx: u32) -> Option<&[u8]> {
+        match &self.message {
+            FrozenBody::Built(m) => m.get_segment(idx),
+            FrozenBody::Received(_) => None,
+        }
+    }
+    fn len(&self) -> usize {
+        match &self.message {
+            FrozenBody::Built(m) => ReaderSegments::len(m),
+            FrozenBody::Received(_) => 0,
+        }
     }
 }
 
