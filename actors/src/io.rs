@@ -155,21 +155,55 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
 /// Slices given to one vectored write at most.
 const MAX_SLICES: usize = 64;
 
-/// Writes every output of `batch`, in order: in one vectored write when
-/// the stream takes them (the large segments of kept messages are then
-/// written from where they are), otherwise gathered into one buffer.
+/// Writes every output of `batch`, in order: small pieces gathered into
+/// one buffer (as many small writes cost more than the copy), large ones
+/// (the segments of kept messages) written from where they are with
+/// vectored writes when the stream takes them.
 pub(crate) async fn write_outputs<W: AsyncWrite + Unpin>(
     write: &mut W,
     batch: &[Output],
 ) -> std::io::Result<()> {
     let pieces: Vec<&[u8]> = batch.iter().flat_map(Output::pieces).collect();
+    if let [one] = pieces.as_slice() {
+        return write.write_all(one).await;
+    }
+    if !write.is_write_vectored() {
+        return write.write_all(&pieces.concat()).await;
+    }
+    // Runs of small pieces, gathered: (end in `gathered`, or a large piece).
+    let mut gathered = Vec::new();
+    let mut parts: Vec<Result<usize, &[u8]>> = Vec::new();
+    for p in pieces {
+        if p.len() >= MIN_SEPARATE_BYTES {
+            parts.push(Err(p));
+        } else {
+            gathered.extend_from_slice(p);
+            match parts.last_mut() {
+                Some(Ok(end)) => *end = gathered.len(),
+                _ => parts.push(Ok(gathered.len())),
+            }
+        }
+    }
+    let mut start = 0;
+    let pieces: Vec<&[u8]> = parts
+        .into_iter()
+        .map(|part| match part {
+            Ok(end) => {
+                let run = &gathered[start..end];
+                start = end;
+                run
+            }
+            Err(p) => p,
+        })
+        .collect();
     match pieces.as_slice() {
-        [] => Ok(()),
         [one] => write.write_all(one).await,
-        _ if !write.is_write_vectored() => write.write_all(&pieces.concat()).await,
         _ => write_pieces(write, &pieces).await,
     }
 }
+
+/// Pieces at least this long are written from where they are.
+const MIN_SEPARATE_BYTES: usize = 4096;
 
 /// Writes `pieces` in order with vectored writes.
 async fn write_pieces<W: AsyncWrite + Unpin>(
