@@ -142,6 +142,10 @@ struct Size {
     /// over rounds.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     rounds: Option<u64>,
+    /// Echoes per round, instead of a tenth of `--calls` (for profiling
+    /// the echo test: `--calls 10 --echoes 20000`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    echoes: Option<u64>,
 }
 
 /// Calls in flight in the throughput test.
@@ -168,7 +172,7 @@ impl Size {
             warmup: (calls / 10).clamp(1, 2_000),
             sequential: calls,
             in_flight: calls * 5,
-            echoes: (calls / 10).max(1),
+            echoes: self.echoes.unwrap_or((calls / 10).max(1)),
             rounds: self.rounds.unwrap_or(if self.quick { 1 } else { 3 }),
         }
     }

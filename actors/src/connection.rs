@@ -15,10 +15,10 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Handler, Message, Recipient, SpawnHandle,
     StreamHandler, WrapFuture,
 };
-use bytes::Bytes;
 use capnp_actix_proto::captp::{
     CallTarget, Conn, ConnLimits, Event, InCap, InPayload, OutCap, OutTarget, TableSizes,
 };
+use capnp_actix_proto::frame::Output;
 use capnp_actix_proto::Limits;
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -29,6 +29,7 @@ use crate::answer::{Answer, AnswerRef, Call, Completer, Outcome};
 use crate::cap::{next_id, CapRef, Kind, Node};
 use crate::error;
 use crate::hook::{send_call, WaitOutcome};
+use crate::io::{self, Input};
 use crate::payload::{payload_received, Body, Payload};
 use crate::registry;
 
@@ -247,23 +248,32 @@ where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let (read, mut write) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Output>();
     let queued = Arc::new(AtomicUsize::new(0));
     let written = queued.clone();
     let spare = Arc::new(std::sync::Mutex::new(None::<Vec<u8>>));
     let written_spare = spare.clone();
-    // The writer: everything queued since the last write goes out in one;
-    // the buffer then goes back to the connection for its next output.
+    // The writer: everything queued since the last write goes out in one
+    // (vectored) write; the largest buffer then goes back to the
+    // connection for its next output.
     let writer = actix_rt::spawn(async move {
-        while let Some(mut buf) = rx.recv().await {
+        let mut batch = Vec::new();
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
             while let Ok(more) = rx.try_recv() {
-                buf.extend_from_slice(&more);
+                batch.push(more);
             }
-            if write.write_all(&buf).await.is_err() {
+            if io::write_outputs(&mut write, &batch).await.is_err() {
                 break;
             }
-            written.fetch_sub(buf.len(), Ordering::Relaxed);
-            if buf.capacity() <= MAX_SPARE_BYTES {
+            let bytes: usize = batch.iter().map(Output::len).sum();
+            written.fetch_sub(bytes, Ordering::Relaxed);
+            let spare = batch
+                .drain(..)
+                .map(Output::into_buffer)
+                .filter(|b| b.capacity() <= MAX_SPARE_BYTES)
+                .max_by_key(Vec::capacity);
+            if let Some(buf) = spare {
                 if let Ok(mut slot) = written_spare.lock() {
                     *slot = Some(buf);
                 }
@@ -282,7 +292,7 @@ where
     let (closed_tx, closed_rx) = futures::channel::oneshot::channel();
     let id = next_id();
     let addr = Connection::create(move |ctx| {
-        ctx.add_stream(tokio_util::io::ReaderStream::with_capacity(read, 64 * 1024));
+        ctx.add_stream(io::FrameReader::new(read, options.reader));
         Connection {
             id,
             closed: Some(closed_tx),
@@ -319,7 +329,7 @@ where
 pub struct Connection {
     id: u64,
     core: Conn<CapRef>,
-    out: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    out: Option<mpsc::UnboundedSender<Output>>,
     /// The writer task (aborted shortly after the connection ends, so a
     /// peer that does not read cannot hold the socket and its bytes).
     writer: Option<actix_rt::task::JoinHandle<()>>,
@@ -413,7 +423,7 @@ impl Connection {
         while let Some(event) = self.core.next_event() {
             self.on_event(event, ctx);
         }
-        let mut bytes = self.core.take_output();
+        let mut bytes = self.core.take_output_pieces();
         if !bytes.is_empty()
             && self.queued.load(Ordering::Relaxed) + bytes.len() > self.max_outgoing
             && self.core.aborted().is_none()
@@ -426,7 +436,7 @@ impl Connection {
                 self.on_event(event, ctx);
             }
             // Only the abort itself goes out.
-            bytes = self.core.take_output();
+            bytes = self.core.take_output_pieces();
         }
         if !bytes.is_empty() {
             if let Some(out) = &self.out {
@@ -921,8 +931,8 @@ impl Connection {
                     .iter()
                     .map(|c| self.out_cap(c.as_ref()))
                     .collect();
-                if let Some(segments) = frozen.own_segments() {
-                    return self.core.return_message(answer, &segments, &caps);
+                if let Some(kept) = frozen.kept() {
+                    return self.core.return_kept(answer, kept, &caps);
                 }
                 match frozen.raw_root() {
                     Ok(root) => self.core.return_results(answer, root, &caps),
@@ -1066,15 +1076,13 @@ impl Connection {
             .iter()
             .map(|c| self.out_cap(c.as_ref()))
             .collect();
-        let sent = match &params.body {
-            Body::Built(m) => self.core.call_message(
-                &out_target,
-                interface_id,
-                method_id,
-                &m.get_segments_for_output(),
-                &caps,
-            ),
-            Body::Received(_) => params.raw_root().and_then(|root| {
+        let sent = match params.body {
+            // Kept until written, when its content is spliced.
+            Body::Built(m) => {
+                self.core
+                    .call_kept(&out_target, interface_id, method_id, Arc::new(m), &caps)
+            }
+            body @ Body::Received(_) => body.root().and_then(|root| {
                 self.core
                     .call(&out_target, interface_id, method_id, root, &caps)
             }),
@@ -1156,12 +1164,17 @@ impl Connection {
     }
 }
 
-impl StreamHandler<Result<Bytes, std::io::Error>> for Connection {
-    fn handle(&mut self, item: Result<Bytes, std::io::Error>, ctx: &mut Self::Context) {
+impl StreamHandler<Input> for Connection {
+    fn handle(&mut self, item: Input, ctx: &mut Self::Context) {
         self.recycle();
         match item {
-            Ok(bytes) => self.core.receive(&bytes),
-            Err(e) => self.core.disconnected(capnp::Error::disconnected(format!(
+            Input::Messages(messages) => {
+                for m in messages {
+                    self.core.handle(m);
+                }
+            }
+            Input::Invalid(e) => self.core.receive_invalid(e),
+            Input::Failed(e) => self.core.disconnected(capnp::Error::disconnected(format!(
                 "connection read failed: {e}"
             ))),
         }
@@ -1169,7 +1182,7 @@ impl StreamHandler<Result<Bytes, std::io::Error>> for Connection {
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
-        self.core.receive_end();
+        self.core.receive_closed();
         self.settle(ctx);
     }
 }

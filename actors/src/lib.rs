@@ -53,6 +53,7 @@ pub mod error;
 mod foreign;
 mod hook;
 mod host;
+mod io;
 mod payload;
 mod promise;
 mod registry;

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use capnp::any_pointer;
-use capnp::message::{self, HeapAllocator, ReaderOptions};
+use capnp::message::{self, HeapAllocator, ReaderSegments};
 use capnp::private::capability::{ClientHook, PipelineOp};
 use capnp::traits::{Imbue, ImbueMut};
 use capnp::MessageSize;
 use capnp_actix_proto::captp::InContent;
-use capnp_actix_proto::WordSegments;
+use capnp_actix_proto::frame::Kept;
 
 use crate::cap::CapRef;
 use crate::hook;
@@ -93,61 +93,55 @@ impl Payload {
         }
     }
 
-    /// Freezes a finished payload into the shareable form used for answers
-    /// (a built message is copied once; a received one is kept as it is).
+    /// Freezes a finished payload into the shareable form used for answers.
+    /// Nothing is copied: a built message is kept as it is (a
+    /// `message::Builder<HeapAllocator>` is `Sync` and can be read through
+    /// a shared reference), a received one too.
     pub(crate) fn freeze(self) -> Arc<Frozen> {
-        Arc::new(match self.body {
-            Body::Built(m) => Frozen::copy_of(&m, self.caps),
-            Body::Received(m) => Frozen {
-                message: FrozenBody::Received(m),
-                caps: self.caps,
+        Arc::new(Frozen {
+            message: match self.body {
+                Body::Built(m) => FrozenBody::Built(m),
+                Body::Received(m) => FrozenBody::Received(m),
             },
+            caps: self.caps,
         })
     }
 }
 
 enum FrozenBody {
-    Copied(message::Reader<WordSegments>),
+    /// Built here; read through `get_root_as_reader` (our own data: no
+    /// traversal limit, as for a copy).
+    Built(message::Builder<HeapAllocator>),
     Received(InContent),
 }
 
 /// A finished message that many readers on many threads may share: the
 /// results of a call, read by the caller and by pipelined calls.
 ///
-/// Results built here are copied once into one buffer (`message::Builder`
-/// is not `Sync`, so it cannot be shared as it is); results received from
-/// a peer are shared as they arrived.
+/// Results built here are shared in the builder that built them (nothing
+/// can write to it any more: it is only reachable through `&`); results
+/// received from a peer are shared as they arrived.
 pub(crate) struct Frozen {
     message: FrozenBody,
     pub(crate) caps: SendCapTable,
 }
 
 impl Frozen {
-    pub(crate) fn copy_of(builder: &message::Builder<HeapAllocator>, caps: SendCapTable) -> Self {
-        let segments = WordSegments::copy_of(&builder.get_segments_for_output());
-        // Our own data: it was built by this process, so no traversal limit
-        // is needed (and a shared answer is read many times).
-        let options = *ReaderOptions::new().traversal_limit_in_words(None);
-        Frozen {
-            message: FrozenBody::Copied(message::Reader::new(segments, options)),
-            caps,
-        }
-    }
-
     /// The root pointer, with capability pointers as bare indexes into
     /// `caps` (for code that renumbers them, such as a connection).
     pub(crate) fn raw_root(&self) -> capnp::Result<any_pointer::Reader<'_>> {
         match &self.message {
-            FrozenBody::Copied(m) => m.get_root(),
+            FrozenBody::Built(m) => m.get_root_as_reader(),
             FrozenBody::Received(m) => m.content(),
         }
     }
 
-    /// The segments of the message whose root is the content, when the
-    /// results were built here (for sending them as they are).
-    pub(crate) fn own_segments(&self) -> Option<Vec<&[u8]>> {
+    /// The message whose root is the content, when the results were built
+    /// here (for sending its segments as they are; see
+    /// `Conn::return_kept`).
+    pub(crate) fn kept(self: &Arc<Self>) -> Option<Kept> {
         match &self.message {
-            FrozenBody::Copied(m) => Some(m.get_segments().segments()),
+            FrozenBody::Built(_) => Some(self.clone()),
             FrozenBody::Received(_) => None,
         }
     }
@@ -184,6 +178,23 @@ impl Frozen {
     pub(crate) fn copy_into(&self, mut dest: any_pointer::Builder<'_>) -> capnp::Result<()> {
         let table = hook::to_hooks(&self.caps);
         dest.set_as(self.root(&table)?)
+    }
+}
+
+/// The segments of the message built here whose root is the content
+/// (none for received results).
+impl ReaderSegments for Frozen {
+    fn get_segment(&self, idx: u32) -> Option<&[u8]> {
+        match &self.message {
+            FrozenBody::Built(m) => m.get_segment(idx),
+            FrozenBody::Received(_) => None,
+        }
+    }
+    fn len(&self) -> usize {
+        match &self.message {
+            FrozenBody::Built(m) => ReaderSegments::len(m),
+            FrozenBody::Received(_) => 0,
+        }
     }
 }
 

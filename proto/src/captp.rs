@@ -21,7 +21,7 @@ use capnp::message::{self, Builder, HeapAllocator, ReaderOptions};
 use capnp::{any_pointer, Error, MessageSize};
 
 use crate::exception;
-use crate::frame::{self, FrameDecoder, WordSegments};
+use crate::frame::{self, FrameDecoder, FrameError, Kept, Output, WordSegments};
 use crate::index_hook::{placeholders, source_indexes};
 use crate::limits::Limits;
 use crate::rpc_capnp::{
@@ -437,7 +437,7 @@ pub struct Conn<L> {
     decoder: FrameDecoder,
     /// The nesting limit of incoming messages.
     nesting_limit: i32,
-    out: Vec<u8>,
+    out: Output,
     /// Finishes for returned questions, sent after whatever the runtime
     /// writes while handling the return (a disembargo must precede them).
     deferred_finish: Vec<u32>,
@@ -470,7 +470,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             exports: Slots::new(),
             export_ids: HashMap::new(),
             imports: HashMap::new(),
-            out: Vec::new(),
+            out: Output::default(),
             deferred_finish: Vec::new(),
             embargoes: std::collections::HashSet::new(),
             next_embargo: 0,
@@ -482,6 +482,14 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     /// Framed bytes to write to the peer (everything produced so far, so
     /// that one batch of input leads to one write).
     pub fn take_output(&mut self) -> Vec<u8> {
+        self.take_output_pieces().into_bytes()
+    }
+
+    /// As [`Conn::take_output`], with the content of calls and returns
+    /// sent with [`Conn::call_kept`] and [`Conn::return_kept`] not copied
+    /// into the output but written from the kept messages (see
+    /// [`frame::Output::pieces`]).
+    pub fn take_output_pieces(&mut self) -> Output {
         for q in std::mem::take(&mut self.deferred_finish) {
             self.finish(q);
         }
@@ -492,10 +500,9 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     /// bytes are written: the next output goes into it (it is cleared
     /// first), so that large buffers are not freed and allocated again for
     /// every message.
-    pub fn recycle_output(&mut self, mut buffer: Vec<u8>) {
+    pub fn recycle_output(&mut self, buffer: Vec<u8>) {
         if self.out.is_empty() && buffer.capacity() > self.out.capacity() {
-            buffer.clear();
-            self.out = buffer;
+            self.out = Output::with_buffer(buffer);
         }
     }
 
@@ -557,8 +564,9 @@ impl<L: Clone + Eq + Hash> Conn<L> {
 
     fn send(&mut self, m: &Builder<HeapAllocator>) {
         let segments = m.get_segments_for_output();
-        self.out.reserve(frame::encoded_len(&segments));
-        frame::encode(&segments, &mut self.out);
+        let out = self.out.bytes_mut();
+        out.reserve(frame::encoded_len(&segments));
+        frame::encode(&segments, out);
     }
 
     /// Ends the connection: sends `abort` with `reason`, forgets every
@@ -671,7 +679,29 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             target,
             interface_id,
             method_id,
-            Content::Message(segments),
+            Content::Message(segments, None),
+            caps,
+            false,
+        )
+    }
+
+    /// As [`Conn::call_message`], for the message `kept`: spliced content
+    /// is not copied into the output, which keeps `kept` until it is
+    /// written (see [`Conn::take_output_pieces`]).
+    pub fn call_kept(
+        &mut self,
+        target: &OutTarget,
+        interface_id: u64,
+        method_id: u16,
+        kept: Kept,
+        caps: &[OutCap<L>],
+    ) -> Result<u32, Error> {
+        let segments = kept_segments(&kept);
+        self.send_call(
+            target,
+            interface_id,
+            method_id,
+            Content::Message(&segments, Some(&kept)),
             caps,
             false,
         )
@@ -825,7 +855,14 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     /// message with these segments (a message built by this process); see
     /// [`Conn::call_message`].
     pub fn return_message(&mut self, answer: u32, segments: &[&[u8]], caps: &[OutCap<L>]) {
-        self.send_return(answer, Content::Message(segments), caps)
+        self.send_return(answer, Content::Message(segments, None), caps)
+    }
+
+    /// As [`Conn::return_message`], for the message `kept` (see
+    /// [`Conn::call_kept`]).
+    pub fn return_kept(&mut self, answer: u32, kept: Kept, caps: &[OutCap<L>]) {
+        let segments = kept_segments(&kept);
+        self.send_return(answer, Content::Message(&segments, Some(&kept)), caps)
     }
 
     fn send_return(&mut self, answer: u32, content: Content<'_>, caps: &[OutCap<L>]) {
@@ -1027,16 +1064,16 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         nav: F,
         content: &Content<'c>,
         caps: &[OutCap<L>],
-    ) -> Result<(Written, Option<Segments<'c>>), Error>
+    ) -> Result<(Written, Option<Spliced<'c>>), Error>
     where
         F: for<'x> Fn(&'x mut Builder<HeapAllocator>) -> capnp::Result<payload::Builder<'x>>,
     {
         match *content {
-            Content::Message(segments) if caps.is_empty() && splice_worthwhile(segments) => {
+            Content::Message(segments, kept) if caps.is_empty() && splice_worthwhile(segments) => {
                 nav(m)?.init_cap_table(0);
-                Ok(((Vec::new(), Vec::new()), Some(segments)))
+                Ok(((Vec::new(), Vec::new()), Some((segments, kept))))
             }
-            Content::Message(segments) => {
+            Content::Message(segments, _) => {
                 let message = message::Reader::new(
                     message::SegmentArray::new(segments),
                     *ReaderOptions::new().traversal_limit_in_words(None),
@@ -1057,16 +1094,21 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         m: &mut Builder<HeapAllocator>,
         nav: F,
         path: &[u16],
-        spliced: Option<&[&[u8]]>,
+        spliced: Option<Spliced<'_>>,
     ) -> Result<(), Error>
     where
         F: for<'x> Fn(&'x mut Builder<HeapAllocator>) -> capnp::Result<payload::Builder<'x>>,
     {
-        let Some(content) = spliced else {
+        let Some((content, kept)) = spliced else {
             self.send(m);
             return Ok(());
         };
-        if frame::encode_spliced(&m.get_segments_for_output(), path, content, &mut self.out) {
+        let header = m.get_segments_for_output();
+        let done = match kept {
+            Some(kept) => frame::encode_spliced_kept(&header, path, kept, &mut self.out),
+            None => frame::encode_spliced(&header, path, content, self.out.bytes_mut()),
+        };
+        if done {
             return Ok(());
         }
         let message = message::Reader::new(
@@ -1277,13 +1319,25 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     /// The peer closed its side of the stream.
     pub fn receive_end(&mut self) {
         match self.decoder.finish() {
-            Ok(()) => {
-                self.disconnected(Error::disconnected("the peer closed the connection".into()))
-            }
-            // The peer may only have closed its sending side: tell it why
-            // its last frame was not used.
-            Err(e) => self.abort(protocol_error(e.to_string())),
+            Ok(()) => self.receive_closed(),
+            Err(e) => self.receive_invalid(e),
         }
+    }
+
+    /// For a runtime that decodes frames itself (with a [`FrameDecoder`]
+    /// made with the limits given to [`Conn::new`], handing each message
+    /// to [`Conn::handle`]): the stream of frames is invalid (or was cut
+    /// inside a frame). Aborts, telling the peer why.
+    pub fn receive_invalid(&mut self, e: FrameError) {
+        // The peer may only have closed its sending side: tell it why
+        // its last frame was not used.
+        self.abort(protocol_error(e.to_string()))
+    }
+
+    /// For a runtime that decodes frames itself: the peer closed its side
+    /// of the stream after whole frames.
+    pub fn receive_closed(&mut self) {
+        self.disconnected(Error::disconnected("the peer closed the connection".into()))
     }
 
     /// Handles one decoded message.
@@ -1997,8 +2051,20 @@ const SMALL_MESSAGE_WORDS: u32 = 32;
 enum Content<'a> {
     /// A reader: the content is copied into the call or return.
     Reader(any_pointer::Reader<'a>),
-    /// The segments of a message (built here) whose root is the content.
-    Message(&'a [&'a [u8]]),
+    /// The segments of a message (built here) whose root is the content,
+    /// and the message itself when it may be kept until written.
+    Message(&'a [&'a [u8]], Option<&'a Kept>),
+}
+
+/// Content to splice into a frame: its segments, and its message when
+/// kept (see [`frame::encode_spliced_kept`]).
+type Spliced<'a> = (Segments<'a>, Option<&'a Kept>);
+
+/// The segments of a kept message.
+fn kept_segments(kept: &Kept) -> Vec<&[u8]> {
+    (0..kept.len() as u32)
+        .map_while(|i| kept.get_segment(i))
+        .collect()
 }
 
 /// Content smaller than this (in words) is copied into its call or
@@ -2033,10 +2099,10 @@ fn payload_message(content: &Content<'_>, caps: usize) -> Builder<HeapAllocator>
         // (A content that cannot be measured fails when copied.)
         Content::Reader(r) => r.target_size().map_or(0, |s| s.word_count),
         // Only the header: the content goes behind it.
-        Content::Message(segments) if caps == 0 && splice_worthwhile(segments) => {
+        Content::Message(segments, _) if caps == 0 && splice_worthwhile(segments) => {
             SPLICED_HEADER_WORDS
         }
-        Content::Message(segments) => segments.iter().map(|s| s.len() as u64 / 8).sum(),
+        Content::Message(segments, _) => segments.iter().map(|s| s.len() as u64 / 8).sum(),
     };
     // A descriptor is at most 2 words plus a promised answer's path.
     let words = PAYLOAD_HEADER_WORDS

@@ -7,6 +7,7 @@
 //! each complete message. [`encode`] writes one.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use capnp::message::{self, ReaderSegments};
 use capnp::Word;
@@ -67,11 +68,20 @@ impl From<FrameError> for capnp::Error {
     }
 }
 
-/// Segments stored back to back in one word buffer: the owned form of a
-/// received (or frozen) message.
+/// Segments stored back to back in one buffer: the owned form of a
+/// received (or copied) message.
 pub struct WordSegments {
-    words: Vec<Word>,
+    storage: Storage,
+    /// Each segment's start and end, in words from the buffer's start.
     bounds: Vec<(usize, usize)>,
+}
+
+/// The buffer of a [`WordSegments`].
+enum Storage {
+    Words(Vec<Word>),
+    /// Bytes read straight into their place; only ever made with a start
+    /// aligned to a word (see [`WordSegments::from_bytes`]).
+    Bytes(Vec<u8>),
 }
 
 impl WordSegments {
@@ -87,7 +97,29 @@ impl WordSegments {
             words.extend(seg.chunks_exact(8).map(word_of));
             bounds.push((at, words.len()));
         }
-        WordSegments { words, bounds }
+        WordSegments {
+            storage: Storage::Words(words),
+            bounds,
+        }
+    }
+
+    /// Segments whose bytes are `bytes` (each bound within it, in words),
+    /// kept where they are if the buffer starts on a word boundary (capnp
+    /// reads words in place), copied into words otherwise.
+    fn from_bytes(bytes: Vec<u8>, bounds: Vec<(usize, usize)>) -> Self {
+        let storage = if bytes.as_ptr().align_offset(8) == 0 && !bytes.is_empty() {
+            Storage::Bytes(bytes)
+        } else {
+            Storage::Words(bytes.chunks_exact(8).map(word_of).collect())
+        };
+        WordSegments { storage, bounds }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.storage {
+            Storage::Words(w) => Word::words_to_bytes(w),
+            Storage::Bytes(b) => b,
+        }
     }
 }
 
@@ -103,7 +135,7 @@ impl WordSegments {
 impl ReaderSegments for WordSegments {
     fn get_segment(&self, idx: u32) -> Option<&[u8]> {
         let (a, b) = *self.bounds.get(idx as usize)?;
-        self.words.get(a..b).map(Word::words_to_bytes)
+        self.bytes().get(a * 8..b * 8)
     }
     fn len(&self) -> usize {
         self.bounds.len()
@@ -118,7 +150,8 @@ pub const TRAVERSAL_SLACK_WORDS: usize = 8192;
 /// Incremental decoder of frames; see the module docs.
 ///
 /// Each frame's body is copied once, from the bytes pushed straight into
-/// the word buffer of the message it becomes (not zeroed first).
+/// the buffer of the message it becomes; or, through
+/// [`FrameDecoder::body_buffer`], read into that buffer by the caller.
 pub struct FrameDecoder {
     limits: Limits,
     /// Bytes of the segment table of the frame being received.
@@ -135,47 +168,24 @@ pub struct FrameDecoder {
 struct Body {
     /// Bytes of its segment table (counted by [`FrameDecoder::buffered`]).
     head_len: usize,
-    words: Vec<Word>,
-    /// Words the body has in all.
+    /// The body's bytes so far; allocated for the whole body at once.
+    bytes: Vec<u8>,
+    /// Bytes the body has in all.
     total: usize,
     bounds: Vec<(usize, usize)>,
-    /// The start of a word split between two pushes.
-    partial: [u8; 8],
-    partial_len: usize,
 }
 
 impl Body {
     /// Bytes of the frame received so far.
     fn received(&self) -> usize {
-        self.head_len + self.words.len() * 8 + self.partial_len
+        self.head_len + self.bytes.len()
     }
 
     /// Takes what `bytes` holds of the body; returns the bytes used.
     fn fill(&mut self, bytes: &[u8]) -> usize {
-        let mut used = 0;
-        if self.partial_len > 0 {
-            let n = (8 - self.partial_len).min(bytes.len());
-            self.partial[self.partial_len..self.partial_len + n].copy_from_slice(&bytes[..n]);
-            self.partial_len += n;
-            used = n;
-            if self.partial_len < 8 {
-                return used;
-            }
-            self.words.push(word_of(&self.partial));
-            self.partial_len = 0;
-        }
-        let want = self.total - self.words.len();
-        let whole = ((bytes.len() - used) / 8).min(want);
-        self.words
-            .extend(bytes[used..used + whole * 8].chunks_exact(8).map(word_of));
-        used += whole * 8;
-        if self.words.len() < self.total {
-            let rest = (bytes.len() - used).min(7);
-            self.partial[..rest].copy_from_slice(&bytes[used..used + rest]);
-            self.partial_len = rest;
-            used += rest;
-        }
-        used
+        let n = (self.total - self.bytes.len()).min(bytes.len());
+        self.bytes.extend_from_slice(&bytes[..n]);
+        n
     }
 }
 
@@ -201,7 +211,7 @@ impl FrameDecoder {
             if let Some(body) = &mut self.body {
                 let used = body.fill(bytes);
                 bytes = &bytes[used..];
-                if body.words.len() == body.total {
+                if body.bytes.len() == body.total {
                     if let Some(body) = self.body.take() {
                         self.finish_body(body);
                     }
@@ -264,13 +274,13 @@ impl FrameDecoder {
             bounds.push((at, at + n));
             at += n;
         }
+        // At most `max_frame_words` words (checked above).
+        let len = (total as usize).saturating_mul(8);
         let body = Body {
             head_len: self.head.len(),
-            words: Vec::with_capacity(total as usize),
-            total: total as usize,
+            bytes: Vec::with_capacity(len),
+            total: len,
             bounds,
-            partial: [0; 8],
-            partial_len: 0,
         };
         self.head.clear();
         if body.total == 0 {
@@ -281,7 +291,7 @@ impl FrameDecoder {
     }
 
     fn finish_body(&mut self, body: Body) {
-        let total = body.total;
+        let total = body.total / 8;
         // Each message may be traversed a few times over (parsed, checked
         // or copied once), never more: a small message whose pointers all
         // share one subtree cannot make us read (or copy) far more than it
@@ -293,12 +303,44 @@ impl FrameDecoder {
             .min(self.limits.traversal_limit_words);
         options.traversal_limit_in_words(Some(budget));
         self.ready.push_back(message::Reader::new(
-            WordSegments {
-                words: body.words,
-                bounds: body.bounds,
-            },
+            WordSegments::from_bytes(body.bytes, body.bounds),
             options,
         ));
+    }
+
+    /// While a frame's body is being received and at least `min` of its
+    /// bytes are still missing: the buffer the body goes into, and how
+    /// many bytes it misses. Append at most that many (as a read from a
+    /// socket straight into the buffer does, saving the copy from a read
+    /// buffer), then call [`FrameDecoder::body_appended`]. The buffer was
+    /// allocated for the whole body, so appending within the bound does
+    /// not reallocate.
+    pub fn body_buffer(&mut self, min: usize) -> Option<(&mut Vec<u8>, usize)> {
+        if self.error.is_some() {
+            return None;
+        }
+        let body = self.body.as_mut()?;
+        let missing = body.total - body.bytes.len();
+        (missing >= min.max(1)).then_some((&mut body.bytes, missing))
+    }
+
+    /// Takes note of bytes appended to the buffer of
+    /// [`FrameDecoder::body_buffer`]: decodes the frame if it is complete.
+    /// (Bytes appended beyond the body are decoded as what follows it.)
+    pub fn body_appended(&mut self) {
+        let Some(body) = &mut self.body else {
+            return;
+        };
+        if body.bytes.len() < body.total {
+            return;
+        }
+        let extra = body.bytes.split_off(body.total);
+        if let Some(body) = self.body.take() {
+            self.finish_body(body);
+        }
+        if !extra.is_empty() {
+            self.push(&extra);
+        }
     }
 
     /// Bytes received but not yet decoded (of an unfinished frame).
@@ -400,6 +442,63 @@ pub fn encode_spliced(
     content: &[&[u8]],
     out: &mut Vec<u8>,
 ) -> bool {
+    let content_len: usize = content.iter().map(|s| s.len()).sum();
+    splice(header, path, content, out, content_len, |out| {
+        out.extend_from_slice(&content[0][8..]);
+        for s in &content[1..] {
+            out.extend_from_slice(s);
+        }
+    })
+}
+
+/// As [`encode_spliced`] with the segments of `kept` as the content, into
+/// `out`; the content's larger segments are not copied: `out` keeps
+/// `kept` and writes them from where they are (see [`Output::pieces`]).
+pub fn encode_spliced_kept(header: &[&[u8]], path: &[u16], kept: &Kept, out: &mut Output) -> bool {
+    let content: Vec<&[u8]> = (0..kept.len() as u32)
+        .map_while(|i| kept.get_segment(i))
+        .collect();
+    if content.len() != kept.len() {
+        return false;
+    }
+    let Output { bytes, inserts } = out;
+    splice(header, path, &content, bytes, 0, |bytes| {
+        for (i, seg) in content.iter().enumerate() {
+            // The first word of the first segment is the frame's root,
+            // written already.
+            let from = if i == 0 { 8 } else { 0 };
+            let len = seg.len() - from;
+            if len < MIN_KEPT_BYTES {
+                bytes.extend_from_slice(&seg[from..]);
+            } else {
+                inserts.push(Insert {
+                    at: bytes.len(),
+                    kept: kept.clone(),
+                    segment: i as u32,
+                    from,
+                    len,
+                });
+            }
+        }
+    })
+}
+
+/// Segments shorter than this are copied into the output rather than
+/// written from where they are: a separate piece costs more than the copy.
+const MIN_KEPT_BYTES: usize = 4096;
+
+/// What [`encode_spliced`] and [`encode_spliced_kept`] share: checks,
+/// then writes the frame into `out`, the content after the frame's root
+/// word through `content_body` (which appends `content_len` bytes to
+/// `out`, or fewer if it puts them elsewhere).
+fn splice(
+    header: &[&[u8]],
+    path: &[u16],
+    content: &[&[u8]],
+    out: &mut Vec<u8>,
+    content_len: usize,
+    content_body: impl FnOnce(&mut Vec<u8>),
+) -> bool {
     let [head] = header else {
         return false;
     };
@@ -436,26 +535,19 @@ pub fn encode_spliced(
     };
     // The frame's root: a far pointer to the header's root pointer.
     let frame_root = 2 | (n << 32);
-    let mut sizes: Vec<&[u8]> = content.to_vec();
     let tail_len = head.len() + pad.len() * 8;
-    let count = sizes.len() + 1;
-    out.reserve(
-        (4 + 4 * count).div_ceil(8) * 8 + sizes.iter().map(|s| s.len()).sum::<usize>() + tail_len,
-    );
+    let count = content.len() + 1;
+    out.reserve((4 + 4 * count).div_ceil(8) * 8 + 8 + content_len + tail_len);
     out.extend_from_slice(&((count - 1) as u32).to_le_bytes());
-    for s in &sizes {
+    for s in content {
         out.extend_from_slice(&((s.len() / 8) as u32).to_le_bytes());
     }
     out.extend_from_slice(&((tail_len / 8) as u32).to_le_bytes());
     if count.is_multiple_of(2) {
         out.extend_from_slice(&[0; 4]);
     }
-    let first = sizes.remove(0);
     out.extend_from_slice(&frame_root.to_le_bytes());
-    out.extend_from_slice(&first[8..]);
-    for s in sizes {
-        out.extend_from_slice(s);
-    }
+    content_body(out);
     out.extend_from_slice(&head[..slot * 8]);
     out.extend_from_slice(&slot_word.to_le_bytes());
     out.extend_from_slice(&head[slot * 8 + 8..]);
@@ -463,6 +555,101 @@ pub fn encode_spliced(
         out.extend_from_slice(&w.to_le_bytes());
     }
     true
+}
+
+/// The segments of a message, kept alive until the frame that carries
+/// them is written (see [`encode_spliced_kept`]).
+pub type Kept = Arc<dyn ReaderSegments + Send + Sync>;
+
+/// Framed bytes to write: bytes of our own, and between them segments of
+/// kept messages, written from where they are instead of copied.
+#[derive(Default)]
+pub struct Output {
+    bytes: Vec<u8>,
+    /// In the order of their places in `bytes`.
+    inserts: Vec<Insert>,
+}
+
+/// Bytes `from..from + len` of segment `segment` of `kept`, written
+/// before byte `at` of an [`Output`]'s own bytes.
+struct Insert {
+    at: usize,
+    kept: Kept,
+    segment: u32,
+    from: usize,
+    len: usize,
+}
+
+impl Output {
+    /// Output that starts in `bytes` (cleared first; for reusing a buffer).
+    pub fn with_buffer(mut bytes: Vec<u8>) -> Self {
+        bytes.clear();
+        Output {
+            bytes,
+            inserts: Vec::new(),
+        }
+    }
+
+    /// True if there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && self.inserts.is_empty()
+    }
+
+    /// Bytes to write in all.
+    pub fn len(&self) -> usize {
+        self.bytes.len() + self.inserts.iter().map(|i| i.len).sum::<usize>()
+    }
+
+    /// Capacity of the buffer of own bytes.
+    pub fn capacity(&self) -> usize {
+        self.bytes.capacity()
+    }
+
+    /// The buffer of own bytes (to append frames to).
+    pub fn bytes_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.bytes
+    }
+
+    /// The bytes to write, in order, as pieces (none empty).
+    pub fn pieces(&self) -> Vec<&[u8]> {
+        let mut pieces = Vec::with_capacity(2 * self.inserts.len() + 1);
+        let mut at = 0;
+        for i in &self.inserts {
+            if i.at > at {
+                pieces.push(&self.bytes[at..i.at]);
+            }
+            at = i.at;
+            // A kept message's segments do not change: this is the range
+            // checked when the insert was made.
+            if let Some(seg) = i.kept.get_segment(i.segment) {
+                pieces.push(seg.get(i.from..i.from + i.len).unwrap_or(&[]));
+            }
+        }
+        if self.bytes.len() > at {
+            pieces.push(&self.bytes[at..]);
+        }
+        pieces.retain(|p| !p.is_empty());
+        pieces
+    }
+
+    /// Everything in one buffer (kept segments copied in); its own buffer
+    /// when nothing is kept.
+    pub fn into_bytes(self) -> Vec<u8> {
+        if self.inserts.is_empty() {
+            return self.bytes;
+        }
+        let mut all = Vec::with_capacity(self.len());
+        for p in self.pieces() {
+            all.extend_from_slice(p);
+        }
+        all
+    }
+
+    /// Takes the buffer of own bytes, leaving this output empty of them
+    /// (for reusing the buffer once everything is written).
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.bytes
+    }
 }
 
 /// Bytes of the frame of a message with these segments.
@@ -674,6 +861,89 @@ mod tests {
         }
         assert_eq!(got, [3, 5000]);
         d.finish().unwrap();
+    }
+
+    #[test]
+    fn bodies_read_straight_into_their_buffers_decode_the_same() {
+        let a = sample(3, 1024);
+        let b = sample(20_000, 4);
+        let c = sample(7, 1024);
+        let mut bytes = frame_of(&a);
+        let b_at = bytes.len();
+        bytes.extend(frame_of(&b));
+        bytes.extend(frame_of(&c));
+        let mut d = FrameDecoder::new(Limits::default());
+        // The first frame and the table and a bit of the second's body.
+        let mut at = b_at + 40;
+        d.push(&bytes[..at]);
+        let mut got = Vec::new();
+        while let Some(m) = d.next_message().unwrap() {
+            got.push(reason(&m));
+        }
+        assert_eq!(got, [3]);
+        // The rest of the body, in steps, as reads of at most `missing`.
+        while let Some((body, missing)) = d.body_buffer(1000) {
+            let n = missing.min(4321);
+            body.extend_from_slice(&bytes[at..at + n]);
+            at += n;
+            d.body_appended();
+        }
+        d.push(&bytes[at..]);
+        while let Some(m) = d.next_message().unwrap() {
+            got.push(reason(&m));
+        }
+        assert_eq!(got, [3, 20_000, 7]);
+        assert!(d.body_buffer(0).is_none());
+        d.finish().unwrap();
+        // Bytes appended beyond the body are decoded as what follows.
+        let mut d = FrameDecoder::new(Limits::default());
+        d.push(&bytes[b_at..b_at + 40]);
+        let (body, _) = d.body_buffer(1).unwrap();
+        body.extend_from_slice(&bytes[b_at + 40..]);
+        d.body_appended();
+        let mut got = Vec::new();
+        while let Some(m) = d.next_message().unwrap() {
+            got.push(reason(&m));
+        }
+        assert_eq!(got, [20_000, 7]);
+    }
+
+    #[test]
+    fn kept_content_is_written_from_where_it_is() {
+        use crate::rpc_capnp::message as rpc_message;
+        let content = sample(20_000, 4);
+        let mut header = Builder::new(HeapAllocator::new().first_segment_words(64));
+        {
+            let mut r = header.init_root::<rpc_message::Builder<'_>>().init_return();
+            r.set_answer_id(7);
+            r.init_results().init_cap_table(0);
+        }
+        let header_segments = header.get_segments_for_output();
+        let mut copied = Vec::new();
+        let content_segments = content.get_segments_for_output();
+        assert!(encode_spliced(
+            &header_segments,
+            &[0, 0, 0],
+            &content_segments,
+            &mut copied
+        ));
+        let kept: Kept = Arc::new(sample(20_000, 4));
+        let mut out = Output::default();
+        out.bytes_mut().extend_from_slice(b"before..");
+        assert!(encode_spliced_kept(
+            &header_segments,
+            &[0, 0, 0],
+            &kept,
+            &mut out
+        ));
+        out.bytes_mut().extend_from_slice(b"after...");
+        assert!(out.pieces().len() > 1);
+        assert_eq!(out.len(), copied.len() + 16);
+        let mut expected = b"before..".to_vec();
+        expected.extend_from_slice(&copied);
+        expected.extend_from_slice(b"after...");
+        assert_eq!(out.pieces().concat(), expected);
+        assert_eq!(out.into_bytes(), expected);
     }
 
     #[test]
