@@ -615,13 +615,19 @@ impl Connection {
             Event::ReturnTakeFrom { question, answer } => {
                 // A tail call the peer made on our behalf: our question's
                 // answer is that of a call it made on us (which we kept).
-                self.pipelined.remove(&question);
+                let pipelined = self.pipelined.remove(&question).unwrap_or_default();
                 if let Some((completer, a)) = self.questions.remove(&question) {
                     if let Some(a) = &a {
                         self.question_of.remove(&key(a));
                     }
                     match (self.answers.get(&answer).map(|(r, _)| r.clone()), a) {
                         (Some(source), Some(a)) => {
+                            // Every field calls were pipelined on over the
+                            // wire is now one of ours: those calls come back
+                            // through the peer, so later ones wait for them.
+                            for path in pipelined {
+                                self.embargo_field(question, &a, path);
+                            }
                             a.forward_to(source);
                             drop(completer);
                         }
@@ -802,17 +808,24 @@ impl Connection {
             if theirs || matches!(field.shortened().kind(), Kind::Broken(_)) {
                 continue;
             }
-            if let Some(id) = self.core.disembargo_request(question, &path) {
-                answer.embargo(&path);
-                self.embargoes.insert(
-                    id,
-                    Embargo::Field {
-                        answer: answer.clone(),
-                        path,
-                        held: Vec::new(),
-                    },
-                );
-            }
+            self.embargo_field(question, answer, path);
+        }
+    }
+
+    /// Puts field `path` of our answered question under an embargo: asks
+    /// the peer to reflect a disembargo along the path the calls pipelined
+    /// on it took, and holds calls made on it until the reflection comes.
+    fn embargo_field(&mut self, question: u32, answer: &Arc<Answer>, path: Vec<u16>) {
+        if let Some(id) = self.core.disembargo_request(question, &path) {
+            answer.embargo(&path);
+            self.embargoes.insert(
+                id,
+                Embargo::Field {
+                    answer: answer.clone(),
+                    path,
+                    held: Vec::new(),
+                },
+            );
         }
     }
 
