@@ -11,26 +11,7 @@ use std::time::Duration;
 use capnp_actix::connection::{bootstrap_fn, start_connection, ConnectionOptions};
 use capnp_actix::schemas::test_api_capnp::{maker, probe};
 use capnp_actix::Cap;
-use support::{call, Log, Probe};
-
-/// `hold(x)`: x is really a maker; tail-call `x.hold(own probe)`.
-struct TailCaller {
-    own: Cap<probe::Client>,
-}
-
-impl maker::Server for TailCaller {
-    async fn hold(
-        self: Rc<Self>,
-        params: maker::HoldParams,
-        results: maker::HoldResults,
-    ) -> Result<(), capnp::Error> {
-        let given: Cap<probe::Client> = Cap::from_client(&params.get()?.get_probe()?);
-        let theirs = given.cast::<maker::Client>().client();
-        let mut req = theirs.hold_request();
-        req.get().set_probe(self.own.client());
-        results.hook.tail_call(req.hook).await
-    }
-}
+use support::{call, Log, Probe, TailCaller};
 
 /// `hold(p)` answers `p`, after a little while.
 struct SlowHold;
@@ -150,11 +131,11 @@ use capnp_actix::proto::Limits;
 use std::cell::RefCell;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// `hold(x)` waits for its gate, then tail-calls `x.hold(own)`; `pair()`
-/// never answers.
+/// `hold(x)` waits for its gate, then tail-calls `x.hold(own)` as
+/// [`TailCaller`] does; `pair()` never answers.
 struct GatedTailCaller {
     gate: RefCell<Option<futures::channel::oneshot::Receiver<()>>>,
-    own: Cap<probe::Client>,
+    tail: Rc<TailCaller>,
 }
 
 impl maker::Server for GatedTailCaller {
@@ -163,15 +144,11 @@ impl maker::Server for GatedTailCaller {
         params: maker::HoldParams,
         results: maker::HoldResults,
     ) -> Result<(), capnp::Error> {
-        let given: Cap<probe::Client> = Cap::from_client(&params.get()?.get_probe()?);
         let gate = self.gate.borrow_mut().take();
         if let Some(g) = gate {
             let _ = g.await;
         }
-        let theirs = given.cast::<maker::Client>().client();
-        let mut req = theirs.hold_request();
-        req.get().set_probe(self.own.client());
-        results.hook.tail_call(req.hook).await
+        maker::Server::hold(self.tail.clone(), params, results).await
     }
 
     async fn pair(
@@ -228,7 +205,9 @@ async fn a_tail_call_for_a_cancelled_call_does_not_answer_the_question_that_reus
     let (gate_tx, gate_rx) = futures::channel::oneshot::channel();
     let service: Cap<maker::Client> = Cap::new(GatedTailCaller {
         gate: RefCell::new(Some(gate_rx)),
-        own: Probe::cap(&log),
+        tail: Rc::new(TailCaller {
+            own: Probe::cap(&log),
+        }),
     });
     let raw = service.raw().clone();
     let (a, mut sock) = tokio::net::UnixStream::pair().unwrap();

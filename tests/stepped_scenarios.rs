@@ -1,5 +1,5 @@
-//! Stepped protocol scenarios between our vats (SCENARIOS 6, 8, 10, 12-21,
-//! 23-28, 28a, 28b with three vats, 33, 34, and regressions of the
+//! Stepped protocol scenarios between our vats (SCENARIOS 6, 8, 10, 12-28,
+//! 28a, 28b with three vats, 33, 34, and regressions of the
 //! simulation's seeds): the vats are joined by in-memory
 //! wires that move one message at a time when the test says so, and the
 //! test checks the kind, ids, target and capability descriptors of every
@@ -54,22 +54,29 @@ struct Net {
 
 impl Net {
     fn new(service: CapRef) -> Net {
-        Net::mutual(bootstrap_fn(move |_: &[u8]| Ok(service.clone())), None)
+        Net::mutual(offering(service), None)
     }
 
     /// Two vats where the server offers what `server` looks up, and the
     /// client what `client` does, if anything (SCENARIO 23: each vat
     /// bootstraps the other).
     fn mutual(server: BootstrapFn, client: Option<BootstrapFn>) -> Net {
-        let activity = Activity::default();
-        let (client_end, server_end, up, down) = wire::pair(&activity);
-        let server = start_connection(
-            server_end,
+        Net::with_options(
             ConnectionOptions {
                 bootstrap: Some(server),
                 ..Default::default()
             },
-        );
+            client,
+        )
+    }
+
+    /// Two vats where the server's connection has the options `server`
+    /// (its bootstrap among them), and the client offers what `client`
+    /// looks up, if anything.
+    fn with_options(server: ConnectionOptions, client: Option<BootstrapFn>) -> Net {
+        let activity = Activity::default();
+        let (client_end, server_end, up, down) = wire::pair(&activity);
+        let server = start_connection(server_end, server);
         let client = start_connection(
             client_end,
             ConnectionOptions {
@@ -89,6 +96,19 @@ impl Net {
     /// Two vats; the server's bootstrap is a maker served by `server`.
     fn serving(server: impl maker::Server + 'static) -> Net {
         Net::new(Cap::<maker::Client>::new(server).raw().clone())
+    }
+
+    /// [`Net::serving`], where the server's tail calls back to the client
+    /// go out with `sendResultsTo.yourself` (SCENARIO 22).
+    fn serving_results_to_yourself(server: impl maker::Server + 'static) -> Net {
+        Net::with_options(
+            ConnectionOptions {
+                bootstrap: Some(offering(Cap::<maker::Client>::new(server).raw().clone())),
+                send_results_to_yourself: true,
+                ..Default::default()
+            },
+            None,
+        )
     }
 
     /// The client's reference to the server's bootstrap maker.
@@ -225,6 +245,11 @@ impl Net {
             .await
             .unwrap_or_else(|r| panic!("still alive:\n{r}"));
     }
+}
+
+/// A bootstrap that offers `service` whatever is asked.
+fn offering(service: CapRef) -> BootstrapFn {
+    bootstrap_fn(move |_: &[u8]| Ok(service.clone()))
 }
 
 /// A call on `p` with `seq`, started now; its outcome comes later.
@@ -2049,4 +2074,127 @@ async fn scenario_23_mutual_bootstraps_where_the_second_embargo_is_not_needed_as
         drop((to_server, to_client, x, t, q1));
     }
     net.end().await;
+}
+
+/// SCENARIO 22, receiving side (regression of commit 0681238): the
+/// client asks `hold(m)` of the server's [`support::TailCaller`], m being
+/// the client's own [`Gated`] maker; the server tail-calls `m.hold(R)`
+/// back to the client with `sendResultsTo.yourself` and answers the
+/// client's question with `takeFromOtherQuestion`, naming the client's
+/// answer to that tail call, which blocks at its gate. Calls 0 and 1,
+/// pipelined on the question's field, reach the server after its return
+/// and are forwarded to the tail call's question, back to the client.
+/// When the client reads the return, that field is its own answer's, so
+/// it embargoes it: calls 2 and 3 wait in the client until the server
+/// reflects the disembargo behind calls 0 and 1, and R, the server's
+/// probe, sees 0, 1, 2, 3.
+#[actix::test]
+async fn scenario_22_a_take_from_other_question_return_embargoes_the_fields_pipelined_on() {
+    let log = Log::default();
+    let net = Net::serving_results_to_yourself(support::TailCaller {
+        own: Probe::cap(&log),
+    });
+    {
+        let (gated, open) = Gated::new();
+        let local: Cap<maker::Client> = Cap::new(gated);
+        let as_probe: Cap<probe::Client> = local.clone().cast();
+        let (maker, pending) = send_hold(&net, as_probe.client()).await;
+        let held = pending.pipeline.get_probe();
+        // The server tail-calls the client's maker with R, asking the
+        // client to keep the results, and answers `hold` with them at
+        // once (then lets go of the client's maker).
+        let returns = [
+            "return a0 results [senderHosted 0]",
+            "call q0 -> import 0 m1 [senderHosted 1] to yourself",
+            "return a1 takeFrom 0",
+            "release 0 x1",
+        ];
+        net.expect(Dir::Down, &returns).await;
+        // Calls 0 and 1, pipelined on the field before the client has
+        // read the return: the server forwards them to its tail call's
+        // question, that is back to the client.
+        let mut calls = vec![start_call(&held, 0), start_call(&held, 1)];
+        net.pass(
+            Dir::Up,
+            &[
+                "call q2 -> answer 1.[0] m0 []",
+                "call q3 -> answer 1.[0] m0 []",
+            ],
+        )
+        .await;
+        let forwarded = [
+            "call q1 -> answer 0.[0] m0 []",
+            "call q2 -> answer 0.[0] m0 []",
+        ];
+        let mut down = returns.to_vec();
+        down.extend(forwarded);
+        net.expect(Dir::Down, &down).await;
+        // The tail call reaches the client's maker, which blocks at its
+        // gate: no return goes up (only the bootstrap's finish).
+        net.deliver(Dir::Down, 2).await;
+        net.expect(Dir::Up, &["finish q0"]).await;
+        // The client reads `takeFrom 0`: its question's answer is its own
+        // blocked answer, and calls 0 and 1 went out on the field, so it
+        // embargoes the field (and finishes the question, whose results
+        // it holds itself).
+        net.deliver(Dir::Down, 1).await;
+        let up = [
+            "finish q0",
+            "disembargo senderLoopback 0 -> answer 1.[0]",
+            "finish q1",
+        ];
+        net.expect(Dir::Up, &up).await;
+        // Calls 2 and 3 wait in the client: nothing goes out, nothing
+        // runs.
+        calls.extend([start_call(&held, 2), start_call(&held, 3)]);
+        net.expect(Dir::Up, &up).await;
+        assert!(log.calls().is_empty());
+        // Calls 0 and 1 come back to the client's blocked answer; the
+        // server reflects the disembargo behind them, on the tail call's
+        // question.
+        net.pass(Dir::Down, &down[returns.len() - 1..]).await;
+        net.pass(Dir::Up, &up).await;
+        net.pass(
+            Dir::Down,
+            &["disembargo receiverLoopback 0 -> answer 0.[0]"],
+        )
+        .await;
+        // The embargo lifts: calls 2 and 3 join the blocked answer's
+        // queue behind 0 and 1, still in the client.
+        net.expect(Dir::Up, &[]).await;
+        assert!(log.calls().is_empty());
+        // The gate opens: the client's maker answers with R, the client
+        // keeps the results (they were sent to it), and the four calls
+        // go to R in order (calls 0 and 1 keep the client's questions
+        // q2 and q3 until they return).
+        open.send(()).unwrap();
+        net.expect(
+            Dir::Up,
+            &[
+                "return a0 sentElsewhere",
+                "call q0 -> import 1 m0 []",
+                "call q1 -> import 1 m0 []",
+                "call q4 -> import 1 m0 []",
+                "call q5 -> import 1 m0 []",
+            ],
+        )
+        .await;
+        net.flush().await;
+        assert_eq!(log.calls(), vec![0, 1, 2, 3], "E-order across the embargo");
+        assert_eq!(outcomes(calls).await, vec![0, 1, 2, 3]);
+        // The client's question answers with R, which later calls on the
+        // field reach directly.
+        let response = pending.promise.await.unwrap();
+        let fetched = response.get().unwrap().get_probe().unwrap();
+        for (p, seq) in [(&held, 4), (&fetched, 5)] {
+            let call = start_call(p, seq);
+            net.pass(Dir::Up, &["call q0 -> import 1 m0 []"]).await;
+            net.flush().await;
+            assert_eq!(outcomes(vec![call]).await, vec![seq]);
+        }
+        assert_eq!(log.calls(), vec![0, 1, 2, 3, 4, 5]);
+        drop((fetched, response, held, maker, as_probe, local));
+    }
+    net.end().await;
+    assert_eq!(log.released(), 1);
 }

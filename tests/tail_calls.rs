@@ -15,26 +15,7 @@ use std::time::Duration;
 use capnp_actix::connection::{bootstrap_fn, start_connection, ConnectionOptions};
 use capnp_actix::schemas::test_api_capnp::{maker, probe};
 use capnp_actix::Cap;
-use support::{call, Log, Probe};
-
-/// `hold(x)`: x is really a maker; tail-call `x.hold(own probe)`.
-struct TailCaller {
-    own: Cap<probe::Client>,
-}
-
-impl maker::Server for TailCaller {
-    async fn hold(
-        self: Rc<Self>,
-        params: maker::HoldParams,
-        results: maker::HoldResults,
-    ) -> Result<(), capnp::Error> {
-        let given: Cap<probe::Client> = Cap::from_client(&params.get()?.get_probe()?);
-        let theirs = given.cast::<maker::Client>().client();
-        let mut req = theirs.hold_request();
-        req.get().set_probe(self.own.client());
-        results.hook.tail_call(req.hook).await
-    }
-}
+use support::{call, Log, Probe, TailCaller};
 
 /// `hold(p)` answers `p`, after a little while.
 struct SlowHold;

@@ -4,13 +4,15 @@
 //!
 //! The forms: `bootstrap q0`; `call q1 -> answer 0.[0] m1 [senderHosted 0]`
 //! (target `import N` or `answer Q` with its pointer-field path, method id,
-//! the params' cap table); `return a1 results [senderPromise 1]` (or
+//! the params' cap table, then `to yourself` or `to thirdParty` where the
+//! results are not sent to the caller); `return a1 results [senderPromise 1]` (or
 //! `exception`, `canceled`, `sentElsewhere`, `takeFrom Q`); `finish q1`;
 //! `resolve 1 -> receiverHosted 0` (or `-> exception`); `release 1 x2`;
 //! `disembargo senderLoopback 0 -> import 1` (or `receiverLoopback`).
 
 use capnp_actix::schemas::rpc_capnp::{
-    cap_descriptor, disembargo, message, message_target, payload, promised_answer, resolve, return_,
+    call, cap_descriptor, disembargo, message, message_target, payload, promised_answer, resolve,
+    return_,
 };
 
 fn answer(p: promised_answer::Reader<'_>) -> String {
@@ -72,13 +74,21 @@ pub fn frame(bytes: &[u8]) -> String {
     };
     match root.which() {
         Ok(message::Bootstrap(Ok(b))) => format!("bootstrap q{}", b.get_question_id()),
-        Ok(message::Call(Ok(c))) => format!(
-            "call q{} -> {} m{} {}",
-            c.get_question_id(),
-            target(c.get_target()),
-            c.get_method_id(),
-            caps(c.get_params())
-        ),
+        Ok(message::Call(Ok(c))) => {
+            let to = match c.get_send_results_to().which() {
+                Ok(call::send_results_to::Caller(())) => "",
+                Ok(call::send_results_to::Yourself(())) => " to yourself",
+                Ok(call::send_results_to::ThirdParty(_)) => " to thirdParty",
+                Err(_) => " to ?",
+            };
+            format!(
+                "call q{} -> {} m{} {}{to}",
+                c.get_question_id(),
+                target(c.get_target()),
+                c.get_method_id(),
+                caps(c.get_params())
+            )
+        }
         Ok(message::Return(Ok(r))) => {
             let what = match r.which() {
                 Ok(return_::Results(p)) => format!("results {}", caps(p)),

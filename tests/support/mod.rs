@@ -156,6 +156,26 @@ impl maker::Server for Maker {
     }
 }
 
+/// `hold(x)`: x is really a maker; tail-call `x.hold(own probe)`
+/// (`results.hook.tail_call`), so `hold`'s answer is the tail call's.
+pub struct TailCaller {
+    pub own: Cap<probe::Client>,
+}
+
+impl maker::Server for TailCaller {
+    async fn hold(
+        self: Rc<Self>,
+        params: maker::HoldParams,
+        results: maker::HoldResults,
+    ) -> Result<(), capnp::Error> {
+        let given: Cap<probe::Client> = Cap::from_client(&params.get()?.get_probe()?);
+        let theirs = given.cast::<maker::Client>().client();
+        let mut req = theirs.hold_request();
+        req.get().set_probe(self.own.client());
+        results.hook.tail_call(req.hook).await
+    }
+}
+
 /// A maker with one pending `pair`, and the sender that answers it.
 pub fn maker_with_pair() -> (Maker, oneshot::Sender<ProbePair>) {
     let (tx, rx) = oneshot::channel();
