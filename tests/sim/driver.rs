@@ -40,7 +40,9 @@ use capnp_actix::{Cap, CapRef};
 use futures::future::abortable;
 use futures::FutureExt;
 
-use super::model::{Counts, FuzzObject, Meaning, Model, ObjId, ObjRec, PromiseRec, RefId};
+use super::model::{
+    Counts, FuzzObject, Meaning, Model, ObjId, ObjRec, PromiseRec, RefId, Reply, PIPELINE_FIELDS,
+};
 use super::ops::{Op, Scenario};
 use super::wire::{self, Activity, Wire};
 
@@ -56,6 +58,10 @@ pub struct Config {
     pub inspect_every_step: bool,
     /// Keep a copy of every frame written (see [`Outcome::frames`]).
     pub capture: bool,
+    /// What the new steps need (see [`super::ops::new_ops`]): calls keep
+    /// their pipeline while outstanding, objects write wide results, and
+    /// connections send tail calls back with `sendResultsTo.yourself`.
+    pub new_ops: bool,
 }
 
 impl Default for Config {
@@ -65,6 +71,7 @@ impl Default for Config {
             max_rounds: 200_000,
             inspect_every_step: true,
             capture: false,
+            new_ops: super::ops::new_ops(),
         }
     }
 }
@@ -168,6 +175,7 @@ impl Sim {
                                     capnp::Error::failed(format!("no offer {key} (asked twice?)"))
                                 })
                             })),
+                            send_results_to_yourself: cfg.new_ops,
                             ..Default::default()
                         }
                     };
@@ -259,6 +267,7 @@ impl Sim {
                 };
                 let cap = Cap::<fuzz::Client>::new(FuzzObject {
                     id,
+                    wide: self.cfg.new_ops,
                     vat,
                     model: Rc::downgrade(&self.model),
                     released: self.released.clone(),
@@ -276,6 +285,7 @@ impl Sim {
                     vat,
                     resolution: None,
                     resolver: Some(resolver),
+                    pipelined: None,
                 });
                 let p = m.promises.len() - 1;
                 m.add_ref(vat, Meaning::Promise(p), cap);
@@ -322,20 +332,28 @@ impl Sim {
                         list.set(i as u32, self.cap_of(*r).client().client.hook);
                     }
                 }
-                let sent = req.send();
-                drop(sent.pipeline);
+                // Untyped, for the pipeline's fields beyond the schema's.
+                let sent = req.hook.send();
+                if self.cfg.new_ops {
+                    self.model.borrow_mut().calls[call].pipeline = Some(sent.pipeline);
+                } else {
+                    drop(sent.pipeline);
+                }
                 let promise = sent.promise;
                 let model = self.model.clone();
                 let (task, abort) = abortable(async move {
                     let outcome = promise.await.and_then(|response| {
                         response
                             .get()?
+                            .get_as::<fuzz::call_results::Reader<'_>>()?
                             .get_caps()?
                             .iter()
                             .map(|c| c.map(|c| Cap::<fuzz::Client>::from_client(&c)))
                             .collect::<Result<Vec<_>, _>>()
                     });
                     model.borrow_mut().returned(call, outcome);
+                    let pipeline = model.borrow_mut().calls[call].pipeline.take();
+                    drop(pipeline);
                 });
                 self.model.borrow_mut().calls[call].abort = Some(abort);
                 actix_rt::spawn(task.map(drop));
@@ -364,6 +382,12 @@ impl Sim {
                 if let Some(a) = m.calls[c].abort.take() {
                     a.abort();
                 }
+                // The pipeline goes too (the pipelined references taken on
+                // it still want the answer: the call goes on while any is
+                // held).
+                let pipeline = m.calls[c].pipeline.take();
+                drop(m);
+                drop(pipeline);
             }
             Op::Release { vat, cap } => {
                 let vat = self.vat(*vat);
@@ -392,10 +416,17 @@ impl Sim {
                     chosen.iter().map(|r| self.cap_of(*r)).collect();
                 let meanings: Vec<Meaning> = chosen.iter().map(|r| self.meaning(*r)).collect();
                 let mut m = self.model.borrow_mut();
+                let call = m.pending[n].call;
+                m.calls[call].answer = Some(Ok(meanings));
+                if m.has_cycle() {
+                    // A pipelined reference on this very call, or one
+                    // waiting on it: not made on purpose.
+                    m.calls[call].answer = None;
+                    return;
+                }
                 let p = m.pending.remove(n);
-                m.calls[p.call].answer = Some(Ok(meanings));
                 drop(m);
-                let _ = p.reply.send(Ok(handles));
+                let _ = p.reply.send(Reply::Caps(Ok(handles)));
             }
             Op::Fail { call } => {
                 let mut m = self.model.borrow_mut();
@@ -407,9 +438,59 @@ impl Sim {
                 let p = m.pending.remove(n);
                 m.calls[p.call].answer = Some(Err(()));
                 drop(m);
-                let _ = p
-                    .reply
-                    .send(Err(capnp::Error::failed("failed by the simulation".into())));
+                let _ = p.reply.send(Reply::Caps(Err(capnp::Error::failed(
+                    "failed by the simulation".into(),
+                ))));
+            }
+            Op::Pipeline { call, index } => {
+                let mut m = self.model.borrow_mut();
+                let open: Vec<usize> = m
+                    .outstanding
+                    .iter()
+                    .copied()
+                    .filter(|&c| m.calls[c].pipeline.is_some())
+                    .collect();
+                if open.is_empty() {
+                    return;
+                }
+                let c = open[*call as usize % open.len()];
+                let index = *index as usize % PIPELINE_FIELDS as usize;
+                let Some(pipeline) = &m.calls[c].pipeline else {
+                    return;
+                };
+                let hook = pipeline.get_pointer_field(1 + index as u16).as_cap();
+                let client: fuzz::Client = capnp::capability::FromClientHook::new(hook);
+                let cap = Cap::<fuzz::Client>::from_client(&client);
+                drop(client);
+                let vat = m.calls[c].caller;
+                m.add_pipelined(vat, c, index, cap);
+            }
+            Op::TailCall { call, target } => {
+                self.model.borrow_mut().prune_pending();
+                let (vat, n) = {
+                    let m = self.model.borrow();
+                    if m.pending.is_empty() {
+                        return;
+                    }
+                    let n = *call as usize % m.pending.len();
+                    (m.pending[n].vat, n)
+                };
+                let Some(target) = self.held(vat, *target) else {
+                    return;
+                };
+                let handle = self.cap_of(target);
+                let mut m = self.model.borrow_mut();
+                let x = m.pending[n].call;
+                let Some((_, seq)) = m.add_tail_call(vat, x, target) else {
+                    return;
+                };
+                let p = m.pending.remove(n);
+                drop(m);
+                let _ = p.reply.send(Reply::Tail {
+                    target: handle,
+                    r: target as u64,
+                    seq,
+                });
             }
             Op::Resolve { promise, target } => {
                 let Some(p) = self.unresolved(*promise) else {
@@ -422,11 +503,12 @@ impl Sim {
                 let to = self.meaning(target);
                 let cap = self.cap_of(target);
                 let mut m = self.model.borrow_mut();
-                if m.follow(to) == Meaning::Promise(p) {
+                m.promises[p].resolution = Some(to);
+                if m.has_cycle() {
                     // A cycle: not made on purpose (see the module docs).
+                    m.promises[p].resolution = None;
                     return;
                 }
-                m.promises[p].resolution = Some(to);
                 let resolver = m.promises[p].resolver.take();
                 drop(m);
                 if let Some(r) = resolver {
@@ -628,7 +710,7 @@ impl Sim {
             };
             let answered = pending.len();
             for p in pending {
-                let _ = p.reply.send(Ok(Vec::new()));
+                let _ = p.reply.send(Reply::Caps(Ok(Vec::new())));
             }
             self.flush().await?;
             self.no_connection_ended()?;

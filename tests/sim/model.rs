@@ -33,8 +33,45 @@ pub enum Meaning {
     Broken,
 }
 
-/// What the object serving a call is told to reply.
-pub type Reply = Result<Vec<Cap<fuzz::Client>>, capnp::Error>;
+/// What the object serving a call is told to do.
+pub enum Reply {
+    /// Return these capabilities, or fail.
+    Caps(Result<Vec<Cap<fuzz::Client>>, capnp::Error>),
+    /// Answer with a tail call on `target`, named (`r`, `seq`).
+    Tail {
+        target: Cap<fuzz::Client>,
+        r: u64,
+        seq: u64,
+    },
+}
+
+/// How many capabilities a call's results also carry in pointer fields of
+/// their own (1 to 3, after `caps`), so that callers can pipeline on them:
+/// the protocol pipelines on struct fields only, never on list elements,
+/// and the fuzz schema has no capability field. The results are written as
+/// a struct of 1 + `PIPELINE_FIELDS` pointers (like a later version of the
+/// schema with three more fields); readers of the schema see `caps` only.
+pub const PIPELINE_FIELDS: u16 = 3;
+
+/// The results struct, wide: `caps`, then `PIPELINE_FIELDS` capabilities.
+struct WideResults<'a>(capnp::private::layout::StructBuilder<'a>);
+
+const WIDE: capnp::private::layout::StructSize = capnp::private::layout::StructSize {
+    data: 0,
+    pointers: 1 + PIPELINE_FIELDS,
+};
+
+impl<'a> capnp::traits::FromPointerBuilder<'a> for WideResults<'a> {
+    fn init_pointer(builder: capnp::private::layout::PointerBuilder<'a>, _len: u32) -> Self {
+        WideResults(builder.init_struct(WIDE))
+    }
+    fn get_from_pointer(
+        builder: capnp::private::layout::PointerBuilder<'a>,
+        default: Option<&'a [capnp::Word]>,
+    ) -> capnp::Result<Self> {
+        Ok(WideResults(builder.get_struct(WIDE, default)?))
+    }
+}
 
 pub struct RefRec {
     pub vat: usize,
@@ -56,6 +93,10 @@ pub struct PromiseRec {
     pub vat: usize,
     pub resolution: Option<Meaning>,
     pub resolver: Option<Resolver>,
+    /// A pipelined reference on field `.1` of call `.0`'s results: it
+    /// means what the call's outcome (followed through tail calls) puts
+    /// there (see [`Model::follow`]); `resolution` stays `None`.
+    pub pipelined: Option<(CallId, usize)>,
 }
 
 pub struct CallRec {
@@ -73,6 +114,13 @@ pub struct CallRec {
     /// The caller gave up on it.
     pub cancelled: bool,
     pub abort: Option<AbortHandle>,
+    /// The caller's pipeline on the results, while the call is outstanding
+    /// (with the new steps on).
+    pub pipeline: Option<capnp::any_pointer::Pipeline>,
+    /// Its serving object answered it with this tail call.
+    pub tail: Option<CallId>,
+    /// A tail call: its outcome goes to the call it answers.
+    pub is_tail: bool,
 }
 
 /// A call that reached its object and waits for the driver's answer.
@@ -92,6 +140,8 @@ pub struct Counts {
     pub refs_made: u64,
     pub objects_dropped: u64,
     pub messages_delivered: u64,
+    pub pipelined_refs: u64,
+    pub tail_calls: u64,
 }
 
 impl Counts {
@@ -104,6 +154,8 @@ impl Counts {
         self.refs_made += o.refs_made;
         self.objects_dropped += o.objects_dropped;
         self.messages_delivered += o.messages_delivered;
+        self.pipelined_refs += o.pipelined_refs;
+        self.tail_calls += o.tail_calls;
     }
 }
 
@@ -111,7 +163,7 @@ impl fmt::Display for Counts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} calls sent, {} arrived, {} ok, {} failed, {} cancelled; {} references, {} objects released; {} messages delivered",
+            "{} calls sent, {} arrived, {} ok, {} failed, {} cancelled; {} references, {} objects released; {} messages delivered; {} pipelined references, {} tail calls",
             self.calls_sent,
             self.calls_arrived,
             self.calls_returned_ok,
@@ -119,7 +171,9 @@ impl fmt::Display for Counts {
             self.calls_cancelled,
             self.refs_made,
             self.objects_dropped,
-            self.messages_delivered
+            self.messages_delivered,
+            self.pipelined_refs,
+            self.tail_calls
         )
     }
 }
@@ -168,19 +222,139 @@ impl Model {
         self.violations.push(what);
     }
 
-    /// Where a meaning leads now, through resolved promises.
-    pub fn follow(&self, mut m: Meaning) -> Meaning {
-        // The driver never makes a cycle, so this ends; the bound is a guard.
-        for _ in 0..=self.promises.len() {
-            match m {
-                Meaning::Promise(p) => match self.promises[p].resolution {
-                    Some(next) => m = next,
-                    None => return m,
-                },
-                _ => return m,
+    /// Where a meaning leads now, through resolved promises (and
+    /// pipelined references whose call has its outcome).
+    pub fn follow(&self, m: Meaning) -> Meaning {
+        // The driver never makes a cycle (see `has_cycle`).
+        let mut seen = Vec::new();
+        self.follow_in(m, &mut seen).unwrap_or(m)
+    }
+
+    /// `follow`, failing if it comes back to a promise of `seen` (a
+    /// promise that waits on itself). The walk is a single path: every
+    /// unresolved promise leads to one thing at most.
+    fn follow_in(&self, mut m: Meaning, seen: &mut Vec<PromiseId>) -> Result<Meaning, ()> {
+        loop {
+            let Meaning::Promise(p) = m else {
+                return Ok(m);
+            };
+            if seen.contains(&p) {
+                return Err(());
+            }
+            seen.push(p);
+            if let Some(next) = self.promises[p].resolution {
+                m = next;
+                continue;
+            }
+            let Some((call, i)) = self.promises[p].pipelined else {
+                return Ok(m);
+            };
+            match self.outcome_in(call, seen)? {
+                Some(Ok(ms)) => m = ms.get(i).copied().unwrap_or(Meaning::Broken),
+                Some(Err(())) => return Ok(Meaning::Broken),
+                None => return Ok(m),
             }
         }
-        m
+    }
+
+    /// What call `call` comes to, as known now: the answer of the last call
+    /// of its tail calls, or an error if that call's target is broken.
+    pub fn outcome(&self, call: CallId) -> Option<Result<Vec<Meaning>, ()>> {
+        let mut seen = Vec::new();
+        self.outcome_in(call, &mut seen).ok().flatten()
+    }
+
+    fn outcome_in(
+        &self,
+        mut call: CallId,
+        seen: &mut Vec<PromiseId>,
+    ) -> Result<Option<Result<Vec<Meaning>, ()>>, ()> {
+        for _ in 0..=self.calls.len() {
+            let rec = &self.calls[call];
+            if let Some(y) = rec.tail {
+                call = y;
+                continue;
+            }
+            if let Some(a) = &rec.answer {
+                return Ok(Some(a.clone()));
+            }
+            let target = self.follow_in(self.refs[rec.target].meaning, seen)?;
+            return Ok((target == Meaning::Broken).then_some(Err(())));
+        }
+        Err(())
+    }
+
+    /// Some promise waits on itself (through resolutions, answers, tail
+    /// calls and the targets of unanswered calls): the runtime could never
+    /// settle it, so the driver undoes the step that made it.
+    pub fn has_cycle(&self) -> bool {
+        (0..self.promises.len()).any(|p| {
+            let mut seen = Vec::new();
+            self.follow_in(Meaning::Promise(p), &mut seen).is_err()
+        })
+    }
+
+    /// A pipelined reference of `vat` on field `index` of `call`'s results.
+    pub fn add_pipelined(
+        &mut self,
+        vat: usize,
+        call: CallId,
+        index: usize,
+        cap: Cap<fuzz::Client>,
+    ) -> RefId {
+        self.promises.push(PromiseRec {
+            vat,
+            resolution: None,
+            resolver: None,
+            pipelined: Some((call, index)),
+        });
+        let p = self.promises.len() - 1;
+        self.counts.pipelined_refs += 1;
+        if self.trace {
+            eprintln!("    promise {p}: pipelined on field {index} of call {call}");
+        }
+        self.add_ref(vat, Meaning::Promise(p), cap)
+    }
+
+    /// The tail call by which the object serving `call` (in `vat`) answers
+    /// it, on reference `target`; `None` (and nothing changed) if that
+    /// would make a promise wait on itself.
+    pub fn add_tail_call(
+        &mut self,
+        vat: usize,
+        call: CallId,
+        target: RefId,
+    ) -> Option<(CallId, u64)> {
+        let seq = self.refs[target].next_seq;
+        let id = self.calls.len();
+        self.calls.push(CallRec {
+            caller: vat,
+            target,
+            seq,
+            params: Vec::new(),
+            arrived_at: None,
+            answer: None,
+            done: true,
+            cancelled: false,
+            abort: None,
+            pipeline: None,
+            tail: None,
+            is_tail: true,
+        });
+        self.calls[call].tail = Some(id);
+        if self.has_cycle() {
+            self.calls[call].tail = None;
+            self.calls.pop();
+            return None;
+        }
+        self.refs[target].next_seq += 1;
+        self.by_ref_seq.insert((target, seq), id);
+        self.counts.calls_sent += 1;
+        self.counts.tail_calls += 1;
+        if self.trace {
+            eprintln!("    call {call} answered by tail call {id} (ref {target}, seq {seq})");
+        }
+        Some((id, seq))
     }
 
     /// A new reference held by `vat`.
@@ -220,6 +394,9 @@ impl Model {
             done: false,
             cancelled: false,
             abort: None,
+            pipeline: None,
+            tail: None,
+            is_tail: false,
         });
         self.by_ref_seq.insert((target, seq), id);
         self.outstanding.push(id);
@@ -305,7 +482,7 @@ impl Model {
         match outcome {
             Ok(caps) => {
                 self.counts.calls_returned_ok += 1;
-                match rec.answer.clone() {
+                match self.outcome(call) {
                     Some(Ok(meanings)) if meanings.len() == caps.len() => {
                         for (m, c) in meanings.into_iter().zip(caps) {
                             self.add_ref(caller, m, c);
@@ -323,11 +500,13 @@ impl Model {
                 self.counts.calls_returned_err += 1;
                 let rec = &self.calls[call];
                 let meant = self.follow(self.refs[rec.target].meaning);
-                let expected = matches!(rec.answer, Some(Err(()))) || meant == Meaning::Broken;
+                let outcome = self.outcome(call);
+                let expected = matches!(outcome, Some(Err(()))) || meant == Meaning::Broken;
                 if !expected && !self.disconnected {
                     let (target, seq, answer) = (rec.target, rec.seq, rec.answer.clone());
+                    let tail = rec.tail;
                     self.violation(format!(
-                        "call {call} (ref {target}, seq {seq}) failed with \"{e}\"; its reference means {meant:?}, its object answered {answer:?}"
+                        "call {call} (ref {target}, seq {seq}) failed with \"{e}\"; its reference means {meant:?}, its object answered {answer:?} (tail call {tail:?}, outcome {outcome:?})"
                     ));
                 }
             }
@@ -370,6 +549,8 @@ impl Model {
 /// and replies as the driver tells it.
 pub struct FuzzObject {
     pub id: ObjId,
+    /// Write wide results (see [`PIPELINE_FIELDS`]).
+    pub wide: bool,
     pub vat: usize,
     pub model: Weak<RefCell<Model>>,
     /// Where the object notes its release: the driver hands it to the
@@ -400,12 +581,39 @@ impl fuzz::Server for FuzzObject {
         };
         let reply = model.borrow_mut().arrived(self.id, self.vat, r, seq, caps);
         drop(model);
-        let caps = reply
+        let reply = reply
             .await
-            .map_err(|_| capnp::Error::failed("the simulation dropped this call".into()))??;
-        let mut list = results.get().init_caps(caps.len() as u32);
-        for (i, c) in caps.iter().enumerate() {
-            list.set(i as u32, c.client().client.hook);
+            .map_err(|_| capnp::Error::failed("the simulation dropped this call".into()))?;
+        let caps = match reply {
+            Reply::Caps(caps) => caps?,
+            Reply::Tail { target, r, seq } => {
+                let client = target.client();
+                let mut req = client.call_request();
+                req.get().set_ref(r);
+                req.get().set_seq(seq);
+                return results.hook.tail_call(req.hook).await;
+            }
+        };
+        if !self.wide {
+            let mut list = results.get().init_caps(caps.len() as u32);
+            for (i, c) in caps.iter().enumerate() {
+                list.set(i as u32, c.client().client.hook);
+            }
+            return Ok(());
+        }
+        let mut wide = results.hook.get()?.init_as::<WideResults<'_>>();
+        {
+            let field = wide.0.reborrow().get_pointer_field(0);
+            let mut list = <capnp::capability_list::Builder<'_, fuzz::Client> as capnp::traits::FromPointerBuilder<'_>>::init_pointer(field, caps.len() as u32);
+            for (i, c) in caps.iter().enumerate() {
+                list.set(i as u32, c.client().client.hook);
+            }
+        }
+        for (i, c) in caps.iter().enumerate().take(PIPELINE_FIELDS as usize) {
+            wide.0
+                .reborrow()
+                .get_pointer_field(1 + i)
+                .set_capability(c.client().client.hook);
         }
         Ok(())
     }

@@ -45,7 +45,29 @@ pub enum Op {
     /// Every waiting message is delivered until nothing moves; then the
     /// exact table invariants are checked.
     Flush,
+    /// The caller of outstanding call number `call` takes a pipelined
+    /// reference on returned capability number `index` (0 to 2) of its
+    /// results, before they come back.
+    Pipeline { call: u8, index: u8 },
+    /// The object serving pending call number `call` answers it with a
+    /// tail call on its vat's reference number `target`: the caller gets
+    /// that call's results.
+    TailCall { call: u8, target: u8 },
 }
+
+/// Whether the steps added after the first fourteen kinds (`Pipeline`,
+/// `TailCall`) are generated, and the driver runs with what they need
+/// (pipelines kept, wide results, `send_results_to_yourself`).
+/// `SIM_NEW_OPS=0` or `=1` overrides [`NEW_OPS_BY_DEFAULT`].
+pub fn new_ops() -> bool {
+    match std::env::var("SIM_NEW_OPS") {
+        Ok(v) => v != "0",
+        Err(_) => NEW_OPS_BY_DEFAULT,
+    }
+}
+
+/// See [`new_ops`].
+pub const NEW_OPS_BY_DEFAULT: bool = false;
 
 /// A whole simulation: how many vats, and the steps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,7 +127,7 @@ impl Rng {
 }
 
 /// How often each kind of step is picked (out of the sum).
-const WEIGHTS: [(Kind, u64); 14] = [
+const WEIGHTS: [(Kind, u64); 16] = [
     (Kind::NewObject, 50),
     (Kind::NewPromise, 35),
     (Kind::NewBroken, 8),
@@ -120,7 +142,22 @@ const WEIGHTS: [(Kind, u64); 14] = [
     (Kind::Break, 8),
     (Kind::Disconnect, 1),
     (Kind::Flush, 12),
+    (Kind::Pipeline, 45),
+    (Kind::TailCall, 25),
 ];
+
+/// The kinds of the original steps: without the new ones, generation is
+/// exactly what it was before they were added.
+const OLD_KINDS: usize = 14;
+
+/// The kinds generated: all of them, or the original ones.
+fn weights() -> &'static [(Kind, u64)] {
+    if new_ops() {
+        &WEIGHTS
+    } else {
+        &WEIGHTS[..OLD_KINDS]
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -138,13 +175,16 @@ enum Kind {
     Break,
     Disconnect,
     Flush,
+    Pipeline,
+    TailCall,
 }
 
 /// Which kind of step each kind byte of a fuzzer's input reads as: every
 /// kind gets a share of the 256 values close to its weight, and at least one.
 fn kind_table() -> [Kind; 256] {
-    let total: u64 = WEIGHTS.iter().map(|(_, w)| w).sum();
-    let mut shares: Vec<usize> = WEIGHTS
+    let weights = weights();
+    let total: u64 = weights.iter().map(|(_, w)| w).sum();
+    let mut shares: Vec<usize> = weights
         .iter()
         .map(|(_, w)| ((w * 256 / total) as usize).max(1))
         .collect();
@@ -156,7 +196,7 @@ fn kind_table() -> [Kind; 256] {
     let mut at = 0;
     for (i, n) in shares.into_iter().enumerate() {
         for slot in table.iter_mut().skip(at).take(n) {
-            *slot = WEIGHTS[i].0;
+            *slot = weights[i].0;
         }
         at += n;
     }
@@ -219,6 +259,14 @@ fn build(kind: Kind, mut next: impl FnMut() -> u8) -> Op {
             abort: next() & 1 == 1,
         },
         Kind::Flush => Op::Flush,
+        Kind::Pipeline => Op::Pipeline {
+            call: next(),
+            index: next(),
+        },
+        Kind::TailCall => Op::TailCall {
+            call: next(),
+            target: next(),
+        },
     }
 }
 
@@ -226,12 +274,13 @@ fn build(kind: Kind, mut next: impl FnMut() -> u8) -> Op {
 pub fn generate(seed: u64, steps: usize) -> Scenario {
     let mut rng = Rng::new(seed);
     let vats = 2 + rng.below(2) as u8;
-    let total: u64 = WEIGHTS.iter().map(|(_, w)| w).sum();
+    let weights = weights();
+    let total: u64 = weights.iter().map(|(_, w)| w).sum();
     let mut ops = Vec::with_capacity(steps);
     for _ in 0..steps {
         let mut pick = rng.below(total);
         let mut kind = Kind::Flush;
-        for (k, w) in WEIGHTS {
+        for &(k, w) in weights {
             if pick < w {
                 kind = k;
                 break;
@@ -272,15 +321,16 @@ impl Input<'_> {
 }
 
 /// The bytes [`from_bytes`] reads back as `scenario` (for seed corpora).
+/// With the new steps off ([`new_ops`]), the new steps are left out.
 pub fn to_bytes(scenario: &Scenario) -> Vec<u8> {
     let table = kind_table();
     // The first kind byte that reads as each kind.
-    let kind_byte = |index: usize| -> u8 {
+    let byte_of = |index: usize| -> Option<u8> {
         let kind = WEIGHTS[index].0;
-        (0..=255u8)
-            .find(|b| table[*b as usize] == kind)
-            .unwrap_or(0)
+        (0..=255u8).find(|b| table[*b as usize] == kind)
     };
+    // Every original kind has a byte.
+    let kind_byte = |index: usize| -> u8 { byte_of(index).unwrap_or(0) };
     let caps_len = |n: usize| -> u8 {
         match n {
             0 => 0,
@@ -312,6 +362,16 @@ pub fn to_bytes(scenario: &Scenario) -> Vec<u8> {
             Op::Break { promise } => out.extend([kind_byte(11), *promise]),
             Op::Disconnect { pair, abort } => out.extend([kind_byte(12), *pair, u8::from(*abort)]),
             Op::Flush => out.push(kind_byte(13)),
+            Op::Pipeline { call, index } => {
+                if let Some(k) = byte_of(14) {
+                    out.extend([k, *call, *index]);
+                }
+            }
+            Op::TailCall { call, target } => {
+                if let Some(k) = byte_of(15) {
+                    out.extend([k, *call, *target]);
+                }
+            }
         }
     }
     out
