@@ -43,7 +43,7 @@ use futures::FutureExt;
 use super::model::{
     Counts, FuzzObject, Meaning, Model, ObjId, ObjRec, PromiseRec, RefId, Reply, PIPELINE_FIELDS,
 };
-use super::ops::{Op, Scenario};
+use super::ops::{NewOps, Op, Scenario};
 use super::wire::{self, Activity, Wire};
 
 /// How the driver runs.
@@ -58,10 +58,11 @@ pub struct Config {
     pub inspect_every_step: bool,
     /// Keep a copy of every frame written (see [`Outcome::frames`]).
     pub capture: bool,
-    /// What the new steps need (see [`super::ops::new_ops`]): calls keep
-    /// their pipeline while outstanding, objects write wide results, and
-    /// connections send tail calls back with `sendResultsTo.yourself`.
-    pub new_ops: bool,
+    /// What the new steps need (see [`super::ops::new_ops`]): for
+    /// `pipeline`, calls keep their pipeline while outstanding and objects
+    /// write wide results; for `tail_calls`, connections send tail calls
+    /// back with `sendResultsTo.yourself`.
+    pub new_ops: NewOps,
 }
 
 impl Default for Config {
@@ -175,7 +176,7 @@ impl Sim {
                                     capnp::Error::failed(format!("no offer {key} (asked twice?)"))
                                 })
                             })),
-                            send_results_to_yourself: cfg.new_ops,
+                            send_results_to_yourself: cfg.new_ops.tail_calls,
                             ..Default::default()
                         }
                     };
@@ -267,7 +268,7 @@ impl Sim {
                 };
                 let cap = Cap::<fuzz::Client>::new(FuzzObject {
                     id,
-                    wide: self.cfg.new_ops,
+                    wide: self.cfg.new_ops.pipeline,
                     vat,
                     model: Rc::downgrade(&self.model),
                     released: self.released.clone(),
@@ -334,7 +335,7 @@ impl Sim {
                 }
                 // Untyped, for the pipeline's fields beyond the schema's.
                 let sent = req.hook.send();
-                if self.cfg.new_ops {
+                if self.cfg.new_ops.pipeline {
                     self.model.borrow_mut().calls[call].pipeline = Some(sent.pipeline);
                 } else {
                     drop(sent.pipeline);

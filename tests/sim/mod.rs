@@ -18,9 +18,21 @@ use std::cell::RefCell;
 /// runs skip seeds that fail this way, so that they go on looking for
 /// other bugs; so does the fuzz target unless `SIM_STOP_ON_KNOWN_BUGS` is
 /// set. Remove an entry (and its test's `#[ignore]`) when the bug is fixed.
-/// Empty: every bug found so far is fixed. An entry looks like
+/// An entry looks like
 /// `("E-order", "calls_sent_before_and_after_a_resolve_keep_their_order")`.
-pub const KNOWN_BUGS: &[(&str, &str)] = &[];
+/// All found with the new steps (`SIM_NEW_OPS`), which are off by default
+/// until they are fixed; the leak has no entry (its message is that of any
+/// leak): see `results_holding_fields_of_each_other_are_released`.
+pub const KNOWN_BUGS: &[(&str, &str)] = &[
+    (
+        "takeFromOtherQuestion names",
+        "a_tail_call_back_on_a_broken_export_keeps_its_results",
+    ),
+    (
+        "Message contained invalid capability pointer",
+        "a_field_of_a_call_on_a_broken_export_passes_as_a_broken_capability",
+    ),
+];
 
 /// The regression test of the known bug a failure message shows, if any.
 pub fn known_bug(message: &str) -> Option<&'static str> {

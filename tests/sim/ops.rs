@@ -55,19 +55,45 @@ pub enum Op {
     TailCall { call: u8, target: u8 },
 }
 
-/// Whether the steps added after the first fourteen kinds (`Pipeline`,
-/// `TailCall`) are generated, and the driver runs with what they need
-/// (pipelines kept, wide results, `send_results_to_yourself`).
-/// `SIM_NEW_OPS=0` or `=1` overrides [`NEW_OPS_BY_DEFAULT`].
-pub fn new_ops() -> bool {
-    match std::env::var("SIM_NEW_OPS") {
-        Ok(v) => v != "0",
+/// Which of the steps added after the first fourteen kinds are generated
+/// (`Pipeline`, `TailCall`), and so which the driver prepares for (see
+/// `driver::Config::new_ops`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NewOps {
+    pub pipeline: bool,
+    pub tail_calls: bool,
+}
+
+impl NewOps {
+    pub const ALL: NewOps = NewOps {
+        pipeline: true,
+        tail_calls: true,
+    };
+}
+
+/// The new steps of this run: `SIM_NEW_OPS=1` (all), `=pipeline`, `=tail`
+/// or `=0` (none); without it, [`NEW_OPS_BY_DEFAULT`].
+pub fn new_ops() -> NewOps {
+    match std::env::var("SIM_NEW_OPS").as_deref() {
+        Ok("0") | Ok("none") => NewOps::default(),
+        Ok("pipeline") => NewOps {
+            pipeline: true,
+            tail_calls: false,
+        },
+        Ok("tail") => NewOps {
+            pipeline: false,
+            tail_calls: true,
+        },
+        Ok(_) => NewOps::ALL,
         Err(_) => NEW_OPS_BY_DEFAULT,
     }
 }
 
 /// See [`new_ops`].
-pub const NEW_OPS_BY_DEFAULT: bool = false;
+pub const NEW_OPS_BY_DEFAULT: NewOps = NewOps {
+    pipeline: false,
+    tail_calls: false,
+};
 
 /// A whole simulation: how many vats, and the steps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,17 +172,20 @@ const WEIGHTS: [(Kind, u64); 16] = [
     (Kind::TailCall, 25),
 ];
 
-/// The kinds of the original steps: without the new ones, generation is
-/// exactly what it was before they were added.
-const OLD_KINDS: usize = 14;
-
-/// The kinds generated: all of them, or the original ones.
-fn weights() -> &'static [(Kind, u64)] {
-    if new_ops() {
-        &WEIGHTS
-    } else {
-        &WEIGHTS[..OLD_KINDS]
-    }
+/// The kinds generated: the original ones and the new ones of this run
+/// ([`new_ops`]). Without new ones, generation is exactly what it was
+/// before they were added.
+fn weights() -> Vec<(Kind, u64)> {
+    let new = new_ops();
+    WEIGHTS
+        .iter()
+        .copied()
+        .filter(|(k, _)| match k {
+            Kind::Pipeline => new.pipeline,
+            Kind::TailCall => new.tail_calls,
+            _ => true,
+        })
+        .collect()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -280,7 +309,7 @@ pub fn generate(seed: u64, steps: usize) -> Scenario {
     for _ in 0..steps {
         let mut pick = rng.below(total);
         let mut kind = Kind::Flush;
-        for &(k, w) in weights {
+        for &(k, w) in &weights {
             if pick < w {
                 kind = k;
                 break;
