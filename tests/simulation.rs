@@ -2229,3 +2229,48 @@ fn results_holding_a_field_of_the_call_they_answer_by_tail_call_are_released() {
         ],
     });
 }
+
+/// Known bug (runtime, tail calls with `send_results_to_yourself`): a
+/// call that came with `sendResultsTo.yourself` is itself answered by a
+/// tail call back to its caller with `sendResultsTo.yourself`, so its
+/// results end up kept by the peer while this side must keep them for the
+/// peer's `takeFromOtherQuestion`, and the first call never completes.
+/// (Capnp's C++ runtime tail-calls back only if the call's own results
+/// are not redirected: `!redirectResults` in `directTailCall`.) Vat 0
+/// calls vat 1's object (X); it tail-calls vat 0's object (Y: `call q0
+/// to yourself`, then `return a0 takeFrom 0` for X); Y reaches vat 0's
+/// object before that return does, and it tail-calls vat 1's object
+/// (Z: `call q1 to yourself`, `return a0 takeFrom 1` for Y). Z is
+/// answered at teardown (`return a1 sentElsewhere`): X never completes.
+#[test]
+#[ignore = "known bug: a tail call back from a call whose results are kept loses them"]
+fn a_tail_call_back_from_a_call_sent_to_yourself_completes() {
+    regression_new_ops(Scenario {
+        vats: 2,
+        ops: vec![
+            Op::NewObject { vat: 0 },
+            Op::NewObject { vat: 1 },
+            Op::Bootstrap {
+                vat: 0,
+                peer: 0,
+                offer: 0,
+            },
+            Op::Bootstrap {
+                vat: 1,
+                peer: 0,
+                offer: 0,
+            },
+            Op::Flush,
+            Op::Call {
+                vat: 0,
+                target: 1,
+                caps: vec![],
+            },
+            Op::Flush,
+            Op::TailCall { call: 0, target: 1 },
+            Op::Deliver { wire: 0 },
+            Op::TailCall { call: 0, target: 1 },
+            Op::Flush,
+        ],
+    });
+}
