@@ -2072,20 +2072,17 @@ fn a_field_named_as_our_answer_is_embargoed_even_if_it_resolved_back_to_the_peer
     });
 }
 
-/// Known bug (runtime, `proto/src/captp.rs`, `act` on `Parsed::Call`):
-/// a call with `sendResultsTo.yourself` on an export whose capability is
-/// broken is answered at once with an exception, before the answer is
-/// marked as keeping its results (`results_to_yourself`), so the
-/// `takeFromOtherQuestion` return that follows it is taken for a protocol
-/// error and the connection aborts. Vat 1 passes a broken capability (a
+/// A call with `sendResultsTo.yourself` on an export whose capability is
+/// broken used to be answered at once with an exception, before the
+/// answer was marked as keeping its results, so the
+/// `takeFromOtherQuestion` return that followed was taken for a protocol
+/// error and the connection aborted. Vat 1 passes a broken capability (a
 /// promise export, broken by the `resolve` behind it) to vat 0's object;
 /// the object tail-calls it before that `resolve` arrives: vat 0 sends
-/// `call q0 -> import 0 [] to yourself` then `return a1 takeFrom 0`;
-/// vat 1 answers q0 `exception` (not `resultsSentElsewhere`) and aborts
-/// on the `takeFrom`. Expected: call 0 fails with the broken error (it
-/// does, with the protocol error) and the connection stays open.
+/// `call q0 -> import 0 [] to yourself` then `return a1 takeFrom 0`. Now
+/// vat 1 answers `resultsSentElsewhere` and keeps the error, which call 0
+/// gets; the connection stays open.
 #[test]
-#[ignore = "known bug: a yourself call on a broken export loses its results"]
 fn a_tail_call_back_on_a_broken_export_keeps_its_results() {
     regression_new_ops(Scenario {
         vats: 2,

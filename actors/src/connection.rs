@@ -523,7 +523,7 @@ impl Connection {
                 let bytes = params.message_words().saturating_mul(8);
                 if !self.held.is_empty() && self.held_bytes.saturating_add(bytes) > self.max_held {
                     drop(params);
-                    return self.core.return_error(
+                    return self.fail_answer(
                         answer,
                         capnp::Error::overloaded(format!(
                             "too many bytes of calls waiting for an answer on this connection \
@@ -534,7 +534,7 @@ impl Connection {
                 }
                 let payload = match self.in_payload(params) {
                     Ok(p) => p,
-                    Err(e) => return self.core.return_error(answer, e),
+                    Err(e) => return self.fail_answer(answer, e),
                 };
                 self.held.insert(answer, bytes);
                 self.held_bytes += bytes;
@@ -579,6 +579,7 @@ impl Connection {
                     None => self.cancel_answer(answer, ctx),
                 }
             }
+            Event::CallFailed { answer, error } => self.fail_answer(answer, error),
             Event::Finished { answer } => {
                 self.unhold(answer);
                 // (A handle left means the answer was given by a tail call
@@ -886,6 +887,17 @@ impl Connection {
         if let Some(settle) = node.as_ref().and_then(|n| n.settle.as_ref()) {
             settle.settle(CapRef::broken(e));
         }
+    }
+
+    /// Answers the peer's call `answer` with `error` before it ran. The
+    /// outcome is kept like any answer's until the peer finishes it, since
+    /// a peer that asked for `sendResultsTo.yourself` takes it from there
+    /// (`takeFromOtherQuestion`).
+    fn fail_answer(&mut self, answer: u32, error: capnp::Error) {
+        let (kept, completer) = Answer::open();
+        completer.complete(Err(error.clone()));
+        self.answers.insert(answer, (kept, None));
+        self.core.return_error(answer, error);
     }
 
     /// Sends the return for one of the peer's questions.

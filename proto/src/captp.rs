@@ -239,6 +239,16 @@ pub enum Event<L> {
         /// The parameters.
         params: InPayload<L>,
     },
+    /// The peer called a capability of ours that is broken and asked us
+    /// to keep the results (`sendResultsTo.yourself`): keep `error` as the
+    /// outcome of `answer` (the peer may take it from another question)
+    /// and answer with [`Conn::return_error`].
+    CallFailed {
+        /// Our answer id.
+        answer: u32,
+        /// The call's outcome.
+        error: Error,
+    },
     /// The peer no longer wants an answer it has not had yet: cancel it
     /// (and still answer; the reply will say `canceled`).
     Cancel {
@@ -1394,10 +1404,20 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                         Some(Export { cap: Some(l), .. }) => CallTarget::Local(l.clone()),
                         Some(Export { cap: None, .. }) => {
                             self.drop_in_caps(&caps);
-                            self.return_error(
-                                question,
-                                Error::failed("call on a broken capability".into()),
-                            );
+                            let error = Error::failed("call on a broken capability".into());
+                            if let (ResultsTo::Yourself, Some(a)) =
+                                (&to, self.answers.get_mut(&question))
+                            {
+                                // The caller will take this outcome from
+                                // another question: the runtime keeps it.
+                                a.results_to_yourself = true;
+                                self.events.push_back(Event::CallFailed {
+                                    answer: question,
+                                    error,
+                                });
+                            } else {
+                                self.return_error(question, error);
+                            }
                             return Ok(());
                         }
                         None => return Err(protocol_error(format!("call on unknown export {id}"))),

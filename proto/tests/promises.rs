@@ -43,6 +43,7 @@ fn describe(e: &Event<u32>) -> String {
         Event::Call {
             answer, target: t, ..
         } => format!("call:a{answer}->{}", target(t)),
+        Event::CallFailed { answer, error } => format!("call-failed:a{answer}({})", error.extra),
         Event::Cancel { answer, .. } => format!("cancel:a{answer}"),
         Event::Finished { answer } => format!("finished:a{answer}"),
         Event::Return {

@@ -179,6 +179,7 @@ impl Peer {
                     (_, Ok(_)) => conn.return_error(answer, capnp::Error::failed("refused".into())),
                 }
             }
+            Event::CallFailed { answer, error } => conn.return_error(answer, error),
             Event::Cancel { answer, .. } => conn.return_canceled(answer),
             Event::Finished { .. } => {}
             Event::Return { question, result } => {
