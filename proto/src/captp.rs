@@ -778,7 +778,9 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     /// `answer` with `takeFromOtherQuestion`, so that the results go
     /// straight from the callee to the peer's own question. Returns the
     /// question id; it stays pipelinable after its `resultsSentElsewhere`
-    /// return, until [`Conn::finish`].
+    /// return, until [`Conn::finish`]. Fails (send an ordinary call then)
+    /// if `answer` is not pending, or if its own caller asked us to keep
+    /// its results (`sendResultsTo.yourself`): they must come back to us.
     pub fn tail_call(
         &mut self,
         answer: u32,
@@ -790,6 +792,18 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     ) -> Result<u32, Error> {
         if !self.answer_pending(answer) {
             return Err(Error::failed(format!("answer {answer} is not pending")));
+        }
+        if self
+            .answers
+            .get(&answer)
+            .is_some_and(|a| a.results_to_yourself)
+        {
+            // Its caller asked us to keep its results (to take them from
+            // another question): they must come back to us, so this tail
+            // call goes out as an ordinary call.
+            return Err(Error::failed(format!(
+                "answer {answer} keeps its results for the peer"
+            )));
         }
         let q = self.send_call(
             target,

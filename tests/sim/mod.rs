@@ -20,8 +20,9 @@ use std::cell::RefCell;
 /// set. Remove an entry (and its test's `#[ignore]`) when the bug is fixed.
 /// An entry looks like
 /// `("E-order", "calls_sent_before_and_after_a_resolve_keep_their_order")`.
-/// All found with the new steps (`SIM_NEW_OPS`), which are off by default
-/// until they are fixed; the leak has no entry (its message is that of any
+/// All found with the pipelining step (`SIM_NEW_OPS=pipeline`), which is
+/// off by default until they are fixed (tail calls are on: the bugs they
+/// found are fixed); the leak has no entry (its message is that of any
 /// leak): see `results_holding_fields_of_each_other_are_released`.
 pub const KNOWN_BUGS: &[(&str, &str)] = &[(
     "Message contained invalid capability pointer",

@@ -92,7 +92,7 @@ pub fn new_ops() -> NewOps {
 /// See [`new_ops`].
 pub const NEW_OPS_BY_DEFAULT: NewOps = NewOps {
     pipeline: false,
-    tail_calls: false,
+    tail_calls: true,
 };
 
 /// A whole simulation: how many vats, and the steps.
