@@ -403,14 +403,8 @@ impl Sim {
                 drop(handle);
             }
             Op::Answer { call, caps } => {
-                self.model.borrow_mut().prune_pending();
-                let (vat, n) = {
-                    let m = self.model.borrow();
-                    if m.pending.is_empty() {
-                        return;
-                    }
-                    let n = *call as usize % m.pending.len();
-                    (m.pending[n].vat, n)
+                let Some((vat, n)) = self.pick_pending(*call) else {
+                    return;
                 };
                 let chosen: Vec<RefId> = caps.iter().filter_map(|c| self.held(vat, *c)).collect();
                 let handles: Vec<Cap<fuzz::Client>> =
@@ -467,14 +461,8 @@ impl Sim {
                 m.add_pipelined(vat, c, index, cap);
             }
             Op::TailCall { call, target } => {
-                self.model.borrow_mut().prune_pending();
-                let (vat, n) = {
-                    let m = self.model.borrow();
-                    if m.pending.is_empty() {
-                        return;
-                    }
-                    let n = *call as usize % m.pending.len();
-                    (m.pending[n].vat, n)
+                let Some((vat, n)) = self.pick_pending(*call) else {
+                    return;
                 };
                 let Some(target) = self.held(vat, *target) else {
                     return;
@@ -680,6 +668,18 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// The pending call that index `call` picks (among those still
+    /// waiting for an answer): its vat and its place in `pending`.
+    fn pick_pending(&self, call: u8) -> Option<(usize, usize)> {
+        let mut m = self.model.borrow_mut();
+        m.prune_pending();
+        if m.pending.is_empty() {
+            return None;
+        }
+        let n = call as usize % m.pending.len();
+        Some((m.pending[n].vat, n))
     }
 
     /// Settles everything, drops everything, and checks that nothing is
