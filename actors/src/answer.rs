@@ -19,9 +19,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 
-use actix::{Actor, Addr, Handler, Message, Recipient};
+use actix::{Actor, ActorContext, Addr, AsyncContext, Handler, Message, Recipient};
 
-use crate::cap::{CapRef, Kind, Node};
+use crate::cap::{CapRef, Kind, Node, Source};
 use crate::error;
 use crate::payload::{Frozen, Payload};
 use crate::registry;
@@ -143,6 +143,10 @@ struct AnswerState {
     /// Live `AnswerRef`s.
     interest: usize,
     forwarder: Option<Addr<AnswerActor>>,
+    /// Calls sent to `forwarder` that it has not delivered yet: when none
+    /// are left once it knows the resolution, it retires, and calls go to
+    /// the fields directly again.
+    queued: usize,
     /// Pipelined capabilities made so far, by path, so that asking twice for
     /// one field gives one capability.
     pipelined: Vec<(Vec<u16>, Weak<Node>)>,
@@ -262,8 +266,42 @@ impl Answer {
         for w in std::mem::take(&mut s.result_wakers) {
             w.wake();
         }
+        let fields = !s.pipelined.is_empty();
         if s.pipeline.is_none() && s.forward.is_none() {
             self.publish(s);
+        } else {
+            drop(s);
+        }
+        if fields {
+            self.release_settled(self.lock());
+        }
+    }
+
+    /// Lets the settled pipelined capabilities of this answer go of it
+    /// where calls on them may now go straight to what their field became:
+    /// the call is over, no queue holds calls pipelined on it, and no call
+    /// on that field is still routed through a connection or held by an
+    /// embargo. (Until then calls on such a capability must follow the
+    /// earlier ones, which only this answer knows about.)
+    fn release_settled(&self, s: MutexGuard<'_, AnswerState>) {
+        if s.outcome.is_none() || s.forwarder.is_some() || s.pipelined.is_empty() {
+            return;
+        }
+        let connected = s.remote.as_ref().is_some_and(|(conn, _)| conn.connected());
+        let nodes: Vec<Arc<Node>> = s
+            .pipelined
+            .iter()
+            .filter(|(p, _)| {
+                !connected || !(s.embargoed.contains(p) || s.routed.iter().any(|(r, _)| r == p))
+            })
+            .filter_map(|(_, w)| w.upgrade())
+            .collect();
+        drop(s);
+        for node in nodes {
+            let settled = node.settle.as_ref().is_some_and(|s| s.target().is_some());
+            if let (Kind::Pipelined { answer, .. }, true) = (&node.kind, settled) {
+                answer.release();
+            }
         }
     }
 
@@ -297,7 +335,7 @@ impl Answer {
     /// True if `cap` is a field of this very answer; gives its path.
     pub(crate) fn path_on_self<'c>(self: &Arc<Self>, cap: &'c CapRef) -> Option<&'c [u16]> {
         match cap.kind() {
-            Kind::Pipelined { answer, path } if Arc::ptr_eq(&answer.answer, self) => Some(path),
+            Kind::Pipelined { answer, path } if answer.is(self) => Some(path),
             _ => None,
         }
     }
@@ -389,6 +427,7 @@ impl Answer {
         // `AnswerRef` to this very answer (its `depends_on`).
         let mut s = self.lock();
         if let Some(f) = s.forwarder.clone() {
+            s.queued += 1;
             drop(s);
             f.do_send(Forward(path.to_vec(), call));
             return;
@@ -436,8 +475,13 @@ impl Answer {
         // (Resolved already, if this path was routed through a connection
         // that no longer serves it: the new queue must know.)
         let resolution = s.resolution();
-        let forwarder = AnswerActor::default().start();
+        let forwarder = AnswerActor {
+            answer: Arc::downgrade(self),
+            ..Default::default()
+        }
+        .start();
         s.forwarder = Some(forwarder.clone());
+        s.queued += 1;
         drop(s);
         if let Some(r) = resolution {
             forwarder.do_send(Resolved(r));
@@ -475,6 +519,7 @@ impl Answer {
             s.routed[i].1 -= 1;
             if s.routed[i].1 == 0 {
                 s.routed.swap_remove(i);
+                self.release_settled(s);
             }
         }
     }
@@ -498,6 +543,7 @@ impl Answer {
         for node in nodes {
             settle_field(CapRef { node }, &resolution, path);
         }
+        self.release_settled(self.lock());
     }
 
     /// Puts field `path` under an embargo (see `embargoed`).
@@ -649,7 +695,7 @@ impl AnswerRef {
         }
         drop(s);
         let cap = CapRef::from_kind(Kind::Pipelined {
-            answer: self.clone(),
+            answer: Source::new(self.clone()),
             path: path.clone(),
         });
         let mut s = self.answer.lock();
@@ -705,11 +751,31 @@ pub(crate) struct AnswerActor {
     resolution: Option<Resolution>,
     /// Targets already looked up, by path.
     targets: Vec<(Vec<u16>, CapRef)>,
+    /// The answer whose queue this is (see `AnswerState::queued`).
+    answer: Weak<Answer>,
     /// Last: see `ActorGuard`.
     _guard: registry::ActorGuard,
 }
 
 impl AnswerActor {
+    /// `n` calls have been delivered: once none is left to deliver (and
+    /// the resolution is known, so none can be queued here any more), the
+    /// queue retires and calls on the answer's fields go to them directly,
+    /// which cannot overtake anything now.
+    fn delivered(&mut self, n: usize, ctx: &mut actix::Context<Self>) {
+        let Some(answer) = self.answer.upgrade() else {
+            return;
+        };
+        let mut s = answer.lock();
+        s.queued = s.queued.saturating_sub(n);
+        if s.queued > 0 || s.forwarder.as_ref() != Some(&ctx.address()) {
+            return;
+        }
+        s.forwarder = None;
+        ctx.stop();
+        answer.release_settled(s);
+    }
+
     fn target(&mut self, path: &[u16]) -> CapRef {
         if let Some((_, t)) = self.targets.iter().find(|(p, _)| p == path) {
             return t.clone();
@@ -741,9 +807,10 @@ impl Message for Resolved {
 
 impl Handler<Forward> for AnswerActor {
     type Result = ();
-    fn handle(&mut self, Forward(path, call): Forward, _: &mut Self::Context) {
+    fn handle(&mut self, Forward(path, call): Forward, ctx: &mut Self::Context) {
         if self.resolution.is_some() {
             self.target(&path).deliver(call);
+            self.delivered(1, ctx);
         } else {
             self.queue.push_back((path, call));
         }
@@ -752,13 +819,15 @@ impl Handler<Forward> for AnswerActor {
 
 impl Handler<Resolved> for AnswerActor {
     type Result = ();
-    fn handle(&mut self, Resolved(outcome): Resolved, _: &mut Self::Context) {
+    fn handle(&mut self, Resolved(outcome): Resolved, ctx: &mut Self::Context) {
         if self.resolution.is_some() {
             return;
         }
         self.resolution = Some(outcome);
+        let n = self.queue.len();
         while let Some((path, call)) = self.queue.pop_front() {
             self.target(&path).deliver(call);
         }
+        self.delivered(n, ctx);
     }
 }

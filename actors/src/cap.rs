@@ -41,7 +41,7 @@ pub(crate) enum Kind {
     /// A local promise: calls wait in its FIFO queue until it resolves.
     Promise(PromiseHandle),
     /// A pointer field of an answer that may not have arrived yet.
-    Pipelined { answer: AnswerRef, path: Vec<u16> },
+    Pipelined { answer: Source, path: Vec<u16> },
     /// A capability that fails every call with this error.
     Broken(capnp::Error),
     /// A capability imported from a peer over a connection: calls go to the
@@ -70,6 +70,47 @@ impl Kind {
             Kind::Foreign { .. } => "foreign",
             Kind::Remote { .. } => "remote",
         }
+    }
+}
+
+/// The answer a pipelined capability is a field of. The capability lets
+/// go of it once the field has settled for good and calls on it can go
+/// straight to what it became (see `Answer::release_settled`): otherwise
+/// results holding fields of each other's answers would keep each other
+/// alive for ever.
+pub(crate) struct Source(Mutex<Option<AnswerRef>>);
+
+impl Source {
+    pub(crate) fn new(answer: AnswerRef) -> Self {
+        Source(Mutex::new(Some(answer)))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<AnswerRef>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A counted reference to the answer, unless let go.
+    pub(crate) fn get(&self) -> Option<AnswerRef> {
+        self.lock().clone()
+    }
+
+    /// The shared answer, without counting as interest in it.
+    pub(crate) fn shared(&self) -> Option<Arc<crate::answer::Answer>> {
+        self.lock().as_ref().map(|a| a.shared().clone())
+    }
+
+    /// True if this is a field of `answer` (and has not let go of it).
+    pub(crate) fn is(&self, answer: &Arc<crate::answer::Answer>) -> bool {
+        self.lock()
+            .as_ref()
+            .is_some_and(|a| Arc::ptr_eq(a.shared(), answer))
+    }
+
+    /// Lets go of the answer.
+    pub(crate) fn release(&self) {
+        let answer = self.lock().take();
+        // Dropped outside our lock: it may cancel the call.
+        drop(answer);
     }
 }
 
@@ -327,11 +368,19 @@ impl CapRef {
                     call,
                 })
             }
-            Kind::Pipelined { answer, path } => {
-                let mut call = call;
-                call.completer.depend_on(answer);
-                answer.deliver_pipelined(path, call)
-            }
+            Kind::Pipelined { answer, path } => match answer.get() {
+                Some(answer) => {
+                    let mut call = call;
+                    call.completer.depend_on(&answer);
+                    answer.deliver_pipelined(path, call)
+                }
+                // Let go of its answer once settled with nothing in flight:
+                // calls go straight to what the field became.
+                None => match self.resolved() {
+                    Some(target) => target.deliver(call),
+                    None => call.fail(error::internal("pipelined field let go unsettled")),
+                },
+            },
             Kind::Broken(e) => call.fail(e.clone()),
         }
     }

@@ -924,7 +924,9 @@ impl Connection {
             match cur.kind() {
                 Kind::Remote { conn_id, .. } if *conn_id == self.id => return true,
                 Kind::Pipelined { answer, .. }
-                    if self.question_of.contains_key(&key(answer.shared())) =>
+                    if answer
+                        .shared()
+                        .is_some_and(|a| self.question_of.contains_key(&key(&a))) =>
                 {
                     return true
                 }
@@ -978,15 +980,17 @@ impl Connection {
             Kind::Remote {
                 conn_id, import, ..
             } if *conn_id == self.id => OutCap::Import(*import),
-            Kind::Pipelined { answer, path } => match self.question_of.get(&key(answer.shared())) {
-                Some(&question) => OutCap::Answer {
-                    question,
-                    path: path.clone(),
-                },
-                // Not settled yet: the peer learns what it becomes from a
-                // `resolve`, and can then shorten its path.
-                None => OutCap::Promise(end),
-            },
+            Kind::Pipelined { answer, path } => {
+                match answer.shared().and_then(|a| self.question_of.get(&key(&a))) {
+                    Some(&question) => OutCap::Answer {
+                        question,
+                        path: path.clone(),
+                    },
+                    // Not settled yet: the peer learns what it becomes from a
+                    // `resolve`, and can then shorten its path.
+                    None => OutCap::Promise(end),
+                }
+            }
             Kind::Broken(e) => OutCap::Broken(e.clone()),
             Kind::Promise(_) => OutCap::Promise(end),
             _ => OutCap::Local(cap.clone()),
