@@ -386,6 +386,69 @@ impl Answer {
         s.on_cancel = Some(Box::new(move || {
             notify.do_send(crate::connection::ConnMsg::Cancel { answer: weak });
         }));
+        // Calls already queued here (the call waited in a local promise,
+        // which resolved to the peer's capability) follow it over the wire
+        // now rather than wait for its return.
+        let forwarder = s.forwarder.clone();
+        drop(s);
+        if let Some(f) = forwarder {
+            f.do_send(GoRemote);
+        }
+    }
+
+    /// Sends a call on field `path` through the connection this answer's
+    /// call went to, if it must: the answer is not known here yet, or
+    /// earlier calls on that field are still in the connection's mailbox or
+    /// held by an embargo there. Otherwise (or with no live connection)
+    /// gives the call back, to be delivered here.
+    fn route(self: &Arc<Self>, path: &[u16], call: Call, unresolved: bool) -> Option<Call> {
+        let s = self.lock();
+        let Some((conn, conn_id)) = s.remote.clone().filter(|(c, _)| c.connected()) else {
+            return Some(call);
+        };
+        let follow =
+            s.embargoed.iter().any(|p| p == path) || s.routed.iter().any(|(p, _)| p == path);
+        if !(unresolved || follow) {
+            return Some(call);
+        }
+        self.send_routed(s, conn, conn_id, path, call);
+        None
+    }
+
+    /// Sends a call on field `path` through the connection's mailbox,
+    /// counted in `routed`.
+    fn send_routed(
+        self: &Arc<Self>,
+        mut s: MutexGuard<'_, AnswerState>,
+        conn: Recipient<crate::connection::ConnMsg>,
+        conn_id: u64,
+        path: &[u16],
+        call: Call,
+    ) {
+        // From now on every call on this field goes through the
+        // connection's mailbox, even once the answer is known here: this
+        // one may still be in that mailbox when the return arrives, and a
+        // later call delivered directly would overtake it.
+        match s.routed.iter_mut().find(|(p, _)| p == path) {
+            Some((_, n)) => *n += 1,
+            None => s.routed.push((path.to_vec(), 1)),
+        }
+        drop(s);
+        // The call's own answer is remote too from now on, so that calls
+        // pipelined on *its* fields go out at once as well.
+        if let Some(a) = call.completer.answer() {
+            a.set_remote(conn.clone(), conn_id);
+        }
+        // Promise pipelining over the wire: the connection sends it as a
+        // call on a promised answer (or, if the return has arrived
+        // meanwhile, to what the field became).
+        conn.do_send(crate::connection::ConnMsg::Call {
+            target: crate::connection::RemoteTarget::Answer {
+                answer: self.clone(),
+                path: path.to_vec(),
+            },
+            call,
+        });
     }
 
     /// The outcome, when it is there (waiting does not count as interest).
@@ -445,32 +508,7 @@ impl Answer {
             return;
         }
         if let Some((conn, conn_id)) = s.remote.clone() {
-            // From now on every call on this field goes through the
-            // connection's mailbox, even once the answer is known here:
-            // this one may still be in that mailbox when the return
-            // arrives, and a later call delivered directly would overtake
-            // it.
-            match s.routed.iter_mut().find(|(p, _)| p == path) {
-                Some((_, n)) => *n += 1,
-                None => s.routed.push((path.to_vec(), 1)),
-            }
-            drop(s);
-            // The call's own answer is remote too from now on, so that calls
-            // pipelined on *its* fields go out at once as well.
-            if let Some(a) = call.completer.answer() {
-                a.set_remote(conn.clone(), conn_id);
-            }
-            // Promise pipelining over the wire: the connection sends it as a
-            // call on a promised answer (or, if the return has arrived
-            // meanwhile, to what the field became).
-            conn.do_send(crate::connection::ConnMsg::Call {
-                target: crate::connection::RemoteTarget::Answer {
-                    answer: self.clone(),
-                    path: path.to_vec(),
-                },
-                call,
-            });
-            return;
+            return self.send_routed(s, conn, conn_id, path, call);
         }
         // (Resolved already, if this path was routed through a connection
         // that no longer serves it: the new queue must know.)
@@ -753,6 +791,9 @@ pub(crate) struct AnswerActor {
     targets: Vec<(Vec<u16>, CapRef)>,
     /// The answer whose queue this is (see `AnswerState::queued`).
     answer: Weak<Answer>,
+    /// The answer's call has gone to a peer: calls go after it through
+    /// the connection instead of waiting here (see `GoRemote`).
+    remote: bool,
     /// Last: see `ActorGuard`.
     _guard: registry::ActorGuard,
 }
@@ -774,6 +815,32 @@ impl AnswerActor {
         s.forwarder = None;
         ctx.stop();
         answer.release_settled(s);
+    }
+
+    /// Sends on a call taken from the queue or the mailbox, in order:
+    /// through the connection if it must follow earlier calls there (or
+    /// the answer is not known yet and the call went to a peer), else to
+    /// its field; with neither possible yet, back to the queue.
+    fn send_on(&mut self, path: Vec<u16>, call: Call) -> bool {
+        let unresolved = self.resolution.is_none();
+        let call = match self.answer.upgrade() {
+            Some(answer) if self.remote || !unresolved => {
+                match answer.route(&path, call, unresolved) {
+                    None => return true,
+                    Some(call) => call,
+                }
+            }
+            _ => call,
+        };
+        if unresolved {
+            // Not a question any more (or its connection is gone): the
+            // call waits for the answer here after all.
+            self.remote = false;
+            self.queue.push_back((path, call));
+            return false;
+        }
+        self.target(&path).deliver(call);
+        true
     }
 
     fn target(&mut self, path: &[u16]) -> CapRef {
@@ -808,11 +875,45 @@ impl Message for Resolved {
 impl Handler<Forward> for AnswerActor {
     type Result = ();
     fn handle(&mut self, Forward(path, call): Forward, ctx: &mut Self::Context) {
-        if self.resolution.is_some() {
-            self.target(&path).deliver(call);
-            self.delivered(1, ctx);
-        } else {
+        if !self.queue.is_empty() {
+            // Behind calls still waiting for the answer.
             self.queue.push_back((path, call));
+        } else if self.send_on(path, call) {
+            self.delivered(1, ctx);
+        }
+    }
+}
+
+impl AnswerActor {
+    /// Sends on the queued calls, in order, as far as they can go now.
+    fn drain(&mut self, ctx: &mut actix::Context<Self>) {
+        let mut n = 0;
+        let queue = std::mem::take(&mut self.queue);
+        let mut rest = queue.into_iter();
+        for (path, call) in rest.by_ref() {
+            if !self.send_on(path, call) {
+                break;
+            }
+            n += 1;
+        }
+        // (If one went back to the queue, the rest wait behind it.)
+        self.queue.extend(rest);
+        self.delivered(n, ctx);
+    }
+}
+
+/// The answer's call has gone to a peer (see `Answer::set_remote`).
+struct GoRemote;
+impl Message for GoRemote {
+    type Result = ();
+}
+
+impl Handler<GoRemote> for AnswerActor {
+    type Result = ();
+    fn handle(&mut self, _: GoRemote, ctx: &mut Self::Context) {
+        if self.resolution.is_none() {
+            self.remote = true;
+            self.drain(ctx);
         }
     }
 }
@@ -824,10 +925,6 @@ impl Handler<Resolved> for AnswerActor {
             return;
         }
         self.resolution = Some(outcome);
-        let n = self.queue.len();
-        while let Some((path, call)) = self.queue.pop_front() {
-            self.target(&path).deliver(call);
-        }
-        self.delivered(n, ctx);
+        self.drain(ctx);
     }
 }
