@@ -2152,19 +2152,20 @@ fn results_holding_fields_of_each_other_are_released() {
     });
 }
 
-/// Known bug (runtime, `proto/src/captp.rs`): a call on an export whose
-/// capability is broken is answered at once in `act` ("call on a broken
-/// capability"), and a capability the peer then passes as
-/// `receiverAnswer` on that answer makes the whole call that carries it
-/// fail with "Message contained invalid capability pointer" instead of
-/// arriving with a broken capability. Vat 0 offers a broken capability
+/// Regression (core, `proto/src/captp.rs`, and connection): a call on an
+/// export whose capability is broken is answered at once in `act` ("call
+/// on a broken capability"); the runtime was not told, so a capability
+/// the peer then passed as `receiverAnswer` on that answer found no
+/// answer there and made the whole call that carried it fail with
+/// "Message contained invalid capability pointer". The core now reports
+/// such answers (`Event::CallFailed`) and the connection keeps their
+/// error until the peer's finish. Vat 0 offers a broken capability
 /// (exported as a promise, `resolve -> exception` behind it) and an
 /// object; vat 1 calls the broken one before the `resolve` arrives
 /// (call 0, `call q0 -> import 0`), pipelines P on its field 1, and calls
 /// the object passing P (call 1, `[receiverAnswer 0.[2]]`). Expected:
 /// call 0 fails, call 1 reaches object 0 with a broken capability.
 #[test]
-#[ignore = "known bug: receiverAnswer on an answer failed in act breaks the whole call"]
 fn a_field_of_a_call_on_a_broken_export_passes_as_a_broken_capability() {
     regression_new_ops(Scenario {
         vats: 2,

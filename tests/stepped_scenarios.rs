@@ -1153,6 +1153,127 @@ async fn scenario_25_a_broken_capability_echoed_back_gets_no_embargo() {
     net.end().await;
 }
 
+/// The server's maker for a field of a failed call passed back: `pair`
+/// answers with a broken capability as its first; `hold` keeps the probe
+/// it is given, for the test to look at, and answers with nothing.
+#[derive(Clone, Default)]
+struct Keeper(Rc<RefCell<Vec<CapRef>>>);
+
+impl maker::Server for Keeper {
+    async fn pair(
+        self: Rc<Self>,
+        _: maker::PairParams,
+        mut results: maker::PairResults,
+    ) -> Result<(), capnp::Error> {
+        let broken: Cap<probe::Client> = Cap::from_raw(CapRef::broken(capnp::Error::failed(
+            "broken on purpose".into(),
+        )));
+        results.get().init_pair().set_first(broken.client());
+        Ok(())
+    }
+
+    async fn hold(
+        self: Rc<Self>,
+        params: maker::HoldParams,
+        _: maker::HoldResults,
+    ) -> Result<(), capnp::Error> {
+        let given: Cap<probe::Client> = Cap::from_client(&params.get()?.get_probe()?);
+        self.0.borrow_mut().push(given.raw().clone());
+        Ok(())
+    }
+}
+
+/// A call on a capability the server exported broken (as a promise whose
+/// `resolve` to the exception has not reached the client yet) is answered
+/// by the server's core at once with an exception. A second call passes
+/// a field of the first's results back (`receiverAnswer`) while that
+/// answer is live: it reaches the server's maker with a broken capability
+/// carrying the first call's error, instead of failing as a whole.
+#[actix::test]
+async fn a_field_of_a_call_on_a_broken_export_arrives_as_a_broken_capability() {
+    let keeper = Keeper::default();
+    let net = Net::serving(keeper.clone());
+    {
+        let maker = net.maker();
+        let pair = maker.pair_request().send();
+        net.pass(Dir::Up, &["bootstrap q0", "call q1 -> answer 0 m0 []"])
+            .await;
+        // The broken capability goes out as a promise, resolved to its
+        // error right behind; the client reads the returns only.
+        net.expect(
+            Dir::Down,
+            &[
+                "return a0 results [senderHosted 0]",
+                "return a1 results [senderPromise 1]",
+                "resolve 1 -> exception",
+            ],
+        )
+        .await;
+        net.deliver(Dir::Down, 2).await;
+        let response = pair.promise.await.unwrap();
+        let first = response
+            .get()
+            .unwrap()
+            .get_pair()
+            .unwrap()
+            .get_first()
+            .unwrap();
+        let broken = Cap::<probe::Client>::from_client(&first)
+            .cast::<maker::Client>()
+            .client();
+        drop((first, response));
+        // Call 0 on the broken capability, and call 1 passing field 0 of
+        // call 0's results to the server's maker (the finished bootstrap
+        // and pair questions free their ids for them).
+        let call0 = broken.hold_request().send();
+        let mut req = maker.hold_request();
+        req.get().set_probe(call0.pipeline.get_probe());
+        let call1 = req.send();
+        net.pass(
+            Dir::Up,
+            &[
+                "finish q0",
+                "finish q1",
+                "call q0 -> import 1 m1 []",
+                "call q1 -> import 0 m1 [receiverAnswer 0.[0]]",
+            ],
+        )
+        .await;
+        // The server's core answers call 0 as it reads it; call 1 reaches
+        // the maker and is answered.
+        net.pass(
+            Dir::Down,
+            &[
+                "resolve 1 -> exception",
+                "return a0 exception",
+                "return a1 results []",
+            ],
+        )
+        .await;
+        let e = call0.promise.await.err().expect("call 0 fails");
+        assert!(e.to_string().contains("call on a broken capability"), "{e}");
+        call1.promise.await.expect("call 1 reaches the maker");
+        let given = keeper.0.borrow_mut().drain(..).collect::<Vec<_>>();
+        let [given] = given.as_slice() else {
+            panic!("the maker got {} probes", given.len())
+        };
+        let held = given.broken_error().expect("a broken capability");
+        assert_eq!(held.to_string(), e.to_string());
+        drop((pair.pipeline, call0.pipeline, call1.pipeline, broken, maker));
+        // The server keeps both answers until the client's finishes.
+        let server = net.server.as_ref().unwrap();
+        let (tables, dump) = server.inspect().await.unwrap();
+        assert_eq!(tables.answers, 2, "{dump}");
+        // The client finishes both questions and releases both imports.
+        net.pass(
+            Dir::Up,
+            &["finish q0", "finish q1", "release 1 x1", "release 0 x1"],
+        )
+        .await;
+    }
+    net.end().await;
+}
+
 /// SCENARIO 34: calls pipelined on a local call's answer queue until it
 /// returns; when the answer turns out to be a remote capability, they go
 /// to it in order, and a call made afterwards goes behind them.

@@ -579,7 +579,8 @@ impl Connection {
                     None => self.cancel_answer(answer, ctx),
                 }
             }
-            Event::CallFailed { answer, error } => self.fail_answer(answer, error),
+            // The core has answered it already.
+            Event::CallFailed { answer, error } => self.keep_failed(answer, error),
             Event::Finished { answer } => {
                 self.unhold(answer);
                 // (A handle left means the answer was given by a tail call
@@ -889,15 +890,24 @@ impl Connection {
         }
     }
 
-    /// Answers the peer's call `answer` with `error` before it ran. The
-    /// outcome is kept like any answer's until the peer finishes it, since
-    /// a peer that asked for `sendResultsTo.yourself` takes it from there
-    /// (`takeFromOtherQuestion`).
+    /// Answers the peer's call `answer` with `error` before it ran (see
+    /// [`Connection::keep_failed`]).
     fn fail_answer(&mut self, answer: u32, error: capnp::Error) {
-        let (kept, completer) = Answer::open();
-        completer.complete(Err(error.clone()));
-        self.answers.insert(answer, (kept, None));
+        self.keep_failed(answer, error.clone());
         self.core.return_error(answer, error);
+    }
+
+    /// Keeps `error` as the outcome of the peer's call `answer`, which
+    /// failed before it ran, like any answer's until the peer finishes it:
+    /// the peer may still name the answer. A call pipelined on it, or a
+    /// field of it passed back as `receiverAnswer`, is then a broken
+    /// capability with this error; a peer that asked for
+    /// `sendResultsTo.yourself` takes it from there
+    /// (`takeFromOtherQuestion`).
+    fn keep_failed(&mut self, answer: u32, error: capnp::Error) {
+        let (kept, completer) = Answer::open();
+        completer.complete(Err(error));
+        self.answers.insert(answer, (kept, None));
     }
 
     /// Sends the return for one of the peer's questions.
@@ -1003,10 +1013,14 @@ impl Connection {
             InCap::None => None,
             InCap::Broken(e) => Some(CapRef::broken(e)),
             InCap::Local(c) => Some(c),
-            InCap::Answer { answer, path } => self
-                .answers
-                .get(&answer)
-                .map(|(r, _)| r.pipelined_cap(path)),
+            // The core has checked that the answer is live; every live
+            // answer is here, failed ones too (see `keep_failed`). Should one
+            // be missing all the same, the slot is a broken capability, not
+            // a null one, which would make the whole message unreadable.
+            InCap::Answer { answer, path } => Some(match self.answers.get(&answer) {
+                Some((r, _)) => r.pipelined_cap(path),
+                None => CapRef::broken(error::internal("a capability names a forgotten answer")),
+            }),
             InCap::Import { id, .. } => {
                 if let Some(node) = self.imports.get(&id).and_then(|(w, _)| w.upgrade()) {
                     return Some(CapRef { node });

@@ -239,10 +239,15 @@ pub enum Event<L> {
         /// The parameters.
         params: InPayload<L>,
     },
-    /// The peer called a capability of ours that is broken and asked us
-    /// to keep the results (`sendResultsTo.yourself`): keep `error` as the
-    /// outcome of `answer` (the peer may take it from another question)
-    /// and answer with [`Conn::return_error`].
+    /// The core has answered a call of the peer's with `error` before the
+    /// call reached the runtime (a call on a broken capability of ours, or
+    /// one asking for three-party handoff). Nothing is left to send, but
+    /// keep `error` as the outcome of `answer` until [`Event::Finished`],
+    /// as for any answer: the peer may still name it. A call pipelined on
+    /// it fails with this error; a field of it passed back
+    /// (`receiverAnswer`) is a broken capability with this error; a peer
+    /// that asked us to keep the results (`sendResultsTo.yourself`) takes
+    /// them from another question (`takeFromOtherQuestion`).
     CallFailed {
         /// Our answer id.
         answer: u32,
@@ -1418,20 +1423,18 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                         Some(Export { cap: Some(l), .. }) => CallTarget::Local(l.clone()),
                         Some(Export { cap: None, .. }) => {
                             self.drop_in_caps(&caps);
-                            let error = Error::failed("call on a broken capability".into());
                             if let (ResultsTo::Yourself, Some(a)) =
                                 (&to, self.answers.get_mut(&question))
                             {
                                 // The caller will take this outcome from
-                                // another question: the runtime keeps it.
+                                // another question: the return says
+                                // `resultsSentElsewhere`.
                                 a.results_to_yourself = true;
-                                self.events.push_back(Event::CallFailed {
-                                    answer: question,
-                                    error,
-                                });
-                            } else {
-                                self.return_error(question, error);
                             }
+                            self.fail_call(
+                                question,
+                                Error::failed("call on a broken capability".into()),
+                            );
                             return Ok(());
                         }
                         None => return Err(protocol_error(format!("call on unknown export {id}"))),
@@ -1454,7 +1457,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                     }
                     ResultsTo::ThirdParty => {
                         self.drop_in_caps(&caps);
-                        self.return_error(
+                        self.fail_call(
                             question,
                             Error::unimplemented("three-party handoff is not supported yet".into()),
                         );
@@ -1649,6 +1652,15 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             },
         }
         Ok(())
+    }
+
+    /// Answers the peer's call `answer` with `error` at once, and tells
+    /// the runtime ([`Event::CallFailed`]), which keeps the outcome while
+    /// the answer id is live: without it, a `receiverAnswer` or a call
+    /// naming the answer would find nothing there.
+    fn fail_call(&mut self, answer: u32, error: Error) {
+        self.return_error(answer, error.clone());
+        self.events.push_back(Event::CallFailed { answer, error });
     }
 
     fn new_answer(&mut self, id: u32) -> Result<(), Error> {

@@ -900,3 +900,124 @@ fn a_call_without_pipelining_is_answered_with_no_finish_needed() {
     assert_eq!(p.b.conn.table_sizes().answers, 1);
     assert!(p.b.conn.aborted().is_none());
 }
+
+/// A call on a capability B exported broken (a promise whose `resolve` to
+/// the exception A has not read yet) is answered by B's core at once with
+/// an exception, and B's runtime is told (`CallFailed`) so that it keeps
+/// the error while the answer id is live. A second call passing a field of
+/// the first back (`receiverAnswer`) then reaches B's runtime naming that
+/// field, for the runtime to give as a broken capability with the error;
+/// it does not abort, and A's finishes empty the tables.
+#[test]
+fn a_call_on_a_broken_export_is_answered_at_once_and_its_answer_stays_nameable() {
+    let mut p = Pair::new();
+    let import = bootstrapped(&mut p);
+    p.a.conn
+        .call(
+            &OutTarget::Import(import),
+            1,
+            0,
+            plain().get_root_as_reader().unwrap(),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(p.a_to_b(), "call:q0->import:0");
+    let broken = OutCap::Broken(capnp::Error::failed("it broke".into()));
+    b_returns(&mut p, &with_caps(1), &[broken]);
+    assert_eq!(p.b_to_a(), "return:a0:results [sender-promise:1]");
+    let Some(Event::Return {
+        result: Ok(payload),
+        ..
+    }) = p.a.conn.next_event()
+    else {
+        panic!("no results")
+    };
+    let [InCap::Import {
+        id: broken,
+        promise: true,
+    }] = payload.caps.as_slice()
+    else {
+        panic!("{:?}", payload.caps)
+    };
+    let broken = *broken;
+    drop(payload);
+    assert_eq!(p.a_to_b(), "finish:q0");
+    assert!(matches!(
+        p.b.conn.next_event(),
+        Some(Event::Finished { answer: 0 })
+    ));
+
+    // Before the resolve arrives, A calls the broken capability, then
+    // passes field [0] of that call's results to B's bootstrap object.
+    let failed =
+        p.a.conn
+            .call(
+                &OutTarget::Import(broken),
+                1,
+                0,
+                plain().get_root_as_reader().unwrap(),
+                &[],
+            )
+            .unwrap();
+    p.a.conn
+        .call(
+            &OutTarget::Import(import),
+            1,
+            1,
+            with_caps(1).get_root_as_reader().unwrap(),
+            &[OutCap::Answer {
+                question: failed,
+                path: vec![0],
+            }],
+        )
+        .unwrap();
+    assert_eq!(p.a_to_b(), "call:q0->import:1");
+    let Some(Event::CallFailed { answer: 0, error }) = p.b.conn.next_event() else {
+        panic!("B's runtime is not told of the failed call")
+    };
+    assert!(error.to_string().contains("call on a broken capability"));
+    assert_eq!(p.a_to_b(), "call:q1->import:0 [receiver-answer:0]");
+    let Some(Event::Call {
+        answer: 1,
+        target: CallTarget::Local(1),
+        params,
+        ..
+    }) = p.b.conn.next_event()
+    else {
+        panic!("the call carrying the field does not reach B's runtime")
+    };
+    let [InCap::Answer { answer: 0, path }] = params.caps.as_slice() else {
+        panic!("{:?}", params.caps)
+    };
+    assert_eq!(path, &[0]);
+    drop(params);
+    // The failed answer is kept until A's finish.
+    assert_eq!(p.b.conn.table_sizes().answers, 2);
+    p.b.conn
+        .return_results(1, plain().get_root_as_reader().unwrap(), &[]);
+    assert_eq!(
+        p.flush(),
+        [
+            "B resolve:1:exception",
+            "B return:a0:exception(call on a broken capability)",
+            "A finish:q0",
+            "B return:a1:results",
+            "A finish:q1",
+        ]
+    );
+    let finished: Vec<_> =
+        p.b.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Finished { answer } => Some(answer),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(finished, [0, 1]);
+    assert!(p.b.conn.aborted().is_none());
+    p.a.events();
+    p.a.conn.release_import(broken);
+    p.a.conn.release_import(import);
+    p.flush();
+    p.assert_finished();
+}

@@ -179,7 +179,8 @@ impl Peer {
                     (_, Ok(_)) => conn.return_error(answer, capnp::Error::failed("refused".into())),
                 }
             }
-            Event::CallFailed { answer, error } => conn.return_error(answer, error),
+            // Answered by the core already; this peer keeps no outcomes.
+            Event::CallFailed { .. } => {}
             Event::Cancel { answer, .. } => conn.return_canceled(answer),
             Event::Finished { .. } => {}
             Event::Return { question, result } => {
