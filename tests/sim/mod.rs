@@ -20,14 +20,7 @@ use std::cell::RefCell;
 /// set. Remove an entry (and its test's `#[ignore]`) when the bug is fixed.
 /// An entry looks like
 /// `("E-order", "calls_sent_before_and_after_a_resolve_keep_their_order")`.
-/// Empty for now. The bugs still open were all found with the pipelining
-/// step (`SIM_NEW_OPS=pipeline`), which is off by default until they are
-/// fixed (tail calls are on: the bugs they found are fixed), and none has
-/// an entry, since each fails the way any such bug would (a leak, an
-/// embargo left after a flush): see the ignored
-/// `results_holding_fields_of_each_other_are_released`,
-/// `results_holding_a_field_of_the_call_they_answer_by_tail_call_are_released`
-/// and `calls_pipelined_on_a_call_forwarded_by_a_promise_follow_it`.
+/// Empty: every bug the simulation has found so far is fixed.
 pub const KNOWN_BUGS: &[(&str, &str)] = &[];
 
 /// The regression test of the known bug a failure message shows, if any.
