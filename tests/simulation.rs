@@ -2399,3 +2399,68 @@ fn calls_pipelined_on_a_call_forwarded_by_a_promise_follow_it() {
         ],
     });
 }
+
+/// E-order across three vats (found with `Pipeline`, seed 1783, 133
+/// steps; this is it by hand). Vat 0 holds B (vat 1's object) through vat
+/// 2, which forwards calls on it to vat 1. Vat 0 calls B (X), takes P on
+/// field 0 of X and calls P (C1): vat 2 forwards both to vat 1, C1
+/// pipelined on its own question. Vat 1 answers X with O, vat 2's own
+/// object, so C1 heads back to vat 2 and vat 2 embargoes that field of its
+/// question. Vat 2 then returned X to vat 0 naming O itself (`senderHosted`),
+/// so vat 0's next call on P (C2) went straight to O and overtook C1. A
+/// field under an embargo now goes out in a return as the promise of it
+/// (`senderPromise`, resolved once the embargo lifts), and C2 waits behind
+/// the embargo (`AnswerRef::embargoed_fields`).
+#[test]
+fn a_return_names_a_field_under_an_embargo_as_a_promise() {
+    regression_new_ops(Scenario {
+        vats: 3,
+        ops: vec![
+            Op::NewObject { vat: 2 },
+            Op::NewObject { vat: 1 },
+            Op::Bootstrap {
+                vat: 1,
+                peer: 0,
+                offer: 0,
+            },
+            Op::Bootstrap {
+                vat: 2,
+                peer: 1,
+                offer: 0,
+            },
+            Op::Flush,
+            Op::Bootstrap {
+                vat: 0,
+                peer: 1,
+                offer: 1,
+            },
+            Op::Flush,
+            Op::Call {
+                vat: 0,
+                target: 0,
+                caps: vec![],
+            },
+            Op::Pipeline { call: 0, index: 0 },
+            Op::Call {
+                vat: 0,
+                target: 1,
+                caps: vec![],
+            },
+            Op::Flush,
+            Op::Answer {
+                call: 0,
+                caps: vec![1],
+            },
+            // The return 1>2, then 2>0 (and the finish 0>2).
+            Op::Deliver { wire: 0 },
+            Op::Deliver { wire: 0 },
+            Op::Deliver { wire: 0 },
+            Op::Call {
+                vat: 0,
+                target: 1,
+                caps: vec![],
+            },
+            Op::Flush,
+        ],
+    });
+}

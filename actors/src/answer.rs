@@ -673,6 +673,9 @@ fn resolve_path(resolution: &Resolution, path: &[u16]) -> CapRef {
     }
 }
 
+/// Longest chain of tail calls followed (see `AnswerRef::embargoed_fields`).
+const MAX_FORWARDS: usize = 64;
+
 /// A caller's counted reference to an answer; see the module docs.
 pub(crate) struct AnswerRef {
     answer: Arc<Answer>,
@@ -748,6 +751,38 @@ impl AnswerRef {
             None => s.pipelined.push((path, Arc::downgrade(&cap.node))),
         }
         cap
+    }
+
+    /// The fields of this answer (or of the answer it forwards to) under a
+    /// network embargo, each as (what the field is, the pipelined
+    /// capability that stays unsettled until the embargo lifts). Calls made
+    /// on such a field before are still on their way back to what it is,
+    /// so whoever learns of the field now must get the promise, not the
+    /// end: a return naming the end would let its receiver call it
+    /// directly and overtake them.
+    pub(crate) fn embargoed_fields(&self) -> Vec<(CapRef, CapRef)> {
+        let mut cur = self.clone();
+        for _ in 0..MAX_FORWARDS {
+            let (paths, resolution, forward) = {
+                let s = cur.answer.lock();
+                (s.embargoed.clone(), s.resolution(), s.forward.clone())
+            };
+            if let Some(to) = forward {
+                cur = to;
+                continue;
+            }
+            let Some(resolution) = resolution else {
+                return Vec::new();
+            };
+            return paths
+                .into_iter()
+                .map(|path| {
+                    let end = resolve_path(&resolution, &path);
+                    (end, cur.pipelined_cap(path))
+                })
+                .collect();
+        }
+        Vec::new()
     }
 
     /// The shared answer.

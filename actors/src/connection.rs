@@ -963,10 +963,23 @@ impl Connection {
         self.unhold(answer);
         match outcome {
             Ok(frozen) => {
+                // A field under an embargo goes out as the promise of it.
+                let held = match self.answers.get(&answer) {
+                    Some((r, _)) => r.embargoed_fields(),
+                    None => Vec::new(),
+                };
                 let caps: Vec<OutCap<CapRef>> = frozen
                     .caps
                     .iter()
-                    .map(|c| self.out_cap(c.as_ref()))
+                    .map(|c| {
+                        let promise = c
+                            .as_ref()
+                            .and_then(|c| held.iter().find(|(end, _)| end == c));
+                        match promise {
+                            Some((_, p)) => self.out_cap(Some(p)),
+                            None => self.out_cap(c.as_ref()),
+                        }
+                    })
                     .collect();
                 if let Some(kept) = frozen.kept() {
                     return self.core.return_kept(answer, kept, &caps);
