@@ -2464,3 +2464,87 @@ fn a_return_names_a_field_under_an_embargo_as_a_promise() {
         ],
     });
 }
+
+/// A disembargo was never reflected (found with `Pipeline`, seed 197; the
+/// shrunk form after the fix of
+/// `calls_pipelined_on_a_call_forwarded_by_a_promise_follow_it`). Vat 0
+/// calls its promise p0 (call 0) and takes P1 on field 0; vat 2
+/// bootstraps P1 and pipelines a call on it; p0 resolves to a capability
+/// of vat 2, so call 0 goes there, and so do the calls on P1, pipelined.
+/// Vat 0 answers the bootstrap with `receiverAnswer` (vat 2's answer to
+/// call 0, field 0); vat 2 embargoes it and sends `disembargo
+/// senderLoopback -> answer 1`. Vat 0 sends the marker through its
+/// connection after the calls on P1, but call 0's return (no capabilities:
+/// P1 is broken) is read in the same batch, before the marker's turn: the
+/// marker ended at the broken capability and was dropped, and vat 2's
+/// embargo stayed for ever. A marker dropped on its way is now reflected
+/// by the connection it came on.
+#[test]
+fn a_disembargo_whose_path_no_longer_leads_back_is_reflected() {
+    regression_new_ops(Scenario {
+        vats: 3,
+        ops: vec![
+            Op::NewObject { vat: 232 },
+            Op::NewPromise { vat: 153 },
+            Op::Call {
+                vat: 39,
+                target: 50,
+                caps: vec![],
+            },
+            Op::Pipeline {
+                call: 173,
+                index: 153,
+            },
+            Op::Bootstrap {
+                vat: 236,
+                peer: 123,
+                offer: 188,
+            },
+            Op::Pipeline {
+                call: 124,
+                index: 100,
+            },
+            Op::Bootstrap {
+                vat: 5,
+                peer: 64,
+                offer: 74,
+            },
+            Op::Deliver { wire: 88 },
+            Op::Bootstrap {
+                vat: 114,
+                peer: 179,
+                offer: 238,
+            },
+            Op::Bootstrap {
+                vat: 107,
+                peer: 24,
+                offer: 117,
+            },
+            Op::Deliver { wire: 27 },
+            Op::Resolve {
+                promise: 66,
+                target: 119,
+            },
+            Op::Call {
+                vat: 135,
+                target: 61,
+                caps: vec![],
+            },
+            Op::Deliver { wire: 194 },
+            Op::Deliver { wire: 99 },
+            Op::Deliver { wire: 12 },
+            Op::Deliver { wire: 51 },
+            Op::Call {
+                vat: 185,
+                target: 131,
+                caps: vec![],
+            },
+            Op::Answer {
+                call: 242,
+                caps: vec![],
+            },
+            Op::Deliver { wire: 49 },
+            Op::Flush,
+        ],
+    });
+}

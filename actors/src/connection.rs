@@ -688,24 +688,26 @@ impl Connection {
                         embargo,
                         "disembargo target no longer leads back to the peer; reflected at once"
                     );
-                    // (The reply names what the peer's disembargo named;
-                    // a receiverLoopback's target is not read, its id is.)
-                    let target = match target {
-                        CallTarget::Answer { answer, path } => OutTarget::Answer {
-                            question: answer,
-                            path,
-                        },
-                        CallTarget::Local(c) => {
-                            OutTarget::Import(self.core.export_id(&c).unwrap_or(0))
-                        }
-                    };
+                    let target = self.reflection_target(&target);
                     self.me.do_send(ConnMsg::Reflect { embargo, target });
                     return;
                 }
                 // Reflect it along the path calls on the target take
                 // (through any queue on our side), so that it goes out
-                // after every call the peer sent before it.
-                let (_, completer) = Answer::open();
+                // after every call the peer sent before it. If the path
+                // no longer ends at the peer when the marker gets there
+                // (the field it went through has been answered since with
+                // something else, say), the marker is dropped there, after
+                // the calls before it: then reflect it from here.
+                let (mark, completer) = Answer::open();
+                let reply = self.reflection_target(&target);
+                ctx.spawn(WaitOutcome { answer: mark }.into_actor(self).map(
+                    move |outcome, act, _| {
+                        if outcome.is_err() {
+                            act.core.disembargo_reply_to(embargo, &reply);
+                        }
+                    },
+                ));
                 let marker = Call {
                     interface_id: 0,
                     method_id: 0,
@@ -828,6 +830,19 @@ impl Connection {
                     held: Vec::new(),
                 },
             );
+        }
+    }
+
+    /// What a disembargo reflected from here names: what the peer's
+    /// disembargo named (a receiverLoopback's target is not read, its id
+    /// is).
+    fn reflection_target(&self, target: &CallTarget<CapRef>) -> OutTarget {
+        match target {
+            CallTarget::Answer { answer, path } => OutTarget::Answer {
+                question: *answer,
+                path: path.clone(),
+            },
+            CallTarget::Local(c) => OutTarget::Import(self.core.export_id(c).unwrap_or(0)),
         }
     }
 
@@ -1110,8 +1125,11 @@ impl Connection {
         if let Some((conn_id, embargo)) = call.marker {
             // A disembargo marker has come through every earlier call on
             // its target, which is our peer's: reflect it there.
+            // (From another connection, the marker is dropped: the calls
+            // before it are queued here, and its own connection reflects it.)
             if conn_id == self.id {
                 self.core.disembargo_reply_to(embargo, &out_target);
+                call.completer.complete_payload(Payload::empty());
             }
             return;
         }

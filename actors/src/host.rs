@@ -163,9 +163,9 @@ pub(crate) fn start_call<H: Host + ?Sized>(
     call: Call,
 ) -> Option<LocalBoxFuture<'static, ()>> {
     if call.marker.is_some() {
-        // A disembargo marker that reached a served capability: the peer
-        // claimed the target pointed back to it, which it does not. Its
-        // embargo never lifts; nothing else is affected.
+        // A disembargo marker that reached a served capability (the path
+        // led back to the peer when it came, and no longer does): dropping
+        // it, after the calls before it, makes its connection reflect it.
         return None;
     }
     if call.completer.is_cancelled() {
