@@ -3,10 +3,9 @@
 //! passing capabilities, answers, promise resolutions, cancellations,
 //! releases, bootstraps, disconnects, one message delivered at a time)
 //! against a shadow model of who refers to what (see `tests/sim/`).
-//! Tail calls (with `sendResultsTo.yourself` on every connection) are
-//! among the steps; pipelining on call results is not yet, as it finds
-//! bugs still open (`SIM_NEW_OPS=pipeline` or `=1` turns it on; see
-//! `sim::KNOWN_BUGS` and the ignored tests).
+//! Tail calls (with `sendResultsTo.yourself` on every connection) and
+//! pipelining on call results are among the steps (`SIM_NEW_OPS=0`,
+//! `=pipeline` or `=tail` picks fewer, to compare).
 //!
 //! The oracle (`tests/sim/driver.rs` and `model.rs`): every call reaches
 //! the object its reference means, in the order sent on that reference,
@@ -2545,6 +2544,247 @@ fn a_disembargo_whose_path_no_longer_leads_back_is_reflected() {
             },
             Op::Deliver { wire: 49 },
             Op::Flush,
+        ],
+    });
+}
+
+/// Calls on one reference out of order (seed 8636, shrunk; the same bug
+/// as `a_field_named_as_our_answer_is_embargoed_even_if_it_resolved_back_to_the_peer`
+/// by another way). Vat 1 bootstraps vat 0, which offers a capability
+/// pipelined on its own question to vat 1, and pipelines call 14 on it;
+/// vat 0's return names vat 1's answer 0 (`receiverAnswer 0`), which vat 1
+/// had already answered with vat 0's object (an import). Reading that
+/// descriptor gave the import itself, so the field looked like vat 0's and
+/// no embargo started: call 15 went straight to the object while 14 was
+/// still bouncing vat 1 -> vat 0 -> vat 1 -> vat 0. A field is now judged
+/// by the descriptor the peer sent, even when the answer it names is
+/// known already.
+#[test]
+fn a_field_named_as_our_answered_answer_is_embargoed() {
+    regression(Scenario {
+        vats: 2,
+        ops: vec![
+            Op::NewObject { vat: 74 },
+            Op::Bootstrap {
+                vat: 237,
+                peer: 240,
+                offer: 232,
+            },
+            Op::Release { vat: 10, cap: 210 },
+            Op::NewObject { vat: 102 },
+            Op::Call {
+                vat: 2,
+                target: 52,
+                caps: vec![223],
+            },
+            Op::Call {
+                vat: 92,
+                target: 160,
+                caps: vec![],
+            },
+            Op::NewObject { vat: 191 },
+            Op::Answer {
+                call: 59,
+                caps: vec![],
+            },
+            Op::Answer {
+                call: 124,
+                caps: vec![166, 17],
+            },
+            Op::Deliver { wire: 161 },
+            Op::NewBroken { vat: 242 },
+            Op::Call {
+                vat: 31,
+                target: 226,
+                caps: vec![],
+            },
+            Op::Deliver { wire: 158 },
+            Op::NewPromise { vat: 104 },
+            Op::Deliver { wire: 146 },
+            Op::Release { vat: 13, cap: 77 },
+            Op::Deliver { wire: 4 },
+            Op::Call {
+                vat: 148,
+                target: 198,
+                caps: vec![141],
+            },
+            Op::Call {
+                vat: 9,
+                target: 245,
+                caps: vec![],
+            },
+            Op::Call {
+                vat: 136,
+                target: 0,
+                caps: vec![154, 201],
+            },
+            Op::Resolve {
+                promise: 18,
+                target: 255,
+            },
+            Op::Deliver { wire: 114 },
+            Op::Release { vat: 136, cap: 163 },
+            Op::Release { vat: 60, cap: 218 },
+            Op::TailCall {
+                call: 5,
+                target: 243,
+            },
+            Op::Release { vat: 35, cap: 172 },
+            Op::Call {
+                vat: 114,
+                target: 11,
+                caps: vec![217],
+            },
+            Op::Answer {
+                call: 140,
+                caps: vec![202],
+            },
+            Op::Deliver { wire: 213 },
+            Op::Bootstrap {
+                vat: 230,
+                peer: 189,
+                offer: 218,
+            },
+            Op::Pipeline {
+                call: 94,
+                index: 91,
+            },
+            Op::Pipeline {
+                call: 0,
+                index: 209,
+            },
+            Op::Release { vat: 22, cap: 204 },
+            Op::Answer {
+                call: 123,
+                caps: vec![169, 177],
+            },
+            Op::Bootstrap {
+                vat: 21,
+                peer: 29,
+                offer: 148,
+            },
+            Op::Release { vat: 145, cap: 23 },
+            Op::Call {
+                vat: 204,
+                target: 111,
+                caps: vec![250, 23],
+            },
+            Op::Release { vat: 160, cap: 54 },
+            Op::Pipeline {
+                call: 239,
+                index: 84,
+            },
+            Op::Bootstrap {
+                vat: 237,
+                peer: 107,
+                offer: 250,
+            },
+            Op::Answer {
+                call: 75,
+                caps: vec![],
+            },
+            Op::Flush,
+            Op::NewObject { vat: 150 },
+            Op::NewObject { vat: 254 },
+            Op::Fail { call: 188 },
+            Op::Answer {
+                call: 249,
+                caps: vec![207],
+            },
+            Op::Release { vat: 90, cap: 118 },
+            Op::Release { vat: 178, cap: 45 },
+            Op::Bootstrap {
+                vat: 44,
+                peer: 159,
+                offer: 143,
+            },
+            Op::Deliver { wire: 5 },
+            Op::Call {
+                vat: 55,
+                target: 242,
+                caps: vec![],
+            },
+            Op::Bootstrap {
+                vat: 145,
+                peer: 235,
+                offer: 171,
+            },
+            Op::TailCall {
+                call: 34,
+                target: 233,
+            },
+            Op::Deliver { wire: 176 },
+            Op::Deliver { wire: 84 },
+            Op::NewObject { vat: 12 },
+            Op::Call {
+                vat: 44,
+                target: 224,
+                caps: vec![169],
+            },
+            Op::Deliver { wire: 174 },
+            Op::Bootstrap {
+                vat: 17,
+                peer: 154,
+                offer: 128,
+            },
+            Op::Deliver { wire: 26 },
+            Op::Cancel { call: 141 },
+            Op::Answer {
+                call: 16,
+                caps: vec![51],
+            },
+            Op::Deliver { wire: 180 },
+            Op::Deliver { wire: 211 },
+            Op::Deliver { wire: 93 },
+            Op::Deliver { wire: 116 },
+            Op::Deliver { wire: 149 },
+            Op::Deliver { wire: 186 },
+            Op::Deliver { wire: 243 },
+            Op::Call {
+                vat: 219,
+                target: 71,
+                caps: vec![3],
+            },
+            Op::Pipeline {
+                call: 62,
+                index: 105,
+            },
+            Op::Bootstrap {
+                vat: 232,
+                peer: 176,
+                offer: 26,
+            },
+            Op::Deliver { wire: 97 },
+            Op::Deliver { wire: 87 },
+            Op::Bootstrap {
+                vat: 107,
+                peer: 62,
+                offer: 112,
+            },
+            Op::Deliver { wire: 119 },
+            Op::Deliver { wire: 143 },
+            Op::NewObject { vat: 232 },
+            Op::TailCall {
+                call: 160,
+                target: 217,
+            },
+            Op::Deliver { wire: 98 },
+            Op::Release { vat: 245, cap: 129 },
+            Op::Release { vat: 33, cap: 61 },
+            Op::Deliver { wire: 86 },
+            Op::Deliver { wire: 42 },
+            Op::Deliver { wire: 86 },
+            Op::Call {
+                vat: 85,
+                target: 221,
+                caps: vec![],
+            },
+            Op::Deliver { wire: 106 },
+            Op::Call {
+                vat: 119,
+                target: 149,
+                caps: vec![],
+            },
         ],
     });
 }

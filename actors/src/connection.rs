@@ -603,10 +603,20 @@ impl Connection {
                     if let Some(a) = &a {
                         self.question_of.remove(&key(a));
                     }
+                    // Which capabilities the peer named as ours (an export of
+                    // ours, or a field of one of our answers).
+                    let ours: Vec<bool> = match &result {
+                        Ok(p) => p
+                            .caps
+                            .iter()
+                            .map(|c| matches!(c, InCap::Local(_) | InCap::Answer { .. }))
+                            .collect(),
+                        Err(_) => Vec::new(),
+                    };
                     match result.and_then(|p| self.in_payload(p)) {
                         Ok(p) => {
                             if let Some(a) = &a {
-                                self.embargo_local_fields(question, a, &p, pipelined);
+                                self.embargo_local_fields(question, a, &p, pipelined, &ours);
                             }
                             completer.complete_payload(p)
                         }
@@ -793,6 +803,7 @@ impl Connection {
         answer: &Arc<Answer>,
         results: &Payload,
         pipelined: Vec<Vec<u16>>,
+        ours: &[bool],
     ) {
         for path in pipelined {
             // Judged as the peer named it: one of its capabilities means
@@ -801,9 +812,17 @@ impl Connection {
             // takes care of them); one of ours (an export, or one of our
             // answers), even if it has resolved back to the peer since,
             // means they come back through us.
+            // (A field of one of our answers that is answered already is
+            // what it resolved to, which may be the peer's: judged by the
+            // descriptor.)
             let field = results.cap_at(&path);
-            let theirs =
-                matches!(field.kind(), Kind::Remote { conn_id, .. } if *conn_id == self.id);
+            let named_ours = results
+                .caps
+                .iter()
+                .zip(ours)
+                .any(|(c, &o)| o && c.as_ref() == Some(&field));
+            let theirs = !named_ours
+                && matches!(field.kind(), Kind::Remote { conn_id, .. } if *conn_id == self.id);
             if theirs {
                 if let Some(settle) = &field.node.settle {
                     settle.mark_called();
