@@ -90,10 +90,7 @@ pub fn new_ops() -> NewOps {
 }
 
 /// See [`new_ops`].
-pub const NEW_OPS_BY_DEFAULT: NewOps = NewOps {
-    pipeline: false,
-    tail_calls: true,
-};
+pub const NEW_OPS_BY_DEFAULT: NewOps = NewOps::ALL;
 
 /// A whole simulation: how many vats, and the steps.
 #[derive(Clone, Debug, PartialEq, Eq)]
