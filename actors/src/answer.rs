@@ -379,9 +379,15 @@ impl Answer {
         conn: Recipient<crate::connection::ConnMsg>,
         conn_id: u64,
     ) {
+        let mut s = self.lock();
+        if s.on_cancel.is_some() && s.remote.as_ref().is_some_and(|(_, id)| *id == conn_id) {
+            // Set already (a call to an import sets it when delivered, and
+            // again when it goes out): the same, without cloning the
+            // recipient twice and boxing a closure again.
+            return;
+        }
         let weak = Arc::downgrade(self);
         let notify = conn.clone();
-        let mut s = self.lock();
         s.remote = Some((conn, conn_id));
         s.on_cancel = Some(Box::new(move || {
             notify.do_send(crate::connection::ConnMsg::Cancel { answer: weak });

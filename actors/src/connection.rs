@@ -7,23 +7,20 @@
 //! and go out on the wire. Everything produced while handling one message
 //! or one chunk of input is written in one write.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, Handler, Message, Recipient, SpawnHandle,
-    StreamHandler, WrapFuture,
+    Actor, ActorContext, ActorFuture, ActorFutureExt, AsyncContext, Handler, Message, Recipient,
+    SpawnHandle, StreamHandler, WrapFuture,
 };
 use capnp_actix_proto::captp::{
     CallTarget, Conn, ConnLimits, Event, InCap, InPayload, OutCap, OutTarget, TableSizes,
 };
-use capnp_actix_proto::frame::Output;
 use capnp_actix_proto::Limits;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::answer::{Answer, AnswerRef, Call, Completer, Outcome};
 use crate::cap::{next_id, CapRef, Kind, Node};
@@ -32,6 +29,13 @@ use crate::hook::{send_call, WaitOutcome};
 use crate::io::{self, Input};
 use crate::payload::{payload_received, Body, Payload};
 use crate::registry;
+
+/// The tables' hash maps and sets: their keys are ids (some chosen by the
+/// peer), hashed with foldhash's seeded hasher, which costs a fraction of
+/// the standard SipHash (that took about 7% of a server's instructions
+/// per call).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// Finds the bootstrap capability for a service ID (the ID's raw bytes;
 /// empty when the peer sent none). The lookup may take time (a restorer
@@ -247,40 +251,7 @@ pub fn start_connection<S>(stream: S, options: ConnectionOptions) -> ConnectionH
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let (read, mut write) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Output>();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let written = queued.clone();
-    let spare = Arc::new(std::sync::Mutex::new(None::<Vec<u8>>));
-    let written_spare = spare.clone();
-    // The writer: everything queued since the last write goes out in one
-    // (vectored) write; the largest buffer then goes back to the
-    // connection for its next output.
-    let writer = actix_rt::spawn(async move {
-        let mut batch = Vec::new();
-        while let Some(first) = rx.recv().await {
-            batch.push(first);
-            while let Ok(more) = rx.try_recv() {
-                batch.push(more);
-            }
-            if io::write_outputs(&mut write, &batch).await.is_err() {
-                break;
-            }
-            let bytes: usize = batch.iter().map(Output::len).sum();
-            written.fetch_sub(bytes, Ordering::Relaxed);
-            let spare = batch
-                .drain(..)
-                .map(Output::into_buffer)
-                .filter(|b| b.capacity() <= MAX_SPARE_BYTES)
-                .max_by_key(Vec::capacity);
-            if let Some(buf) = spare {
-                if let Ok(mut slot) = written_spare.lock() {
-                    *slot = Some(buf);
-                }
-            }
-        }
-        let _ = write.shutdown().await;
-    });
+    let (read, write) = tokio::io::split(stream);
     let max_outgoing = match options.max_outgoing_bytes {
         0 => DEFAULT_MAX_OUTGOING_BYTES,
         n => n,
@@ -293,28 +264,27 @@ where
     let id = next_id();
     let addr = Connection::create(move |ctx| {
         ctx.add_stream(io::FrameReader::new(read, options.reader));
+        ctx.spawn(Flush);
         Connection {
             id,
             closed: Some(closed_tx),
             core: Conn::new(options.tables, options.reader),
-            out: Some(tx),
-            writer: Some(writer),
-            queued,
-            spare,
+            writer: Some(io::Writer::new(Box::new(write))),
+            flush: None,
             max_outgoing,
-            held: HashMap::new(),
+            held: HashMap::default(),
             held_bytes: 0,
             max_held,
             results_to_yourself: options.send_results_to_yourself,
             bootstrap: options.bootstrap,
             me: ctx.address().recipient(),
-            questions: HashMap::new(),
-            question_of: HashMap::new(),
-            answers: HashMap::new(),
-            imports: HashMap::new(),
-            pipelined: HashMap::new(),
-            embargoes: HashMap::new(),
-            tail_calls: std::collections::HashSet::new(),
+            questions: HashMap::default(),
+            question_of: HashMap::default(),
+            answers: HashMap::default(),
+            imports: HashMap::default(),
+            pipelined: HashMap::default(),
+            embargoes: HashMap::default(),
+            tail_calls: HashSet::default(),
             _guard: registry::ActorGuard::new(),
         }
     });
@@ -325,18 +295,35 @@ where
     }
 }
 
+/// The connection's writing: polled in every turn of the actor, it writes
+/// what the turn produced (see [`Connection::flush_output`]).
+struct Flush;
+
+impl ActorFuture<Connection> for Flush {
+    type Output = ();
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        act: &mut Connection,
+        ctx: &mut actix::Context<Connection>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
+        if !act.flush.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            act.flush = Some(cx.waker().clone());
+        }
+        act.flush_output(ctx, cx)
+    }
+}
+
 /// See the module docs.
 pub struct Connection {
     id: u64,
     core: Conn<CapRef>,
-    out: Option<mpsc::UnboundedSender<Output>>,
-    /// The writer task (aborted shortly after the connection ends, so a
-    /// peer that does not read cannot hold the socket and its bytes).
-    writer: Option<actix_rt::task::JoinHandle<()>>,
-    /// Bytes handed to the writer and not yet written.
-    queued: Arc<AtomicUsize>,
-    /// A buffer the writer has finished with, for the next output.
-    spare: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    /// Writes what the core produces, at the end of each turn of the
+    /// actor ([`Flush`]); handed to a task of its own when the connection
+    /// ends ([`Connection::release_writer`]).
+    writer: Option<io::Writer>,
+    /// Wakes the actor for [`Flush`] to write new output.
+    flush: Option<std::task::Waker>,
     max_outgoing: usize,
     /// Sizes of the peer's calls not answered yet, and their sum.
     held: HashMap<u32, usize>,
@@ -359,7 +346,7 @@ pub struct Connection {
     /// Our embargoes, by id.
     embargoes: HashMap<u32, Embargo>,
     /// Our questions sent as tail calls (`sendResultsTo.yourself`).
-    tail_calls: std::collections::HashSet<u32>,
+    tail_calls: HashSet<u32>,
     /// Told why the connection ended, when it does.
     closed: Option<futures::channel::oneshot::Sender<capnp::Error>>,
     /// Last: see `ActorGuard`.
@@ -370,6 +357,7 @@ impl Actor for Connection {
     type Context = actix::Context<Self>;
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        self.release_writer();
         if let Some(tx) = self.closed.take() {
             let reason = self
                 .core
@@ -410,50 +398,75 @@ enum Embargo {
 }
 
 impl Connection {
-    /// Gives the core the buffer the writer last finished with, if any, to
-    /// write its next output into (called before the core gets work).
-    fn recycle(&mut self) {
-        if let Some(buffer) = self.spare.lock().ok().and_then(|mut s| s.take()) {
-            self.core.recycle_output(buffer);
-        }
-    }
-
-    /// Handles the core's events and writes what the core produced.
+    /// Handles the core's events; what the core produced is written at
+    /// the end of the actor's turn ([`Flush`]), so that everything
+    /// produced while handling one batch of input goes out in one write.
     fn settle(&mut self, ctx: &mut actix::Context<Self>) {
         while let Some(event) = self.core.next_event() {
             self.on_event(event, ctx);
         }
-        let mut bytes = self.core.take_output_pieces();
-        if !bytes.is_empty()
-            && self.queued.load(Ordering::Relaxed) + bytes.len() > self.max_outgoing
-            && self.core.aborted().is_none()
-        {
-            self.core.abort(capnp::Error::overloaded(format!(
-                "the peer is not reading: more than {} bytes wait to be written",
-                self.max_outgoing
-            )));
-            while let Some(event) = self.core.next_event() {
-                self.on_event(event, ctx);
-            }
-            // Only the abort itself goes out.
-            bytes = self.core.take_output_pieces();
-        }
-        if !bytes.is_empty() {
-            if let Some(out) = &self.out {
-                self.queued.fetch_add(bytes.len(), Ordering::Relaxed);
-                let _ = out.send(bytes);
-            }
-        }
         if self.core.aborted().is_some() {
-            self.out = None;
-            if let Some(writer) = self.writer.take() {
-                // Give the last bytes (the abort) a moment to go out.
-                actix_rt::spawn(async move {
-                    tokio::time::sleep(WRITER_GRACE).await;
-                    writer.abort();
-                });
-            }
+            self.release_writer();
             ctx.stop();
+        } else if self.core.has_output() {
+            if let Some(flush) = &self.flush {
+                flush.wake_by_ref();
+            }
+        }
+    }
+
+    /// Queues the core's output and writes what the stream takes now.
+    fn flush_output(
+        &mut self,
+        ctx: &mut actix::Context<Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
+        let Some(writer) = self.writer.as_mut() else {
+            return Poll::Ready(());
+        };
+        if self.core.has_output() {
+            let out = self.core.take_output_pieces();
+            if writer.queued() + out.len() > self.max_outgoing && self.core.aborted().is_none() {
+                // Only the abort itself goes out.
+                drop(out);
+                self.core.abort(capnp::Error::overloaded(format!(
+                    "the peer is not reading: more than {} bytes wait to be written",
+                    self.max_outgoing
+                )));
+                self.settle(ctx);
+                return Poll::Ready(());
+            }
+            writer.push(out);
+        }
+        let core = &mut self.core;
+        let written = writer.poll_write(cx, |buffer| {
+            if buffer.capacity() <= MAX_SPARE_BYTES {
+                core.recycle_output(buffer);
+            }
+        });
+        match written {
+            Poll::Ready(Err(e)) => {
+                self.writer = None;
+                self.core.disconnected(capnp::Error::disconnected(format!(
+                    "connection write failed: {e}"
+                )));
+                self.settle(ctx);
+                Poll::Ready(())
+            }
+            _ => Poll::Pending,
+        }
+    }
+
+    /// Hands the writer, with what is left to write (the abort, if any),
+    /// to a task of its own that has a moment to finish and shut the
+    /// stream down (so that a peer that does not read cannot hold the
+    /// socket and its bytes).
+    fn release_writer(&mut self) {
+        if let Some(mut writer) = self.writer.take() {
+            writer.push(self.core.take_output_pieces());
+            actix_rt::spawn(async move {
+                let _ = tokio::time::timeout(WRITER_GRACE, writer.finish()).await;
+            });
         }
     }
 
@@ -993,7 +1006,6 @@ impl Connection {
     }
 
     fn send_return(&mut self, answer: u32, outcome: Outcome) {
-        self.recycle();
         self.unhold(answer);
         match outcome {
             Ok(frozen) => {
@@ -1259,7 +1271,6 @@ impl Connection {
 
 impl StreamHandler<Input> for Connection {
     fn handle(&mut self, item: Input, ctx: &mut Self::Context) {
-        self.recycle();
         match item {
             Input::Messages(messages) => {
                 for m in messages {
@@ -1283,7 +1294,6 @@ impl StreamHandler<Input> for Connection {
 impl Handler<ConnMsg> for Connection {
     type Result = ();
     fn handle(&mut self, msg: ConnMsg, ctx: &mut Self::Context) {
-        self.recycle();
         match msg {
             ConnMsg::Call { target, call } => {
                 let routed = match &target {

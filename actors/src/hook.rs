@@ -271,7 +271,9 @@ impl OutgoingRequest {
         let alloc = match size_hint {
             Some(s) => HeapAllocator::new()
                 .first_segment_words((s.word_count as u32).saturating_add(1).min(1 << 20)),
-            None => HeapAllocator::new(),
+            // Generated `*_request()` methods give no hint: capnp's default
+            // first segment (1024 words) would be zeroed in full per call.
+            None => HeapAllocator::new().first_segment_words(FIRST_SEGMENT_WORDS),
         };
         let mut message = message::Builder::new(alloc);
         message.init_root::<any_pointer::Builder<'_>>();

@@ -1,6 +1,7 @@
 //! The byte side of a connection: a reader that decodes frames straight
 //! from the stream, and the writer's vectored writes.
 
+use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -155,85 +156,115 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
 /// Slices given to one vectored write at most.
 const MAX_SLICES: usize = 64;
 
-/// Writes every output of `batch`, in order: small pieces gathered into
-/// one buffer (as many small writes cost more than the copy), large ones
-/// (the segments of kept messages) written from where they are with
-/// vectored writes when the stream takes them.
-pub(crate) async fn write_outputs<W: AsyncWrite + Unpin>(
-    write: &mut W,
-    batch: &[Output],
-) -> std::io::Result<()> {
-    let pieces: Vec<&[u8]> = batch.iter().flat_map(Output::pieces).collect();
-    if let [one] = pieces.as_slice() {
-        return write.write_all(one).await;
-    }
-    if !write.is_write_vectored() {
-        return write.write_all(&pieces.concat()).await;
-    }
-    // Runs of small pieces, gathered: (end in `gathered`, or a large piece).
-    let mut gathered = Vec::new();
-    let mut parts: Vec<Result<usize, &[u8]>> = Vec::new();
-    for p in pieces {
-        if p.len() >= MIN_SEPARATE_BYTES {
-            parts.push(Err(p));
-        } else {
-            gathered.extend_from_slice(p);
-            match parts.last_mut() {
-                Some(Ok(end)) => *end = gathered.len(),
-                _ => parts.push(Ok(gathered.len())),
-            }
-        }
-    }
-    let mut start = 0;
-    let pieces: Vec<&[u8]> = parts
-        .into_iter()
-        .map(|part| match part {
-            Ok(end) => {
-                let run = &gathered[start..end];
-                start = end;
-                run
-            }
-            Err(p) => p,
-        })
-        .collect();
-    match pieces.as_slice() {
-        [one] => write.write_all(one).await,
-        _ => write_pieces(write, &pieces).await,
-    }
+/// The writing half of a connection, driven by the connection actor
+/// itself (no task of its own): what the actor produced while handling
+/// its input is queued and written at the end of the actor's turn, from
+/// where it is (large kept segments with vectored writes).
+pub(crate) struct Writer {
+    write: Box<dyn AsyncWrite + Unpin>,
+    /// Outputs not yet written in full, in order; when the stream is
+    /// busy, later outputs are appended to the last one.
+    queue: VecDeque<Output>,
+    /// Bytes of the first output already written.
+    written: usize,
+    /// Bytes queued and not yet written.
+    queued: usize,
 }
 
-/// Pieces at least this long are written from where they are.
-const MIN_SEPARATE_BYTES: usize = 4096;
-
-/// Writes `pieces` in order with vectored writes.
-async fn write_pieces<W: AsyncWrite + Unpin>(
-    write: &mut W,
-    pieces: &[&[u8]],
-) -> std::io::Result<()> {
-    // The first piece not written in full, and how much of it is.
-    let mut first = 0;
-    let mut done = 0;
-    while first < pieces.len() {
-        let slices: Vec<IoSlice<'_>> = std::iter::once(&pieces[first][done..])
-            .chain(pieces[first + 1..].iter().copied())
-            .take(MAX_SLICES)
-            .map(IoSlice::new)
-            .collect();
-        let mut n = write.write_vectored(&slices).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while n > 0 && first < pieces.len() {
-            let left = pieces[first].len() - done;
-            if n >= left {
-                n -= left;
-                first += 1;
-                done = 0;
-            } else {
-                done += n;
-                n = 0;
-            }
+impl Writer {
+    pub(crate) fn new(write: Box<dyn AsyncWrite + Unpin>) -> Self {
+        Writer {
+            write,
+            queue: VecDeque::new(),
+            written: 0,
+            queued: 0,
         }
     }
-    Ok(())
+
+    /// Bytes queued and not yet written.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Queues `out` behind what is queued.
+    pub(crate) fn push(&mut self, out: Output) {
+        if out.is_empty() {
+            return;
+        }
+        self.queued += out.len();
+        match self.queue.back_mut() {
+            // (A stream without vectored writes would otherwise get one
+            // write per output.)
+            Some(last) => last.append(out),
+            None => self.queue.push_back(out),
+        }
+    }
+
+    /// Writes what is queued as far as the stream takes it; `Ready(Ok)`
+    /// once everything is written. The buffer of each output written in
+    /// full goes to `done` (for reuse).
+    pub(crate) fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut done: impl FnMut(Vec<u8>),
+    ) -> Poll<std::io::Result<()>> {
+        while !self.queue.is_empty() {
+            let mut slices: Vec<IoSlice<'_>> = Vec::new();
+            let mut skip = self.written;
+            'outputs: for out in &self.queue {
+                for piece in out.pieces() {
+                    if skip >= piece.len() {
+                        skip -= piece.len();
+                        continue;
+                    }
+                    slices.push(IoSlice::new(&piece[skip..]));
+                    skip = 0;
+                    if slices.len() == MAX_SLICES {
+                        break 'outputs;
+                    }
+                }
+            }
+            let write = Pin::new(&mut self.write);
+            let polled = match slices.as_slice() {
+                [one] => write.poll_write(cx, one),
+                _ => write.poll_write_vectored(cx, &slices),
+            };
+            drop(slices);
+            let mut n = match polled {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => n,
+            };
+            self.queued = self.queued.saturating_sub(n);
+            while n > 0 {
+                let Some(first) = self.queue.front() else {
+                    break;
+                };
+                let left = first.len() - self.written;
+                if n < left {
+                    self.written += n;
+                    break;
+                }
+                n -= left;
+                self.written = 0;
+                if let Some(out) = self.queue.pop_front() {
+                    done(out.into_buffer());
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes everything queued, then shuts the stream down.
+    pub(crate) async fn finish(mut self) {
+        if futures::future::poll_fn(|cx| self.poll_write(cx, drop))
+            .await
+            .is_ok()
+        {
+            let _ = self.write.shutdown().await;
+        }
+    }
 }

@@ -645,6 +645,17 @@ impl Output {
         all
     }
 
+    /// Appends `other` (its bytes and kept segments) behind this output.
+    pub fn append(&mut self, other: Output) {
+        let base = self.bytes.len();
+        self.bytes.extend_from_slice(&other.bytes);
+        self.inserts
+            .extend(other.inserts.into_iter().map(|i| Insert {
+                at: base + i.at,
+                ..i
+            }));
+    }
+
     /// Takes the buffer of own bytes, leaving this output empty of them
     /// (for reusing the buffer once everything is written).
     pub fn into_buffer(self) -> Vec<u8> {
