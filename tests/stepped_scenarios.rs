@@ -1320,6 +1320,53 @@ async fn scenario_34_a_local_answer_resolved_to_a_remote_one_flushes_queued_call
     net.end().await;
 }
 
+/// A call made on a local promise waits in it, and calls pipelined on that
+/// call wait in its answer's queue; when the promise resolves to the
+/// peer's capability, the call goes out and the queued calls follow it at
+/// once, pipelined on its question, without waiting for its return (as a
+/// call pipelined on it afterwards does). They used to wait for the
+/// return, and with them any disembargo the peer sent through them, which
+/// could wait for ever (simulation seed 197).
+#[actix::test]
+async fn calls_queued_on_a_call_through_a_local_promise_follow_it_to_the_peer() {
+    let server_log = Log::default();
+    let net = Net::serving(Pairs {
+        first: Probe::cap(&server_log),
+        second: None,
+    });
+    {
+        let maker = net.maker();
+        let remote = first_of_pair(&net, &maker).await;
+        let (promise, resolver) = Cap::<maker::Client>::promise();
+        let pair = promise.client().pair_request().send();
+        let first = pair.pipeline.get_pair().get_first();
+        let mut calls = vec![start_call(&first, 1), start_call(&first, 2)];
+        net.settle().await;
+        assert!(
+            net.waiting(Dir::Up).await.is_empty(),
+            "nothing goes out yet"
+        );
+        resolver.resolve_to(Cap::from_client(&maker).raw().clone());
+        net.settle().await;
+        calls.push(start_call(&first, 3));
+        net.expect(
+            Dir::Up,
+            &[
+                "call q0 -> import 0 m0 []",
+                "call q1 -> answer 0.[0.0] m0 []",
+                "call q2 -> answer 0.[0.0] m0 []",
+                "call q3 -> answer 0.[0.0] m0 []",
+            ],
+        )
+        .await;
+        net.flush().await;
+        assert_eq!(server_log.calls(), vec![1, 2, 3]);
+        assert_eq!(outcomes(calls).await, vec![1, 2, 3]);
+        drop((first, pair, promise, remote, maker));
+    }
+    net.end().await;
+}
+
 /// A scripted server for SCENARIO 21: a bare protocol core that the test
 /// drives by hand, so that it can send what our own vats never send (a
 /// `resolve` of one promise to another promise).
