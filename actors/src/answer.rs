@@ -9,9 +9,17 @@
 //! answer. That queue is an actor ([`AnswerActor`]), started the first time
 //! a pipelined call finds the answer pending; from then on every pipelined
 //! call on this answer goes through its mailbox, which keeps them in the
-//! order they were made, before and after the answer arrives (E-order). A
-//! call whose pipeline is never used starts no actor: an actor per call
-//! would double the cost of a plain call.
+//! order they were made, before and after the answer arrives (E-order),
+//! until the queue has delivered every call it took after the answer was
+//! known: then it retires, and calls go to the fields directly. If the
+//! call goes to a peer meanwhile (it waited in a local promise that
+//! resolved to the peer's capability), the queued calls follow it over the
+//! wire at once. A call whose pipeline is never used starts no actor: an
+//! actor per call would double the cost of a plain call.
+//!
+//! A pipelined capability holds its answer until it has settled and no
+//! call on it can be overtaken any more; then it lets go, so that results
+//! holding fields of each other's answers do not keep each other alive.
 
 use std::collections::VecDeque;
 use std::future::Future;
