@@ -72,8 +72,37 @@ impl From<FrameError> for capnp::Error {
 /// received (or copied) message.
 pub struct WordSegments {
     storage: Storage,
-    /// Each segment's start and end, in words from the buffer's start.
-    bounds: Vec<(usize, usize)>,
+    /// Where each segment ends.
+    ends: Ends,
+}
+
+/// Where each segment of a [`WordSegments`] ends, in words from the
+/// buffer's start (each starts where the one before it ends, the first at
+/// 0). A frame of one segment, the usual case, needs no allocation.
+enum Ends {
+    One(usize),
+    Many(Vec<usize>),
+}
+
+impl Ends {
+    fn len(&self) -> usize {
+        match self {
+            Ends::One(_) => 1,
+            Ends::Many(v) => v.len(),
+        }
+    }
+
+    /// Segment `idx`'s start and end.
+    fn bounds(&self, idx: usize) -> Option<(usize, usize)> {
+        match self {
+            Ends::One(end) => (idx == 0).then_some((0, *end)),
+            Ends::Many(v) => {
+                let end = *v.get(idx)?;
+                let start = if idx == 0 { 0 } else { v[idx - 1] };
+                Some((start, end))
+            }
+        }
+    }
 }
 
 /// The buffer of a [`WordSegments`].
@@ -91,28 +120,27 @@ impl WordSegments {
         let total: usize = segments.iter().map(|s| s.len() / 8).sum();
         // Filled word by word rather than zeroed and then overwritten.
         let mut words = Vec::with_capacity(total);
-        let mut bounds = Vec::with_capacity(segments.len());
+        let mut ends = Vec::with_capacity(segments.len());
         for seg in segments {
-            let at = words.len();
             words.extend(seg.chunks_exact(8).map(word_of));
-            bounds.push((at, words.len()));
+            ends.push(words.len());
         }
         WordSegments {
             storage: Storage::Words(words),
-            bounds,
+            ends: Ends::Many(ends),
         }
     }
 
-    /// Segments whose bytes are `bytes` (each bound within it, in words),
-    /// kept where they are if the buffer starts on a word boundary (capnp
-    /// reads words in place), copied into words otherwise.
-    fn from_bytes(bytes: Vec<u8>, bounds: Vec<(usize, usize)>) -> Self {
+    /// Segments whose bytes are `bytes` (each ending within it where
+    /// `ends` says), kept where they are if the buffer starts on a word
+    /// boundary (capnp reads words in place), copied into words otherwise.
+    fn from_bytes(bytes: Vec<u8>, ends: Ends) -> Self {
         let storage = if bytes.as_ptr().align_offset(8) == 0 && !bytes.is_empty() {
             Storage::Bytes(bytes)
         } else {
             Storage::Words(bytes.chunks_exact(8).map(word_of).collect())
         };
-        WordSegments { storage, bounds }
+        WordSegments { storage, ends }
     }
 
     fn bytes(&self) -> &[u8] {
@@ -126,7 +154,7 @@ impl WordSegments {
 impl WordSegments {
     /// The segments, in order.
     pub fn segments(&self) -> Vec<&[u8]> {
-        (0..self.bounds.len() as u32)
+        (0..self.ends.len() as u32)
             .filter_map(|i| self.get_segment(i))
             .collect()
     }
@@ -134,11 +162,11 @@ impl WordSegments {
 
 impl ReaderSegments for WordSegments {
     fn get_segment(&self, idx: u32) -> Option<&[u8]> {
-        let (a, b) = *self.bounds.get(idx as usize)?;
+        let (a, b) = self.ends.bounds(idx as usize)?;
         self.bytes().get(a * 8..b * 8)
     }
     fn len(&self) -> usize {
-        self.bounds.len()
+        self.ends.len()
     }
 }
 
@@ -172,7 +200,7 @@ struct Body {
     bytes: Vec<u8>,
     /// Bytes the body has in all.
     total: usize,
-    bounds: Vec<(usize, usize)>,
+    ends: Ends,
 }
 
 impl Body {
@@ -257,10 +285,8 @@ impl FrameDecoder {
     fn start_body(&mut self) {
         let count = (self.head.len() - 4) / 4;
         let count = read_u32(&self.head, 0).map_or(count, |c| c as usize + 1);
-        let sizes: Vec<usize> = (0..count)
-            .map(|i| read_u32(&self.head, 4 + 4 * i).unwrap_or(0) as usize)
-            .collect();
-        let total: u64 = sizes.iter().map(|&n| n as u64).sum();
+        let size = |i: usize| u64::from(read_u32(&self.head, 4 + 4 * i).unwrap_or(0));
+        let total: u64 = (0..count).map(size).sum();
         if total > self.limits.max_frame_words as u64 {
             self.error = Some(FrameError::TooLarge {
                 words: total,
@@ -268,19 +294,27 @@ impl FrameDecoder {
             });
             return;
         }
-        let mut bounds = Vec::with_capacity(count);
-        let mut at = 0;
-        for n in sizes {
-            bounds.push((at, at + n));
-            at += n;
-        }
+        // Each end is at most `total` (checked above).
+        let ends = if count == 1 {
+            Ends::One(total as usize)
+        } else {
+            let mut at = 0;
+            Ends::Many(
+                (0..count)
+                    .map(|i| {
+                        at += size(i) as usize;
+                        at
+                    })
+                    .collect(),
+            )
+        };
         // At most `max_frame_words` words (checked above).
         let len = (total as usize).saturating_mul(8);
         let body = Body {
             head_len: self.head.len(),
             bytes: Vec::with_capacity(len),
             total: len,
-            bounds,
+            ends,
         };
         self.head.clear();
         if body.total == 0 {
@@ -303,7 +337,7 @@ impl FrameDecoder {
             .min(self.limits.traversal_limit_words);
         options.traversal_limit_in_words(Some(budget));
         self.ready.push_back(message::Reader::new(
-            WordSegments::from_bytes(body.bytes, body.bounds),
+            WordSegments::from_bytes(body.bytes, body.ends),
             options,
         ));
     }
