@@ -751,20 +751,17 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         }
         let q = self.new_question()?;
         let mut m = payload_message(&content, caps.len());
-        {
-            let mut c = m.init_root::<rpc_message::Builder<'_>>().init_call();
-            c.set_question_id(q);
-            c.set_interface_id(interface_id);
-            c.set_method_id(method_id);
-            write_target(target, c.reborrow().init_target());
-            if yourself {
-                c.reborrow().init_send_results_to().set_yourself(());
-            } else {
-                c.reborrow().init_send_results_to().set_caller(());
-            }
-            c.init_params();
+        let mut c = m.init_root::<rpc_message::Builder<'_>>().init_call();
+        c.set_question_id(q);
+        c.set_interface_id(interface_id);
+        c.set_method_id(method_id);
+        write_target(target, c.reborrow().init_target());
+        if yourself {
+            c.reborrow().init_send_results_to().set_yourself(());
+        } else {
+            c.reborrow().init_send_results_to().set_caller(());
         }
-        let resolves = self.write_content(&mut m, call_params, &content, caps);
+        let resolves = self.write_content(c.init_params(), &content, caps);
         let resolves = match resolves {
             Ok(((r, exports), spliced)) => {
                 if let Err(e) = self.send_content(&mut m, call_params, CALL_CONTENT, spliced) {
@@ -905,20 +902,15 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             return;
         }
         let mut m = payload_message(&content, caps.len());
-        {
-            let mut r = m.init_root::<rpc_message::Builder<'_>>().init_return();
-            r.set_answer_id(answer);
-            r.set_release_param_caps(false);
-            r.init_results();
-        }
-        let written = self.write_content(&mut m, return_results, &content, caps);
+        let mut r = m.init_root::<rpc_message::Builder<'_>>().init_return();
+        r.set_answer_id(answer);
+        r.set_release_param_caps(false);
+        let written = self.write_content(r.reborrow().init_results(), &content, caps);
         match written {
             Ok(((resolves, exports), spliced)) => {
                 let forget = exports.is_empty() && self.no_finish_needed(answer);
                 if forget {
-                    if let Ok(mut r) = return_results_nav(&mut m) {
-                        r.set_no_finish_needed(true);
-                    }
+                    r.set_no_finish_needed(true);
                 }
                 if let Err(e) = self.send_content(&mut m, return_results, RETURN_CONTENT, spliced) {
                     return self.return_error(answer, e);
@@ -1085,24 +1077,20 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         }
     }
 
-    /// Writes a payload into `m` as [`Conn::write_payload`] does, except
-    /// that content given as a message's segments, with no capability, is
-    /// not copied: the payload gets an empty cap table and a null content
-    /// for now, and the segments to splice in behind it are returned, for
-    /// [`Conn::send_content`].
-    fn write_content<'c, F>(
+    /// Writes a payload into `p` as [`Conn::write_payload_into`] does,
+    /// except that content given as a message's segments, with no
+    /// capability, is not copied: the payload gets an empty cap table and
+    /// a null content for now, and the segments to splice in behind it are
+    /// returned, for [`Conn::send_content`].
+    fn write_content<'c>(
         &mut self,
-        m: &mut Builder<HeapAllocator>,
-        nav: F,
+        p: payload::Builder<'_>,
         content: &Content<'c>,
         caps: &[OutCap<L>],
-    ) -> Result<(Written, Option<Spliced<'c>>), Error>
-    where
-        F: for<'x> Fn(&'x mut Builder<HeapAllocator>) -> capnp::Result<payload::Builder<'x>>,
-    {
+    ) -> Result<(Written, Option<Spliced<'c>>), Error> {
         match *content {
             Content::Message(segments, kept) if caps.is_empty() && splice_worthwhile(segments) => {
-                nav(m)?.init_cap_table(0);
+                p.init_cap_table(0);
                 Ok(((Vec::new(), Vec::new()), Some((segments, kept))))
             }
             Content::Message(segments, _) => {
@@ -1111,9 +1099,9 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                     *ReaderOptions::new().traversal_limit_in_words(None),
                 );
                 let root = message.get_root()?;
-                Ok((self.write_payload(m, nav, root, caps)?, None))
+                Ok((self.write_payload_into(p, root, caps)?, None))
             }
-            Content::Reader(root) => Ok((self.write_payload(m, nav, root, caps)?, None)),
+            Content::Reader(root) => Ok((self.write_payload_into(p, root, caps)?, None)),
         }
     }
 
@@ -1166,6 +1154,16 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     where
         F: for<'x> Fn(&'x mut Builder<HeapAllocator>) -> capnp::Result<payload::Builder<'x>>,
     {
+        self.write_payload_into(nav(m)?, content, caps)
+    }
+
+    /// As [`Conn::write_payload`], into the payload `p`.
+    fn write_payload_into(
+        &mut self,
+        mut p: payload::Builder<'_>,
+        content: any_pointer::Reader<'_>,
+        caps: &[OutCap<L>],
+    ) -> Result<Written, Error> {
         let sources = placeholders(caps.len());
         let mut copied = Vec::new();
         {
@@ -1173,14 +1171,13 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             // placeholders' so it can be imbued with them.
             let mut src: any_pointer::Reader<'_> = content;
             src.imbue(&sources);
-            let mut dst = nav(m)?.init_content();
+            let mut dst = p.reborrow().init_content();
             dst.imbue_mut(&mut copied);
             dst.set_as(src)?;
         }
         let order = source_indexes(&copied);
         drop(copied);
-        let mut p = nav(m)?;
-        let mut table = p.reborrow().init_cap_table(order.len() as u32);
+        let mut table = p.init_cap_table(order.len() as u32);
         let mut resolves = Vec::new();
         let mut exports = Vec::new();
         for (i, src) in order.into_iter().enumerate() {
@@ -2187,13 +2184,6 @@ fn call_params(m: &mut Builder<HeapAllocator>) -> capnp::Result<payload::Builder
     match m.get_root::<rpc_message::Builder<'_>>()?.which()? {
         rpc_message::Call(c) => c?.get_params(),
         _ => Err(Error::failed("not a call".into())),
-    }
-}
-
-fn return_results_nav(m: &mut Builder<HeapAllocator>) -> capnp::Result<return_::Builder<'_>> {
-    match m.get_root::<rpc_message::Builder<'_>>()?.which()? {
-        rpc_message::Return(r) => r,
-        _ => Err(Error::failed("not a return".into())),
     }
 }
 
