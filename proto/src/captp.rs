@@ -17,8 +17,10 @@
 use std::collections::VecDeque;
 use std::hash::Hash;
 
-use capnp::message::{self, Builder, HeapAllocator, ReaderOptions};
-use capnp::{any_pointer, Error, MessageSize};
+use capnp::message::{
+    self, Allocator, Builder, HeapAllocator, ReaderOptions, ScratchSpaceHeapAllocator,
+};
+use capnp::{any_pointer, Error, MessageSize, Word};
 
 use crate::exception;
 use crate::frame::{self, FrameDecoder, FrameError, Kept, Output, WordSegments};
@@ -470,6 +472,9 @@ pub struct Conn<L> {
     next_embargo: u32,
     events: VecDeque<Event<L>>,
     aborted: Option<Error>,
+    /// The first segment of calls and returns being built (see
+    /// [`payload_message`]): all zero between uses.
+    scratch: Vec<Word>,
 }
 
 /// What writing a payload produced: broken exports that need a
@@ -498,6 +503,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             next_embargo: 0,
             events: VecDeque::new(),
             aborted: None,
+            scratch: Vec::new(),
         }
     }
 
@@ -584,7 +590,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         s
     }
 
-    fn send(&mut self, m: &Builder<HeapAllocator>) {
+    fn send<A: Allocator>(&mut self, m: &Builder<A>) {
         let segments = m.get_segments_for_output();
         let out = self.out.bytes_mut();
         out.reserve(frame::encoded_len(&segments));
@@ -738,6 +744,32 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         caps: &[OutCap<L>],
         yourself: bool,
     ) -> Result<u32, Error> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let sent = self.send_call_in(
+            &mut scratch,
+            target,
+            interface_id,
+            method_id,
+            content,
+            caps,
+            yourself,
+        );
+        self.scratch = scratch;
+        sent
+    }
+
+    /// [`Conn::send_call`], building the call in `scratch`.
+    #[allow(clippy::too_many_arguments)]
+    fn send_call_in(
+        &mut self,
+        scratch: &mut Vec<Word>,
+        target: &OutTarget,
+        interface_id: u64,
+        method_id: u16,
+        content: Content<'_>,
+        caps: &[OutCap<L>],
+        yourself: bool,
+    ) -> Result<u32, Error> {
         if let OutTarget::Answer { question, .. } = target {
             if self
                 .questions
@@ -750,7 +782,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             }
         }
         let q = self.new_question()?;
-        let mut m = payload_message(&content, caps.len());
+        let mut m = payload_message(&content, caps.len(), scratch);
         let mut c = m.init_root::<rpc_message::Builder<'_>>().init_call();
         c.set_question_id(q);
         c.set_interface_id(interface_id);
@@ -901,7 +933,20 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         if self.kept_for_tail_call(answer) {
             return;
         }
-        let mut m = payload_message(&content, caps.len());
+        let mut scratch = std::mem::take(&mut self.scratch);
+        self.send_return_in(&mut scratch, answer, content, caps);
+        self.scratch = scratch;
+    }
+
+    /// [`Conn::send_return`], building the return in `scratch`.
+    fn send_return_in(
+        &mut self,
+        scratch: &mut Vec<Word>,
+        answer: u32,
+        content: Content<'_>,
+        caps: &[OutCap<L>],
+    ) {
+        let mut m = payload_message(&content, caps.len(), scratch);
         let mut r = m.init_root::<rpc_message::Builder<'_>>().init_return();
         r.set_answer_id(answer);
         r.set_release_param_caps(false);
@@ -1109,15 +1154,15 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     /// reached from the pointer at `path` in `m` (see
     /// [`frame::encode_spliced`]). Should they not fit (a header of more
     /// than one segment), the content is copied into `m` after all.
-    fn send_content<F>(
+    fn send_content<A: Allocator, F>(
         &mut self,
-        m: &mut Builder<HeapAllocator>,
+        m: &mut Builder<A>,
         nav: F,
         path: &[u16],
         spliced: Option<Spliced<'_>>,
     ) -> Result<(), Error>
     where
-        F: for<'x> Fn(&'x mut Builder<HeapAllocator>) -> capnp::Result<payload::Builder<'x>>,
+        F: for<'x> Fn(&'x mut Builder<A>) -> capnp::Result<payload::Builder<'x>>,
     {
         let Some((content, kept)) = spliced else {
             self.send(m);
@@ -1144,15 +1189,15 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     /// (whose capability pointers index `caps`), then writes the cap table
     /// in the copy's order. Returns the exports of broken capabilities that
     /// need a `resolve`, and the exports the payload lists.
-    fn write_payload<F>(
+    fn write_payload<A: Allocator, F>(
         &mut self,
-        m: &mut Builder<HeapAllocator>,
+        m: &mut Builder<A>,
         nav: F,
         content: any_pointer::Reader<'_>,
         caps: &[OutCap<L>],
     ) -> Result<Written, Error>
     where
-        F: for<'x> Fn(&'x mut Builder<HeapAllocator>) -> capnp::Result<payload::Builder<'x>>,
+        F: for<'x> Fn(&'x mut Builder<A>) -> capnp::Result<payload::Builder<'x>>,
     {
         self.write_payload_into(nav(m)?, content, caps)
     }
@@ -2160,9 +2205,17 @@ const PAYLOAD_HEADER_WORDS: u64 = 32;
 
 /// A builder for a call or return whose first segment is large enough
 /// for the whole message, so that the content is copied once into one
-/// allocation (capnp's default of 1024 words is zeroed in full, and a
-/// large content would go to a second, freshly allocated segment).
-fn payload_message(content: &Content<'_>, caps: usize) -> Builder<HeapAllocator> {
+/// segment (capnp's default of 1024 words is zeroed in full, and a
+/// large content would go to a second, freshly allocated segment). Up to
+/// [`SCRATCH_MAX_WORDS`], that segment is the start of `scratch` (grown
+/// as needed, zero between uses: the builder zeroes what it used when
+/// dropped), so that a call or return allocates no segment; larger ones
+/// get a segment allocated for them.
+fn payload_message<'s>(
+    content: &Content<'_>,
+    caps: usize,
+    scratch: &'s mut Vec<Word>,
+) -> Builder<ScratchSpaceHeapAllocator<'s>> {
     let content_words = match content {
         // (A content that cannot be measured fails when copied.)
         Content::Reader(r) => r.target_size().map_or(0, |s| s.word_count),
@@ -2176,18 +2229,33 @@ fn payload_message(content: &Content<'_>, caps: usize) -> Builder<HeapAllocator>
     let words = PAYLOAD_HEADER_WORDS
         .saturating_add(content_words)
         .saturating_add(4 * caps as u64)
-        .min(1 << 24);
-    Builder::new(HeapAllocator::new().first_segment_words(words as u32))
+        .min(1 << 24) as usize;
+    let first = if words <= SCRATCH_MAX_WORDS {
+        if scratch.len() < words {
+            scratch.resize(words, capnp::word(0, 0, 0, 0, 0, 0, 0, 0));
+        }
+        words
+    } else {
+        0
+    };
+    Builder::new(
+        ScratchSpaceHeapAllocator::new(Word::words_to_bytes_mut(&mut scratch[..first]))
+            .second_segment_words(words as u32),
+    )
 }
 
-fn call_params(m: &mut Builder<HeapAllocator>) -> capnp::Result<payload::Builder<'_>> {
+/// Largest call or return (in words) built in a connection's scratch
+/// segment; the scratch never grows beyond it.
+const SCRATCH_MAX_WORDS: usize = 4096;
+
+fn call_params<A: Allocator>(m: &mut Builder<A>) -> capnp::Result<payload::Builder<'_>> {
     match m.get_root::<rpc_message::Builder<'_>>()?.which()? {
         rpc_message::Call(c) => c?.get_params(),
         _ => Err(Error::failed("not a call".into())),
     }
 }
 
-fn return_results(m: &mut Builder<HeapAllocator>) -> capnp::Result<payload::Builder<'_>> {
+fn return_results<A: Allocator>(m: &mut Builder<A>) -> capnp::Result<payload::Builder<'_>> {
     match m.get_root::<rpc_message::Builder<'_>>()?.which()? {
         rpc_message::Return(r) => match r?.which()? {
             return_::Results(p) => p,
