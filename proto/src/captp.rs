@@ -151,6 +151,9 @@ pub struct InPayload<L> {
     message: message::Reader<WordSegments>,
     /// The nesting limit the message was received with.
     nesting_limit: i32,
+    /// The content's size, measured when the message was parsed (or why
+    /// it could not be).
+    size: capnp::Result<MessageSize>,
     /// What each capability index of the content stands for.
     pub caps: Vec<InCap<L>>,
 }
@@ -169,20 +172,22 @@ impl<L> InPayload<L> {
     /// Keeps the received message so that its content can be read where
     /// it lies, instead of being copied out.
     ///
-    /// The whole content is traversed once first (its size, as
-    /// `target_size` counts it), against the traversal budget the message
-    /// was received with, so a message whose pointers share subtrees
-    /// cannot amplify beyond that budget; the size is returned. After that
-    /// check the content reader has no traversal limit: a full read of it
-    /// costs at most that size, as a full read of a copy would. The
-    /// nesting limit stays.
+    /// The whole content was traversed once when the message was parsed
+    /// (its size, as `target_size` counts it, after everything else the
+    /// parse read), against the traversal budget the message was received
+    /// with, so a message whose pointers share subtrees cannot amplify
+    /// beyond that budget; the size is returned (or the error that
+    /// traversal met). After that check the content reader has no
+    /// traversal limit: a full read of it costs at most that size, as a
+    /// full read of a copy would. The nesting limit stays.
     pub fn into_in_place(self) -> capnp::Result<(InContent, Vec<InCap<L>>, MessageSize)> {
-        let size = self.content()?.target_size()?;
         let InPayload {
             message,
             caps,
             nesting_limit,
+            size,
         } = self;
+        let size = size?;
         let mut options = ReaderOptions::new();
         options
             .traversal_limit_in_words(None)
@@ -1457,6 +1462,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                 caps,
                 to,
                 no_pipelining,
+                size,
             } => {
                 self.new_answer(question)?;
                 if let Some(a) = self.answers.get_mut(&question) {
@@ -1518,6 +1524,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                         message: msg,
                         caps,
                         nesting_limit: self.nesting_limit,
+                        size,
                     },
                 });
             }
@@ -1545,12 +1552,13 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                     }
                 }
                 let result = match result {
-                    RawReturn::Results(caps) => {
+                    RawReturn::Results(caps, size) => {
                         let caps = self.import_caps(caps)?;
                         Ok(InPayload {
                             message: msg,
                             caps,
                             nesting_limit: self.nesting_limit,
+                            size,
                         })
                     }
                     RawReturn::Error(e) => Err(e),
@@ -1885,7 +1893,8 @@ enum RawCap {
 }
 
 enum RawReturn {
-    Results(Vec<RawCap>),
+    /// The cap table, and the content's size (see [`InPayload::size`]).
+    Results(Vec<RawCap>, capnp::Result<MessageSize>),
     Error(Error),
     TakeFrom(u32),
 }
@@ -1928,6 +1937,8 @@ enum Parsed {
         caps: Vec<RawCap>,
         to: ResultsTo,
         no_pipelining: bool,
+        /// The params content's size (see [`InPayload::size`]).
+        size: capnp::Result<MessageSize>,
     },
     Return {
         answer: u32,
@@ -2049,20 +2060,27 @@ fn parse(msg: &message::Reader<WordSegments>) -> capnp::Result<Parsed> {
                 send_results_to::Yourself(()) => ResultsTo::Yourself,
                 send_results_to::ThirdParty(_) => ResultsTo::ThirdParty,
             };
+            let params = c.get_params()?;
             Parsed::Call {
                 question: c.get_question_id(),
                 target: parse_target(c.get_target()?)?,
                 interface_id: c.get_interface_id(),
                 method_id: c.get_method_id(),
-                caps: parse_caps(c.get_params()?)?,
+                caps: parse_caps(params)?,
                 to,
                 no_pipelining: c.get_no_promise_pipelining(),
+                // Last, after everything else read.
+                size: params.get_content().target_size(),
             }
         }
         rpc_message::Return(r) => {
             let r = r?;
             let result = match r.which()? {
-                return_::Results(p) => RawReturn::Results(parse_caps(p?)?),
+                return_::Results(p) => {
+                    let p = p?;
+                    // The content's size last, after everything else read.
+                    RawReturn::Results(parse_caps(p)?, p.get_content().target_size())
+                }
                 return_::Exception(e) => RawReturn::Error(exception::read(e?)),
                 return_::Canceled(()) => RawReturn::Error(Error::failed("call canceled".into())),
                 return_::ResultsSentElsewhere(()) => {
