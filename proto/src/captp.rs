@@ -734,7 +734,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             target,
             interface_id,
             method_id,
-            Content::Message(&segments, Some(&kept)),
+            Content::Message(segments.as_slice(), Some(&kept)),
             caps,
             false,
         )
@@ -928,7 +928,11 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     /// [`Conn::call_kept`]).
     pub fn return_kept(&mut self, answer: u32, kept: Kept, caps: &[OutCap<L>]) {
         let segments = kept_segments(&kept);
-        self.send_return(answer, Content::Message(&segments, Some(&kept)), caps)
+        self.send_return(
+            answer,
+            Content::Message(segments.as_slice(), Some(&kept)),
+            caps,
+        )
     }
 
     fn send_return(&mut self, answer: u32, content: Content<'_>, caps: &[OutCap<L>]) {
@@ -2192,10 +2196,33 @@ enum Content<'a> {
 type Spliced<'a> = (Segments<'a>, Option<&'a Kept>);
 
 /// The segments of a kept message.
-fn kept_segments(kept: &Kept) -> Vec<&[u8]> {
-    (0..kept.len() as u32)
-        .map_while(|i| kept.get_segment(i))
-        .collect()
+fn kept_segments(kept: &Kept) -> KeptSegments<'_> {
+    if kept.len() == 1 {
+        if let Some(s) = kept.get_segment(0) {
+            return KeptSegments::One([s]);
+        }
+    }
+    KeptSegments::Many(
+        (0..kept.len() as u32)
+            .map_while(|i| kept.get_segment(i))
+            .collect(),
+    )
+}
+
+/// The segments of a kept message: one, the usual case, without
+/// allocating.
+enum KeptSegments<'a> {
+    One([&'a [u8]; 1]),
+    Many(Vec<&'a [u8]>),
+}
+
+impl<'a> KeptSegments<'a> {
+    fn as_slice(&self) -> &[&'a [u8]] {
+        match self {
+            KeptSegments::One(s) => s,
+            KeptSegments::Many(v) => v,
+        }
+    }
 }
 
 /// Content smaller than this (in words) is copied into its call or
