@@ -1143,7 +1143,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         caps: &[OutCap<L>],
     ) -> Result<(Written, Option<Spliced<'c>>), Error> {
         match *content {
-            Content::Message(segments, kept) if caps.is_empty() && splice_worthwhile(segments) => {
+            Content::Message(segments, kept) if caps.is_empty() && by_reference(segments) => {
                 p.init_cap_table(0);
                 Ok(((Vec::new(), Vec::new()), Some((segments, kept))))
             }
@@ -1159,7 +1159,9 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         }
     }
 
-    /// Sends `m`, with the content segments `spliced` (if any) behind it,
+    /// Sends `m`, with the content segments `spliced` (if any) behind it
+    /// (or, for one small segment, in the same segment: see
+    /// [`frame::encode_inlined`]),
     /// reached from the pointer at `path` in `m` (see
     /// [`frame::encode_spliced`]). Should they not fit (a header of more
     /// than one segment), the content is copied into `m` after all.
@@ -1178,9 +1180,12 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             return Ok(());
         };
         let header = m.get_segments_for_output();
-        let done = match kept {
-            Some(kept) => frame::encode_spliced_kept(&header, path, kept, &mut self.out),
-            None => frame::encode_spliced(&header, path, content, self.out.bytes_mut()),
+        let done = match (kept, content) {
+            (_, [one]) if !splice_worthwhile(content) => {
+                frame::encode_inlined(&header, path, one, self.out.bytes_mut())
+            }
+            (Some(kept), _) => frame::encode_spliced_kept(&header, path, kept, &mut self.out),
+            (None, _) => frame::encode_spliced(&header, path, content, self.out.bytes_mut()),
         };
         if done {
             return Ok(());
@@ -2233,6 +2238,13 @@ const SPLICE_MIN_WORDS: usize = 1024;
 /// [`PAYLOAD_HEADER_WORDS`], for a long promised-answer path.
 const SPLICED_HEADER_WORDS: u64 = 96;
 
+/// True if content with these segments (and no capabilities) goes into
+/// the frame as it is, spliced or inlined, rather than through a capnp
+/// copy.
+fn by_reference(segments: &[&[u8]]) -> bool {
+    segments.len() == 1 || splice_worthwhile(segments)
+}
+
 /// True if content with these segments is better spliced than copied.
 fn splice_worthwhile(segments: &[&[u8]]) -> bool {
     frame::spliceable(segments)
@@ -2265,7 +2277,7 @@ fn payload_message<'s>(
         // (A content that cannot be measured fails when copied.)
         Content::Reader(r) => r.target_size().map_or(0, |s| s.word_count),
         // Only the header: the content goes behind it.
-        Content::Message(segments, _) if caps == 0 && splice_worthwhile(segments) => {
+        Content::Message(segments, _) if caps == 0 && by_reference(segments) => {
             SPLICED_HEADER_WORDS
         }
         Content::Message(segments, _) => segments.iter().map(|s| s.len() as u64 / 8).sum(),

@@ -485,6 +485,71 @@ pub fn encode_spliced(
     })
 }
 
+/// Appends the frame of one segment: `header` (one segment, built by
+/// this process), whose pointer at `path` (see `pointer_index`) is null,
+/// followed by the words of `content` after its root pointer; the pointer
+/// at `path` becomes the content's root pointer, its offset moved by
+/// where the content now lies. `content` is the one segment of a message
+/// built by this process, its root pointer first: such a message has no
+/// far pointers, and its other pointers are relative to where they are,
+/// so they stay right. What [`encode_spliced`] does for large content,
+/// without the far pointers and the extra segments: small content is
+/// copied word for word instead of through a capnp copy.
+///
+/// Returns false, writing nothing, if the header is not one segment, the
+/// path does not lead to a null pointer, the content's root is a far
+/// pointer or points outside it, or the message would be too large.
+pub fn encode_inlined(header: &[&[u8]], path: &[u16], content: &[u8], out: &mut Vec<u8>) -> bool {
+    let [head] = header else {
+        return false;
+    };
+    if !head.len().is_multiple_of(8) || !content.len().is_multiple_of(8) || content.is_empty() {
+        return false;
+    }
+    let head_words = head.len() / 8;
+    let content_words = content.len() / 8;
+    // The content's root pointer is not copied.
+    let total = head_words + content_words - 1;
+    if total >= 1 << 29 {
+        return false;
+    }
+    let Some(slot) = pointer_index(head, path) else {
+        return false;
+    };
+    if word_at(head, slot) != Some(0) {
+        return false;
+    }
+    let root = word_at(content, 0).unwrap_or(0);
+    let slot_word = match root & 3 {
+        _ if root == 0 => 0,
+        // A capability: its index, as it is.
+        3 => root,
+        // Far: not what a one-segment message built here has.
+        2 => return false,
+        // A struct or list: content word `target` is now at
+        // `head_words + target - 1` (for a zero-sized object pointing at
+        // the root pointer itself, the header's last word: nothing is read
+        // there).
+        _ => {
+            let offset = i64::from((root as u32 as i32) >> 2);
+            let target = 1 + offset;
+            if target < 0 || target as usize > content_words {
+                return false;
+            }
+            let moved = head_words as i64 + target - 1 - (slot as i64 + 1);
+            (root & !0xffff_fffc) | u64::from((moved as i32 as u32) << 2)
+        }
+    };
+    out.reserve(8 + total * 8);
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(total as u32).to_le_bytes());
+    out.extend_from_slice(&head[..slot * 8]);
+    out.extend_from_slice(&slot_word.to_le_bytes());
+    out.extend_from_slice(&head[slot * 8 + 8..]);
+    out.extend_from_slice(&content[8..]);
+    true
+}
+
 /// As [`encode_spliced`] with the segments of `kept` as the content, into
 /// `out`; the content's larger segments are not copied: `out` keeps
 /// `kept` and writes them from where they are (see [`Output::pieces`]).
@@ -787,6 +852,115 @@ mod tests {
             assert!(matches!(r.which(), Ok(return_::Results(_))));
         }
         m
+    }
+
+    /// As `spliced`, with `content` (one segment) inlined instead.
+    fn inlined(content: &Builder<HeapAllocator>) -> message::Reader<WordSegments> {
+        use crate::rpc_capnp::message as rpc_message;
+        let mut header = Builder::new(HeapAllocator::new().first_segment_words(64));
+        {
+            let mut r = header.init_root::<rpc_message::Builder<'_>>().init_return();
+            r.set_answer_id(7);
+            r.init_results().init_cap_table(0);
+        }
+        let segments = content.get_segments_for_output();
+        let mut out = Vec::new();
+        assert!(encode_inlined(
+            &header.get_segments_for_output(),
+            &[0, 0, 0],
+            segments[0],
+            &mut out
+        ));
+        let mut d = FrameDecoder::new(Limits::default());
+        d.push(&out);
+        let m = d.next_message().unwrap().unwrap();
+        assert!(d.next_message().unwrap().is_none());
+        assert_eq!(m.into_segments().len(), 1);
+        d.push(&out);
+        d.next_message().unwrap().unwrap()
+    }
+
+    #[test]
+    fn inlined_content_reads_back_the_same() {
+        use crate::rpc_capnp::{message as rpc_message, return_};
+        fn content(m: &message::Reader<WordSegments>) -> capnp::any_pointer::Reader<'_> {
+            let root: rpc_message::Reader<'_> = m.get_root().unwrap();
+            let Ok(rpc_message::Which::Return(Ok(r))) = root.which() else {
+                panic!("not a return")
+            };
+            assert_eq!(r.get_answer_id(), 7);
+            let Ok(return_::Results(Ok(p))) = r.which() else {
+                panic!("no results")
+            };
+            assert_eq!(p.get_cap_table().unwrap().len(), 0);
+            p.get_content()
+        }
+        // A struct with a text.
+        for len in [0, 3, 40, 700] {
+            let m = sample(len, 1024);
+            let got = inlined(&m);
+            assert_eq!(spliced_reason(&got).len(), len);
+            let e: crate::rpc_capnp::exception::Reader<'_> = content(&got).get_as().unwrap();
+            assert_eq!(e.get_reason().unwrap().len(), len);
+        }
+        // A list at the root; a struct with only data; an empty struct; a
+        // null root.
+        let mut m = Builder::new(HeapAllocator::new().first_segment_words(8));
+        m.set_root(&[1u64, 2, 3, 4][..]).unwrap();
+        let got = inlined(&m);
+        let list: capnp::primitive_list::Reader<'_, u64> = content(&got).get_as().unwrap();
+        assert_eq!(list.iter().collect::<Vec<_>>(), [1, 2, 3, 4]);
+        let mut m = Builder::new(HeapAllocator::new().first_segment_words(8));
+        m.init_root::<crate::rpc_capnp::finish::Builder<'_>>()
+            .set_question_id(42);
+        let got = inlined(&m);
+        let f: crate::rpc_capnp::finish::Reader<'_> = content(&got).get_as().unwrap();
+        assert_eq!(f.get_question_id(), 42);
+        let mut m = Builder::new(HeapAllocator::new().first_segment_words(8));
+        m.init_root::<crate::rpc_capnp::message::Builder<'_>>();
+        let got = inlined(&m);
+        let e: crate::rpc_capnp::message::Reader<'_> = content(&got).get_as().unwrap();
+        assert!(e.total_size().unwrap().word_count <= 2);
+        let mut m = Builder::new(HeapAllocator::new().first_segment_words(8));
+        m.init_root::<capnp::any_pointer::Builder<'_>>();
+        let got = inlined(&m);
+        assert!(content(&got).is_null());
+    }
+
+    #[test]
+    fn inlining_refuses_what_it_cannot_do() {
+        use crate::rpc_capnp::message as rpc_message;
+        let content = sample(3, 1024);
+        let segments = content.get_segments_for_output();
+        let mut header = Builder::new(HeapAllocator::new().first_segment_words(64));
+        {
+            let r = header.init_root::<rpc_message::Builder<'_>>().init_return();
+            r.init_results().init_cap_table(0);
+        }
+        let mut out = Vec::new();
+        // Not a null pointer at the path (the cap table), or no pointer.
+        assert!(!encode_inlined(
+            &header.get_segments_for_output(),
+            &[0, 0, 1],
+            segments[0],
+            &mut out
+        ));
+        assert!(!encode_inlined(
+            &header.get_segments_for_output(),
+            &[0, 0, 5],
+            segments[0],
+            &mut out
+        ));
+        // A far root pointer.
+        let mut far = segments[0].to_vec();
+        far[0] = 2;
+        assert!(!encode_inlined(
+            &header.get_segments_for_output(),
+            &[0, 0, 0],
+            &far,
+            &mut out
+        ));
+        assert!(out.is_empty());
     }
 
     fn spliced_reason(m: &message::Reader<WordSegments>) -> String {
