@@ -85,6 +85,7 @@ enum Ends {
 }
 
 impl Ends {
+    #[inline]
     fn len(&self) -> usize {
         match self {
             Ends::One(_) => 1,
@@ -93,6 +94,7 @@ impl Ends {
     }
 
     /// Segment `idx`'s start and end.
+    #[inline]
     fn bounds(&self, idx: usize) -> Option<(usize, usize)> {
         match self {
             Ends::One(end) => (idx == 0).then_some((0, *end)),
@@ -143,6 +145,7 @@ impl WordSegments {
         WordSegments { storage, ends }
     }
 
+    #[inline]
     fn bytes(&self) -> &[u8] {
         match &self.storage {
             Storage::Words(w) => Word::words_to_bytes(w),
@@ -160,11 +163,15 @@ impl WordSegments {
     }
 }
 
+// Inlined into capnp's readers, which ask for a segment at every pointer
+// they follow.
 impl ReaderSegments for WordSegments {
+    #[inline]
     fn get_segment(&self, idx: u32) -> Option<&[u8]> {
         let (a, b) = self.ends.bounds(idx as usize)?;
         self.bytes().get(a * 8..b * 8)
     }
+    #[inline]
     fn len(&self) -> usize {
         self.ends.len()
     }
