@@ -17,8 +17,10 @@
 use std::collections::VecDeque;
 use std::hash::Hash;
 
-use capnp::message::{self, Builder, HeapAllocator, ReaderOptions};
-use capnp::{any_pointer, Error, MessageSize};
+use capnp::message::{
+    self, Allocator, Builder, HeapAllocator, ReaderOptions, ScratchSpaceHeapAllocator,
+};
+use capnp::{any_pointer, Error, MessageSize, Word};
 
 use crate::exception;
 use crate::frame::{self, FrameDecoder, FrameError, Kept, Output, WordSegments};
@@ -149,6 +151,9 @@ pub struct InPayload<L> {
     message: message::Reader<WordSegments>,
     /// The nesting limit the message was received with.
     nesting_limit: i32,
+    /// The content's size, measured when the message was parsed (or why
+    /// it could not be).
+    size: capnp::Result<MessageSize>,
     /// What each capability index of the content stands for.
     pub caps: Vec<InCap<L>>,
 }
@@ -167,20 +172,22 @@ impl<L> InPayload<L> {
     /// Keeps the received message so that its content can be read where
     /// it lies, instead of being copied out.
     ///
-    /// The whole content is traversed once first (its size, as
-    /// `target_size` counts it), against the traversal budget the message
-    /// was received with, so a message whose pointers share subtrees
-    /// cannot amplify beyond that budget; the size is returned. After that
-    /// check the content reader has no traversal limit: a full read of it
-    /// costs at most that size, as a full read of a copy would. The
-    /// nesting limit stays.
+    /// The whole content was traversed once when the message was parsed
+    /// (its size, as `target_size` counts it, after everything else the
+    /// parse read), against the traversal budget the message was received
+    /// with, so a message whose pointers share subtrees cannot amplify
+    /// beyond that budget; the size is returned (or the error that
+    /// traversal met). After that check the content reader has no
+    /// traversal limit: a full read of it costs at most that size, as a
+    /// full read of a copy would. The nesting limit stays.
     pub fn into_in_place(self) -> capnp::Result<(InContent, Vec<InCap<L>>, MessageSize)> {
-        let size = self.content()?.target_size()?;
         let InPayload {
             message,
             caps,
             nesting_limit,
+            size,
         } = self;
+        let size = size?;
         let mut options = ReaderOptions::new();
         options
             .traversal_limit_in_words(None)
@@ -470,6 +477,9 @@ pub struct Conn<L> {
     next_embargo: u32,
     events: VecDeque<Event<L>>,
     aborted: Option<Error>,
+    /// The first segment of calls and returns being built (see
+    /// [`payload_message`]): all zero between uses.
+    scratch: Vec<Word>,
 }
 
 /// What writing a payload produced: broken exports that need a
@@ -498,6 +508,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             next_embargo: 0,
             events: VecDeque::new(),
             aborted: None,
+            scratch: Vec::new(),
         }
     }
 
@@ -584,7 +595,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         s
     }
 
-    fn send(&mut self, m: &Builder<HeapAllocator>) {
+    fn send<A: Allocator>(&mut self, m: &Builder<A>) {
         let segments = m.get_segments_for_output();
         let out = self.out.bytes_mut();
         out.reserve(frame::encoded_len(&segments));
@@ -723,7 +734,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             target,
             interface_id,
             method_id,
-            Content::Message(&segments, Some(&kept)),
+            Content::Message(segments.as_slice(), Some(&kept)),
             caps,
             false,
         )
@@ -731,6 +742,32 @@ impl<L: Clone + Eq + Hash> Conn<L> {
 
     fn send_call(
         &mut self,
+        target: &OutTarget,
+        interface_id: u64,
+        method_id: u16,
+        content: Content<'_>,
+        caps: &[OutCap<L>],
+        yourself: bool,
+    ) -> Result<u32, Error> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let sent = self.send_call_in(
+            &mut scratch,
+            target,
+            interface_id,
+            method_id,
+            content,
+            caps,
+            yourself,
+        );
+        self.scratch = scratch;
+        sent
+    }
+
+    /// [`Conn::send_call`], building the call in `scratch`.
+    #[allow(clippy::too_many_arguments)]
+    fn send_call_in(
+        &mut self,
+        scratch: &mut Vec<Word>,
         target: &OutTarget,
         interface_id: u64,
         method_id: u16,
@@ -750,21 +787,35 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             }
         }
         let q = self.new_question()?;
-        let mut m = payload_message(&content, caps.len());
-        {
-            let mut c = m.init_root::<rpc_message::Builder<'_>>().init_call();
-            c.set_question_id(q);
-            c.set_interface_id(interface_id);
-            c.set_method_id(method_id);
-            write_target(target, c.reborrow().init_target());
-            if yourself {
-                c.reborrow().init_send_results_to().set_yourself(());
-            } else {
-                c.reborrow().init_send_results_to().set_caller(());
+        // The common case, small content built here without capabilities
+        // and a plain target: the header written directly, the content
+        // inlined behind it (what the general path below sends, byte for
+        // byte). Nothing to export: no resolves, no param exports.
+        if let (Content::Message([one], _), []) = (&content, caps) {
+            if !splice_worthwhile(&[one]) {
+                if let Some((words, len)) =
+                    call_header(q, interface_id, method_id, target, yourself)
+                {
+                    let header = words_to_bytes(&words);
+                    let header = &header[..len * 8];
+                    if frame::encode_inlined(&[header], CALL_CONTENT, one, self.out.bytes_mut()) {
+                        return Ok(q);
+                    }
+                }
             }
-            c.init_params();
         }
-        let resolves = self.write_content(&mut m, call_params, &content, caps);
+        let mut m = payload_message(&content, caps.len(), scratch);
+        let mut c = m.init_root::<rpc_message::Builder<'_>>().init_call();
+        c.set_question_id(q);
+        c.set_interface_id(interface_id);
+        c.set_method_id(method_id);
+        write_target(target, c.reborrow().init_target());
+        if yourself {
+            c.reborrow().init_send_results_to().set_yourself(());
+        } else {
+            c.reborrow().init_send_results_to().set_caller(());
+        }
+        let resolves = self.write_content(c.init_params(), &content, caps);
         let resolves = match resolves {
             Ok(((r, exports), spliced)) => {
                 if let Err(e) = self.send_content(&mut m, call_params, CALL_CONTENT, spliced) {
@@ -846,15 +897,11 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             }
             None => return,
         };
-        let mut m = small_message();
-        {
-            let mut f = m.init_root::<rpc_message::Builder<'_>>().init_finish();
-            f.set_question_id(question);
-            f.set_release_result_caps(false);
-            // We never count on a cancelled call having been delivered.
-            f.set_require_early_cancellation_workaround(false);
-        }
-        self.send(&m);
+        // releaseResultCaps false; we never count on a cancelled call
+        // having been delivered (requireEarlyCancellationWorkaround false).
+        self.out
+            .bytes_mut()
+            .extend_from_slice(&finish_frame(question));
         if returned {
             self.questions.remove(question);
         }
@@ -898,7 +945,11 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     /// [`Conn::call_kept`]).
     pub fn return_kept(&mut self, answer: u32, kept: Kept, caps: &[OutCap<L>]) {
         let segments = kept_segments(&kept);
-        self.send_return(answer, Content::Message(&segments, Some(&kept)), caps)
+        self.send_return(
+            answer,
+            Content::Message(segments.as_slice(), Some(&kept)),
+            caps,
+        )
     }
 
     fn send_return(&mut self, answer: u32, content: Content<'_>, caps: &[OutCap<L>]) {
@@ -908,21 +959,45 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         if self.kept_for_tail_call(answer) {
             return;
         }
-        let mut m = payload_message(&content, caps.len());
-        {
-            let mut r = m.init_root::<rpc_message::Builder<'_>>().init_return();
-            r.set_answer_id(answer);
-            r.set_release_param_caps(false);
-            r.init_results();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        self.send_return_in(&mut scratch, answer, content, caps);
+        self.scratch = scratch;
+    }
+
+    /// [`Conn::send_return`], building the return in `scratch`.
+    fn send_return_in(
+        &mut self,
+        scratch: &mut Vec<Word>,
+        answer: u32,
+        content: Content<'_>,
+        caps: &[OutCap<L>],
+    ) {
+        // As in `send_call_in`: small content built here, no capabilities.
+        if let (Content::Message([one], _), []) = (&content, caps) {
+            if !splice_worthwhile(&[one]) {
+                let forget = self.no_finish_needed(answer);
+                let words = return_header(answer, forget);
+                let header = words_to_bytes(&words);
+                let header = &header[..words.len() * 8];
+                if frame::encode_inlined(&[header], RETURN_CONTENT, one, self.out.bytes_mut()) {
+                    self.answered(answer, Vec::new());
+                    if forget {
+                        self.forget_answer(answer);
+                    }
+                    return;
+                }
+            }
         }
-        let written = self.write_content(&mut m, return_results, &content, caps);
+        let mut m = payload_message(&content, caps.len(), scratch);
+        let mut r = m.init_root::<rpc_message::Builder<'_>>().init_return();
+        r.set_answer_id(answer);
+        r.set_release_param_caps(false);
+        let written = self.write_content(r.reborrow().init_results(), &content, caps);
         match written {
             Ok(((resolves, exports), spliced)) => {
                 let forget = exports.is_empty() && self.no_finish_needed(answer);
                 if forget {
-                    if let Ok(mut r) = return_results_nav(&mut m) {
-                        r.set_no_finish_needed(true);
-                    }
+                    r.set_no_finish_needed(true);
                 }
                 if let Err(e) = self.send_content(&mut m, return_results, RETURN_CONTENT, spliced) {
                     return self.return_error(answer, e);
@@ -1089,24 +1164,20 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         }
     }
 
-    /// Writes a payload into `m` as [`Conn::write_payload`] does, except
-    /// that content given as a message's segments, with no capability, is
-    /// not copied: the payload gets an empty cap table and a null content
-    /// for now, and the segments to splice in behind it are returned, for
-    /// [`Conn::send_content`].
-    fn write_content<'c, F>(
+    /// Writes a payload into `p` as [`Conn::write_payload_into`] does,
+    /// except that content given as a message's segments, with no
+    /// capability, is not copied: the payload gets an empty cap table and
+    /// a null content for now, and the segments to splice in behind it are
+    /// returned, for [`Conn::send_content`].
+    fn write_content<'c>(
         &mut self,
-        m: &mut Builder<HeapAllocator>,
-        nav: F,
+        p: payload::Builder<'_>,
         content: &Content<'c>,
         caps: &[OutCap<L>],
-    ) -> Result<(Written, Option<Spliced<'c>>), Error>
-    where
-        F: for<'x> Fn(&'x mut Builder<HeapAllocator>) -> capnp::Result<payload::Builder<'x>>,
-    {
+    ) -> Result<(Written, Option<Spliced<'c>>), Error> {
         match *content {
-            Content::Message(segments, kept) if caps.is_empty() && splice_worthwhile(segments) => {
-                nav(m)?.init_cap_table(0);
+            Content::Message(segments, kept) if caps.is_empty() && by_reference(segments) => {
+                p.init_cap_table(0);
                 Ok(((Vec::new(), Vec::new()), Some((segments, kept))))
             }
             Content::Message(segments, _) => {
@@ -1115,34 +1186,39 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                     *ReaderOptions::new().traversal_limit_in_words(None),
                 );
                 let root = message.get_root()?;
-                Ok((self.write_payload(m, nav, root, caps)?, None))
+                Ok((self.write_payload_into(p, root, caps)?, None))
             }
-            Content::Reader(root) => Ok((self.write_payload(m, nav, root, caps)?, None)),
+            Content::Reader(root) => Ok((self.write_payload_into(p, root, caps)?, None)),
         }
     }
 
-    /// Sends `m`, with the content segments `spliced` (if any) behind it,
+    /// Sends `m`, with the content segments `spliced` (if any) behind it
+    /// (or, for one small segment, in the same segment: see
+    /// [`frame::encode_inlined`]),
     /// reached from the pointer at `path` in `m` (see
     /// [`frame::encode_spliced`]). Should they not fit (a header of more
     /// than one segment), the content is copied into `m` after all.
-    fn send_content<F>(
+    fn send_content<A: Allocator, F>(
         &mut self,
-        m: &mut Builder<HeapAllocator>,
+        m: &mut Builder<A>,
         nav: F,
         path: &[u16],
         spliced: Option<Spliced<'_>>,
     ) -> Result<(), Error>
     where
-        F: for<'x> Fn(&'x mut Builder<HeapAllocator>) -> capnp::Result<payload::Builder<'x>>,
+        F: for<'x> Fn(&'x mut Builder<A>) -> capnp::Result<payload::Builder<'x>>,
     {
         let Some((content, kept)) = spliced else {
             self.send(m);
             return Ok(());
         };
         let header = m.get_segments_for_output();
-        let done = match kept {
-            Some(kept) => frame::encode_spliced_kept(&header, path, kept, &mut self.out),
-            None => frame::encode_spliced(&header, path, content, self.out.bytes_mut()),
+        let done = match (kept, content) {
+            (_, [one]) if !splice_worthwhile(content) => {
+                frame::encode_inlined(&header, path, one, self.out.bytes_mut())
+            }
+            (Some(kept), _) => frame::encode_spliced_kept(&header, path, kept, &mut self.out),
+            (None, _) => frame::encode_spliced(&header, path, content, self.out.bytes_mut()),
         };
         if done {
             return Ok(());
@@ -1160,16 +1236,26 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     /// (whose capability pointers index `caps`), then writes the cap table
     /// in the copy's order. Returns the exports of broken capabilities that
     /// need a `resolve`, and the exports the payload lists.
-    fn write_payload<F>(
+    fn write_payload<A: Allocator, F>(
         &mut self,
-        m: &mut Builder<HeapAllocator>,
+        m: &mut Builder<A>,
         nav: F,
         content: any_pointer::Reader<'_>,
         caps: &[OutCap<L>],
     ) -> Result<Written, Error>
     where
-        F: for<'x> Fn(&'x mut Builder<HeapAllocator>) -> capnp::Result<payload::Builder<'x>>,
+        F: for<'x> Fn(&'x mut Builder<A>) -> capnp::Result<payload::Builder<'x>>,
     {
+        self.write_payload_into(nav(m)?, content, caps)
+    }
+
+    /// As [`Conn::write_payload`], into the payload `p`.
+    fn write_payload_into(
+        &mut self,
+        mut p: payload::Builder<'_>,
+        content: any_pointer::Reader<'_>,
+        caps: &[OutCap<L>],
+    ) -> Result<Written, Error> {
         let sources = placeholders(caps.len());
         let mut copied = Vec::new();
         {
@@ -1177,14 +1263,13 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             // placeholders' so it can be imbued with them.
             let mut src: any_pointer::Reader<'_> = content;
             src.imbue(&sources);
-            let mut dst = nav(m)?.init_content();
+            let mut dst = p.reborrow().init_content();
             dst.imbue_mut(&mut copied);
             dst.set_as(src)?;
         }
         let order = source_indexes(&copied);
         drop(copied);
-        let mut p = nav(m)?;
-        let mut table = p.reborrow().init_cap_table(order.len() as u32);
+        let mut table = p.init_cap_table(order.len() as u32);
         let mut resolves = Vec::new();
         let mut exports = Vec::new();
         for (i, src) in order.into_iter().enumerate() {
@@ -1419,6 +1504,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                 caps,
                 to,
                 no_pipelining,
+                size,
             } => {
                 self.new_answer(question)?;
                 if let Some(a) = self.answers.get_mut(&question) {
@@ -1480,6 +1566,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                         message: msg,
                         caps,
                         nesting_limit: self.nesting_limit,
+                        size,
                     },
                 });
             }
@@ -1507,12 +1594,13 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                     }
                 }
                 let result = match result {
-                    RawReturn::Results(caps) => {
+                    RawReturn::Results(caps, size) => {
                         let caps = self.import_caps(caps)?;
                         Ok(InPayload {
                             message: msg,
                             caps,
                             nesting_limit: self.nesting_limit,
+                            size,
                         })
                     }
                     RawReturn::Error(e) => Err(e),
@@ -1847,7 +1935,8 @@ enum RawCap {
 }
 
 enum RawReturn {
-    Results(Vec<RawCap>),
+    /// The cap table, and the content's size (see [`InPayload::size`]).
+    Results(Vec<RawCap>, capnp::Result<MessageSize>),
     Error(Error),
     TakeFrom(u32),
 }
@@ -1890,6 +1979,8 @@ enum Parsed {
         caps: Vec<RawCap>,
         to: ResultsTo,
         no_pipelining: bool,
+        /// The params content's size (see [`InPayload::size`]).
+        size: capnp::Result<MessageSize>,
     },
     Return {
         answer: u32,
@@ -2011,20 +2102,27 @@ fn parse(msg: &message::Reader<WordSegments>) -> capnp::Result<Parsed> {
                 send_results_to::Yourself(()) => ResultsTo::Yourself,
                 send_results_to::ThirdParty(_) => ResultsTo::ThirdParty,
             };
+            let params = c.get_params()?;
             Parsed::Call {
                 question: c.get_question_id(),
                 target: parse_target(c.get_target()?)?,
                 interface_id: c.get_interface_id(),
                 method_id: c.get_method_id(),
-                caps: parse_caps(c.get_params()?)?,
+                caps: parse_caps(params)?,
                 to,
                 no_pipelining: c.get_no_promise_pipelining(),
+                // Last, after everything else read.
+                size: params.get_content().target_size(),
             }
         }
         rpc_message::Return(r) => {
             let r = r?;
             let result = match r.which()? {
-                return_::Results(p) => RawReturn::Results(parse_caps(p?)?),
+                return_::Results(p) => {
+                    let p = p?;
+                    // The content's size last, after everything else read.
+                    RawReturn::Results(parse_caps(p)?, p.get_content().target_size())
+                }
                 return_::Exception(e) => RawReturn::Error(exception::read(e?)),
                 return_::Canceled(()) => RawReturn::Error(Error::failed("call canceled".into())),
                 return_::ResultsSentElsewhere(()) => {
@@ -2087,6 +2185,119 @@ fn parse(msg: &message::Reader<WordSegments>) -> capnp::Result<Parsed> {
     })
 }
 
+/// The frame of a `finish` for `question` with `releaseResultCaps` and
+/// `requireEarlyCancellationWorkaround` false, as capnp would build and
+/// frame it (one per call: written directly instead of built with a
+/// `message::Builder`, which allocates twice).
+fn finish_frame(question: u32) -> [u8; 40] {
+    let mut f = [0u8; 40];
+    // Segment table: one segment (count - 1 = 0) of 4 words.
+    f[4] = 4;
+    // Word 0: root struct pointer, offset 0, 1 data word, 1 pointer.
+    f[8 + 4] = 1;
+    f[8 + 6] = 1;
+    // Word 1: Message's data, its union discriminant: finish (@4).
+    f[16] = 4;
+    // Word 2: Message's pointer: the Finish struct, offset 0, 1 data word.
+    f[24 + 4] = 1;
+    // Word 3: Finish's data: questionId, then the two booleans, whose
+    // default is true (stored XORed with it: false is 1).
+    f[32..36].copy_from_slice(&question.to_le_bytes());
+    f[36] = 0b11;
+    f
+}
+
+/// A struct pointer word: `offset` words from the word after it, with
+/// `data` words and `pointers` pointers.
+const fn struct_pointer(offset: u32, data: u16, pointers: u16) -> u64 {
+    ((offset as u64) << 2) | ((data as u64) << 32) | ((pointers as u64) << 48)
+}
+
+/// A list pointer to the word after it (offset 0), of composite elements
+/// taking no words: an empty struct list, its tag word next.
+const EMPTY_STRUCT_LIST: u64 = 1 | (7 << 32);
+
+/// The header of a return with results, as `send_return_in` builds it
+/// (releaseParamCaps false, an empty cap table) with a null content
+/// pointer (word 6), for content inlined behind it.
+fn return_header(answer: u32, no_finish_needed: bool) -> [u64; 9] {
+    [
+        // Message, its union: return (@3), its pointer.
+        struct_pointer(0, 1, 1),
+        3,
+        struct_pointer(0, 2, 1),
+        // Return: answerId, releaseParamCaps (default true: false is 1),
+        // noFinishNeeded, union: results (0).
+        u64::from(answer) | (1 << 32) | (u64::from(no_finish_needed) << 33),
+        0,
+        struct_pointer(0, 0, 2),
+        // Payload: content, capTable (an empty list of CapDescriptor).
+        0,
+        EMPTY_STRUCT_LIST,
+        struct_pointer(0, 1, 1),
+    ]
+}
+
+/// The header of a call with a null params content and an empty cap
+/// table, as `send_call_in` builds it, for a target that is an import or a
+/// question without a path (other targets: `None`), and its length in
+/// words (the content pointer is the third word from the end).
+fn call_header(
+    question: u32,
+    interface_id: u64,
+    method_id: u16,
+    target: &OutTarget,
+    yourself: bool,
+) -> Option<([u64; 17], usize)> {
+    let mut w = [0u64; 17];
+    // Message, its union: call (@2), its pointer.
+    w[0] = struct_pointer(0, 1, 1);
+    w[1] = 2;
+    w[2] = struct_pointer(0, 3, 3);
+    // Call: questionId, methodId, sendResultsTo (caller 0, yourself 1);
+    // interfaceId; flags (all false); target (at word 9), params (after
+    // the target), sendResultsTo.thirdParty (null).
+    w[3] = u64::from(question) | (u64::from(method_id) << 32) | (u64::from(yourself) << 48);
+    w[4] = interface_id;
+    w[6] = struct_pointer(2, 1, 1);
+    let payload = match target {
+        OutTarget::Import(id) => {
+            // MessageTarget: importedCap (union 0).
+            w[9] = u64::from(*id);
+            11
+        }
+        OutTarget::Answer { question, path } if path.is_empty() => {
+            // MessageTarget: promisedAnswer (union 1), its pointer;
+            // PromisedAnswer: questionId, transform (an empty list of Op).
+            w[9] = 1 << 32;
+            w[10] = struct_pointer(0, 1, 1);
+            w[11] = u64::from(*question);
+            w[12] = EMPTY_STRUCT_LIST;
+            w[13] = struct_pointer(0, 1, 0);
+            14
+        }
+        OutTarget::Answer { .. } => return None,
+    };
+    // Params: content, capTable.
+    w[7] = struct_pointer(payload as u32 - 8, 0, 2);
+    w[payload + 1] = EMPTY_STRUCT_LIST;
+    w[payload + 2] = struct_pointer(0, 1, 1);
+    Some((w, payload + 3))
+}
+
+/// The bytes of a header of at most 17 words (see [`call_header`]).
+type HeaderBytes = [u8; 17 * 8];
+
+/// Words as the bytes of a segment, in a buffer on the stack (words
+/// beyond 17 are dropped: no header is that long).
+fn words_to_bytes(words: &[u64]) -> HeaderBytes {
+    let mut bytes = [0; 17 * 8];
+    for (b, w) in bytes.chunks_exact_mut(8).zip(words) {
+        b.copy_from_slice(&w.to_le_bytes());
+    }
+    bytes
+}
+
 /// The segments of a message.
 type Segments<'a> = &'a [&'a [u8]];
 
@@ -2114,10 +2325,33 @@ enum Content<'a> {
 type Spliced<'a> = (Segments<'a>, Option<&'a Kept>);
 
 /// The segments of a kept message.
-fn kept_segments(kept: &Kept) -> Vec<&[u8]> {
-    (0..kept.len() as u32)
-        .map_while(|i| kept.get_segment(i))
-        .collect()
+fn kept_segments(kept: &Kept) -> KeptSegments<'_> {
+    if kept.len() == 1 {
+        if let Some(s) = kept.get_segment(0) {
+            return KeptSegments::One([s]);
+        }
+    }
+    KeptSegments::Many(
+        (0..kept.len() as u32)
+            .map_while(|i| kept.get_segment(i))
+            .collect(),
+    )
+}
+
+/// The segments of a kept message: one, the usual case, without
+/// allocating.
+enum KeptSegments<'a> {
+    One([&'a [u8]; 1]),
+    Many(Vec<&'a [u8]>),
+}
+
+impl<'a> KeptSegments<'a> {
+    fn as_slice(&self) -> &[&'a [u8]] {
+        match self {
+            KeptSegments::One(s) => s,
+            KeptSegments::Many(v) => v,
+        }
+    }
 }
 
 /// Content smaller than this (in words) is copied into its call or
@@ -2127,6 +2361,13 @@ const SPLICE_MIN_WORDS: usize = 1024;
 /// Room kept in the header segment of a spliced message, beyond
 /// [`PAYLOAD_HEADER_WORDS`], for a long promised-answer path.
 const SPLICED_HEADER_WORDS: u64 = 96;
+
+/// True if content with these segments (and no capabilities) goes into
+/// the frame as it is, spliced or inlined, rather than through a capnp
+/// copy.
+fn by_reference(segments: &[&[u8]]) -> bool {
+    segments.len() == 1 || splice_worthwhile(segments)
+}
 
 /// True if content with these segments is better spliced than copied.
 fn splice_worthwhile(segments: &[&[u8]]) -> bool {
@@ -2145,14 +2386,22 @@ const PAYLOAD_HEADER_WORDS: u64 = 32;
 
 /// A builder for a call or return whose first segment is large enough
 /// for the whole message, so that the content is copied once into one
-/// allocation (capnp's default of 1024 words is zeroed in full, and a
-/// large content would go to a second, freshly allocated segment).
-fn payload_message(content: &Content<'_>, caps: usize) -> Builder<HeapAllocator> {
+/// segment (capnp's default of 1024 words is zeroed in full, and a
+/// large content would go to a second, freshly allocated segment). Up to
+/// [`SCRATCH_MAX_WORDS`], that segment is the start of `scratch` (grown
+/// as needed, zero between uses: the builder zeroes what it used when
+/// dropped), so that a call or return allocates no segment; larger ones
+/// get a segment allocated for them.
+fn payload_message<'s>(
+    content: &Content<'_>,
+    caps: usize,
+    scratch: &'s mut Vec<Word>,
+) -> Builder<ScratchSpaceHeapAllocator<'s>> {
     let content_words = match content {
         // (A content that cannot be measured fails when copied.)
         Content::Reader(r) => r.target_size().map_or(0, |s| s.word_count),
         // Only the header: the content goes behind it.
-        Content::Message(segments, _) if caps == 0 && splice_worthwhile(segments) => {
+        Content::Message(segments, _) if caps == 0 && by_reference(segments) => {
             SPLICED_HEADER_WORDS
         }
         Content::Message(segments, _) => segments.iter().map(|s| s.len() as u64 / 8).sum(),
@@ -2161,25 +2410,33 @@ fn payload_message(content: &Content<'_>, caps: usize) -> Builder<HeapAllocator>
     let words = PAYLOAD_HEADER_WORDS
         .saturating_add(content_words)
         .saturating_add(4 * caps as u64)
-        .min(1 << 24);
-    Builder::new(HeapAllocator::new().first_segment_words(words as u32))
+        .min(1 << 24) as usize;
+    let first = if words <= SCRATCH_MAX_WORDS {
+        if scratch.len() < words {
+            scratch.resize(words, capnp::word(0, 0, 0, 0, 0, 0, 0, 0));
+        }
+        words
+    } else {
+        0
+    };
+    Builder::new(
+        ScratchSpaceHeapAllocator::new(Word::words_to_bytes_mut(&mut scratch[..first]))
+            .second_segment_words(words as u32),
+    )
 }
 
-fn call_params(m: &mut Builder<HeapAllocator>) -> capnp::Result<payload::Builder<'_>> {
+/// Largest call or return (in words) built in a connection's scratch
+/// segment; the scratch never grows beyond it.
+const SCRATCH_MAX_WORDS: usize = 4096;
+
+fn call_params<A: Allocator>(m: &mut Builder<A>) -> capnp::Result<payload::Builder<'_>> {
     match m.get_root::<rpc_message::Builder<'_>>()?.which()? {
         rpc_message::Call(c) => c?.get_params(),
         _ => Err(Error::failed("not a call".into())),
     }
 }
 
-fn return_results_nav(m: &mut Builder<HeapAllocator>) -> capnp::Result<return_::Builder<'_>> {
-    match m.get_root::<rpc_message::Builder<'_>>()?.which()? {
-        rpc_message::Return(r) => r,
-        _ => Err(Error::failed("not a return".into())),
-    }
-}
-
-fn return_results(m: &mut Builder<HeapAllocator>) -> capnp::Result<payload::Builder<'_>> {
+fn return_results<A: Allocator>(m: &mut Builder<A>) -> capnp::Result<payload::Builder<'_>> {
     match m.get_root::<rpc_message::Builder<'_>>()?.which()? {
         rpc_message::Return(r) => match r?.which()? {
             return_::Results(p) => p,
@@ -2204,5 +2461,135 @@ fn write_path(path: &[u16], pa: promised_answer::Builder<'_>) {
     let mut ops = pa.init_transform(path.len() as u32);
     for (i, f) in path.iter().enumerate() {
         ops.reborrow().get(i as u32).set_get_pointer_field(*f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finish_frames_match_what_capnp_builds() {
+        for question in [0, 1, 255, 0x1234_5678, u32::MAX] {
+            let mut m = small_message();
+            {
+                let mut f = m.init_root::<rpc_message::Builder<'_>>().init_finish();
+                f.set_question_id(question);
+                f.set_release_result_caps(false);
+                f.set_require_early_cancellation_workaround(false);
+            }
+            let mut built = Vec::new();
+            frame::encode(&m.get_segments_for_output(), &mut built);
+            assert_eq!(finish_frame(question).as_slice(), built.as_slice());
+        }
+    }
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    /// Small content: a struct with a text, built here.
+    fn content() -> Builder<HeapAllocator> {
+        let mut m = Builder::new(HeapAllocator::new().first_segment_words(64));
+        m.init_root::<crate::rpc_capnp::exception::Builder<'_>>()
+            .set_reason("forty-two");
+        m
+    }
+
+    /// The frame capnp's builder gives, with the content inlined.
+    fn built<F>(path: &[u16], build: F) -> Vec<u8>
+    where
+        F: FnOnce(rpc_message::Builder<'_>),
+    {
+        let mut m = small_message();
+        build(m.init_root());
+        let c = content();
+        let mut out = Vec::new();
+        assert!(frame::encode_inlined(
+            &m.get_segments_for_output(),
+            path,
+            c.get_segments_for_output()[0],
+            &mut out
+        ));
+        out
+    }
+
+    fn direct(words: &[u64], path: &[u16]) -> Vec<u8> {
+        let header = words_to_bytes(words);
+        let c = content();
+        let mut out = Vec::new();
+        assert!(frame::encode_inlined(
+            &[&header[..words.len() * 8]],
+            path,
+            c.get_segments_for_output()[0],
+            &mut out
+        ));
+        out
+    }
+
+    #[test]
+    fn return_headers_match_what_capnp_builds() {
+        for (answer, forget) in [
+            (0, false),
+            (1, true),
+            (0xdead_beef, false),
+            (u32::MAX, true),
+        ] {
+            let theirs = built(RETURN_CONTENT, |m| {
+                let mut r = m.init_return();
+                r.set_answer_id(answer);
+                r.set_release_param_caps(false);
+                r.reborrow().init_results().init_cap_table(0);
+                if forget {
+                    r.set_no_finish_needed(true);
+                }
+            });
+            assert_eq!(
+                direct(&return_header(answer, forget), RETURN_CONTENT),
+                theirs
+            );
+        }
+    }
+
+    #[test]
+    fn call_headers_match_what_capnp_builds() {
+        let targets = [
+            OutTarget::Import(0),
+            OutTarget::Import(77),
+            OutTarget::Answer {
+                question: 0,
+                path: Vec::new(),
+            },
+            OutTarget::Answer {
+                question: 123_456,
+                path: Vec::new(),
+            },
+        ];
+        for target in &targets {
+            for yourself in [false, true] {
+                let (q, iid, mid) = (9, 0x8f0e_1234_5678_9abc, 3);
+                let theirs = built(CALL_CONTENT, |m| {
+                    let mut c = m.init_call();
+                    c.set_question_id(q);
+                    c.set_interface_id(iid);
+                    c.set_method_id(mid);
+                    write_target(target, c.reborrow().init_target());
+                    if yourself {
+                        c.reborrow().init_send_results_to().set_yourself(());
+                    } else {
+                        c.reborrow().init_send_results_to().set_caller(());
+                    }
+                    c.init_params().init_cap_table(0);
+                });
+                let (words, len) = call_header(q, iid, mid, target, yourself).unwrap();
+                assert_eq!(direct(&words[..len], CALL_CONTENT), theirs);
+            }
+        }
+        let deep = OutTarget::Answer {
+            question: 1,
+            path: vec![0],
+        };
+        assert!(call_header(1, 2, 3, &deep, false).is_none());
     }
 }

@@ -72,8 +72,39 @@ impl From<FrameError> for capnp::Error {
 /// received (or copied) message.
 pub struct WordSegments {
     storage: Storage,
-    /// Each segment's start and end, in words from the buffer's start.
-    bounds: Vec<(usize, usize)>,
+    /// Where each segment ends.
+    ends: Ends,
+}
+
+/// Where each segment of a [`WordSegments`] ends, in words from the
+/// buffer's start (each starts where the one before it ends, the first at
+/// 0). A frame of one segment, the usual case, needs no allocation.
+enum Ends {
+    One(usize),
+    Many(Vec<usize>),
+}
+
+impl Ends {
+    #[inline]
+    fn len(&self) -> usize {
+        match self {
+            Ends::One(_) => 1,
+            Ends::Many(v) => v.len(),
+        }
+    }
+
+    /// Segment `idx`'s start and end.
+    #[inline]
+    fn bounds(&self, idx: usize) -> Option<(usize, usize)> {
+        match self {
+            Ends::One(end) => (idx == 0).then_some((0, *end)),
+            Ends::Many(v) => {
+                let end = *v.get(idx)?;
+                let start = if idx == 0 { 0 } else { v[idx - 1] };
+                Some((start, end))
+            }
+        }
+    }
 }
 
 /// The buffer of a [`WordSegments`].
@@ -91,30 +122,30 @@ impl WordSegments {
         let total: usize = segments.iter().map(|s| s.len() / 8).sum();
         // Filled word by word rather than zeroed and then overwritten.
         let mut words = Vec::with_capacity(total);
-        let mut bounds = Vec::with_capacity(segments.len());
+        let mut ends = Vec::with_capacity(segments.len());
         for seg in segments {
-            let at = words.len();
             words.extend(seg.chunks_exact(8).map(word_of));
-            bounds.push((at, words.len()));
+            ends.push(words.len());
         }
         WordSegments {
             storage: Storage::Words(words),
-            bounds,
+            ends: Ends::Many(ends),
         }
     }
 
-    /// Segments whose bytes are `bytes` (each bound within it, in words),
-    /// kept where they are if the buffer starts on a word boundary (capnp
-    /// reads words in place), copied into words otherwise.
-    fn from_bytes(bytes: Vec<u8>, bounds: Vec<(usize, usize)>) -> Self {
+    /// Segments whose bytes are `bytes` (each ending within it where
+    /// `ends` says), kept where they are if the buffer starts on a word
+    /// boundary (capnp reads words in place), copied into words otherwise.
+    fn from_bytes(bytes: Vec<u8>, ends: Ends) -> Self {
         let storage = if bytes.as_ptr().align_offset(8) == 0 && !bytes.is_empty() {
             Storage::Bytes(bytes)
         } else {
             Storage::Words(bytes.chunks_exact(8).map(word_of).collect())
         };
-        WordSegments { storage, bounds }
+        WordSegments { storage, ends }
     }
 
+    #[inline]
     fn bytes(&self) -> &[u8] {
         match &self.storage {
             Storage::Words(w) => Word::words_to_bytes(w),
@@ -126,19 +157,23 @@ impl WordSegments {
 impl WordSegments {
     /// The segments, in order.
     pub fn segments(&self) -> Vec<&[u8]> {
-        (0..self.bounds.len() as u32)
+        (0..self.ends.len() as u32)
             .filter_map(|i| self.get_segment(i))
             .collect()
     }
 }
 
+// Inlined into capnp's readers, which ask for a segment at every pointer
+// they follow.
 impl ReaderSegments for WordSegments {
+    #[inline]
     fn get_segment(&self, idx: u32) -> Option<&[u8]> {
-        let (a, b) = *self.bounds.get(idx as usize)?;
+        let (a, b) = self.ends.bounds(idx as usize)?;
         self.bytes().get(a * 8..b * 8)
     }
+    #[inline]
     fn len(&self) -> usize {
-        self.bounds.len()
+        self.ends.len()
     }
 }
 
@@ -172,7 +207,7 @@ struct Body {
     bytes: Vec<u8>,
     /// Bytes the body has in all.
     total: usize,
-    bounds: Vec<(usize, usize)>,
+    ends: Ends,
 }
 
 impl Body {
@@ -257,10 +292,8 @@ impl FrameDecoder {
     fn start_body(&mut self) {
         let count = (self.head.len() - 4) / 4;
         let count = read_u32(&self.head, 0).map_or(count, |c| c as usize + 1);
-        let sizes: Vec<usize> = (0..count)
-            .map(|i| read_u32(&self.head, 4 + 4 * i).unwrap_or(0) as usize)
-            .collect();
-        let total: u64 = sizes.iter().map(|&n| n as u64).sum();
+        let size = |i: usize| u64::from(read_u32(&self.head, 4 + 4 * i).unwrap_or(0));
+        let total: u64 = (0..count).map(size).sum();
         if total > self.limits.max_frame_words as u64 {
             self.error = Some(FrameError::TooLarge {
                 words: total,
@@ -268,19 +301,27 @@ impl FrameDecoder {
             });
             return;
         }
-        let mut bounds = Vec::with_capacity(count);
-        let mut at = 0;
-        for n in sizes {
-            bounds.push((at, at + n));
-            at += n;
-        }
+        // Each end is at most `total` (checked above).
+        let ends = if count == 1 {
+            Ends::One(total as usize)
+        } else {
+            let mut at = 0;
+            Ends::Many(
+                (0..count)
+                    .map(|i| {
+                        at += size(i) as usize;
+                        at
+                    })
+                    .collect(),
+            )
+        };
         // At most `max_frame_words` words (checked above).
         let len = (total as usize).saturating_mul(8);
         let body = Body {
             head_len: self.head.len(),
             bytes: Vec::with_capacity(len),
             total: len,
-            bounds,
+            ends,
         };
         self.head.clear();
         if body.total == 0 {
@@ -303,7 +344,7 @@ impl FrameDecoder {
             .min(self.limits.traversal_limit_words);
         options.traversal_limit_in_words(Some(budget));
         self.ready.push_back(message::Reader::new(
-            WordSegments::from_bytes(body.bytes, body.bounds),
+            WordSegments::from_bytes(body.bytes, body.ends),
             options,
         ));
     }
@@ -449,6 +490,71 @@ pub fn encode_spliced(
             out.extend_from_slice(s);
         }
     })
+}
+
+/// Appends the frame of one segment: `header` (one segment, built by
+/// this process), whose pointer at `path` (see `pointer_index`) is null,
+/// followed by the words of `content` after its root pointer; the pointer
+/// at `path` becomes the content's root pointer, its offset moved by
+/// where the content now lies. `content` is the one segment of a message
+/// built by this process, its root pointer first: such a message has no
+/// far pointers, and its other pointers are relative to where they are,
+/// so they stay right. What [`encode_spliced`] does for large content,
+/// without the far pointers and the extra segments: small content is
+/// copied word for word instead of through a capnp copy.
+///
+/// Returns false, writing nothing, if the header is not one segment, the
+/// path does not lead to a null pointer, the content's root is a far
+/// pointer or points outside it, or the message would be too large.
+pub fn encode_inlined(header: &[&[u8]], path: &[u16], content: &[u8], out: &mut Vec<u8>) -> bool {
+    let [head] = header else {
+        return false;
+    };
+    if !head.len().is_multiple_of(8) || !content.len().is_multiple_of(8) || content.is_empty() {
+        return false;
+    }
+    let head_words = head.len() / 8;
+    let content_words = content.len() / 8;
+    // The content's root pointer is not copied.
+    let total = head_words + content_words - 1;
+    if total >= 1 << 29 {
+        return false;
+    }
+    let Some(slot) = pointer_index(head, path) else {
+        return false;
+    };
+    if word_at(head, slot) != Some(0) {
+        return false;
+    }
+    let root = word_at(content, 0).unwrap_or(0);
+    let slot_word = match root & 3 {
+        _ if root == 0 => 0,
+        // A capability: its index, as it is.
+        3 => root,
+        // Far: not what a one-segment message built here has.
+        2 => return false,
+        // A struct or list: content word `target` is now at
+        // `head_words + target - 1` (for a zero-sized object pointing at
+        // the root pointer itself, the header's last word: nothing is read
+        // there).
+        _ => {
+            let offset = i64::from((root as u32 as i32) >> 2);
+            let target = 1 + offset;
+            if target < 0 || target as usize > content_words {
+                return false;
+            }
+            let moved = head_words as i64 + target - 1 - (slot as i64 + 1);
+            (root & !0xffff_fffc) | u64::from((moved as i32 as u32) << 2)
+        }
+    };
+    out.reserve(8 + total * 8);
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(total as u32).to_le_bytes());
+    out.extend_from_slice(&head[..slot * 8]);
+    out.extend_from_slice(&slot_word.to_le_bytes());
+    out.extend_from_slice(&head[slot * 8 + 8..]);
+    out.extend_from_slice(&content[8..]);
+    true
 }
 
 /// As [`encode_spliced`] with the segments of `kept` as the content, into
@@ -753,6 +859,115 @@ mod tests {
             assert!(matches!(r.which(), Ok(return_::Results(_))));
         }
         m
+    }
+
+    /// As `spliced`, with `content` (one segment) inlined instead.
+    fn inlined(content: &Builder<HeapAllocator>) -> message::Reader<WordSegments> {
+        use crate::rpc_capnp::message as rpc_message;
+        let mut header = Builder::new(HeapAllocator::new().first_segment_words(64));
+        {
+            let mut r = header.init_root::<rpc_message::Builder<'_>>().init_return();
+            r.set_answer_id(7);
+            r.init_results().init_cap_table(0);
+        }
+        let segments = content.get_segments_for_output();
+        let mut out = Vec::new();
+        assert!(encode_inlined(
+            &header.get_segments_for_output(),
+            &[0, 0, 0],
+            segments[0],
+            &mut out
+        ));
+        let mut d = FrameDecoder::new(Limits::default());
+        d.push(&out);
+        let m = d.next_message().unwrap().unwrap();
+        assert!(d.next_message().unwrap().is_none());
+        assert_eq!(m.into_segments().len(), 1);
+        d.push(&out);
+        d.next_message().unwrap().unwrap()
+    }
+
+    #[test]
+    fn inlined_content_reads_back_the_same() {
+        use crate::rpc_capnp::{message as rpc_message, return_};
+        fn content(m: &message::Reader<WordSegments>) -> capnp::any_pointer::Reader<'_> {
+            let root: rpc_message::Reader<'_> = m.get_root().unwrap();
+            let Ok(rpc_message::Which::Return(Ok(r))) = root.which() else {
+                panic!("not a return")
+            };
+            assert_eq!(r.get_answer_id(), 7);
+            let Ok(return_::Results(Ok(p))) = r.which() else {
+                panic!("no results")
+            };
+            assert_eq!(p.get_cap_table().unwrap().len(), 0);
+            p.get_content()
+        }
+        // A struct with a text.
+        for len in [0, 3, 40, 700] {
+            let m = sample(len, 1024);
+            let got = inlined(&m);
+            assert_eq!(spliced_reason(&got).len(), len);
+            let e: crate::rpc_capnp::exception::Reader<'_> = content(&got).get_as().unwrap();
+            assert_eq!(e.get_reason().unwrap().len(), len);
+        }
+        // A list at the root; a struct with only data; an empty struct; a
+        // null root.
+        let mut m = Builder::new(HeapAllocator::new().first_segment_words(8));
+        m.set_root(&[1u64, 2, 3, 4][..]).unwrap();
+        let got = inlined(&m);
+        let list: capnp::primitive_list::Reader<'_, u64> = content(&got).get_as().unwrap();
+        assert_eq!(list.iter().collect::<Vec<_>>(), [1, 2, 3, 4]);
+        let mut m = Builder::new(HeapAllocator::new().first_segment_words(8));
+        m.init_root::<crate::rpc_capnp::finish::Builder<'_>>()
+            .set_question_id(42);
+        let got = inlined(&m);
+        let f: crate::rpc_capnp::finish::Reader<'_> = content(&got).get_as().unwrap();
+        assert_eq!(f.get_question_id(), 42);
+        let mut m = Builder::new(HeapAllocator::new().first_segment_words(8));
+        m.init_root::<crate::rpc_capnp::message::Builder<'_>>();
+        let got = inlined(&m);
+        let e: crate::rpc_capnp::message::Reader<'_> = content(&got).get_as().unwrap();
+        assert!(e.total_size().unwrap().word_count <= 2);
+        let mut m = Builder::new(HeapAllocator::new().first_segment_words(8));
+        m.init_root::<capnp::any_pointer::Builder<'_>>();
+        let got = inlined(&m);
+        assert!(content(&got).is_null());
+    }
+
+    #[test]
+    fn inlining_refuses_what_it_cannot_do() {
+        use crate::rpc_capnp::message as rpc_message;
+        let content = sample(3, 1024);
+        let segments = content.get_segments_for_output();
+        let mut header = Builder::new(HeapAllocator::new().first_segment_words(64));
+        {
+            let r = header.init_root::<rpc_message::Builder<'_>>().init_return();
+            r.init_results().init_cap_table(0);
+        }
+        let mut out = Vec::new();
+        // Not a null pointer at the path (the cap table), or no pointer.
+        assert!(!encode_inlined(
+            &header.get_segments_for_output(),
+            &[0, 0, 1],
+            segments[0],
+            &mut out
+        ));
+        assert!(!encode_inlined(
+            &header.get_segments_for_output(),
+            &[0, 0, 5],
+            segments[0],
+            &mut out
+        ));
+        // A far root pointer.
+        let mut far = segments[0].to_vec();
+        far[0] = 2;
+        assert!(!encode_inlined(
+            &header.get_segments_for_output(),
+            &[0, 0, 0],
+            &far,
+            &mut out
+        ));
+        assert!(out.is_empty());
     }
 
     fn spliced_reason(m: &message::Reader<WordSegments>) -> String {
