@@ -775,25 +775,27 @@ impl AnswerRef {
     /// end: a return naming the end would let its receiver call it
     /// directly and overtake them.
     pub(crate) fn embargoed_fields(&self) -> Vec<(CapRef, CapRef)> {
-        let mut cur = self.clone();
+        let mut forwarded: Option<AnswerRef> = None;
         for _ in 0..MAX_FORWARDS {
-            let (paths, resolution, forward) = {
-                let s = cur.answer.lock();
-                (s.embargoed.clone(), s.resolution(), s.forward.clone())
-            };
-            if let Some(to) = forward {
-                cur = to;
+            let cur = forwarded.as_ref().unwrap_or(self);
+            let s = cur.answer.lock();
+            if let Some(to) = s.forward.clone() {
+                drop(s);
+                forwarded = Some(to);
                 continue;
             }
+            // (Every return asks: usually there is nothing to copy.)
+            if s.embargoed.is_empty() {
+                return Vec::new();
+            }
+            let (paths, resolution) = (s.embargoed.clone(), s.resolution());
+            drop(s);
             let Some(resolution) = resolution else {
                 return Vec::new();
             };
             return paths
                 .into_iter()
-                .map(|path| {
-                    let end = resolve_path(&resolution, &path);
-                    (end, cur.pipelined_cap(path))
-                })
+                .map(|path| (resolve_path(&resolution, &path), cur.pipelined_cap(path)))
                 .collect();
         }
         Vec::new()

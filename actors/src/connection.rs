@@ -617,14 +617,15 @@ impl Connection {
                         self.question_of.remove(&key(a));
                     }
                     // Which capabilities the peer named as ours (an export of
-                    // ours, or a field of one of our answers).
+                    // ours, or a field of one of our answers); only asked
+                    // about fields calls were pipelined on.
                     let ours: Vec<bool> = match &result {
-                        Ok(p) => p
+                        Ok(p) if !pipelined.is_empty() => p
                             .caps
                             .iter()
                             .map(|c| matches!(c, InCap::Local(_) | InCap::Answer { .. }))
                             .collect(),
-                        Err(_) => Vec::new(),
+                        _ => Vec::new(),
                     };
                     match result.and_then(|p| self.in_payload(p)) {
                         Ok(p) => {
