@@ -27,7 +27,8 @@
 //! Standard output carries exactly the lines the tutorial prints; errors and
 //! diagnostics go to standard error, and any failure exits non-zero.
 //!
-//! The same service and callback also run over the network (no TLS yet):
+//! The same service and callback also run over the network, with or without
+//! TLS (here without; see `--capnp-secret-key-file` in the README):
 //!
 //! ```text
 //! echo serve --capnp-listen-address unix:/tmp/echo.sock --capnp-disable-tls
@@ -41,8 +42,9 @@
 //! `serve` offers the service under the ID `main` (the URI it prints) and,
 //! because TLS is off, under the empty ID too, which is what clients that
 //! cannot send an ID (pycapnp, the C++ EzRpc client) ask for. Exit codes:
-//! 0 on success, 1 when a call or the connection fails, 2 for a bad
-//! command line (an address or URI that does not parse, TLS requested).
+//! 0 on success; 1 when a call or the connection fails, or a key file
+//! cannot be read; 2 for a bad command line (an address or URI that does
+//! not parse). Every error message names the problem.
 
 #[path = "common/echo_service.rs"]
 #[allow(dead_code)]

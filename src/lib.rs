@@ -13,10 +13,12 @@
 //! - `capnp-actix-schemas`: the wire schemas and the tutorial's schemas,
 //!   with their generated code (re-exported as [`schemas`]).
 //!
-//! Status: in-process capabilities, pipelining, promises and
-//! cancellation; two-party RPC over TCP and Unix sockets; TLS vat
+//! What is here: in-process capabilities, pipelining, promises and
+//! cancellation; two-party RPC (Level 2) over TCP and Unix sockets,
+//! interoperating with the C++, Python and Rust (capnp-rpc) vats; TLS vat
 //! identities, sturdy URIs, restorers and persistence ([`vat`],
-//! [`restorer`], [`persist`]). See the README for what is next.
+//! [`restorer`], [`persist`]). ARCHITECTURE.md in the repository maps the
+//! layers and the life of a call; the project's issues list what is open.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

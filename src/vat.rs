@@ -877,12 +877,14 @@ pub async fn connect(address: &Address) -> io::Result<ConnectionHandle> {
     Ok(start_connection(stream, ConnectionOptions::default()))
 }
 
-/// Connects to the vat a sturdy URI names and returns the service's
-/// capability (usable at once; calls on it are pipelined).
+/// Connects to the vat an `insecure@` sturdy URI names and returns the
+/// service's capability (usable at once; calls on it are pipelined). A
+/// `sha-256` URI (a TLS vat) needs a TLS identity of our own: use
+/// [`Vat::import`], which has one; here it fails with Unimplemented.
 pub async fn import(uri: &SturdyUri) -> Result<CapRef, capnp::Error> {
     if let VatAuth::Sha256(_) = uri.auth {
         return Err(capnp::Error::unimplemented(format!(
-            "{uri}: TLS vats are not supported yet; use an insecure@ URI"
+            "{uri}: a sha-256 URI names a TLS vat, and this function has no TLS identity to connect with; import it through a `Vat` (`Vat::import`)"
         )));
     }
     let conn = connect(&uri.address)
