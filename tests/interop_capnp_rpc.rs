@@ -199,6 +199,10 @@ async fn their_client_our_server(transport: Transport) {
         .unwrap();
     result.unwrap();
     assert_eq!(*lines.lock().unwrap(), ["Service logger: pipelined"]);
+    // Their thread has ended and closed its socket: our connection ends
+    // with it, and releases everything it held.
+    drop(service);
+    capnp_actix::debug::assert_all_released().await;
 }
 
 async fn their_client<S>(s: S) -> Result<(), String>
@@ -271,9 +275,17 @@ async fn our_client_their_server(transport: Transport) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(empty, "our tables: {:?}", conn.inspect().await);
-    drop(conn);
+    conn.close("test over");
+    tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .expect("our connection ends");
+    // Their server stops serving once we have gone (with the error our
+    // abort gave it, which is not what this test checks).
+    let _ = tokio::task::spawn_blocking(move || their.join().unwrap())
+        .await
+        .unwrap();
     let _ = std::fs::remove_file(&path);
-    drop(their);
+    capnp_actix::debug::assert_all_released().await;
 }
 
 struct Prefix(Lines);

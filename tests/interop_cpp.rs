@@ -15,9 +15,11 @@
 //! The peers are the programs under `tests/cpp`. Each test process
 //! compiles `schemas/echo_api.capnp` and `schemas/calculator.capnp` with
 //! `capnp compile -oc++` once, and builds each program with g++ at most
-//! once, under Cargo's target tmp dir. When g++, `capnp` or `pkg-config
-//! capnp-rpc` is missing the tests print a note and pass, unless
-//! `CAPNP_ACTIX_REQUIRE_CPP` is set (as CI does), in which case they fail.
+//! once, under Cargo's target tmp dir. When the build script (`build.rs`)
+//! finds no g++, `capnp` or `pkg-config capnp-rpc`, it leaves
+//! `have_cpp_capnp` unset and these tests are reported as ignored, with
+//! the reason, unless `CAPNP_ACTIX_REQUIRE_CPP` is set (as CI does): then
+//! they run, and a missing toolchain fails them.
 //!
 //! Every test ends by checking that our side released every capability and
 //! stopped every actor (`capnp_actix::debug::settle`).
@@ -200,29 +202,21 @@ fn build(work: &Path, program: Program) -> Result<PathBuf, String> {
     Ok(binary)
 }
 
-/// `program`'s binary, built once per test process; `None` when the
-/// toolchain is missing and the test should be skipped (after printing a
-/// note). Panics when the toolchain is missing and `CAPNP_ACTIX_REQUIRE_CPP`
-/// is set, or when the build itself fails.
-fn cpp_program(test: &str, program: Program) -> Option<PathBuf> {
+/// `program`'s binary, built once per test process. Panics when the
+/// toolchain is missing (a test that runs needs it: the build script found
+/// it, or `CAPNP_ACTIX_REQUIRE_CPP` is set) or when the build fails.
+fn cpp_program(test: &str, program: Program) -> PathBuf {
     let work = match generated() {
         Ok(work) => work,
         Err((false, why)) => panic!("{test}: generating the C++ code failed: {why}"),
-        Err((true, why)) if std::env::var_os(REQUIRE_VAR).is_some() => panic!(
-            "{test}: the C++ Cap'n Proto toolchain is required ({REQUIRE_VAR} is set) \
-             but unavailable: {why}; install it with \
+        Err((true, why)) => panic!(
+            "{test}: the C++ Cap'n Proto toolchain is required ({REQUIRE_VAR} is set, or \
+             the build script found it) but unavailable: {why}; install it with \
              `apt-get install capnproto libcapnp-dev g++ pkg-config`"
         ),
-        Err((true, why)) => {
-            eprintln!(
-                "note: skipping {test}: the C++ Cap'n Proto toolchain is not available \
-                 ({why}); set {REQUIRE_VAR}=1 to make this a failure"
-            );
-            return None;
-        }
     };
     match program.slot().get_or_init(|| build(work, program)) {
-        Ok(path) => Some(path.clone()),
+        Ok(path) => path.clone(),
         Err(why) => panic!("{test}: building the C++ {} failed: {why}", program.name()),
     }
 }
@@ -445,9 +439,7 @@ fn cpp_target(bound: &Address) -> String {
 
 /// Our echo server (under the empty service ID), the C++ client.
 async fn cpp_echo_client_our_server(test: &str, transport: Transport) {
-    let Some(binary) = cpp_program(test, Program::EchoClient) else {
-        return;
-    };
+    let binary = cpp_program(test, Program::EchoClient);
     let path = socket_path(&format!("echo-client-{transport:?}"));
     let lines: Lines = Arc::default();
     let service: Cap<echo::Client> = Cap::new(EchoService::new(
@@ -502,9 +494,7 @@ impl callback::Server for Recorder {
 
 /// The C++ echo server, our client (`vat::import`).
 async fn our_client_cpp_echo_server(test: &str, transport: Transport) {
-    let Some(binary) = cpp_program(test, Program::EchoServer) else {
-        return;
-    };
+    let binary = cpp_program(test, Program::EchoServer);
     let path = socket_path(&format!("echo-server-{transport:?}"));
     let _ = std::fs::remove_file(&path);
     let mut server = Running::spawn(&binary, &transport.cpp_listen_address(&path));
@@ -580,6 +570,10 @@ async fn our_client_cpp_echo_server(test: &str, transport: Transport) {
 }
 
 #[actix::test]
+#[cfg_attr(
+    not(have_cpp_capnp),
+    ignore = "C++ Cap'n Proto not installed: apt-get install capnproto libcapnp-dev g++ pkg-config, then touch build.rs"
+)]
 async fn cpp_client_against_our_server_over_unix_socket() {
     cpp_echo_client_our_server(
         "cpp_client_against_our_server_over_unix_socket",
@@ -589,11 +583,19 @@ async fn cpp_client_against_our_server_over_unix_socket() {
 }
 
 #[actix::test]
+#[cfg_attr(
+    not(have_cpp_capnp),
+    ignore = "C++ Cap'n Proto not installed: apt-get install capnproto libcapnp-dev g++ pkg-config, then touch build.rs"
+)]
 async fn cpp_client_against_our_server_over_tcp() {
     cpp_echo_client_our_server("cpp_client_against_our_server_over_tcp", Transport::Tcp).await;
 }
 
 #[actix::test]
+#[cfg_attr(
+    not(have_cpp_capnp),
+    ignore = "C++ Cap'n Proto not installed: apt-get install capnproto libcapnp-dev g++ pkg-config, then touch build.rs"
+)]
 async fn our_client_against_cpp_server_over_unix_socket() {
     our_client_cpp_echo_server(
         "our_client_against_cpp_server_over_unix_socket",
@@ -603,6 +605,10 @@ async fn our_client_against_cpp_server_over_unix_socket() {
 }
 
 #[actix::test]
+#[cfg_attr(
+    not(have_cpp_capnp),
+    ignore = "C++ Cap'n Proto not installed: apt-get install capnproto libcapnp-dev g++ pkg-config, then touch build.rs"
+)]
 async fn our_client_against_cpp_server_over_tcp() {
     our_client_cpp_echo_server("our_client_against_cpp_server_over_tcp", Transport::Tcp).await;
 }
@@ -630,9 +636,7 @@ fn assert_printed_expected(test: &str, run: &Running) {
 
 /// Our calculator (under the empty service ID), the C++ client's checks.
 async fn cpp_calc_client_our_calculator(test: &str, transport: Transport) {
-    let Some(binary) = cpp_program(test, Program::CalcClient) else {
-        return;
-    };
+    let binary = cpp_program(test, Program::CalcClient);
     let path = socket_path(&format!("calc-client-{transport:?}"));
     let calc: Cap<calculator::Client> = Cap::new(Calculator::new());
     let mut services = Services::new();
@@ -661,9 +665,7 @@ async fn cpp_calc_client_our_calculator(test: &str, transport: Transport) {
 /// The C++ calculator, our client's checks (through a client vat without
 /// TLS).
 async fn our_calc_client_cpp_calculator(test: &str, transport: Transport) {
-    let Some(binary) = cpp_program(test, Program::CalcServer) else {
-        return;
-    };
+    let binary = cpp_program(test, Program::CalcServer);
     let path = socket_path(&format!("calc-server-{transport:?}"));
     let _ = std::fs::remove_file(&path);
     let mut server = Running::spawn(&binary, &transport.cpp_listen_address(&path));
@@ -699,6 +701,10 @@ async fn our_calc_client_cpp_calculator(test: &str, transport: Transport) {
 }
 
 #[actix::test]
+#[cfg_attr(
+    not(have_cpp_capnp),
+    ignore = "C++ Cap'n Proto not installed: apt-get install capnproto libcapnp-dev g++ pkg-config, then touch build.rs"
+)]
 async fn cpp_calculator_client_against_our_calculator_over_unix_socket() {
     cpp_calc_client_our_calculator(
         "cpp_calculator_client_against_our_calculator_over_unix_socket",
@@ -708,6 +714,10 @@ async fn cpp_calculator_client_against_our_calculator_over_unix_socket() {
 }
 
 #[actix::test]
+#[cfg_attr(
+    not(have_cpp_capnp),
+    ignore = "C++ Cap'n Proto not installed: apt-get install capnproto libcapnp-dev g++ pkg-config, then touch build.rs"
+)]
 async fn cpp_calculator_client_against_our_calculator_over_tcp() {
     cpp_calc_client_our_calculator(
         "cpp_calculator_client_against_our_calculator_over_tcp",
@@ -717,6 +727,10 @@ async fn cpp_calculator_client_against_our_calculator_over_tcp() {
 }
 
 #[actix::test]
+#[cfg_attr(
+    not(have_cpp_capnp),
+    ignore = "C++ Cap'n Proto not installed: apt-get install capnproto libcapnp-dev g++ pkg-config, then touch build.rs"
+)]
 async fn our_calculator_client_against_cpp_calculator_over_unix_socket() {
     our_calc_client_cpp_calculator(
         "our_calculator_client_against_cpp_calculator_over_unix_socket",
@@ -726,6 +740,10 @@ async fn our_calculator_client_against_cpp_calculator_over_unix_socket() {
 }
 
 #[actix::test]
+#[cfg_attr(
+    not(have_cpp_capnp),
+    ignore = "C++ Cap'n Proto not installed: apt-get install capnproto libcapnp-dev g++ pkg-config, then touch build.rs"
+)]
 async fn our_calculator_client_against_cpp_calculator_over_tcp() {
     our_calc_client_cpp_calculator(
         "our_calculator_client_against_cpp_calculator_over_tcp",

@@ -10,10 +10,11 @@
 //!   used twice as `previousResult`, `defFunction`, and a function the
 //!   client implements, which the server calls back).
 //!
-//! The Python peers are the scripts under `tests/python`. When
-//! `python3 -c "import capnp"` fails the tests print a note and pass, unless
-//! `CAPNP_ACTIX_REQUIRE_PYCAPNP` is set (as CI does), in which case they
-//! fail.
+//! The Python peers are the scripts under `tests/python`. When the build
+//! script (`build.rs`) finds no pycapnp (`python3 -c "import capnp"`
+//! fails), it leaves `have_pycapnp` unset and these tests are reported as
+//! ignored, with the reason, unless `CAPNP_ACTIX_REQUIRE_PYCAPNP` is set
+//! (as CI does): then they run, and a missing pycapnp fails them.
 //!
 //! Every test ends by checking that our side released every capability and
 //! stopped every actor (`capnp_actix::debug::settle`).
@@ -53,9 +54,9 @@ const REQUIRE_VAR: &str = "CAPNP_ACTIX_REQUIRE_PYCAPNP";
 
 type Lines = Arc<Mutex<Vec<String>>>;
 
-/// True when pycapnp can be imported. Otherwise prints a note and returns
-/// false, or panics if `CAPNP_ACTIX_REQUIRE_PYCAPNP` is set.
-fn pycapnp_available(test: &str) -> bool {
+/// Panics unless pycapnp can be imported: a test that runs needs it (the
+/// build script found it, or `CAPNP_ACTIX_REQUIRE_PYCAPNP` is set).
+fn require_pycapnp(test: &str) {
     let probe = Command::new("python3")
         .args(["-c", "import capnp"])
         .stdin(Stdio::null())
@@ -63,7 +64,7 @@ fn pycapnp_available(test: &str) -> bool {
         .stderr(Stdio::piped())
         .output();
     let why = match probe {
-        Ok(out) if out.status.success() => return true,
+        Ok(out) if out.status.success() => return,
         Ok(out) => format!(
             "`python3 -c \"import capnp\"` failed ({}): {}",
             out.status,
@@ -71,17 +72,10 @@ fn pycapnp_available(test: &str) -> bool {
         ),
         Err(e) => format!("cannot run python3: {e}"),
     };
-    if std::env::var_os(REQUIRE_VAR).is_some() {
-        panic!(
-            "{test}: pycapnp is required ({REQUIRE_VAR} is set) but unavailable: {why}; \
-             install it with `python3 -m pip install pycapnp==2.2.4`"
-        );
-    }
-    eprintln!(
-        "note: skipping {test}: pycapnp is not available ({why}); \
-         set {REQUIRE_VAR}=1 to make this a failure"
+    panic!(
+        "{test}: pycapnp is required ({REQUIRE_VAR} is set, or the build script found it) \
+         but unavailable: {why}; install it with `python3 -m pip install pycapnp==2.2.4`"
     );
-    false
 }
 
 fn script(name: &str) -> PathBuf {
@@ -395,37 +389,45 @@ async fn our_client_pycapnp_server(address: &str) {
 }
 
 #[actix::test]
+#[cfg_attr(
+    not(have_pycapnp),
+    ignore = "pycapnp not installed: python3 -m pip install pycapnp==2.2.4, then touch build.rs"
+)]
 async fn pycapnp_client_against_our_server_over_unix_socket() {
-    if !pycapnp_available("pycapnp_client_against_our_server_over_unix_socket") {
-        return;
-    }
+    require_pycapnp("pycapnp_client_against_our_server_over_unix_socket");
     let path = socket_path("client-unix");
     pycapnp_client_our_server(&format!("unix:{}", path.display())).await;
     let _ = std::fs::remove_file(&path);
 }
 
 #[actix::test]
+#[cfg_attr(
+    not(have_pycapnp),
+    ignore = "pycapnp not installed: python3 -m pip install pycapnp==2.2.4, then touch build.rs"
+)]
 async fn pycapnp_client_against_our_server_over_tcp() {
-    if !pycapnp_available("pycapnp_client_against_our_server_over_tcp") {
-        return;
-    }
+    require_pycapnp("pycapnp_client_against_our_server_over_tcp");
     pycapnp_client_our_server("tcp:127.0.0.1:0").await;
 }
 
 #[actix::test]
+#[cfg_attr(
+    not(have_pycapnp),
+    ignore = "pycapnp not installed: python3 -m pip install pycapnp==2.2.4, then touch build.rs"
+)]
 async fn our_client_against_pycapnp_server_over_unix_socket() {
-    if !pycapnp_available("our_client_against_pycapnp_server_over_unix_socket") {
-        return;
-    }
+    require_pycapnp("our_client_against_pycapnp_server_over_unix_socket");
     let path = socket_path("server-unix");
     our_client_pycapnp_server(&format!("unix:{}", path.display())).await;
 }
 
 #[actix::test]
+#[cfg_attr(
+    not(have_pycapnp),
+    ignore = "pycapnp not installed: python3 -m pip install pycapnp==2.2.4, then touch build.rs"
+)]
 async fn our_client_against_pycapnp_server_over_tcp() {
-    if !pycapnp_available("our_client_against_pycapnp_server_over_tcp") {
-        return;
-    }
+    require_pycapnp("our_client_against_pycapnp_server_over_tcp");
     our_client_pycapnp_server(&format!("tcp:127.0.0.1:{}", free_tcp_port())).await;
 }
 
@@ -517,36 +519,44 @@ async fn our_calc_client_pycapnp_calculator(listen: &str) {
 }
 
 #[actix::test]
+#[cfg_attr(
+    not(have_pycapnp),
+    ignore = "pycapnp not installed: python3 -m pip install pycapnp==2.2.4, then touch build.rs"
+)]
 async fn pycapnp_calculator_client_against_our_calculator_over_unix_socket() {
-    if !pycapnp_available("pycapnp_calculator_client_against_our_calculator_over_unix_socket") {
-        return;
-    }
+    require_pycapnp("pycapnp_calculator_client_against_our_calculator_over_unix_socket");
     let path = socket_path("calc-client-unix");
     pycapnp_calc_client_our_calculator(&format!("unix:{}", path.display())).await;
     let _ = std::fs::remove_file(&path);
 }
 
 #[actix::test]
+#[cfg_attr(
+    not(have_pycapnp),
+    ignore = "pycapnp not installed: python3 -m pip install pycapnp==2.2.4, then touch build.rs"
+)]
 async fn pycapnp_calculator_client_against_our_calculator_over_tcp() {
-    if !pycapnp_available("pycapnp_calculator_client_against_our_calculator_over_tcp") {
-        return;
-    }
+    require_pycapnp("pycapnp_calculator_client_against_our_calculator_over_tcp");
     pycapnp_calc_client_our_calculator("tcp:127.0.0.1:0").await;
 }
 
 #[actix::test]
+#[cfg_attr(
+    not(have_pycapnp),
+    ignore = "pycapnp not installed: python3 -m pip install pycapnp==2.2.4, then touch build.rs"
+)]
 async fn our_calculator_client_against_pycapnp_calculator_over_unix_socket() {
-    if !pycapnp_available("our_calculator_client_against_pycapnp_calculator_over_unix_socket") {
-        return;
-    }
+    require_pycapnp("our_calculator_client_against_pycapnp_calculator_over_unix_socket");
     let path = socket_path("calc-server-unix");
     our_calc_client_pycapnp_calculator(&format!("unix:{}", path.display())).await;
 }
 
 #[actix::test]
+#[cfg_attr(
+    not(have_pycapnp),
+    ignore = "pycapnp not installed: python3 -m pip install pycapnp==2.2.4, then touch build.rs"
+)]
 async fn our_calculator_client_against_pycapnp_calculator_over_tcp() {
-    if !pycapnp_available("our_calculator_client_against_pycapnp_calculator_over_tcp") {
-        return;
-    }
+    require_pycapnp("our_calculator_client_against_pycapnp_calculator_over_tcp");
     our_calc_client_pycapnp_calculator("tcp:127.0.0.1:0").await;
 }

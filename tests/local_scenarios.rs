@@ -516,21 +516,32 @@ async fn e_order_10000_calls_across_a_promise_resolution() {
     {
         let (p, r) = Cap::<probe::Client>::promise();
         let client = p.client();
-        // Send the first half (they queue in the promise), then resolve.
+        // The first half: `send` hands each call to the promise before it
+        // returns, so these 5,000 are all in its queue before it resolves.
         let mut first: Vec<_> = (0..5_000)
             .map(|i| {
-                let c = client.clone();
-                tokio::task::spawn_local(async move { call(&c, i).await })
+                let mut req = client.call_request();
+                req.get().set_seq(i);
+                req.send().promise
             })
             .collect();
         tokio::task::yield_now().await;
+        assert!(
+            log.calls().is_empty(),
+            "a call started before the resolution"
+        );
+        assert!(
+            futures::FutureExt::now_or_never(p.when_resolved()).is_none(),
+            "the promise resolved before the test resolved it"
+        );
         r.resolve_to(Probe::cap(&log).raw().clone());
         first.extend((5_000..10_000).map(|i| {
-            let c = client.clone();
-            tokio::task::spawn_local(async move { call(&c, i).await })
+            let mut req = client.call_request();
+            req.get().set_seq(i);
+            req.send().promise
         }));
-        for (i, h) in first.into_iter().enumerate() {
-            assert_eq!(h.await.unwrap().unwrap(), i as u64);
+        for (i, reply) in first.into_iter().enumerate() {
+            assert_eq!(reply.await.unwrap().get().unwrap().get_seq(), i as u64);
         }
         assert_eq!(log.calls(), (0..10_000).collect::<Vec<_>>());
     }

@@ -135,13 +135,19 @@ async fn our_vats_on_both_sides_resolve_and_shorten_in_order() {
         // 10: once shortened, the promise works without the connection.
         tokio::time::sleep(Duration::from_millis(50)).await;
         client.close("test: the server goes away");
-        for _ in 0..100 {
-            if !client.is_open() && !server.is_open() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let reason = tokio::time::timeout(T, client.closed())
+            .await
+            .expect("the client's connection ends");
+        assert!(
+            reason.to_string().contains("the server goes away"),
+            "{reason}"
+        );
+        tokio::time::timeout(T, server.closed())
+            .await
+            .expect("the server's connection ends with the client's");
+        assert!(!client.is_open() && !server.is_open());
         assert_eq!(call(&promise, 100).await.unwrap(), 100);
+        assert_eq!(log.calls().last(), Some(&100));
         drop((maker, local, promise));
     }
     drop(holder);
@@ -251,6 +257,9 @@ fn their_server(
 
 const N: u64 = 500;
 
+/// How long a connection may take to end.
+const T: Duration = Duration::from_secs(5);
+
 #[actix::test]
 async fn scenario_10_and_15_a_resolve_to_our_own_object_shortens_the_path_in_order() {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
@@ -271,12 +280,13 @@ async fn scenario_10_and_15_a_resolve_to_our_own_object_shortens_the_path_in_ord
         // need the network, not even a connection.
         tokio::time::sleep(Duration::from_millis(50)).await;
         conn.close("test: the server goes away");
-        for _ in 0..100 {
-            if !conn.is_open() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let reason = tokio::time::timeout(T, conn.closed())
+            .await
+            .expect("the connection ends");
+        assert!(
+            reason.to_string().contains("the server goes away"),
+            "{reason}"
+        );
         assert!(!conn.is_open());
         assert_eq!(call(&promise, 100).await.unwrap(), 100);
         assert_eq!(log.calls().last(), Some(&100));

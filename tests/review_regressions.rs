@@ -74,8 +74,20 @@ async fn held_call_bytes_are_released_after_a_tail_call_to_the_caller() {
         // Let the finish reach the server.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    drop((remote, slow, service));
+    close(&client, &server).await;
+    capnp_actix::debug::assert_all_released().await;
+}
+
+/// Closes the connection from `client`'s side and waits until both ends
+/// have stopped.
+async fn close(
+    client: &capnp_actix::connection::ConnectionHandle,
+    server: &capnp_actix::connection::ConnectionHandle,
+) {
     client.close("test over");
-    drop(server);
+    tokio::time::timeout(T, client.closed()).await.unwrap();
+    tokio::time::timeout(T, server.closed()).await.unwrap();
 }
 
 /// answer.rs `deliver_pipelined`: once a call on a field of a remote
@@ -113,7 +125,6 @@ async fn a_pipelined_field_resolved_to_our_own_capability_works_after_the_connec
 
     client.close("test over");
     tokio::time::timeout(T, client.closed()).await.unwrap();
-    drop(server);
     // Both handles name our own probe, which is alive.
     assert_eq!(call(&returned, 4).await.unwrap(), 4);
     let after = tokio::time::timeout(T, call(&held, 5)).await.unwrap();
@@ -123,6 +134,11 @@ async fn a_pipelined_field_resolved_to_our_own_capability_works_after_the_connec
         "a call on the resolved pipelined field failed"
     );
     assert_eq!(log.calls(), [1, 2, 3, 4, 5]);
+    tokio::time::timeout(T, server.closed()).await.unwrap();
+    // (`pending`'s pipeline holds hold's results, and so our probe.)
+    drop((pending.pipeline, remote, mine, held, returned, service));
+    capnp_actix::debug::assert_all_released().await;
+    assert_eq!(log.released(), 1);
 }
 
 use capnp::traits::HasTypeId;
@@ -330,6 +346,12 @@ async fn a_tail_call_for_a_cancelled_call_does_not_answer_the_question_that_reus
         })
         .collect();
     assert!(wrong.is_empty(), "{wrong:?}");
-    drop(server);
+    // The scripted peer goes away: the server's connection ends, and with
+    // it the tail call to the peer's maker and the `pair()` that never
+    // answers.
+    drop((core, sock));
+    tokio::time::timeout(T, server.closed()).await.unwrap();
     drop(service);
+    capnp_actix::debug::assert_all_released().await;
+    assert_eq!(log.released(), 1);
 }

@@ -13,7 +13,7 @@ use capnp_actix::connection::{
     bootstrap_fn, start_connection, ConnectionHandle, ConnectionOptions,
 };
 use capnp_actix::schemas::echo_api_capnp::{callback, echo};
-use capnp_actix::{Cap, CapRef};
+use capnp_actix::Cap;
 use echo_service::{EchoService, Sink};
 
 struct Recorder(Arc<Mutex<Vec<String>>>);
@@ -114,7 +114,24 @@ async fn echo_over_a_socket_pair_ping_heartbeat_and_pipelined_logger() {
         client.inspect().await,
         server.inspect().await
     );
-    let _unused: Option<CapRef> = None;
+    drop(service);
+    close_both(&client, &server).await;
+    capnp_actix::debug::assert_all_released().await;
+}
+
+/// Closes the connection from `client`'s side and waits until both
+/// connection actors have stopped, with the reason each one reports.
+async fn close_both(client: &ConnectionHandle, server: &ConnectionHandle) {
+    client.close("test over");
+    let wait = Duration::from_secs(5);
+    let ours = tokio::time::timeout(wait, client.closed())
+        .await
+        .expect("the client's connection ends");
+    assert!(ours.to_string().contains("test over"), "{ours}");
+    tokio::time::timeout(wait, server.closed())
+        .await
+        .expect("the server's connection ends with the client's");
+    assert!(!client.is_open() && !server.is_open());
 }
 
 fn echo_server_options() -> (Cap<echo::Client>, ConnectionOptions) {
@@ -300,6 +317,9 @@ async fn pipelining_through_an_answer_that_is_our_own_object_between_two_vats() 
         "{:?}",
         server.inspect().await
     );
+    drop(maker);
+    close_both(&client, &server).await;
+    capnp_actix::debug::assert_all_released().await;
 }
 
 #[actix::test]
@@ -340,6 +360,8 @@ async fn scenario_02_a_call_on_a_broken_bootstrap_fails_and_releases_its_argumen
     assert!(c.is_empty(), "{d}");
     let (s, d) = server.inspect().await.unwrap();
     assert!(s.is_empty(), "{d}");
+    close_both(&client, &server).await;
+    capnp_actix::debug::assert_all_released().await;
 }
 
 #[actix::test]
@@ -357,7 +379,9 @@ async fn scenario_16_a_pipelined_call_on_a_missing_field_fails_with_an_error() {
         let (c, _) = client.inspect().await.unwrap();
         assert_eq!(c.embargoes, 0, "errors are never embargoed");
     }
-    let _ = server;
+    drop(maker);
+    close_both(&client, &server).await;
+    capnp_actix::debug::assert_all_released().await;
 }
 
 #[actix::test]
@@ -390,29 +414,35 @@ async fn a_peer_that_never_reads_is_cut_off_and_others_are_unaffected() {
         .unwrap();
     }
     let bytes = core.take_output();
-    tokio::task::spawn_local(async move {
+    // Hold the socket open without reading until the test is over.
+    let (done, until_done) = futures::channel::oneshot::channel::<()>();
+    let peer = tokio::task::spawn_local(async move {
         let _ = b.write_all(&bytes).await;
-        // Hold the socket open without reading.
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        let _ = until_done.await;
         drop(b);
     });
-    let mut closed = false;
-    for _ in 0..400 {
-        if !server.is_open() {
-            closed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // The server ends the connection because its queue for this peer
+    // outgrew `max_outgoing_bytes`, and says so.
+    let reason = tokio::time::timeout(Duration::from_secs(10), server.closed())
+        .await
+        .expect("the server kept queueing for a peer that does not read");
+    assert_eq!(reason.kind, capnp::ErrorKind::Overloaded, "{reason}");
     assert!(
-        closed,
-        "the server kept queueing for a peer that does not read"
+        reason.to_string().contains("the peer is not reading"),
+        "{reason}"
     );
+    assert!(!server.is_open());
     // Another connection to the same service works.
     let (a2, b2) = tokio::net::UnixStream::pair().unwrap();
-    let _server2 = start_connection(a2, options);
+    let server2 = start_connection(a2, options);
     let client2 = start_connection(b2, ConnectionOptions::default());
-    let cap: Cap<echo::Client> = Cap::from_raw(client2.bootstrap(b""));
-    assert_eq!(ping(&cap).await.unwrap(), "echo:x");
+    {
+        let cap: Cap<echo::Client> = Cap::from_raw(client2.bootstrap(b""));
+        assert_eq!(ping(&cap).await.unwrap(), "echo:x");
+    }
     drop(service);
+    close_both(&client2, &server2).await;
+    done.send(()).unwrap();
+    peer.await.unwrap();
+    capnp_actix::debug::assert_all_released().await;
 }
