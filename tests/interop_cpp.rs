@@ -20,7 +20,7 @@
 //! `CAPNP_ACTIX_REQUIRE_CPP` is set (as CI does), in which case they fail.
 //!
 //! Every test ends by checking that our side released every capability and
-//! stopped every actor (`capnp_actix::debug::settle`).
+//! stopped every actor (`capnp_actix::debug::wait_all_released`).
 
 #[path = "../examples/common/calc_service.rs"]
 #[allow(dead_code)]
@@ -390,7 +390,7 @@ impl Drop for Running {
 /// Checks that our side released every capability and stopped every
 /// actor.
 async fn settled(test: &str) {
-    capnp_actix::debug::settle(SETTLE)
+    capnp_actix::debug::wait_all_released(SETTLE)
         .await
         .unwrap_or_else(|r| panic!("{test}: still alive on our side at the end:\n{r}"));
 }

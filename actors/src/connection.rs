@@ -22,8 +22,10 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::answer::{Answer, AnswerRef, Call, Completer, Outcome};
+use crate::answer::{Answer, AnswerRef, Outcome};
+use crate::call::{Call, Completer};
 use crate::cap::{next_id, CapRef, Kind, Node};
+use crate::conn_msg::{ConnMsg, RemoteTarget};
 use crate::error;
 use crate::hook::{send_call, WaitOutcome};
 use crate::io::{self, Input};
@@ -100,57 +102,6 @@ impl std::fmt::Debug for ConnectionOptions {
     }
 }
 
-/// Where a call of ours goes on the wire.
-pub(crate) enum RemoteTarget {
-    /// A capability the peer exported to us.
-    Import(u32),
-    /// A field of the answer to one of our questions.
-    Answer { answer: Arc<Answer>, path: Vec<u16> },
-}
-
-/// What the rest of the runtime tells a connection.
-pub(crate) enum ConnMsg {
-    Call {
-        target: RemoteTarget,
-        call: Call,
-    },
-    /// The node holding an import was dropped.
-    Release {
-        import: u32,
-        node: u64,
-    },
-    /// The callers gave up on the answer to one of our questions.
-    Cancel {
-        answer: Weak<Answer>,
-    },
-    /// Starts the embargo on an import the peer resolved to one of ours
-    /// (see `resolve_import`).
-    EmbargoImport {
-        import: u32,
-        resolver: crate::promise::Resolver,
-        target: CapRef,
-    },
-    /// Reflects the peer's disembargo `embargo` now, naming `target` (see
-    /// `Event::Loopback`): it goes out after every call this mailbox held
-    /// when it was queued.
-    Reflect {
-        embargo: u32,
-        target: OutTarget,
-    },
-    /// A method serving the peer's call `answer` tail-calls the peer's
-    /// capability `import`: send it with `sendResultsTo.yourself` and
-    /// answer with `takeFromOtherQuestion`.
-    TailCall {
-        answer: u32,
-        import: u32,
-        call: Call,
-    },
-}
-
-impl Message for ConnMsg {
-    type Result = ();
-}
-
 /// Asks the peer for its bootstrap capability.
 pub(crate) struct BootstrapMsg {
     object_id: Vec<u8>,
@@ -172,7 +123,7 @@ impl Handler<Close> for Connection {
     type Result = ();
     fn handle(&mut self, Close(reason): Close, ctx: &mut Self::Context) {
         self.core.abort(reason);
-        self.settle(ctx);
+        self.handle_core_events(ctx);
     }
 }
 
@@ -401,7 +352,7 @@ impl Connection {
     /// Handles the core's events; what the core produced is written at
     /// the end of the actor's turn ([`Flush`]), so that everything
     /// produced while handling one batch of input goes out in one write.
-    fn settle(&mut self, ctx: &mut actix::Context<Self>) {
+    fn handle_core_events(&mut self, ctx: &mut actix::Context<Self>) {
         while let Some(event) = self.core.next_event() {
             self.on_event(event, ctx);
         }
@@ -433,7 +384,7 @@ impl Connection {
                     "the peer is not reading: more than {} bytes wait to be written",
                     self.max_outgoing
                 )));
-                self.settle(ctx);
+                self.handle_core_events(ctx);
                 return Poll::Ready(());
             }
             writer.push(out);
@@ -450,7 +401,7 @@ impl Connection {
                 self.core.disconnected(capnp::Error::disconnected(format!(
                     "connection write failed: {e}"
                 )));
-                self.settle(ctx);
+                self.handle_core_events(ctx);
                 Poll::Ready(())
             }
             _ => Poll::Pending,
@@ -512,7 +463,7 @@ impl Connection {
                                 if let Some(o) = outcome {
                                     act.send_return(answer, o);
                                 }
-                                act.settle(ctx);
+                                act.handle_core_events(ctx);
                             },
                         ));
                         self.answers.insert(answer, (answer_ref, Some(handle)));
@@ -565,7 +516,7 @@ impl Connection {
                         entry.1 = None;
                     }
                     act.send_return(answer, outcome);
-                    act.settle(ctx);
+                    act.handle_core_events(ctx);
                 }));
                 self.answers.insert(answer, (answer_ref, Some(handle)));
             }
@@ -585,7 +536,7 @@ impl Connection {
                         ctx.spawn(actix::fut::wrap_future(started).map(
                             move |(), act: &mut Self, ctx| {
                                 act.cancel_answer(answer, ctx);
-                                act.settle(ctx);
+                                act.handle_core_events(ctx);
                             },
                         ));
                     }
@@ -749,12 +700,12 @@ impl Connection {
                 }
             }
             Event::ExportedPromise { export, cap } => {
-                let settled = cap.settled_weak();
+                let resolved = cap.resolved_end_weak();
                 let promise = cap.downgrade();
                 drop(cap);
-                ctx.spawn(
-                    actix::fut::wrap_future(settled).map(move |end, act: &mut Self, ctx| {
-                        // Released before it settled: the core sends nothing.
+                ctx.spawn(actix::fut::wrap_future(resolved).map(
+                    move |end, act: &mut Self, ctx| {
+                        // Released before it resolved: the core sends nothing.
                         let to = match end {
                             Some(end) => match act.out_cap(Some(&end)) {
                                 OutCap::Promise(_) => OutCap::Broken(error::internal(
@@ -768,9 +719,9 @@ impl Connection {
                         if let Some(promise) = promise.upgrade() {
                             act.core.resolve_export(export, &promise, to);
                         }
-                        act.settle(ctx);
-                    }),
-                );
+                        act.handle_core_events(ctx);
+                    },
+                ));
             }
             Event::Aborted(e) => {
                 tracing::debug!(conn = self.id, "connection ended: {e}");
@@ -838,8 +789,8 @@ impl Connection {
             let theirs = !named_ours
                 && matches!(field.kind(), Kind::Remote { conn_id, .. } if *conn_id == self.id);
             if theirs {
-                if let Some(settle) = &field.node.settle {
-                    settle.mark_called();
+                if let Some(resolvable) = &field.node.resolvable {
+                    resolvable.mark_called();
                 }
             }
             if theirs || matches!(field.shortened().kind(), Kind::Broken(_)) {
@@ -898,31 +849,31 @@ impl Connection {
             // Released already: nobody can call it any more.
             return;
         };
-        let Some(settle) = node.settle.as_ref() else {
+        let Some(resolvable) = node.resolvable.as_ref() else {
             return;
         };
-        if target.node.settle.is_some() && Arc::ptr_eq(&target.node, &node) {
+        if target.node.resolvable.is_some() && Arc::ptr_eq(&target.node, &node) {
             return;
         }
-        if !through_us && settle.was_called() {
+        if !through_us && resolvable.was_called() {
             // Calls sent to this import are on their way to what it became:
             // if that later resolves to one of ours, they count.
-            if let Some(t) = &target.node.settle {
+            if let Some(t) = &target.node.resolvable {
                 t.mark_called();
             }
         }
-        if !through_us || matches!(target.kind(), Kind::Broken(_)) || !settle.was_called() {
+        if !through_us || matches!(target.kind(), Kind::Broken(_)) || !resolvable.was_called() {
             // No embargo: the path stays on this connection, or the import
             // is broken, or no call of ours went to it over the wire (so
             // none can be on its way back through the peer).
-            return settle.settle(target);
+            return resolvable.resolve(target);
         }
         // Calls on the import wait from now on; the disembargo itself goes
         // out through our own mailbox, behind any call we are still
         // forwarding to this import from the same read (calls the peer sent
         // us for it), so that it follows them on the wire.
         let (promise, resolver) = crate::promise::new_promise();
-        settle.settle(promise);
+        resolvable.resolve(promise);
         self.me.do_send(ConnMsg::EmbargoImport {
             import,
             resolver,
@@ -933,8 +884,8 @@ impl Connection {
     /// Breaks the node of an import (its watchers fire, calls fail).
     fn break_import(&mut self, import: u32, e: capnp::Error) {
         let node = self.imports.get(&import).and_then(|(w, _)| w.upgrade());
-        if let Some(settle) = node.as_ref().and_then(|n| n.settle.as_ref()) {
-            settle.settle(CapRef::broken(e));
+        if let Some(resolvable) = node.as_ref().and_then(|n| n.resolvable.as_ref()) {
+            resolvable.resolve(CapRef::broken(e));
         }
     }
 
@@ -1056,7 +1007,7 @@ impl Connection {
                         question,
                         path: path.clone(),
                     },
-                    // Not settled yet: the peer learns what it becomes from a
+                    // Not resolved yet: the peer learns what it becomes from a
                     // `resolve`, and can then shorten its path.
                     None => OutCap::Promise(end),
                 }
@@ -1211,8 +1162,8 @@ impl Connection {
         } = target.kind()
         {
             if *conn_id == self.id && target.resolved().is_none() {
-                if let (Some(settle), None) = (&target.node.settle, call.marker) {
-                    settle.mark_called();
+                if let (Some(resolvable), None) = (&target.node.resolvable, call.marker) {
+                    resolvable.mark_called();
                 }
                 return self.send_call(RemoteTarget::Import(*import), call);
             }
@@ -1283,12 +1234,12 @@ impl StreamHandler<Input> for Connection {
                 "connection read failed: {e}"
             ))),
         }
-        self.settle(ctx);
+        self.handle_core_events(ctx);
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         self.core.receive_closed();
-        self.settle(ctx);
+        self.handle_core_events(ctx);
     }
 }
 
@@ -1347,7 +1298,7 @@ impl Handler<ConnMsg> for Connection {
                 (None, None) => resolver.resolve_to(target),
             },
         }
-        self.settle(ctx);
+        self.handle_core_events(ctx);
     }
 }
 
@@ -1358,7 +1309,7 @@ impl Handler<BootstrapMsg> for Connection {
             Ok(q) => self.register_question(q, msg.completer),
             Err(e) => msg.completer.complete(Err(e)),
         }
-        self.settle(ctx);
+        self.handle_core_events(ctx);
     }
 }
 
