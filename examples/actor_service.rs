@@ -395,7 +395,7 @@ async fn run() -> Result<(), BoxError> {
 
     counter.send(Shutdown).await?;
     drop(counter);
-    capnp_actix::debug::settle(Duration::from_secs(2))
+    capnp_actix::debug::wait_all_released(Duration::from_secs(2))
         .await
         .map_err(|report| format!("capabilities or actors still alive after 2 s:\n{report}"))?;
     println!("all capabilities released");

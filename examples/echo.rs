@@ -20,7 +20,7 @@
 //!    the `log` call is awaited. The service's logger prints
 //!    `Service logger: ...`.
 //! 4. **Release.** Every capability lives while a handle refers to it. Once
-//!    we drop ours, the actors stop; [`capnp_actix::debug::settle`] checks
+//!    we drop ours, the actors stop; [`capnp_actix::debug::wait_all_released`] checks
 //!    that nothing is left alive (a leak is reported on stderr and the
 //!    example fails).
 //!
@@ -214,7 +214,7 @@ async fn tutorial(interval: Duration) -> Result<(), BoxError> {
     }
 
     // Step 4: all our handles are gone; every actor should stop.
-    capnp_actix::debug::settle(Duration::from_secs(2))
+    capnp_actix::debug::wait_all_released(Duration::from_secs(2))
         .await
         .map_err(|report| format!("capabilities or actors still alive after 2 s:\n{report}"))?;
     Ok(())

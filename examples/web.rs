@@ -162,7 +162,7 @@ async fn self_test(workers: u16) -> Result<(), BoxError> {
             return Err(format!("expected 200 \"echo:hello\", got {status} {body:?}").into());
         }
     }
-    capnp_actix::debug::settle(Duration::from_secs(2))
+    capnp_actix::debug::wait_all_released(Duration::from_secs(2))
         .await
         .map_err(|report| format!("capabilities or actors still alive after 2 s:\n{report}"))?;
     println!("self-test passed");

@@ -100,7 +100,7 @@ async fn end(vats: Vec<Vat>) {
         v.stop();
     }
     drop(vats);
-    capnp_actix::debug::settle(Duration::from_secs(5))
+    capnp_actix::debug::wait_all_released(Duration::from_secs(5))
         .await
         .unwrap_or_else(|r| panic!("still alive after the vats stopped:\n{r}"));
 }

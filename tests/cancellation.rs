@@ -113,7 +113,7 @@ async fn a_peer_that_needs_the_workaround_gets_its_cancelled_call_started() {
         "the cancelled call started once its target was known"
     );
     conn.close("test over");
-    capnp_actix::debug::settle(Duration::from_secs(5))
+    capnp_actix::debug::wait_all_released(Duration::from_secs(5))
         .await
         .unwrap_or_else(|r| panic!("still alive:\n{r}"));
 }
@@ -148,7 +148,7 @@ async fn a_call_we_cancel_before_it_starts_never_starts() {
     assert_eq!(log.calls(), [2], "the cancelled call never started");
     client.close("test over");
     drop(conn);
-    capnp_actix::debug::settle(Duration::from_secs(5))
+    capnp_actix::debug::wait_all_released(Duration::from_secs(5))
         .await
         .unwrap_or_else(|r| panic!("still alive:\n{r}"));
 }
@@ -217,7 +217,7 @@ async fn a_call_whose_answer_has_calls_pipelined_on_it_is_not_cancelled_by_an_ea
     drop(service);
     client.close("test over");
     drop(server);
-    capnp_actix::debug::settle(Duration::from_secs(5))
+    capnp_actix::debug::wait_all_released(Duration::from_secs(5))
         .await
         .unwrap_or_else(|r| panic!("still alive:\n{r}"));
 }

@@ -171,7 +171,7 @@ async fn end(vats: Vats) {
     vats.assert_tables_empty().await;
     vats.client.close("test over");
     drop(vats);
-    capnp_actix::debug::settle(Duration::from_secs(5))
+    capnp_actix::debug::wait_all_released(Duration::from_secs(5))
         .await
         .unwrap_or_else(|r| panic!("still alive:\n{r}"));
 }
@@ -661,7 +661,7 @@ async fn scenario_28b_a_two_hop_resolution_to_a_third_vat_needs_no_disembargo_an
     bc.assert_tables_empty().await;
     bc.client.close("test over");
     drop((ab, bc));
-    capnp_actix::debug::settle(Duration::from_secs(5))
+    capnp_actix::debug::wait_all_released(Duration::from_secs(5))
         .await
         .unwrap_or_else(|r| panic!("still alive:\n{r}"));
 }

@@ -855,7 +855,7 @@ fn two_vats_calling_each_other_heavily() {
             a.stop();
             b.stop();
             drop((a, b));
-            capnp_actix::debug::settle(Duration::from_secs(5))
+            capnp_actix::debug::wait_all_released(Duration::from_secs(5))
                 .await
                 .unwrap_or_else(|r| panic!("still alive after the vats stopped:\n{r}"));
             let _ = std::fs::remove_dir_all(dir);

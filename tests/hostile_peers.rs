@@ -729,7 +729,7 @@ fn frames_beyond_small_reader_limits() {
 
         assert_eq!(panics(), before, "something panicked");
         drop(service);
-        capnp_actix::debug::settle(Duration::from_secs(5))
+        capnp_actix::debug::wait_all_released(Duration::from_secs(5))
             .await
             .unwrap_or_else(|r| panic!("still alive:\n{r}"));
     });

@@ -22,7 +22,7 @@
 //! they run, and a missing toolchain fails them.
 //!
 //! Every test ends by checking that our side released every capability and
-//! stopped every actor (`capnp_actix::debug::settle`).
+//! stopped every actor (`capnp_actix::debug::wait_all_released`).
 
 #[path = "../examples/common/calc_service.rs"]
 #[allow(dead_code)]
@@ -384,7 +384,7 @@ impl Drop for Running {
 /// Checks that our side released every capability and stopped every
 /// actor.
 async fn settled(test: &str) {
-    capnp_actix::debug::settle(SETTLE)
+    capnp_actix::debug::wait_all_released(SETTLE)
         .await
         .unwrap_or_else(|r| panic!("{test}: still alive on our side at the end:\n{r}"));
 }

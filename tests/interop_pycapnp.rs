@@ -17,7 +17,7 @@
 //! (as CI does): then they run, and a missing pycapnp fails them.
 //!
 //! Every test ends by checking that our side released every capability and
-//! stopped every actor (`capnp_actix::debug::settle`).
+//! stopped every actor (`capnp_actix::debug::wait_all_released`).
 
 #[path = "../examples/common/calc_service.rs"]
 #[allow(dead_code)]
@@ -259,7 +259,7 @@ impl Drop for Python {
 /// Checks that our side released every capability and stopped every
 /// actor.
 async fn settled(what: &str) {
-    capnp_actix::debug::settle(SETTLE)
+    capnp_actix::debug::wait_all_released(SETTLE)
         .await
         .unwrap_or_else(|r| panic!("{what}: still alive on our side at the end:\n{r}"));
 }

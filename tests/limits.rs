@@ -67,7 +67,7 @@ async fn calls_beyond_the_held_bytes_budget_fail_with_overloaded_and_others_go_o
     }
     drop(service);
     client.close("test over");
-    capnp_actix::debug::settle(Duration::from_secs(5))
+    capnp_actix::debug::wait_all_released(Duration::from_secs(5))
         .await
         .unwrap_or_else(|r| panic!("still alive:\n{r}"));
 }

@@ -151,7 +151,7 @@ async fn our_vats_on_both_sides_resolve_and_shorten_in_order() {
         drop((maker, local, promise));
     }
     drop(holder);
-    capnp_actix::debug::settle(Duration::from_secs(5))
+    capnp_actix::debug::wait_all_released(Duration::from_secs(5))
         .await
         .unwrap_or_else(|r| panic!("still alive:\n{r}"));
     assert_eq!(log.released(), 1);
@@ -197,7 +197,7 @@ async fn the_capnp_rpc_crate_shortens_a_promise_our_server_resolves_to_its_objec
     let arrived = support::join(client).await;
     server.close("test over");
     drop(holder);
-    capnp_actix::debug::settle(Duration::from_secs(5))
+    capnp_actix::debug::wait_all_released(Duration::from_secs(5))
         .await
         .unwrap_or_else(|r| panic!("still alive:\n{r}"));
 
@@ -292,7 +292,7 @@ async fn scenario_10_and_15_a_resolve_to_our_own_object_shortens_the_path_in_ord
         assert_eq!(log.calls().last(), Some(&100));
         drop((maker, local, promise));
     }
-    capnp_actix::debug::settle(Duration::from_secs(5))
+    capnp_actix::debug::wait_all_released(Duration::from_secs(5))
         .await
         .unwrap_or_else(|r| panic!("still alive:\n{r}"));
     assert_eq!(log.released(), 1);

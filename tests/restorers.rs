@@ -240,7 +240,7 @@ async fn scenario_60_loader_table_reloaded_after_release() {
     let first = table.restore(b"svc").await.unwrap();
     let first_id = first.id();
     drop(first);
-    capnp_actix::debug::settle(Duration::from_secs(2))
+    capnp_actix::debug::wait_all_released(Duration::from_secs(2))
         .await
         .unwrap();
     assert!(table.is_empty());
@@ -398,7 +398,7 @@ async fn scenario_60_loader_table_load_survives_its_waiters_going_away() {
         gate.send(()).unwrap();
         yield_a_while().await;
         assert_eq!(loader.finished(), 2, "the load ran to its end");
-        capnp_actix::debug::settle(Duration::from_secs(2))
+        capnp_actix::debug::wait_all_released(Duration::from_secs(2))
             .await
             .unwrap();
         assert!(table.is_empty(), "nobody held it, so nothing is cached");
@@ -461,7 +461,7 @@ async fn scenario_60_loader_table_many_released_services_do_not_accumulate() {
         let cap = table.restore(&i.to_be_bytes()).await.unwrap();
         drop(cap);
     }
-    capnp_actix::debug::settle(Duration::from_secs(2))
+    capnp_actix::debug::wait_all_released(Duration::from_secs(2))
         .await
         .unwrap();
     assert_eq!(loader.loads(), 300);

@@ -241,7 +241,7 @@ impl Net {
     async fn end(self) {
         self.close().await;
         drop(self);
-        capnp_actix::debug::settle(Duration::from_secs(5))
+        capnp_actix::debug::wait_all_released(Duration::from_secs(5))
             .await
             .unwrap_or_else(|r| panic!("still alive:\n{r}"));
     }

@@ -68,7 +68,7 @@ async fn a_local_tail_call_answers_with_the_tail_calls_answer() {
         let slow: Cap<maker::Client> = Cap::new(SlowHold);
         through_tail_call(&caller.client(), &slow, &log).await;
     }
-    capnp_actix::debug::settle(Duration::from_secs(5))
+    capnp_actix::debug::wait_all_released(Duration::from_secs(5))
         .await
         .unwrap_or_else(|r| panic!("still alive:\n{r}"));
     assert_eq!(log.released(), 1);
@@ -121,7 +121,7 @@ async fn a_tail_call_back_to_the_caller_goes_out_as_send_results_to_yourself() {
         s.1
     );
     client.close("test over");
-    capnp_actix::debug::settle(Duration::from_secs(5))
+    capnp_actix::debug::wait_all_released(Duration::from_secs(5))
         .await
         .unwrap_or_else(|r| panic!("still alive:\n{r}"));
 }
@@ -179,7 +179,7 @@ async fn the_capnp_rpc_crate_takes_the_results_of_our_tail_call_to_it() {
     assert_eq!(our_log.calls(), [1, 2]);
     server.close("test over");
     drop(service);
-    capnp_actix::debug::settle(Duration::from_secs(5))
+    capnp_actix::debug::wait_all_released(Duration::from_secs(5))
         .await
         .unwrap_or_else(|r| panic!("still alive:\n{r}"));
 }

@@ -1,6 +1,7 @@
-//! Calls and their answers.
+//! Answers: the results of one call, once known, and the calls pipelined
+//! on it until then.
 //!
-//! Every call carries a [`Completer`] for its [`Answer`]. The caller holds
+//! Every call carries a [`Completer`] for its [`Answer`] (see `call.rs`). The caller holds
 //! [`AnswerRef`]s: one for the response promise, one for the pipeline, one
 //! per pipelined capability. When the last of them goes before the answer
 //! is complete, the call is cancelled.
@@ -17,18 +18,18 @@
 //! wire at once. A call whose pipeline is never used starts no actor: an
 //! actor per call would double the cost of a plain call.
 //!
-//! A pipelined capability holds its answer until it has settled and no
+//! A pipelined capability holds its answer until it has resolved and no
 //! call on it can be overtaken any more; then it lets go, so that results
 //! holding fields of each other's answers do not keep each other alive.
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 
 use actix::{Actor, ActorContext, Addr, AsyncContext, Handler, Message, Recipient};
 
+use crate::call::{Call, Completer};
 use crate::cap::{CapRef, Kind, Node, Source};
 use crate::error;
 use crate::payload::{Frozen, Payload};
@@ -45,92 +46,6 @@ pub(crate) enum Resolution {
     /// Another answer's: the call made a tail call, and its answer is that
     /// call's answer.
     Forward(AnswerRef),
-}
-
-/// A call on its way to the capability that serves it.
-pub(crate) struct Call {
-    pub(crate) interface_id: u64,
-    pub(crate) method_id: u16,
-    pub(crate) params: Payload,
-    pub(crate) completer: Completer,
-    /// Not a call but a disembargo's loopback marker (connection id,
-    /// embargo id): it travels the path calls on the target take, so that
-    /// the connection reflects the disembargo only once every earlier call
-    /// has gone out. Capabilities that serve calls drop it.
-    pub(crate) marker: Option<(u64, u32)>,
-}
-
-impl Call {
-    /// Fails the call without running it. Dropping the call also releases
-    /// the capabilities passed in its parameters.
-    pub(crate) fn fail(self, e: capnp::Error) {
-        self.completer.complete(Err(e));
-    }
-}
-
-/// The callee's side of an answer. Dropping it without completing fails the
-/// answer with Disconnected (the call was lost: its target stopped).
-pub(crate) struct Completer {
-    answer: Option<Arc<Answer>>,
-    /// For a call pipelined on another answer: keeps that answer wanted
-    /// until this call is answered, so that a caller who lets go of the
-    /// first call while its pipelined call runs does not cancel the call
-    /// the pipelined one depends on.
-    depends_on: Option<AnswerRef>,
-}
-
-impl Completer {
-    pub(crate) fn answer(&self) -> Option<&Arc<Answer>> {
-        self.answer.as_ref()
-    }
-
-    pub(crate) fn complete(mut self, outcome: Outcome) {
-        if let Some(a) = self.answer.take() {
-            a.complete(outcome);
-        }
-    }
-
-    /// See `depends_on`.
-    pub(crate) fn depend_on(&mut self, answer: &AnswerRef) {
-        if self.depends_on.is_none() {
-            self.depends_on = Some(answer.clone());
-        }
-    }
-
-    /// Completes the answer with these results.
-    pub(crate) fn complete_payload(self, mut payload: Payload) {
-        if let Some(a) = &self.answer {
-            a.break_self_references(&mut payload);
-        }
-        self.complete(Ok(payload.freeze()));
-    }
-
-    pub(crate) fn is_cancelled(&self) -> bool {
-        self.answer.as_ref().is_none_or(|a| a.is_cancelled())
-    }
-
-    /// Records that the call has started (its method runs, or it went out
-    /// on the wire): a peer's cancellation may now take effect.
-    pub(crate) fn mark_started(&self) {
-        if let Some(a) = &self.answer {
-            a.mark_started();
-        }
-    }
-
-    /// Resolves when nobody wants the answer any more.
-    pub(crate) fn cancelled(&self) -> Cancelled {
-        Cancelled {
-            answer: self.answer.clone(),
-        }
-    }
-}
-
-impl Drop for Completer {
-    fn drop(&mut self) {
-        if let Some(a) = self.answer.take() {
-            a.complete(Err(error::lost_call()));
-        }
-    }
 }
 
 /// An answer: the results of one call, once known, and the queue of calls
@@ -160,7 +75,7 @@ struct AnswerState {
     pipelined: Vec<(Vec<u16>, Weak<Node>)>,
     /// For a question to a peer: the connection and the question id, so
     /// that pipelined calls go over the wire at once.
-    remote: Option<(Recipient<crate::connection::ConnMsg>, u64)>,
+    remote: Option<(Recipient<crate::conn_msg::ConnMsg>, u64)>,
     /// Run when the last caller reference goes before the outcome.
     on_cancel: Option<Box<dyn FnOnce() + Send>>,
     /// Fields under a network embargo: calls on them keep going through
@@ -176,7 +91,7 @@ struct AnswerState {
     /// For a call a peer made on us: the connection, its id and our answer
     /// id, so that a tail call to that same peer can go out with
     /// `sendResultsTo.yourself`.
-    origin: Option<(Recipient<crate::connection::ConnMsg>, u64, u32)>,
+    origin: Option<(Recipient<crate::conn_msg::ConnMsg>, u64, u32)>,
     /// The call has started (or is over).
     started: bool,
     start_waiters: Vec<futures::channel::oneshot::Sender<()>>,
@@ -207,10 +122,7 @@ impl Answer {
             AnswerRef {
                 answer: answer.clone(),
             },
-            Completer {
-                answer: Some(answer),
-                depends_on: None,
-            },
+            Completer::new(answer),
         )
     }
 
@@ -218,12 +130,24 @@ impl Answer {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Ready once nobody wants the answer any more (see
+    /// [`Completer::cancelled`]); until then `cx` is woken when that happens.
+    pub(crate) fn poll_unwanted(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut s = self.lock();
+        if s.interest == 0 {
+            Poll::Ready(())
+        } else {
+            s.cancel_waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
     pub(crate) fn is_cancelled(&self) -> bool {
         let s = self.lock();
         s.interest == 0 && s.outcome.is_none()
     }
 
-    fn mark_started(&self) {
+    pub(crate) fn mark_started(&self) {
         let waiters = {
             let mut s = self.lock();
             s.started = true;
@@ -253,7 +177,7 @@ impl Answer {
         }
     }
 
-    fn complete(&self, outcome: Outcome) {
+    pub(crate) fn complete(&self, outcome: Outcome) {
         let s = self.lock();
         if s.forward.is_some() {
             // The tail call's answer completes it.
@@ -281,17 +205,17 @@ impl Answer {
             drop(s);
         }
         if fields {
-            self.release_settled(self.lock());
+            self.release_resolved_fields(self.lock());
         }
     }
 
-    /// Lets the settled pipelined capabilities of this answer go of it
+    /// Lets the resolved pipelined capabilities of this answer go of it
     /// where calls on them may now go straight to what their field became:
     /// the call is over, no queue holds calls pipelined on it, and no call
     /// on that field is still routed through a connection or held by an
     /// embargo. (Until then calls on such a capability must follow the
     /// earlier ones, which only this answer knows about.)
-    fn release_settled(&self, s: MutexGuard<'_, AnswerState>) {
+    fn release_resolved_fields(&self, s: MutexGuard<'_, AnswerState>) {
         if s.outcome.is_none() || s.forwarder.is_some() || s.pipelined.is_empty() {
             return;
         }
@@ -306,8 +230,11 @@ impl Answer {
             .collect();
         drop(s);
         for node in nodes {
-            let settled = node.settle.as_ref().is_some_and(|s| s.target().is_some());
-            if let (Kind::Pipelined { answer, .. }, true) = (&node.kind, settled) {
+            let resolved = node
+                .resolvable
+                .as_ref()
+                .is_some_and(|s| s.target().is_some());
+            if let (Kind::Pipelined { answer, .. }, true) = (&node.kind, resolved) {
                 answer.release();
             }
         }
@@ -353,7 +280,7 @@ impl Answer {
     /// is replaced by that field's capability) or, following such links, to
     /// itself (a cycle: it becomes a broken capability). Either way no
     /// reference loop is kept between the answer and its own fields.
-    fn break_self_references(self: &Arc<Self>, payload: &mut Payload) {
+    pub(crate) fn break_self_references(self: &Arc<Self>, payload: &mut Payload) {
         let on_self = |c: &Option<CapRef>| {
             c.as_ref()
                 .and_then(|c| self.path_on_self(c))
@@ -384,7 +311,7 @@ impl Answer {
     /// connection hears when the callers give up.
     pub(crate) fn set_remote(
         self: &Arc<Self>,
-        conn: Recipient<crate::connection::ConnMsg>,
+        conn: Recipient<crate::conn_msg::ConnMsg>,
         conn_id: u64,
     ) {
         let mut s = self.lock();
@@ -398,7 +325,7 @@ impl Answer {
         let notify = conn.clone();
         s.remote = Some((conn, conn_id));
         s.on_cancel = Some(Box::new(move || {
-            notify.do_send(crate::connection::ConnMsg::Cancel { answer: weak });
+            notify.do_send(crate::conn_msg::ConnMsg::Cancel { answer: weak });
         }));
         // Calls already queued here (the call waited in a local promise,
         // which resolved to the peer's capability) follow it over the wire
@@ -434,7 +361,7 @@ impl Answer {
     fn send_routed(
         self: &Arc<Self>,
         mut s: MutexGuard<'_, AnswerState>,
-        conn: Recipient<crate::connection::ConnMsg>,
+        conn: Recipient<crate::conn_msg::ConnMsg>,
         conn_id: u64,
         path: &[u16],
         call: Call,
@@ -456,8 +383,8 @@ impl Answer {
         // Promise pipelining over the wire: the connection sends it as a
         // call on a promised answer (or, if the return has arrived
         // meanwhile, to what the field became).
-        conn.do_send(crate::connection::ConnMsg::Call {
-            target: crate::connection::RemoteTarget::Answer {
+        conn.do_send(crate::conn_msg::ConnMsg::Call {
+            target: crate::conn_msg::RemoteTarget::Answer {
                 answer: self.clone(),
                 path: path.to_vec(),
             },
@@ -545,7 +472,7 @@ impl Answer {
     /// connection `conn_id` (see `origin`).
     pub(crate) fn set_origin(
         &self,
-        conn: Recipient<crate::connection::ConnMsg>,
+        conn: Recipient<crate::conn_msg::ConnMsg>,
         conn_id: u64,
         answer_id: u32,
     ) {
@@ -559,7 +486,7 @@ impl Answer {
     }
 
     /// See `origin`.
-    pub(crate) fn origin(&self) -> Option<(Recipient<crate::connection::ConnMsg>, u64, u32)> {
+    pub(crate) fn origin(&self) -> Option<(Recipient<crate::conn_msg::ConnMsg>, u64, u32)> {
         self.lock().origin.clone()
     }
 
@@ -571,13 +498,13 @@ impl Answer {
             s.routed[i].1 -= 1;
             if s.routed[i].1 == 0 {
                 s.routed.swap_remove(i);
-                self.release_settled(s);
+                self.release_resolved_fields(s);
             }
         }
     }
 
     /// Lifts the embargo on field `path` (its held calls are delivered),
-    /// and settles the pipelined capability of that field, which waited
+    /// and resolves the pipelined capability of that field, which waited
     /// for the embargo (see `publish`).
     pub(crate) fn lift_embargo(&self, path: &[u16]) {
         let mut s = self.lock();
@@ -593,9 +520,9 @@ impl Answer {
             .collect();
         drop(s);
         for node in nodes {
-            settle_field(CapRef { node }, &resolution, path);
+            resolve_field(CapRef { node }, &resolution, path);
         }
-        self.release_settled(self.lock());
+        self.release_resolved_fields(self.lock());
     }
 
     /// Puts field `path` under an embargo (see `embargoed`).
@@ -633,12 +560,12 @@ impl Answer {
         self.publish(s);
     }
 
-    /// Hands the resolution to the queue and settles pipelined
+    /// Hands the resolution to the queue and resolves pipelined
     /// capabilities. (Once a queue exists every pipelined call goes through
     /// it, so sending after the lock is released lets nothing slip past:
     /// calls that reach the queue first wait there for the resolution.)
     ///
-    /// A field under a network embargo stays unsettled until the embargo
+    /// A field under a network embargo stays unresolved until the embargo
     /// lifts: until then it must not be seen as what it became (by a
     /// promise we exported that resolved to it, whose `resolve` would let
     /// the peer call the end directly, or by a payload naming it), since
@@ -659,14 +586,14 @@ impl Answer {
             f.do_send(Resolved(resolution.clone()));
         }
         for (path, node) in nodes {
-            settle_field(CapRef { node }, &resolution, &path);
+            resolve_field(CapRef { node }, &resolution, &path);
         }
     }
 }
 
-/// Settles the pipelined capability `me` of field `path` to what the field
+/// Resolves the pipelined capability `me` of field `path` to what the field
 /// became.
-fn settle_field(me: CapRef, resolution: &Resolution, path: &[u16]) {
+fn resolve_field(me: CapRef, resolution: &Resolution, path: &[u16]) {
     let target = resolve_path(resolution, path);
     let target = if me.would_cycle(&target) {
         // A field resolved to itself.
@@ -674,8 +601,8 @@ fn settle_field(me: CapRef, resolution: &Resolution, path: &[u16]) {
     } else {
         target
     };
-    if let Some(settle) = &me.node.settle {
-        settle.settle(target);
+    if let Some(resolvable) = &me.node.resolvable {
+        resolvable.resolve(target);
     }
 }
 
@@ -755,11 +682,11 @@ impl AnswerRef {
         });
         let mut s = self.answer.lock();
         match s.resolution().filter(|_| !s.embargoed.contains(&path)) {
-            // Resolved while we built the node: settle it now.
+            // Resolved while we built the node: resolve it now.
             Some(resolution) => {
                 drop(s);
-                if let Some(settle) = &cap.node.settle {
-                    settle.settle(resolve_path(&resolution, &path));
+                if let Some(resolvable) = &cap.node.resolvable {
+                    resolvable.resolve(resolve_path(&resolution, &path));
                 }
             }
             None => s.pipelined.push((path, Arc::downgrade(&cap.node))),
@@ -769,7 +696,7 @@ impl AnswerRef {
 
     /// The fields of this answer (or of the answer it forwards to) under a
     /// network embargo, each as (what the field is, the pipelined
-    /// capability that stays unsettled until the embargo lifts). Calls made
+    /// capability that stays unresolved until the embargo lifts). Calls made
     /// on such a field before are still on their way back to what it is,
     /// so whoever learns of the field now must get the promise, not the
     /// end: a return naming the end would let its receiver call it
@@ -812,27 +739,6 @@ impl AnswerRef {
     }
 }
 
-/// Resolves when an answer is no longer wanted (see [`Completer::cancelled`]).
-pub(crate) struct Cancelled {
-    answer: Option<Arc<Answer>>,
-}
-
-impl Future for Cancelled {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(a) = &self.answer else {
-            return Poll::Ready(());
-        };
-        let mut s = a.lock();
-        if s.interest == 0 {
-            Poll::Ready(())
-        } else {
-            s.cancel_waker = Some(cx.waker().clone());
-            Poll::Pending
-        }
-    }
-}
-
 /// The FIFO queue of calls pipelined on one answer; see the module docs.
 #[derive(Default)]
 pub(crate) struct AnswerActor {
@@ -865,7 +771,7 @@ impl AnswerActor {
         }
         s.forwarder = None;
         ctx.stop();
-        answer.release_settled(s);
+        answer.release_resolved_fields(s);
     }
 
     /// Sends on a call taken from the queue or the mailbox, in order:

@@ -17,11 +17,11 @@ use futures::channel::oneshot;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use crate::answer::{AnswerRef, Call};
+use crate::answer::AnswerRef;
+use crate::call::{Call, IncomingCall};
 use crate::error;
 use crate::promise::PromiseHandle;
 use crate::registry;
-use crate::IncomingCall;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -47,7 +47,7 @@ pub(crate) enum Kind {
     /// A capability imported from a peer over a connection: calls go to the
     /// connection actor.
     Remote {
-        conn: Recipient<crate::connection::ConnMsg>,
+        conn: Recipient<crate::conn_msg::ConnMsg>,
         conn_id: u64,
         import: u32,
     },
@@ -74,8 +74,8 @@ impl Kind {
 }
 
 /// The answer a pipelined capability is a field of. The capability lets
-/// go of it once the field has settled for good and calls on it can go
-/// straight to what it became (see `Answer::release_settled`): otherwise
+/// go of it once the field has resolved for good and calls on it can go
+/// straight to what it became (see `Answer::release_resolved_fields`): otherwise
 /// results holding fields of each other's answers would keep each other
 /// alive for ever.
 pub(crate) struct Source(Mutex<Option<AnswerRef>>);
@@ -114,10 +114,10 @@ impl Source {
     }
 }
 
-/// How a promise-like node (local promise or pipelined field) settles.
+/// How a promise-like node (local promise or pipelined field) resolves.
 #[derive(Default)]
-pub(crate) struct Settle {
-    state: Mutex<SettleState>,
+pub(crate) struct Resolvable {
+    state: Mutex<ResolvableState>,
     /// For an import: a call has been sent to it (or is on its way to the
     /// connection), or pipelined on a field that turned out to be it. Only
     /// then does a resolve to something of ours need an embargo: otherwise
@@ -126,14 +126,14 @@ pub(crate) struct Settle {
 }
 
 #[derive(Default)]
-struct SettleState {
+struct ResolvableState {
     target: Option<CapRef>,
     watchers: Vec<BrokenWatcher>,
     waiters: Vec<oneshot::Sender<()>>,
 }
 
-impl Settle {
-    fn lock(&self) -> MutexGuard<'_, SettleState> {
+impl Resolvable {
+    fn lock(&self) -> MutexGuard<'_, ResolvableState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -150,7 +150,7 @@ impl Settle {
     }
 
     /// Records the resolution (once) and runs what waited for it.
-    pub(crate) fn settle(&self, target: CapRef) {
+    pub(crate) fn resolve(&self, target: CapRef) {
         let (watchers, waiters) = {
             let mut s = self.lock();
             if s.target.is_some() {
@@ -177,13 +177,13 @@ pub(crate) struct Node {
     scope: usize,
     pub(crate) kind: Kind,
     /// For promise-like nodes: the resolution and who waits for it.
-    pub(crate) settle: Option<Settle>,
+    pub(crate) resolvable: Option<Resolvable>,
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
         if let Kind::Remote { conn, import, .. } = &self.kind {
-            conn.do_send(crate::connection::ConnMsg::Release {
+            conn.do_send(crate::conn_msg::ConnMsg::Release {
                 import: *import,
                 node: self.id,
             });
@@ -242,23 +242,24 @@ impl CapRef {
     }
 
     pub(crate) fn from_kind_id(kind: Kind, id: u64) -> Self {
-        // Promise-like nodes settle when resolved; imports "settle" only
-        // when they break (their connection ends, or the peer resolves
+        // Promise-like nodes can be resolved; imports are resolved only when
+        // the peer resolves them (path shortening) or they break (their connection ends, or the peer resolves
         // them to an error).
-        let settle = matches!(
+        let resolvable = matches!(
             kind,
             Kind::Promise(_) | Kind::Pipelined { .. } | Kind::Remote { .. }
         )
-        .then(Settle::default);
+        .then(Resolvable::default);
         let scope = registry::current_scope();
         let name = kind.name();
         let node = Arc::new(Node {
             id,
             scope,
             kind,
-            settle,
+            resolvable,
         });
-        registry::add_cap(scope, id, Arc::downgrade(&node), name);
+        let weak: std::sync::Weak<Node> = Arc::downgrade(&node);
+        registry::add_cap(scope, id, weak, name);
         CapRef { node }
     }
 
@@ -289,7 +290,7 @@ impl CapRef {
         &self.node.kind
     }
 
-    /// True for a capability that is not settled yet (a local promise or a
+    /// True for a capability that is not resolved yet (a local promise or a
     /// pipelined field, unresolved or resolved).
     pub fn is_promise(&self) -> bool {
         matches!(self.kind(), Kind::Promise(_) | Kind::Pipelined { .. })
@@ -305,7 +306,7 @@ impl CapRef {
 
     /// What this capability resolved to, one step, if it is a resolved promise.
     pub(crate) fn resolved(&self) -> Option<CapRef> {
-        self.node.settle.as_ref().and_then(Settle::target)
+        self.node.resolvable.as_ref().and_then(Resolvable::target)
     }
 
     /// The end of the chain of resolutions known so far (bounded, so that a
@@ -360,11 +361,11 @@ impl CapRef {
                 if let Some(a) = call.completer.answer() {
                     a.set_remote(conn.clone(), *conn_id);
                 }
-                if let (Some(settle), None) = (&self.node.settle, call.marker) {
-                    settle.mark_called();
+                if let (Some(resolvable), None) = (&self.node.resolvable, call.marker) {
+                    resolvable.mark_called();
                 }
-                conn.do_send(crate::connection::ConnMsg::Call {
-                    target: crate::connection::RemoteTarget::Import(*import),
+                conn.do_send(crate::conn_msg::ConnMsg::Call {
+                    target: crate::conn_msg::RemoteTarget::Import(*import),
                     call,
                 })
             }
@@ -374,7 +375,7 @@ impl CapRef {
                     call.completer.depend_on(&answer);
                     answer.deliver_pipelined(path, call)
                 }
-                // Let go of its answer once settled with nothing in flight:
+                // Let go of its answer once resolved with nothing in flight:
                 // calls go straight to what the field became.
                 None => match self.resolved() {
                     Some(target) => target.deliver(call),
@@ -385,23 +386,23 @@ impl CapRef {
         }
     }
 
-    /// Waits until this promise-like capability has settled all the way
+    /// Waits until this promise-like capability has resolved all the way
     /// (through chains of promises) without keeping it alive: gives the
-    /// end it settled to, or `None` if it was released first.
-    pub(crate) fn settled_weak(&self) -> BoxFuture<'static, Option<CapRef>> {
+    /// end it resolved to, or `None` if it was released first.
+    pub(crate) fn resolved_end_weak(&self) -> BoxFuture<'static, Option<CapRef>> {
         let mut cur = Some(self.clone());
         async move {
             for _ in 0..MAX_CHAIN {
                 let now = cur.take()?;
                 let rx = {
-                    let Some(settle) = now.node.settle.as_ref() else {
+                    let Some(resolvable) = now.node.resolvable.as_ref() else {
                         return Some(now);
                     };
                     if let Kind::Remote { .. } = now.kind() {
-                        // An import is settled, unless it has resolved (or
+                        // An import is resolved, unless it has resolved (or
                         // broken) since; then follow that, which may be an
-                        // embargo's promise still to settle.
-                        match settle.target() {
+                        // embargo's promise still to resolve.
+                        match resolvable.target() {
                             None => return Some(now),
                             Some(t) => {
                                 cur = Some(t);
@@ -409,7 +410,7 @@ impl CapRef {
                             }
                         }
                     }
-                    let mut s = settle.lock();
+                    let mut s = resolvable.lock();
                     match &s.target {
                         Some(t) => {
                             let t = t.clone();
@@ -434,7 +435,7 @@ impl CapRef {
         .boxed()
     }
 
-    /// Waits until this capability is settled: `Ok` for a working
+    /// Waits until this capability is resolved: `Ok` for a working
     /// capability, `Err` for a broken one. Follows promise chains.
     pub fn when_resolved(&self) -> BoxFuture<'static, Result<(), capnp::Error>> {
         let this = self.clone();
@@ -444,15 +445,15 @@ impl CapRef {
                 if let Kind::Broken(e) = cur.kind() {
                     return Err(e.clone());
                 }
-                let Some(settle) = cur.node.settle.as_ref() else {
+                let Some(resolvable) = cur.node.resolvable.as_ref() else {
                     return Ok(());
                 };
-                if let (Kind::Remote { .. }, None) = (cur.kind(), settle.target()) {
-                    // A working import is settled.
+                if let (Kind::Remote { .. }, None) = (cur.kind(), resolvable.target()) {
+                    // A working import is resolved.
                     return Ok(());
                 }
                 let rx = {
-                    let mut s = settle.lock();
+                    let mut s = resolvable.lock();
                     match &s.target {
                         Some(t) => {
                             let t = t.clone();
@@ -487,8 +488,8 @@ impl CapRef {
         match self.kind() {
             Kind::Broken(e) => watcher(e.clone()),
             _ => {
-                if let Some(settle) = &self.node.settle {
-                    let mut s = settle.lock();
+                if let Some(resolvable) = &self.node.resolvable {
+                    let mut s = resolvable.lock();
                     match &s.target {
                         Some(t) => {
                             let t = t.clone();
@@ -498,7 +499,7 @@ impl CapRef {
                         None => s.watchers.push(watcher),
                     }
                 }
-                // Settled working capabilities of this runtime never break
+                // Resolved working capabilities of this runtime never break
                 // (connection imports, which can, arrive with the network).
             }
         }

@@ -15,7 +15,7 @@ use capnp::private::capability::ClientHook;
 use futures::future::{select, Either};
 use futures::FutureExt;
 
-use crate::answer::Call;
+use crate::call::Call;
 use crate::cap::{next_id, CapRef, Kind, Node};
 use crate::error;
 use crate::host::{spawn_host_with, CallBody, Host};

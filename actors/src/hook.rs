@@ -18,7 +18,8 @@ use capnp::traits::{Imbue, ImbueMut};
 use capnp::{any_pointer, MessageSize};
 use futures::FutureExt;
 
-use crate::answer::{Answer, AnswerRef, Call, Outcome};
+use crate::answer::{Answer, AnswerRef, Outcome};
+use crate::call::Call;
 use crate::cap::{CapRef, Kind};
 use crate::foreign;
 use crate::payload::{payload_from_reader, Body, Frozen, HookTable, Payload, SendCapTable};
@@ -100,12 +101,12 @@ fn send_tail_call(answer: &Arc<Answer>, request: OutgoingRequest) -> AnswerRef {
         } = end.kind()
         {
             if *target_conn == conn_id {
-                if let Some(settle) = &end.node.settle {
-                    settle.mark_called();
+                if let Some(resolvable) = &end.node.resolvable {
+                    resolvable.mark_called();
                 }
                 let (tail, completer) = Answer::open();
                 tail.shared().set_remote(conn.clone(), conn_id);
-                conn.do_send(crate::connection::ConnMsg::TailCall {
+                conn.do_send(crate::conn_msg::ConnMsg::TailCall {
                     answer: answer_id,
                     import: *import,
                     call: Call {

@@ -13,39 +13,17 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context as TaskContext, Poll};
 
-use actix::{Actor, ActorFuture, AsyncContext, Handler, Message};
+use actix::{Actor, ActorFuture, AsyncContext, Handler};
 use capnp::capability::{Params, Promise, Results, Server};
 use futures::future::{select, Either, LocalBoxFuture};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tracing::Instrument;
 
-use crate::answer::Call;
+use crate::call::{Call, Completer, IncomingCall};
 use crate::error;
 use crate::hook::{self, LocalParams, LocalResults};
 use crate::registry;
-
-/// A call delivered to the actor that serves a capability.
-///
-/// This is the message a user's own actor receives when it hosts a service
-/// ([`crate::Cap::from_actor`]); it answers with [`IncomingCall::serve`].
-pub struct IncomingCall {
-    pub(crate) call: Call,
-}
-
-impl Message for IncomingCall {
-    type Result = ();
-}
-
-impl std::fmt::Debug for IncomingCall {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "IncomingCall({:#018x}.{})",
-            self.call.interface_id, self.call.method_id
-        )
-    }
-}
 
 impl IncomingCall {
     /// The interface the call is for.
@@ -108,11 +86,7 @@ pub(crate) trait Host: Unpin + 'static {
 pub(crate) enum CallBody {
     /// A method of a generated server: its promise, and where its results
     /// land when the method drops them.
-    Server(
-        Promise<(), capnp::Error>,
-        hook::ResultsSlot,
-        crate::answer::Completer,
-    ),
+    Server(Promise<(), capnp::Error>, hook::ResultsSlot, Completer),
     /// Something that completes the call by itself.
     Done(LocalBoxFuture<'static, ()>),
 }

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use crate::answer::Call;
+use crate::call::Call;
 use crate::cap::{CapRef, Kind, Node};
 use crate::error;
 use crate::registry;
@@ -81,7 +81,7 @@ impl PromiseHandle {
     }
 }
 
-/// Creates a local promise and the resolver that settles it.
+/// Creates a local promise and the resolver that resolves it.
 pub(crate) fn new_promise() -> (CapRef, Resolver) {
     let queue = Arc::new(Queue::default());
     let cap = CapRef::from_kind(Kind::Promise(PromiseHandle {
@@ -94,7 +94,7 @@ pub(crate) fn new_promise() -> (CapRef, Resolver) {
     (cap, resolver)
 }
 
-/// Settles a local promise made with [`crate::Cap::promise`]. Dropping it
+/// Resolves a local promise made with [`crate::Cap::promise`]. Dropping it
 /// unresolved breaks the promise.
 pub struct Resolver {
     node: Weak<Node>,
@@ -113,15 +113,15 @@ impl Resolver {
     /// Resolves the promise to `target`. Resolving a promise to itself,
     /// directly or through other promises, breaks it with a cycle error.
     pub fn resolve_to(mut self, target: CapRef) {
-        self.settle(target);
+        self.flush_and_resolve(target);
     }
 
     /// Breaks the promise with `error`.
     pub fn reject(mut self, error: capnp::Error) {
-        self.settle(CapRef::broken(error));
+        self.flush_and_resolve(CapRef::broken(error));
     }
 
-    fn settle(&mut self, target: CapRef) {
+    fn flush_and_resolve(&mut self, target: CapRef) {
         let Some(queue) = self.queue.take() else {
             return;
         };
@@ -145,12 +145,12 @@ impl Resolver {
             s.target = Some(target.clone());
             s.flushing = true;
         }
-        // The queued calls go first, then the node says it is settled (so
+        // The queued calls go first, then the node says it is resolved (so
         // that nothing following the resolution overtakes them).
         queue.flush();
         if let Some(node) = self.node.upgrade() {
-            if let Some(s) = &node.settle {
-                s.settle(target);
+            if let Some(s) = &node.resolvable {
+                s.resolve(target);
             }
         }
     }
@@ -159,7 +159,7 @@ impl Resolver {
 impl Drop for Resolver {
     fn drop(&mut self) {
         if self.queue.is_some() {
-            self.settle(CapRef::broken(error::unresolved_promise()));
+            self.flush_and_resolve(CapRef::broken(error::unresolved_promise()));
         }
     }
 }

@@ -3,13 +3,15 @@
 //! Every capability node and every runtime actor registers here, scoped by
 //! the actix `System` it was created in, so that tests running side by side
 //! in one process each see only their own.
+//!
+//! A leaf: it knows nothing of what it counts. A capability registers a
+//! weak pointer to its node (only its strong count is read) and the name
+//! of its kind.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Mutex, MutexGuard, Weak};
 use std::time::Duration;
-
-use crate::cap::Node;
 
 /// One live capability in a debug report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +63,7 @@ impl fmt::Display for Report {
 
 #[derive(Default)]
 struct Scope {
-    caps: HashMap<u64, (Weak<Node>, &'static str)>,
+    caps: HashMap<u64, Registered>,
     actors: usize,
 }
 
@@ -93,10 +95,20 @@ fn with_scope<R>(scope: usize, f: impl FnOnce(&mut Scope) -> R) -> R {
     r
 }
 
-pub(crate) fn add_cap(scope: usize, id: u64, node: Weak<Node>, kind: &'static str) {
-    with_scope(scope, |s| s.caps.insert(id, (node, kind)));
+/// A capability node as the registry sees it.
+struct Registered {
+    /// Counts the node's handles; never upgraded.
+    node: Weak<dyn Send + Sync>,
+    /// What kind of capability it is (see [`LiveCap::kind`]).
+    kind: &'static str,
 }
 
+/// Counts capability `id` of `kind` (its node is `node`) as live in `scope`.
+pub(crate) fn add_cap(scope: usize, id: u64, node: Weak<dyn Send + Sync>, kind: &'static str) {
+    with_scope(scope, |s| s.caps.insert(id, Registered { node, kind }));
+}
+
+/// Stops counting capability `id` (its node is being dropped).
 pub(crate) fn remove_cap(scope: usize, id: u64) {
     with_scope(scope, |s| s.caps.remove(&id));
 }
@@ -135,9 +147,13 @@ pub fn report() -> Report {
         let mut caps: Vec<LiveCap> = s
             .caps
             .iter()
-            .filter_map(|(&id, (w, kind))| {
-                let refs = w.strong_count();
-                (refs > 0).then_some(LiveCap { id, kind, refs })
+            .filter_map(|(&id, r)| {
+                let refs = r.node.strong_count();
+                (refs > 0).then_some(LiveCap {
+                    id,
+                    kind: r.kind,
+                    refs,
+                })
             })
             .collect();
         caps.sort_by_key(|c| c.id);
@@ -152,7 +168,7 @@ pub fn report() -> Report {
 /// actor runs in the calling thread's actix system, and returns what is
 /// still alive if that does not happen. Release is asynchronous (a released
 /// capability's actor stops on its own thread), hence the wait.
-pub async fn settle(timeout: Duration) -> Result<(), Report> {
+pub async fn wait_all_released(timeout: Duration) -> Result<(), Report> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let r = report();
@@ -169,7 +185,7 @@ pub async fn settle(timeout: Duration) -> Result<(), Report> {
 /// Test helper: panics with the report unless everything is released
 /// within two seconds.
 pub async fn assert_all_released() {
-    if let Err(r) = settle(Duration::from_secs(2)).await {
+    if let Err(r) = wait_all_released(Duration::from_secs(2)).await {
         panic!("capabilities or actors still alive:\n{r}");
     }
 }

@@ -286,7 +286,7 @@ impl EchoVat {
         client_vat.stop();
         vat.stop();
         drop((client_vat, vat));
-        capnp_actix::debug::settle(Duration::from_secs(5))
+        capnp_actix::debug::wait_all_released(Duration::from_secs(5))
             .await
             .unwrap_or_else(|r| panic!("still alive after the vats stopped:\n{r}"));
         let _ = std::fs::remove_dir_all(dir);

@@ -1,0 +1,149 @@
+//! A call on its way to the capability that serves it ([`Call`]), the
+//! callee's side of its answer ([`Completer`]), and the message that brings
+//! a call to a capability actor ([`IncomingCall`]).
+//!
+//! Calls travel by value from the caller through promises, pipelines and
+//! connections to the actor that serves them; the completer travels with
+//! the call, so whoever ends up serving it completes the caller's answer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use actix::Message;
+
+use crate::answer::{Answer, AnswerRef, Outcome};
+use crate::error;
+use crate::payload::Payload;
+
+/// A call on its way to the capability that serves it.
+pub(crate) struct Call {
+    pub(crate) interface_id: u64,
+    pub(crate) method_id: u16,
+    pub(crate) params: Payload,
+    pub(crate) completer: Completer,
+    /// Not a call but a disembargo's loopback marker (connection id,
+    /// embargo id): it travels the path calls on the target take, so that
+    /// the connection reflects the disembargo only once every earlier call
+    /// has gone out. Capabilities that serve calls drop it.
+    pub(crate) marker: Option<(u64, u32)>,
+}
+
+impl Call {
+    /// Fails the call without running it. Dropping the call also releases
+    /// the capabilities passed in its parameters.
+    pub(crate) fn fail(self, e: capnp::Error) {
+        self.completer.complete(Err(e));
+    }
+}
+
+/// The callee's side of an answer. Dropping it without completing fails the
+/// answer with Disconnected (the call was lost: its target stopped).
+pub(crate) struct Completer {
+    answer: Option<Arc<Answer>>,
+    /// For a call pipelined on another answer: keeps that answer wanted
+    /// until this call is answered, so that a caller who lets go of the
+    /// first call while its pipelined call runs does not cancel the call
+    /// the pipelined one depends on.
+    depends_on: Option<AnswerRef>,
+}
+
+impl Completer {
+    /// The completer of a new answer.
+    pub(crate) fn new(answer: Arc<Answer>) -> Self {
+        Completer {
+            answer: Some(answer),
+            depends_on: None,
+        }
+    }
+
+    pub(crate) fn answer(&self) -> Option<&Arc<Answer>> {
+        self.answer.as_ref()
+    }
+
+    pub(crate) fn complete(mut self, outcome: Outcome) {
+        if let Some(a) = self.answer.take() {
+            a.complete(outcome);
+        }
+    }
+
+    /// See `depends_on`.
+    pub(crate) fn depend_on(&mut self, answer: &AnswerRef) {
+        if self.depends_on.is_none() {
+            self.depends_on = Some(answer.clone());
+        }
+    }
+
+    /// Completes the answer with these results.
+    pub(crate) fn complete_payload(self, mut payload: Payload) {
+        if let Some(a) = &self.answer {
+            a.break_self_references(&mut payload);
+        }
+        self.complete(Ok(payload.freeze()));
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.answer.as_ref().is_none_or(|a| a.is_cancelled())
+    }
+
+    /// Records that the call has started (its method runs, or it went out
+    /// on the wire): a peer's cancellation may now take effect.
+    pub(crate) fn mark_started(&self) {
+        if let Some(a) = &self.answer {
+            a.mark_started();
+        }
+    }
+
+    /// Resolves when nobody wants the answer any more.
+    pub(crate) fn cancelled(&self) -> Cancelled {
+        Cancelled {
+            answer: self.answer.clone(),
+        }
+    }
+}
+
+impl Drop for Completer {
+    fn drop(&mut self) {
+        if let Some(a) = self.answer.take() {
+            a.complete(Err(error::lost_call()));
+        }
+    }
+}
+
+/// Resolves when an answer is no longer wanted (see [`Completer::cancelled`]).
+pub(crate) struct Cancelled {
+    answer: Option<Arc<Answer>>,
+}
+
+impl Future for Cancelled {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &self.answer {
+            Some(a) => a.poll_unwanted(cx),
+            None => Poll::Ready(()),
+        }
+    }
+}
+
+/// A call delivered to the actor that serves a capability.
+///
+/// This is the message a user's own actor receives when it hosts a service
+/// ([`crate::Cap::from_actor`]); it answers with [`IncomingCall::serve`].
+pub struct IncomingCall {
+    pub(crate) call: Call,
+}
+
+impl Message for IncomingCall {
+    type Result = ();
+}
+
+impl std::fmt::Debug for IncomingCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "IncomingCall({:#018x}.{})",
+            self.call.interface_id, self.call.method_id
+        )
+    }
+}

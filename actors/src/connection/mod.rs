@@ -1,0 +1,359 @@
+//! The connection actor: one two-party RPC connection over any byte stream.
+//!
+//! The actor owns the sans-IO protocol core (`capnp_actix_proto::captp::Conn`)
+//! and bridges it to the runtime: calls the peer makes are delivered to our
+//! capabilities like any other call; calls on capabilities imported from the
+//! peer (and pipelined calls on our questions to it) come here as messages
+//! and go out on the wire. Everything produced while handling one message
+//! or one chunk of input is written in one write.
+//!
+//! This file holds the actor, its handle, its options and the messages it
+//! answers for its owner (bootstrap, close, inspect). The rest:
+//! - `events.rs`: what the core reports (the peer's messages), one method
+//!   per kind of event;
+//! - `outgoing.rs`: what the rest of the runtime asks ([`ConnMsg`], defined
+//!   in `conn_msg.rs` so that capability nodes need not import this actor);
+//! - `writer.rs`: writing the core's output, once per turn;
+//! - `tables.rs`: the actor's own tables beside the core's.
+
+use std::sync::Arc;
+
+use actix::{Actor, AsyncContext, Handler, Message, Recipient, StreamHandler};
+use capnp_actix_proto::captp::{Conn, ConnLimits, TableSizes};
+use capnp_actix_proto::Limits;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::answer::Answer;
+use crate::call::Completer;
+use crate::cap::{next_id, CapRef};
+use crate::conn_msg::ConnMsg;
+use crate::error;
+use crate::io::{self, Input};
+use crate::registry;
+
+mod events;
+mod outgoing;
+mod tables;
+mod writer;
+
+use tables::{Embargo, HashMap, HashSet, ImportEntry, PeerAnswer, Question};
+use writer::Flush;
+
+/// Finds the bootstrap capability for a service ID (the ID's raw bytes;
+/// empty when the peer sent none). The lookup may take time (a restorer
+/// loading a saved service); calls the peer pipelines on the bootstrap
+/// capability meanwhile wait for it.
+pub type BootstrapFn =
+    Arc<dyn Fn(&[u8]) -> BoxFuture<'static, Result<CapRef, capnp::Error>> + Send + Sync>;
+
+/// A [`BootstrapFn`] from a lookup that answers at once.
+pub fn bootstrap_fn(
+    lookup: impl Fn(&[u8]) -> Result<CapRef, capnp::Error> + Send + Sync + 'static,
+) -> BootstrapFn {
+    Arc::new(move |id: &[u8]| futures::future::ready(lookup(id)).boxed())
+}
+
+/// Options of one connection.
+#[derive(Clone, Default)]
+pub struct ConnectionOptions {
+    /// Bounds on the connection's tables.
+    pub tables: ConnLimits,
+    /// Limits on incoming messages.
+    pub reader: Limits,
+    /// What the peer gets when it asks for a bootstrap capability.
+    pub bootstrap: Option<BootstrapFn>,
+    /// Bytes written but not yet taken by the peer that we accept to hold;
+    /// beyond, the connection is aborted (a peer that does not read).
+    /// `0` means the default, 64 MiB.
+    pub max_outgoing_bytes: usize,
+    /// Bytes of the peer's calls (their messages) that we hold while they
+    /// have not been answered; a call that would go beyond fails at once
+    /// with Overloaded (one call is always accepted). `0` means the
+    /// default, 64 MiB.
+    pub max_held_call_bytes: usize,
+    /// When a method serving the peer's call tail-calls a capability of
+    /// that same peer, send the tail call with `sendResultsTo.yourself`
+    /// and answer with `takeFromOtherQuestion`, so the results go straight
+    /// from the callee to the caller. Off by default: the capnp-rpc crate
+    /// (0.27) accepts such a call but never runs it (see
+    /// tests/tail_calls.rs). Tail calls are zero-copy locally either way.
+    pub send_results_to_yourself: bool,
+}
+
+/// How long the writer may go on after the connection ended.
+const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The largest write buffer kept for reuse once written.
+const MAX_SPARE_BYTES: usize = 4 << 20;
+
+/// Default of [`ConnectionOptions::max_outgoing_bytes`].
+pub const DEFAULT_MAX_OUTGOING_BYTES: usize = 64 << 20;
+
+/// Default of [`ConnectionOptions::max_held_call_bytes`].
+pub const DEFAULT_MAX_HELD_CALL_BYTES: usize = 64 << 20;
+
+impl std::fmt::Debug for ConnectionOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionOptions")
+            .field("tables", &self.tables)
+            .field("reader", &self.reader)
+            .field("bootstrap", &self.bootstrap.is_some())
+            .finish()
+    }
+}
+
+/// Asks the peer for its bootstrap capability.
+pub(crate) struct BootstrapMsg {
+    object_id: Vec<u8>,
+    completer: Completer,
+}
+
+impl Message for BootstrapMsg {
+    type Result = ();
+}
+
+/// Ends a connection from this side.
+pub(crate) struct Close(capnp::Error);
+
+impl Message for Close {
+    type Result = ();
+}
+
+impl Handler<Close> for Connection {
+    type Result = ();
+    fn handle(&mut self, Close(reason): Close, ctx: &mut Self::Context) {
+        self.core.abort(reason);
+        self.handle_core_events(ctx);
+    }
+}
+
+/// Asks for a connection's table sizes and a dump.
+pub struct Inspect;
+
+impl Message for Inspect {
+    type Result = (TableSizes, String);
+}
+
+/// A handle to a connection actor.
+#[derive(Clone)]
+pub struct ConnectionHandle {
+    addr: actix::Addr<Connection>,
+    closed: futures::future::Shared<futures::channel::oneshot::Receiver<capnp::Error>>,
+    id: u64,
+}
+
+impl std::fmt::Debug for ConnectionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConnectionHandle")
+    }
+}
+
+impl ConnectionHandle {
+    /// The peer's bootstrap capability for `service_id` (empty: the
+    /// default service). Usable at once: calls made on it are pipelined.
+    pub fn bootstrap(&self, service_id: &[u8]) -> CapRef {
+        let (answer, completer) = Answer::open();
+        if let Some(a) = completer.answer() {
+            a.set_remote(self.addr.clone().recipient(), u64::MAX);
+        }
+        self.addr.do_send(BootstrapMsg {
+            object_id: service_id.to_vec(),
+            completer,
+        });
+        answer.pipelined_cap(Vec::new())
+    }
+
+    /// The sizes of the connection's tables and a dump of them (for tests
+    /// and debugging). `None` once the connection has ended.
+    pub async fn inspect(&self) -> Option<(TableSizes, String)> {
+        self.addr.send(Inspect).await.ok()
+    }
+
+    /// Ends the connection: the peer gets an `abort` with `reason`, and
+    /// every capability imported over it breaks.
+    pub fn close(&self, reason: &str) {
+        self.addr
+            .do_send(Close(capnp::Error::disconnected(reason.to_string())));
+    }
+
+    /// True while the connection actor runs.
+    pub fn is_open(&self) -> bool {
+        self.addr.connected()
+    }
+
+    /// Resolves when the connection has ended, with the reason.
+    pub fn closed(&self) -> impl std::future::Future<Output = capnp::Error> + Send + 'static {
+        let closed = self.closed.clone();
+        async move {
+            closed
+                .await
+                .unwrap_or_else(|_| capnp::Error::disconnected("connection closed".into()))
+        }
+    }
+
+    /// The connection's identifier, unique within the process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// Starts a connection actor on the current arbiter for `stream`.
+pub fn start_connection<S>(stream: S, options: ConnectionOptions) -> ConnectionHandle
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let (read, write) = tokio::io::split(stream);
+    let max_outgoing = match options.max_outgoing_bytes {
+        0 => DEFAULT_MAX_OUTGOING_BYTES,
+        n => n,
+    };
+    let max_held = match options.max_held_call_bytes {
+        0 => DEFAULT_MAX_HELD_CALL_BYTES,
+        n => n,
+    };
+    let (closed_tx, closed_rx) = futures::channel::oneshot::channel();
+    let id = next_id();
+    let addr = Connection::create(move |ctx| {
+        ctx.add_stream(io::FrameReader::new(read, options.reader));
+        ctx.spawn(Flush);
+        Connection {
+            id,
+            closed: Some(closed_tx),
+            core: Conn::new(options.tables, options.reader),
+            writer: Some(io::Writer::new(Box::new(write))),
+            flush: None,
+            max_outgoing,
+            held: HashMap::default(),
+            held_bytes: 0,
+            max_held,
+            results_to_yourself: options.send_results_to_yourself,
+            bootstrap: options.bootstrap,
+            me: ctx.address().recipient(),
+            questions: HashMap::default(),
+            question_of: HashMap::default(),
+            answers: HashMap::default(),
+            imports: HashMap::default(),
+            pipelined: HashMap::default(),
+            embargoes: HashMap::default(),
+            tail_calls: HashSet::default(),
+            _guard: registry::ActorGuard::new(),
+        }
+    });
+    ConnectionHandle {
+        addr,
+        closed: closed_rx.shared(),
+        id,
+    }
+}
+
+/// See the module docs.
+pub struct Connection {
+    id: u64,
+    core: Conn<CapRef>,
+    /// Writes what the core produces, at the end of each turn of the
+    /// actor ([`Flush`]); handed to a task of its own when the connection
+    /// ends ([`Connection::release_writer`]).
+    writer: Option<io::Writer>,
+    /// Wakes the actor for [`Flush`] to write new output.
+    flush: Option<std::task::Waker>,
+    max_outgoing: usize,
+    /// Sizes of the peer's calls not answered yet, and their sum.
+    held: HashMap<u32, usize>,
+    held_bytes: usize,
+    max_held: usize,
+    /// See [`ConnectionOptions::send_results_to_yourself`].
+    results_to_yourself: bool,
+    bootstrap: Option<BootstrapFn>,
+    me: Recipient<ConnMsg>,
+    /// Our questions: who waits for the answer.
+    questions: HashMap<u32, Question>,
+    /// Question id by answer identity.
+    question_of: HashMap<usize, u32>,
+    /// The peer's questions: our answers, and the future sending each return.
+    answers: HashMap<u32, PeerAnswer>,
+    /// Imports and the node that holds each.
+    imports: HashMap<u32, ImportEntry>,
+    /// Fields of each outstanding question that calls were pipelined on
+    /// (protocol bookkeeping kept here for now; it decides which fields of
+    /// a return need an embargo, see `events::embargo_local_fields`).
+    pipelined: HashMap<u32, Vec<Vec<u16>>>,
+    /// Our embargoes, by id: what each holds back until the peer reflects
+    /// its disembargo (the core keeps the protocol side of the same ids).
+    embargoes: HashMap<u32, Embargo>,
+    /// Our questions sent as tail calls (`sendResultsTo.yourself`): their
+    /// return is `resultsSentElsewhere`, and a cancel forgets them at once.
+    tail_calls: HashSet<u32>,
+    /// Told why the connection ended, when it does.
+    closed: Option<futures::channel::oneshot::Sender<capnp::Error>>,
+    /// Last: see `ActorGuard`.
+    _guard: registry::ActorGuard,
+}
+
+impl Actor for Connection {
+    type Context = actix::Context<Self>;
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.release_writer();
+        if let Some(tx) = self.closed.take() {
+            let reason = self
+                .core
+                .aborted()
+                .cloned()
+                .unwrap_or_else(|| capnp::Error::disconnected("connection closed".into()));
+            let _ = tx.send(reason);
+        }
+    }
+}
+
+fn key(a: &Arc<Answer>) -> usize {
+    Arc::as_ptr(a) as usize
+}
+
+/// What field `path` of an answered question is.
+fn field_of(answer: &Arc<Answer>, path: &[u16]) -> CapRef {
+    answer
+        .field_now(path)
+        .unwrap_or_else(|| CapRef::broken(error::internal("pipelined call on an unknown question")))
+}
+
+impl StreamHandler<Input> for Connection {
+    fn handle(&mut self, item: Input, ctx: &mut Self::Context) {
+        match item {
+            Input::Messages(messages) => {
+                for m in messages {
+                    self.core.handle(m);
+                }
+            }
+            Input::Invalid(e) => self.core.receive_invalid(e),
+            Input::Failed(e) => self.core.disconnected(capnp::Error::disconnected(format!(
+                "connection read failed: {e}"
+            ))),
+        }
+        self.handle_core_events(ctx);
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        self.core.receive_closed();
+        self.handle_core_events(ctx);
+    }
+}
+
+impl Handler<BootstrapMsg> for Connection {
+    type Result = ();
+    fn handle(&mut self, msg: BootstrapMsg, ctx: &mut Self::Context) {
+        match self.core.bootstrap(&msg.object_id) {
+            Ok(q) => self.register_question(q, msg.completer),
+            Err(e) => msg.completer.complete(Err(e)),
+        }
+        self.handle_core_events(ctx);
+    }
+}
+
+impl Handler<Inspect> for Connection {
+    type Result = actix::MessageResult<Inspect>;
+    fn handle(&mut self, _: Inspect, _: &mut Self::Context) -> Self::Result {
+        actix::MessageResult((self.core.table_sizes(), self.core.dump()))
+    }
+}
