@@ -12,20 +12,27 @@ use crate::rpc_capnp::{
     cap_descriptor, message as rpc_message, message_target, payload, promised_answer, return_,
 };
 
+/// What a call or descriptor targets on our side: an export of ours
+/// (`importedCap` from the peer's view) or a field of an answer.
 pub(super) enum RawTarget {
     Import(u32),
     Answer(u32, Vec<u16>),
 }
 
+/// A capability descriptor as read (`CapDescriptor`).
 pub(super) enum RawCap {
     None,
+    /// `senderHosted` (false) or `senderPromise` (true).
     Sender(u32, bool),
+    /// `receiverHosted`.
     Receiver(u32),
+    /// `receiverAnswer`.
     Answer(u32, Vec<u16>),
 }
 
-pub(super) enum RawReturn {
-    /// The cap table, and the content's size (see [`InPayload::size`]).
+/// What a return carries.
+pub(super) enum RawResult {
+    /// The cap table, and the content's size (see [`InPayload::size`](super::InPayload)).
     Results(Vec<RawCap>, capnp::Result<MessageSize>),
     Error(Error),
     TakeFrom(u32),
@@ -41,19 +48,60 @@ pub(super) enum ResultsTo {
     ThirdParty,
 }
 
+/// The context of a disembargo.
 pub(super) enum RawEmbargo {
     SenderLoopback(u32),
     ReceiverLoopback(u32),
     Other,
 }
 
+/// What an `unimplemented` message sends back to us.
 pub(super) enum RawUnimplemented {
+    /// A `resolve` of ours.
     Resolve(u32),
+    /// A call or bootstrap of ours, by question id.
     Question(u32),
     Other,
 }
 
+/// A `call`.
+pub(super) struct RawCall {
+    pub(super) question: u32,
+    pub(super) target: RawTarget,
+    pub(super) interface_id: u64,
+    pub(super) method_id: u16,
+    pub(super) caps: Vec<RawCap>,
+    pub(super) to: ResultsTo,
+    pub(super) no_pipelining: bool,
+    /// The params content's size (see [`InPayload::size`](super::InPayload)).
+    pub(super) size: capnp::Result<MessageSize>,
+}
+
+/// A `return`.
+pub(super) struct RawReturn {
+    /// Our question it answers.
+    pub(super) answer: u32,
+    pub(super) release_params: bool,
+    pub(super) no_finish_needed: bool,
+    pub(super) result: RawResult,
+}
+
+/// A `finish`.
+pub(super) struct RawFinish {
+    pub(super) question: u32,
+    pub(super) release_results: bool,
+    pub(super) not_before_start: bool,
+}
+
+/// A `disembargo`.
+pub(super) struct RawDisembargo {
+    pub(super) target: RawTarget,
+    pub(super) context: RawEmbargo,
+}
+
+/// One incoming message, read.
 pub(super) enum Parsed {
+    /// A message kind we do not implement: answered with `unimplemented`.
     Unknown,
     Abort(Error),
     Unimplemented(RawUnimplemented),
@@ -61,28 +109,9 @@ pub(super) enum Parsed {
         question: u32,
         object_id: Vec<u8>,
     },
-    Call {
-        question: u32,
-        target: RawTarget,
-        interface_id: u64,
-        method_id: u16,
-        caps: Vec<RawCap>,
-        to: ResultsTo,
-        no_pipelining: bool,
-        /// The params content's size (see [`InPayload::size`]).
-        size: capnp::Result<MessageSize>,
-    },
-    Return {
-        answer: u32,
-        release_params: bool,
-        no_finish_needed: bool,
-        result: RawReturn,
-    },
-    Finish {
-        question: u32,
-        release_results: bool,
-        not_before_start: bool,
-    },
+    Call(RawCall),
+    Return(RawReturn),
+    Finish(RawFinish),
     Resolve {
         promise: u32,
         to: Result<RawCap, Error>,
@@ -91,16 +120,13 @@ pub(super) enum Parsed {
         id: u32,
         count: u32,
     },
-    Disembargo {
-        target: RawTarget,
-        context: RawEmbargo,
-    },
+    Disembargo(RawDisembargo),
 }
 
 /// Longest promised-answer transform accepted.
-pub(super) const MAX_PATH: u32 = 64;
+const MAX_PATH: u32 = 64;
 
-pub(super) fn parse_path(pa: promised_answer::Reader<'_>) -> capnp::Result<(u32, Vec<u16>)> {
+fn parse_path(pa: promised_answer::Reader<'_>) -> capnp::Result<(u32, Vec<u16>)> {
     let ops = pa.get_transform()?;
     if ops.len() > MAX_PATH {
         return Err(Error::failed(format!("transform of {} ops", ops.len())));
@@ -115,7 +141,7 @@ pub(super) fn parse_path(pa: promised_answer::Reader<'_>) -> capnp::Result<(u32,
     Ok((pa.get_question_id(), path))
 }
 
-pub(super) fn parse_target(t: message_target::Reader<'_>) -> capnp::Result<RawTarget> {
+fn parse_target(t: message_target::Reader<'_>) -> capnp::Result<RawTarget> {
     Ok(match t.which()? {
         message_target::ImportedCap(id) => RawTarget::Import(id),
         message_target::PromisedAnswer(pa) => {
@@ -125,7 +151,7 @@ pub(super) fn parse_target(t: message_target::Reader<'_>) -> capnp::Result<RawTa
     })
 }
 
-pub(super) fn parse_cap(d: cap_descriptor::Reader<'_>) -> capnp::Result<RawCap> {
+fn parse_cap(d: cap_descriptor::Reader<'_>) -> capnp::Result<RawCap> {
     Ok(match d.which()? {
         cap_descriptor::None(()) => RawCap::None,
         cap_descriptor::SenderHosted(id) => RawCap::Sender(id, false),
@@ -141,9 +167,9 @@ pub(super) fn parse_cap(d: cap_descriptor::Reader<'_>) -> capnp::Result<RawCap> 
 }
 
 /// Longest cap table accepted in one payload.
-pub(super) const MAX_CAP_TABLE: u32 = 16_384;
+const MAX_CAP_TABLE: u32 = 16_384;
 
-pub(super) fn parse_caps(p: payload::Reader<'_>) -> capnp::Result<Vec<RawCap>> {
+fn parse_caps(p: payload::Reader<'_>) -> capnp::Result<Vec<RawCap>> {
     let table = p.get_cap_table()?;
     if table.len() > MAX_CAP_TABLE {
         return Err(Error::failed(format!(
@@ -154,6 +180,7 @@ pub(super) fn parse_caps(p: payload::Reader<'_>) -> capnp::Result<Vec<RawCap>> {
     table.iter().map(parse_cap).collect()
 }
 
+/// Reads a message; an error means it is malformed.
 pub(super) fn parse(msg: &message::Reader<WordSegments>) -> capnp::Result<Parsed> {
     let root: rpc_message::Reader<'_> = msg.get_root()?;
     let which = match root.which() {
@@ -161,82 +188,18 @@ pub(super) fn parse(msg: &message::Reader<WordSegments>) -> capnp::Result<Parsed
         Err(_) => return Ok(Parsed::Unknown),
     };
     Ok(match which {
-        rpc_message::Unimplemented(m) => {
-            let m = m?;
-            Parsed::Unimplemented(match m.which() {
-                Ok(rpc_message::Resolve(r)) => RawUnimplemented::Resolve(r?.get_promise_id()),
-                Ok(rpc_message::Bootstrap(b)) => RawUnimplemented::Question(b?.get_question_id()),
-                Ok(rpc_message::Call(c)) => RawUnimplemented::Question(c?.get_question_id()),
-                _ => RawUnimplemented::Other,
-            })
-        }
+        rpc_message::Unimplemented(m) => Parsed::Unimplemented(parse_unimplemented(m?)?),
         rpc_message::Abort(e) => Parsed::Abort(exception::read(e?)),
-        rpc_message::Bootstrap(b) => {
-            let b = b?;
-            let id = b.get_deprecated_object_id();
-            let object_id = if id.is_null() {
-                Vec::new()
-            } else {
-                id.get_as::<capnp::text::Reader<'_>>()?.as_bytes().to_vec()
-            };
-            Parsed::Bootstrap {
-                question: b.get_question_id(),
-                object_id,
-            }
-        }
-        rpc_message::Call(c) => {
-            let c = c?;
-            use crate::rpc_capnp::call::send_results_to;
-            let to = match c.get_send_results_to().which()? {
-                send_results_to::Caller(()) => ResultsTo::Caller,
-                send_results_to::Yourself(()) => ResultsTo::Yourself,
-                send_results_to::ThirdParty(_) => ResultsTo::ThirdParty,
-            };
-            let params = c.get_params()?;
-            Parsed::Call {
-                question: c.get_question_id(),
-                target: parse_target(c.get_target()?)?,
-                interface_id: c.get_interface_id(),
-                method_id: c.get_method_id(),
-                caps: parse_caps(params)?,
-                to,
-                no_pipelining: c.get_no_promise_pipelining(),
-                // Last, after everything else read.
-                size: params.get_content().target_size(),
-            }
-        }
-        rpc_message::Return(r) => {
-            let r = r?;
-            let result = match r.which()? {
-                return_::Results(p) => {
-                    let p = p?;
-                    // The content's size last, after everything else read.
-                    RawReturn::Results(parse_caps(p)?, p.get_content().target_size())
-                }
-                return_::Exception(e) => RawReturn::Error(exception::read(e?)),
-                return_::Canceled(()) => RawReturn::Error(Error::failed("call canceled".into())),
-                return_::ResultsSentElsewhere(()) => {
-                    RawReturn::Error(Error::failed("results were sent elsewhere".into()))
-                }
-                return_::TakeFromOtherQuestion(a) => RawReturn::TakeFrom(a),
-                return_::AcceptFromThirdParty(_) => RawReturn::Error(Error::unimplemented(
-                    "three-party handoff is not supported yet".into(),
-                )),
-            };
-            Parsed::Return {
-                answer: r.get_answer_id(),
-                release_params: r.get_release_param_caps(),
-                no_finish_needed: r.get_no_finish_needed(),
-                result,
-            }
-        }
+        rpc_message::Bootstrap(b) => parse_bootstrap(b?)?,
+        rpc_message::Call(c) => Parsed::Call(parse_call(c?)?),
+        rpc_message::Return(r) => Parsed::Return(parse_return(r?)?),
         rpc_message::Finish(f) => {
             let f = f?;
-            Parsed::Finish {
+            Parsed::Finish(RawFinish {
                 question: f.get_question_id(),
                 release_results: f.get_release_result_caps(),
                 not_before_start: f.get_require_early_cancellation_workaround(),
-            }
+            })
         }
         rpc_message::Resolve(r) => {
             let r = r?;
@@ -255,22 +218,91 @@ pub(super) fn parse(msg: &message::Reader<WordSegments>) -> capnp::Result<Parsed
                 count: r.get_reference_count(),
             }
         }
-        rpc_message::Disembargo(d) => {
-            let d = d?;
-            use crate::rpc_capnp::disembargo::context;
-            Parsed::Disembargo {
-                target: parse_target(d.get_target()?)?,
-                context: match d.get_context().which()? {
-                    context::SenderLoopback(e) => RawEmbargo::SenderLoopback(e),
-                    context::ReceiverLoopback(e) => RawEmbargo::ReceiverLoopback(e),
-                    _ => RawEmbargo::Other,
-                },
-            }
-        }
+        rpc_message::Disembargo(d) => Parsed::Disembargo(parse_disembargo(d?)?),
         rpc_message::ObsoleteSave(_)
         | rpc_message::ObsoleteDelete(_)
         | rpc_message::Provide(_)
         | rpc_message::Accept(_)
         | rpc_message::Join(_) => Parsed::Unknown,
+    })
+}
+
+fn parse_unimplemented(m: rpc_message::Reader<'_>) -> capnp::Result<RawUnimplemented> {
+    Ok(match m.which() {
+        Ok(rpc_message::Resolve(r)) => RawUnimplemented::Resolve(r?.get_promise_id()),
+        Ok(rpc_message::Bootstrap(b)) => RawUnimplemented::Question(b?.get_question_id()),
+        Ok(rpc_message::Call(c)) => RawUnimplemented::Question(c?.get_question_id()),
+        _ => RawUnimplemented::Other,
+    })
+}
+
+fn parse_bootstrap(b: crate::rpc_capnp::bootstrap::Reader<'_>) -> capnp::Result<Parsed> {
+    let id = b.get_deprecated_object_id();
+    let object_id = if id.is_null() {
+        Vec::new()
+    } else {
+        id.get_as::<capnp::text::Reader<'_>>()?.as_bytes().to_vec()
+    };
+    Ok(Parsed::Bootstrap {
+        question: b.get_question_id(),
+        object_id,
+    })
+}
+
+fn parse_call(c: crate::rpc_capnp::call::Reader<'_>) -> capnp::Result<RawCall> {
+    use crate::rpc_capnp::call::send_results_to;
+    let to = match c.get_send_results_to().which()? {
+        send_results_to::Caller(()) => ResultsTo::Caller,
+        send_results_to::Yourself(()) => ResultsTo::Yourself,
+        send_results_to::ThirdParty(_) => ResultsTo::ThirdParty,
+    };
+    let params = c.get_params()?;
+    Ok(RawCall {
+        question: c.get_question_id(),
+        target: parse_target(c.get_target()?)?,
+        interface_id: c.get_interface_id(),
+        method_id: c.get_method_id(),
+        caps: parse_caps(params)?,
+        to,
+        no_pipelining: c.get_no_promise_pipelining(),
+        // Last, after everything else read.
+        size: params.get_content().target_size(),
+    })
+}
+
+fn parse_return(r: return_::Reader<'_>) -> capnp::Result<RawReturn> {
+    let result = match r.which()? {
+        return_::Results(p) => {
+            let p = p?;
+            // The content's size last, after everything else read.
+            RawResult::Results(parse_caps(p)?, p.get_content().target_size())
+        }
+        return_::Exception(e) => RawResult::Error(exception::read(e?)),
+        return_::Canceled(()) => RawResult::Error(Error::failed("call canceled".into())),
+        return_::ResultsSentElsewhere(()) => {
+            RawResult::Error(Error::failed("results were sent elsewhere".into()))
+        }
+        return_::TakeFromOtherQuestion(a) => RawResult::TakeFrom(a),
+        return_::AcceptFromThirdParty(_) => RawResult::Error(Error::unimplemented(
+            "three-party handoff is not supported yet".into(),
+        )),
+    };
+    Ok(RawReturn {
+        answer: r.get_answer_id(),
+        release_params: r.get_release_param_caps(),
+        no_finish_needed: r.get_no_finish_needed(),
+        result,
+    })
+}
+
+fn parse_disembargo(d: crate::rpc_capnp::disembargo::Reader<'_>) -> capnp::Result<RawDisembargo> {
+    use crate::rpc_capnp::disembargo::context;
+    Ok(RawDisembargo {
+        target: parse_target(d.get_target()?)?,
+        context: match d.get_context().which()? {
+            context::SenderLoopback(e) => RawEmbargo::SenderLoopback(e),
+            context::ReceiverLoopback(e) => RawEmbargo::ReceiverLoopback(e),
+            _ => RawEmbargo::Other,
+        },
     })
 }
