@@ -15,7 +15,8 @@ use actix::{
     SpawnHandle, StreamHandler, WrapFuture,
 };
 use capnp_actix_proto::captp::{
-    CallTarget, Conn, ConnLimits, Event, InCap, InPayload, OutCap, OutTarget, TableSizes,
+    CallTarget, Conn, ConnLimits, Event, InCap, InPayload, OutCap, OutContent, OutTarget,
+    TableSizes,
 };
 use capnp_actix_proto::Limits;
 use futures::future::BoxFuture;
@@ -1029,7 +1030,9 @@ impl Connection {
                     })
                     .collect();
                 if let Some(kept) = frozen.kept() {
-                    return self.core.return_kept(answer, kept, &caps);
+                    return self
+                        .core
+                        .return_results(answer, OutContent::Kept(kept), &caps);
                 }
                 match frozen.raw_root() {
                     Ok(root) => self.core.return_results(answer, root, &caps),
@@ -1184,10 +1187,13 @@ impl Connection {
             .collect();
         let sent = match params.body {
             // Kept until written, when its content is spliced.
-            Body::Built(m) => {
-                self.core
-                    .call_kept(&out_target, interface_id, method_id, Arc::new(m), &caps)
-            }
+            Body::Built(m) => self.core.call(
+                &out_target,
+                interface_id,
+                method_id,
+                OutContent::Kept(Arc::new(m)),
+                &caps,
+            ),
             body @ Body::Received(_) => body.root().and_then(|root| {
                 self.core
                     .call(&out_target, interface_id, method_id, root, &caps)

@@ -12,7 +12,7 @@ use capnp::traits::{Imbue, ImbueMut};
 use capnp::{any_pointer, Error, Word};
 
 use super::exports::Export;
-use super::{Conn, OutCap, OutTarget};
+use super::{Conn, OutCap, OutContent, OutTarget};
 use crate::exception;
 use crate::frame::{self, Kept};
 use crate::index_hook::{placeholders, source_indexes};
@@ -33,15 +33,15 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     pub(super) fn write_content<'c>(
         &mut self,
         p: payload::Builder<'_>,
-        content: &Content<'c>,
+        content: &ContentRef<'c>,
         caps: &[OutCap<L>],
     ) -> Result<(Written, Option<Spliced<'c>>), Error> {
         match *content {
-            Content::Message(segments, kept) if caps.is_empty() && by_reference(segments) => {
+            ContentRef::Message(segments, kept) if caps.is_empty() && by_reference(segments) => {
                 p.init_cap_table(0);
                 Ok(((Vec::new(), Vec::new()), Some((segments, kept))))
             }
-            Content::Message(segments, _) => {
+            ContentRef::Message(segments, _) => {
                 let message = message::Reader::new(
                     message::SegmentArray::new(segments),
                     *ReaderOptions::new().traversal_limit_in_words(None),
@@ -49,7 +49,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                 let root = message.get_root()?;
                 Ok((self.write_payload_into(p, root, caps)?, None))
             }
-            Content::Reader(root) => Ok((self.write_payload_into(p, root, caps)?, None)),
+            ContentRef::Reader(root) => Ok((self.write_payload_into(p, root, caps)?, None)),
         }
     }
 
@@ -232,8 +232,9 @@ pub(super) fn small_message() -> Builder<HeapAllocator> {
 /// First segment of [`small_message`]s; larger ones grow more segments.
 pub(super) const SMALL_MESSAGE_WORDS: u32 = 32;
 
-/// What the content of an outgoing payload is given as.
-pub(super) enum Content<'a> {
+/// [`OutContent`] as the builders take it: borrowed, a kept message
+/// seen as its segments.
+pub(super) enum ContentRef<'a> {
     /// A reader: the content is copied into the call or return.
     Reader(any_pointer::Reader<'a>),
     /// The segments of a message (built here) whose root is the content,
@@ -241,12 +242,27 @@ pub(super) enum Content<'a> {
     Message(&'a [&'a [u8]], Option<&'a Kept>),
 }
 
+impl OutContent<'_> {
+    /// Hands the content to `send` as the builders take it.
+    #[inline]
+    pub(super) fn with_parts<R>(self, send: impl FnOnce(ContentRef<'_>) -> R) -> R {
+        match self {
+            OutContent::Reader(root) => send(ContentRef::Reader(root)),
+            OutContent::Segments(segments) => send(ContentRef::Message(segments, None)),
+            OutContent::Kept(kept) => {
+                let segments = kept_segments(&kept);
+                send(ContentRef::Message(segments.as_slice(), Some(&kept)))
+            }
+        }
+    }
+}
+
 /// Content to splice into a frame: its segments, and its message when
 /// kept (see [`frame::encode_spliced_kept`]).
 pub(super) type Spliced<'a> = (Segments<'a>, Option<&'a Kept>);
 
 /// The segments of a kept message.
-pub(super) fn kept_segments(kept: &Kept) -> KeptSegments<'_> {
+fn kept_segments(kept: &Kept) -> KeptSegments<'_> {
     if kept.len() == 1 {
         if let Some(s) = kept.get_segment(0) {
             return KeptSegments::One([s]);
@@ -314,18 +330,18 @@ pub(super) const PAYLOAD_HEADER_WORDS: u64 = 32;
 /// dropped), so that a call or return allocates no segment; larger ones
 /// get a segment allocated for them.
 pub(super) fn payload_message<'s>(
-    content: &Content<'_>,
+    content: &ContentRef<'_>,
     caps: usize,
     scratch: &'s mut Vec<Word>,
 ) -> Builder<ScratchSpaceHeapAllocator<'s>> {
     let content_words = match content {
         // (A content that cannot be measured fails when copied.)
-        Content::Reader(r) => r.target_size().map_or(0, |s| s.word_count),
+        ContentRef::Reader(r) => r.target_size().map_or(0, |s| s.word_count),
         // Only the header: the content goes behind it.
-        Content::Message(segments, _) if caps == 0 && by_reference(segments) => {
+        ContentRef::Message(segments, _) if caps == 0 && by_reference(segments) => {
             SPLICED_HEADER_WORDS
         }
-        Content::Message(segments, _) => segments.iter().map(|s| s.len() as u64 / 8).sum(),
+        ContentRef::Message(segments, _) => segments.iter().map(|s| s.len() as u64 / 8).sum(),
     };
     // A descriptor is at most 2 words plus a promised answer's path.
     let words = PAYLOAD_HEADER_WORDS

@@ -6,7 +6,7 @@ use capnp::message::{self, ReaderOptions};
 use capnp::{any_pointer, Error, MessageSize};
 
 use super::InCap;
-use crate::frame::WordSegments;
+use crate::frame::{Kept, WordSegments};
 use crate::rpc_capnp::{message as rpc_message, return_};
 
 /// A received payload: the whole received message (owned) plus what each
@@ -58,6 +58,49 @@ impl<L> InPayload<L> {
             .nesting_limit(nesting_limit);
         let message = message::Reader::new(message.into_segments(), options);
         Ok((InContent { message }, caps, size))
+    }
+}
+
+/// The content of an outgoing call or return (its params or results),
+/// whose capability pointers index the `caps` passed beside it, in the
+/// form the runtime holds it in. [`Conn::call`](super::Conn::call),
+/// [`Conn::tail_call`](super::Conn::tail_call) and
+/// [`Conn::return_results`](super::Conn::return_results) take any of the
+/// three (or what converts into one); the peer receives the same message
+/// whichever is used, but the core copies less of the last two.
+pub enum OutContent<'a> {
+    /// A reader of the content, wherever it lies: the content is copied
+    /// into the call or return.
+    Reader(any_pointer::Reader<'a>),
+    /// The segments of a message built by this process, whose root is the
+    /// content. When it carries no capability, its segments go out as
+    /// they are instead of being copied through capnp: a small one-segment
+    /// content inlined in the call's or return's own segment (see
+    /// [`encode_inlined`](crate::frame::encode_inlined)), a large one
+    /// spliced behind it (see [`encode_spliced`](crate::frame::encode_spliced)).
+    Segments(&'a [&'a [u8]]),
+    /// As [`OutContent::Segments`], for a message kept whole: spliced
+    /// content is not even copied into the output, which keeps the
+    /// message until it is written (see
+    /// [`Conn::take_output_pieces`](super::Conn::take_output_pieces)).
+    Kept(Kept),
+}
+
+impl<'a> From<any_pointer::Reader<'a>> for OutContent<'a> {
+    fn from(root: any_pointer::Reader<'a>) -> Self {
+        OutContent::Reader(root)
+    }
+}
+
+impl<'a> From<&'a [&'a [u8]]> for OutContent<'a> {
+    fn from(segments: &'a [&'a [u8]]) -> Self {
+        OutContent::Segments(segments)
+    }
+}
+
+impl From<Kept> for OutContent<'_> {
+    fn from(kept: Kept) -> Self {
+        OutContent::Kept(kept)
     }
 }
 

@@ -1,18 +1,62 @@
 //! The CapTP state machine of one two-party connection, sans IO.
 //!
-//! [`Conn`] keeps the four tables of the protocol (questions we asked,
-//! answers we owe, capabilities we exported, capabilities we imported) and
-//! turns both what the peer sends ([`Conn::receive`]) and what the local
-//! runtime asks for (`bootstrap`, `call`, `return_*`, `finish`, `release`)
-//! into framed outgoing bytes ([`Conn::take_output`]) and [`Event`]s for
-//! the runtime. It never blocks, spawns, reads a clock or touches a socket.
+//! [`Conn`] keeps the tables of the protocol (questions we asked, answers
+//! we owe, capabilities we exported and imported, embargoes awaiting
+//! their loopback) and turns both what the peer sends and what the local
+//! runtime asks for into framed outgoing bytes and [`Event`]s for the
+//! runtime. It never blocks, spawns, reads a clock or touches a socket.
 //!
 //! It is generic over `L`, the runtime's handle to a local capability
 //! (what gets exported), which only needs equality and hashing so that
 //! exporting the same capability twice uses one export entry.
 //!
-//! Every table is bounded ([`ConnLimits`]); a peer that breaks the protocol
-//! gets an `abort` with the reason and the connection is over ([`Conn::aborted`]).
+//! Every table is bounded ([`ConnLimits`]); a peer that breaks the
+//! protocol gets an `abort` with the reason, and the connection is over
+//! ([`Conn::aborted`]).
+//!
+//! # Calling protocol
+//!
+//! [`Conn`]'s methods come in four groups:
+//!
+//! - **Input** (`receive.rs`): [`Conn::receive`] with the bytes read from
+//!   the transport, and [`Conn::receive_end`] when it closes; or, for a
+//!   runtime that decodes frames itself, [`Conn::handle`] per message and
+//!   [`Conn::receive_invalid`] / [`Conn::receive_closed`]. Each message
+//!   is handled at once, by one `on_*` method per message kind.
+//! - **Events** (`event.rs`): after input, drain [`Conn::next_event`] and
+//!   act on each [`Event`]: answer calls, deliver returns, lift
+//!   embargoes.
+//! - **Output API** (`send.rs`, `embargoes.rs`, `exports.rs`,
+//!   `imports.rs`): what the runtime asks to send, while handling events
+//!   or on its own: [`Conn::bootstrap`], [`Conn::call`],
+//!   [`Conn::tail_call`], [`Conn::finish`], [`Conn::return_results`] (its
+//!   content in any form of [`OutContent`]), [`Conn::return_error`],
+//!   [`Conn::return_canceled`], [`Conn::release_import`],
+//!   [`Conn::resolve_export`], the `disembargo_*` methods, and
+//!   [`Conn::abort`] / [`Conn::disconnected`].
+//! - **Output** (this file): [`Conn::take_output`] (or
+//!   [`Conn::take_output_pieces`]) once the batch of input and the
+//!   runtime's reactions to it are done, so that one batch leads to one
+//!   write; [`Conn::recycle_output`] to hand the written buffer back.
+//!   Getters: [`Conn::has_output`], [`Conn::aborted`],
+//!   [`Conn::table_sizes`], [`Conn::dump`], [`Conn::export_id`].
+//!
+//! The order matters in one place: the finish of a returned question is
+//! written by `take_output*`, after whatever the runtime sent while
+//! handling [`Event::Return`], so that a disembargo
+//! ([`Conn::disembargo_request`]) goes out before it.
+//!
+//! # Where each rule lives
+//!
+//! - `types.rs`, `content.rs`, `event.rs`: the public types.
+//! - `slots.rs`, `questions.rs`, `answers.rs`, `exports.rs`, `imports.rs`,
+//!   `embargoes.rs`: one file per table, its entries and the rules that
+//!   add, count and remove them.
+//! - `receive.rs`: acting on each incoming message; `parse.rs`: reading
+//!   it first, whole.
+//! - `send.rs`: the outgoing API; `build.rs`: building the messages
+//!   (payloads, descriptors, splicing); `headers.rs`: the headers written
+//!   by hand for the most frequent messages.
 
 use std::collections::VecDeque;
 use std::hash::Hash;
@@ -54,7 +98,7 @@ mod send;
 mod slots;
 mod types;
 
-pub use content::{InContent, InPayload};
+pub use content::{InContent, InPayload, OutContent};
 pub use event::Event;
 pub use types::{CallTarget, ConnLimits, InCap, OutCap, OutTarget, TableSizes};
 
@@ -118,7 +162,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     }
 
     /// As [`Conn::take_output`], with the content of calls and returns
-    /// sent with [`Conn::call_kept`] and [`Conn::return_kept`] not copied
+    /// sent as [`OutContent::Kept`] not copied
     /// into the output but written from the kept messages (see
     /// [`frame::Output::pieces`]).
     pub fn take_output_pieces(&mut self) -> Output {

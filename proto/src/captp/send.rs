@@ -6,16 +6,16 @@
 
 use std::hash::Hash;
 
-use capnp::{any_pointer, Error, Word};
+use capnp::{Error, Word};
 
 use super::build::{
-    call_params, kept_segments, payload_message, return_results, small_message, splice_worthwhile,
-    write_target, Content, CALL_CONTENT, RETURN_CONTENT,
+    call_params, payload_message, return_results, small_message, splice_worthwhile, write_target,
+    ContentRef, CALL_CONTENT, RETURN_CONTENT,
 };
 use super::headers::{call_header, finish_frame, return_header, words_to_bytes};
-use super::{Conn, OutCap, OutTarget};
+use super::{Conn, OutCap, OutContent, OutTarget};
 use crate::exception;
-use crate::frame::{self, Kept};
+use crate::frame;
 use crate::rpc_capnp::{message as rpc_message, return_};
 
 impl<L: Clone + Eq + Hash> Conn<L> {
@@ -39,69 +39,20 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         Ok(q)
     }
 
-    /// Sends a call. `content` is the params content, whose capability
-    /// pointers index `caps`. Returns the question id.
-    pub fn call(
+    /// Sends a call. `content` is the params content (see [`OutContent`]
+    /// for the forms it may take), whose capability pointers index
+    /// `caps`. Returns the question id.
+    pub fn call<'c>(
         &mut self,
         target: &OutTarget,
         interface_id: u64,
         method_id: u16,
-        content: any_pointer::Reader<'_>,
+        content: impl Into<OutContent<'c>>,
         caps: &[OutCap<L>],
     ) -> Result<u32, Error> {
-        self.send_call(
-            target,
-            interface_id,
-            method_id,
-            Content::Reader(content),
-            caps,
-            false,
-        )
-    }
-
-    /// Sends a call whose params content is the root of the message with
-    /// these segments (a message built by this process), as
-    /// [`Conn::call`] does. When the content carries no capability, its
-    /// segments go out as they are, behind the call's own segment (see
-    /// [`frame::encode_spliced`]), instead of being copied into the call.
-    pub fn call_message(
-        &mut self,
-        target: &OutTarget,
-        interface_id: u64,
-        method_id: u16,
-        segments: &[&[u8]],
-        caps: &[OutCap<L>],
-    ) -> Result<u32, Error> {
-        self.send_call(
-            target,
-            interface_id,
-            method_id,
-            Content::Message(segments, None),
-            caps,
-            false,
-        )
-    }
-
-    /// As [`Conn::call_message`], for the message `kept`: spliced content
-    /// is not copied into the output, which keeps `kept` until it is
-    /// written (see [`Conn::take_output_pieces`]).
-    pub fn call_kept(
-        &mut self,
-        target: &OutTarget,
-        interface_id: u64,
-        method_id: u16,
-        kept: Kept,
-        caps: &[OutCap<L>],
-    ) -> Result<u32, Error> {
-        let segments = kept_segments(&kept);
-        self.send_call(
-            target,
-            interface_id,
-            method_id,
-            Content::Message(segments.as_slice(), Some(&kept)),
-            caps,
-            false,
-        )
+        content.into().with_parts(|content| {
+            self.send_call(target, interface_id, method_id, content, caps, false)
+        })
     }
 
     pub(super) fn send_call(
@@ -109,7 +60,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         target: &OutTarget,
         interface_id: u64,
         method_id: u16,
-        content: Content<'_>,
+        content: ContentRef<'_>,
         caps: &[OutCap<L>],
         yourself: bool,
     ) -> Result<u32, Error> {
@@ -135,7 +86,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         target: &OutTarget,
         interface_id: u64,
         method_id: u16,
-        content: Content<'_>,
+        content: ContentRef<'_>,
         caps: &[OutCap<L>],
         yourself: bool,
     ) -> Result<u32, Error> {
@@ -155,7 +106,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         // and a plain target: the header written directly, the content
         // inlined behind it (what the general path below sends, byte for
         // byte). Nothing to export: no resolves, no param exports.
-        if let (Content::Message([one], _), []) = (&content, caps) {
+        if let (ContentRef::Message([one], _), []) = (&content, caps) {
             if !splice_worthwhile(&[one]) {
                 if let Some((words, len)) =
                     call_header(q, interface_id, method_id, target, yourself)
@@ -208,13 +159,13 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     /// return, until [`Conn::finish`]. Fails (send an ordinary call then)
     /// if `answer` is not pending, or if its own caller asked us to keep
     /// its results (`sendResultsTo.yourself`): they must come back to us.
-    pub fn tail_call(
+    pub fn tail_call<'c>(
         &mut self,
         answer: u32,
         target: &OutTarget,
         interface_id: u64,
         method_id: u16,
-        content: any_pointer::Reader<'_>,
+        content: impl Into<OutContent<'c>>,
         caps: &[OutCap<L>],
     ) -> Result<u32, Error> {
         if !self.answer_pending(answer) {
@@ -232,14 +183,9 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                 "answer {answer} keeps its results for the peer"
             )));
         }
-        let q = self.send_call(
-            target,
-            interface_id,
-            method_id,
-            Content::Reader(content),
-            caps,
-            true,
-        )?;
+        let q = content.into().with_parts(|content| {
+            self.send_call(target, interface_id, method_id, content, caps, true)
+        })?;
         if let Some(question) = self.questions.get_mut(q) {
             question.yourself = true;
         }
@@ -271,35 +217,20 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         }
     }
 
-    /// Answers `answer` with results.
-    pub fn return_results(
+    /// Answers `answer` with results: `content` is the results content
+    /// (see [`OutContent`]), whose capability pointers index `caps`.
+    pub fn return_results<'c>(
         &mut self,
         answer: u32,
-        content: any_pointer::Reader<'_>,
+        content: impl Into<OutContent<'c>>,
         caps: &[OutCap<L>],
     ) {
-        self.send_return(answer, Content::Reader(content), caps)
+        content
+            .into()
+            .with_parts(|content| self.send_return(answer, content, caps))
     }
 
-    /// Answers `answer` with results whose content is the root of the
-    /// message with these segments (a message built by this process); see
-    /// [`Conn::call_message`].
-    pub fn return_message(&mut self, answer: u32, segments: &[&[u8]], caps: &[OutCap<L>]) {
-        self.send_return(answer, Content::Message(segments, None), caps)
-    }
-
-    /// As [`Conn::return_message`], for the message `kept` (see
-    /// [`Conn::call_kept`]).
-    pub fn return_kept(&mut self, answer: u32, kept: Kept, caps: &[OutCap<L>]) {
-        let segments = kept_segments(&kept);
-        self.send_return(
-            answer,
-            Content::Message(segments.as_slice(), Some(&kept)),
-            caps,
-        )
-    }
-
-    pub(super) fn send_return(&mut self, answer: u32, content: Content<'_>, caps: &[OutCap<L>]) {
+    pub(super) fn send_return(&mut self, answer: u32, content: ContentRef<'_>, caps: &[OutCap<L>]) {
         if !self.answer_pending(answer) {
             return;
         }
@@ -316,11 +247,11 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         &mut self,
         scratch: &mut Vec<Word>,
         answer: u32,
-        content: Content<'_>,
+        content: ContentRef<'_>,
         caps: &[OutCap<L>],
     ) {
         // As in `send_call_in`: small content built here, no capabilities.
-        if let (Content::Message([one], _), []) = (&content, caps) {
+        if let (ContentRef::Message([one], _), []) = (&content, caps) {
             if !splice_worthwhile(&[one]) {
                 let forget = self.no_finish_needed(answer);
                 let words = return_header(answer, forget);
