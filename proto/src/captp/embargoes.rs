@@ -14,8 +14,44 @@
 use std::hash::Hash;
 
 use super::build::{small_message, write_target};
-use super::{Conn, OutTarget};
+use super::{Conn, HashSet, OutTarget};
 use crate::rpc_capnp::message as rpc_message;
+
+/// Our embargoes awaiting their loopback. Ids are not reused soon (a
+/// counter, skipping live ones): the runtime may still be holding calls
+/// under an id the core has just seen lifted.
+#[derive(Default)]
+pub(super) struct Embargoes {
+    live: HashSet<u32>,
+    next: u32,
+}
+
+impl Embargoes {
+    /// A fresh embargo id, now live.
+    fn start(&mut self) -> u32 {
+        let mut id = self.next;
+        while self.live.contains(&id) {
+            id = id.wrapping_add(1);
+        }
+        self.next = id.wrapping_add(1);
+        self.live.insert(id);
+        id
+    }
+
+    /// The peer reflected embargo `id`: false if it was not live.
+    pub(super) fn lift(&mut self, id: u32) -> bool {
+        self.live.remove(&id)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// The connection is over: no embargo will be reflected.
+    pub(super) fn clear(&mut self) {
+        self.live.clear();
+    }
+}
 
 impl<L: Clone + Eq + Hash> Conn<L> {
     /// Starts an embargo on field `path` of a question that has just
@@ -39,23 +75,19 @@ impl<L: Clone + Eq + Hash> Conn<L> {
 
     /// Starts an embargo on an import the peer has just resolved to a
     /// capability that is not the peer's (one of ours): calls made on the
-    /// promise before the `resolve` are still on their way back through
-    /// the peer. Like [`Conn::disembargo_request`], [`Event::EmbargoLifted`](super::Event::EmbargoLifted)
-    /// reports the reflection.
+    /// promise before the `resolve` are still on their way back through the
+    /// peer. Like [`Conn::disembargo_request`],
+    /// [`Event::EmbargoLifted`](super::Event::EmbargoLifted) reports the
+    /// reflection.
     pub fn disembargo_request_import(&mut self, import: u32) -> Option<u32> {
         self.disembargo_to(&OutTarget::Import(import))
     }
 
-    pub(super) fn disembargo_to(&mut self, target: &OutTarget) -> Option<u32> {
+    fn disembargo_to(&mut self, target: &OutTarget) -> Option<u32> {
         if self.aborted.is_some() {
             return None;
         }
-        let mut id = self.next_embargo;
-        while self.embargoes.contains(&id) {
-            id = id.wrapping_add(1);
-        }
-        self.next_embargo = id.wrapping_add(1);
-        self.embargoes.insert(id);
+        let id = self.embargoes.start();
         let mut m = small_message();
         {
             let mut d = m.init_root::<rpc_message::Builder<'_>>().init_disembargo();

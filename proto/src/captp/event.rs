@@ -98,9 +98,10 @@ pub enum Event<L> {
         /// Our embargo id.
         embargo: u32,
     },
-    /// A promise of ours was exported for the first time (as
-    /// `senderPromise`): when it settles, call [`Conn::resolve_export`](super::Conn::resolve_export)
-    /// so that the peer can shorten its path.
+    /// A promise of ours was exported for the first time (as `senderPromise`):
+    /// when it settles, call
+    /// [`Conn::resolve_export`](super::Conn::resolve_export) so that the peer
+    /// can shorten its path.
     ExportedPromise {
         /// The export.
         export: u32,

@@ -78,6 +78,7 @@ type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 use answers::Answer;
 use build::small_message;
+use embargoes::Embargoes;
 use exports::Export;
 use imports::Import;
 use questions::Question;
@@ -117,11 +118,8 @@ pub struct Conn<L> {
     /// Finishes for returned questions, sent after whatever the runtime
     /// writes while handling the return (a disembargo must precede them).
     deferred_finish: Vec<u32>,
-    /// Our embargoes awaiting their loopback. Ids are not reused soon (a
-    /// counter, skipping live ones): the runtime may still be holding
-    /// calls under an id the core has just seen lifted.
-    embargoes: HashSet<u32>,
-    next_embargo: u32,
+    /// Our embargoes awaiting their loopback.
+    embargoes: Embargoes,
     events: VecDeque<Event<L>>,
     aborted: Option<Error>,
     /// The first segment of calls and returns being built (see
@@ -147,8 +145,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             imports: HashMap::default(),
             out: Output::default(),
             deferred_finish: Vec::new(),
-            embargoes: HashSet::default(),
-            next_embargo: 0,
+            embargoes: Embargoes::default(),
             events: VecDeque::new(),
             aborted: None,
             scratch: Vec::new(),

@@ -48,10 +48,11 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         }
     }
 
-    /// For a runtime that decodes frames itself (with a [`FrameDecoder`](crate::frame::FrameDecoder)
-    /// made with the limits given to [`Conn::new`], handing each message
-    /// to [`Conn::handle`]): the stream of frames is invalid (or was cut
-    /// inside a frame). Aborts, telling the peer why.
+    /// For a runtime that decodes frames itself (with a
+    /// [`FrameDecoder`](crate::frame::FrameDecoder) made with the limits given
+    /// to [`Conn::new`], handing each message to [`Conn::handle`]): the stream
+    /// of frames is invalid (or was cut inside a frame). Aborts, telling the
+    /// peer why.
     pub fn receive_invalid(&mut self, e: FrameError) {
         // The peer may only have closed its sending side: tell it why
         // its last frame was not used.
@@ -369,7 +370,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         match d.context {
             RawEmbargo::SenderLoopback(embargo) => self.on_sender_loopback(embargo, d.target),
             RawEmbargo::ReceiverLoopback(e) => {
-                if !self.embargoes.remove(&e) {
+                if !self.embargoes.lift(e) {
                     return Err(protocol_error(format!(
                         "disembargo for unknown embargo {e}"
                     )));

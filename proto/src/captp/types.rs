@@ -38,9 +38,11 @@ impl Default for ConnLimits {
 pub enum OutCap<L> {
     /// A capability of ours: exported (`senderHosted`).
     Local(L),
-    /// A promise of ours, not settled yet: exported as `senderPromise`.
-    /// The first time it is exported, [`Event::ExportedPromise`](super::Event::ExportedPromise) asks the
-    /// runtime to report its resolution with [`Conn::resolve_export`](super::Conn::resolve_export).
+    /// A promise of ours, not settled yet: exported as `senderPromise`. The
+    /// first time it is exported,
+    /// [`Event::ExportedPromise`](super::Event::ExportedPromise) asks the
+    /// runtime to report its resolution with
+    /// [`Conn::resolve_export`](super::Conn::resolve_export).
     Promise(L),
     /// A capability the peer exported to us (`receiverHosted`).
     Import(u32),
