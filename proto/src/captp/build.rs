@@ -11,7 +11,6 @@ use capnp::message::{
 use capnp::traits::{Imbue, ImbueMut};
 use capnp::{any_pointer, Error, Word};
 
-use super::exports::Export;
 use super::{Conn, OutCap, OutContent, OutTarget};
 use crate::exception;
 use crate::frame::{self, Kept};
@@ -178,32 +177,6 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                 write_path(path, pa);
             }
         }
-    }
-
-    /// A broken capability is exported as a promise (a fresh export entry
-    /// with nothing behind it) and resolved to its error right after.
-    pub(super) fn write_broken(
-        &mut self,
-        mut d: cap_descriptor::Builder<'_>,
-        e: Error,
-        resolves: &mut Vec<(u32, Error)>,
-        exports: &mut Vec<u32>,
-    ) {
-        // The entry holds no capability, so it is not in `export_ids`.
-        if self.exports.len() >= self.limits.max_exports {
-            d.set_none(());
-            return;
-        }
-        let id = self.exports.insert(Export {
-            cap: None,
-            refs: 1,
-            unresolved_promise: false,
-            promise: true,
-            error: Some(e.clone()),
-        });
-        d.set_sender_promise(id);
-        resolves.push((id, e));
-        exports.push(id);
     }
 
     pub(super) fn send_broken_resolves(&mut self, resolves: Vec<(u32, Error)>) {

@@ -1,8 +1,9 @@
 //! The export table: our capabilities the peer holds, with the peer's
 //! reference count, keyed both by export id and by the runtime's handle
 //! (so that exporting one capability twice uses one entry). Decides when
-//! an entry is made, counted, released, and how an exported promise's
-//! resolution is sent (`resolve`).
+//! an entry is made, counted and released, how a broken capability is
+//! exported (a promise with nothing behind it, resolved at once to its
+//! error), and how an exported promise's resolution is sent (`resolve`).
 
 use std::hash::Hash;
 
@@ -11,7 +12,7 @@ use capnp::Error;
 use super::build::small_message;
 use super::{protocol_error, Conn, Event, OutCap};
 use crate::exception;
-use crate::rpc_capnp::message as rpc_message;
+use crate::rpc_capnp::{cap_descriptor, message as rpc_message};
 
 pub(super) struct Export<L> {
     /// `None` for a broken capability sent as a promise.
@@ -106,5 +107,31 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             }
         }
         Ok(())
+    }
+
+    /// A broken capability is exported as a promise (a fresh export entry
+    /// with nothing behind it) and resolved to its error right after.
+    pub(super) fn write_broken(
+        &mut self,
+        mut d: cap_descriptor::Builder<'_>,
+        e: Error,
+        resolves: &mut Vec<(u32, Error)>,
+        exports: &mut Vec<u32>,
+    ) {
+        // The entry holds no capability, so it is not in `export_ids`.
+        if self.exports.len() >= self.limits.max_exports {
+            d.set_none(());
+            return;
+        }
+        let id = self.exports.insert(Export {
+            cap: None,
+            refs: 1,
+            unresolved_promise: false,
+            promise: true,
+            error: Some(e.clone()),
+        });
+        d.set_sender_promise(id);
+        resolves.push((id, e));
+        exports.push(id);
     }
 }
