@@ -8,7 +8,9 @@ mod support;
 use std::time::Duration;
 
 use capnp_actix::connection::{start_connection, ConnectionOptions};
-use capnp_actix::proto::captp::{CallTarget, Conn, ConnLimits, Event, InCap, OutCap, OutTarget};
+use capnp_actix::proto::captp::{
+    CallTarget, Conn, ConnLimits, Event, InCap, OutCap, OutContent, OutTarget,
+};
 use capnp_actix::proto::Limits;
 use capnp_actix::schemas::test_api_capnp::{maker, probe};
 use capnp_actix::Cap;
@@ -39,7 +41,7 @@ async fn scripted_peer(mut sock: tokio::net::UnixStream) {
                     let m = capnp_actix::proto::content::cap_root_message();
                     core.return_results(
                         answer,
-                        m.get_root_as_reader().unwrap(),
+                        OutContent::Reader(m.get_root_as_reader().unwrap()),
                         &[OutCap::Local(1)],
                     );
                 }
@@ -95,7 +97,7 @@ async fn scripted_peer(mut sock: tokio::net::UnixStream) {
             }
             core.return_results(
                 a,
-                results.get_root_as_reader().unwrap(),
+                OutContent::Reader(results.get_root_as_reader().unwrap()),
                 &[OutCap::Import(p)],
             );
             hold_answer = None;
@@ -110,7 +112,7 @@ async fn scripted_peer(mut sock: tokio::net::UnixStream) {
                         &OutTarget::Import(p),
                         iid,
                         mid,
-                        m.get_root_as_reader().unwrap(),
+                        OutContent::Reader(m.get_root_as_reader().unwrap()),
                         &[],
                     )
                     .unwrap();

@@ -142,7 +142,7 @@ async fn a_pipelined_field_resolved_to_our_own_capability_works_after_the_connec
 }
 
 use capnp::traits::HasTypeId;
-use capnp_actix::proto::captp::{Conn, ConnLimits, Event, InCap, OutCap, OutTarget};
+use capnp_actix::proto::captp::{Conn, ConnLimits, Event, InCap, OutCap, OutContent, OutTarget};
 use capnp_actix::proto::Limits;
 use std::cell::RefCell;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -259,7 +259,7 @@ async fn a_tail_call_for_a_cancelled_call_does_not_answer_the_question_that_reus
             &on_boot,
             maker_id,
             1,
-            params.get_root_as_reader().unwrap(),
+            OutContent::Reader(params.get_root_as_reader().unwrap()),
             &[OutCap::Local(7)],
         )
         .unwrap();
@@ -275,7 +275,7 @@ async fn a_tail_call_for_a_cancelled_call_does_not_answer_the_question_that_reus
             },
             probe_id,
             0,
-            seq.get_root_as_reader().unwrap(),
+            OutContent::Reader(seq.get_root_as_reader().unwrap()),
             &[],
         )
         .unwrap();
@@ -312,7 +312,7 @@ async fn a_tail_call_for_a_cancelled_call_does_not_answer_the_question_that_reus
             &OutTarget::Import(service_import),
             maker_id,
             0,
-            empty.get_root_as_reader().unwrap(),
+            OutContent::Reader(empty.get_root_as_reader().unwrap()),
             &[],
         )
         .unwrap();
@@ -322,7 +322,7 @@ async fn a_tail_call_for_a_cancelled_call_does_not_answer_the_question_that_reus
             &OutTarget::Import(service_import),
             maker_id,
             0,
-            empty.get_root_as_reader().unwrap(),
+            OutContent::Reader(empty.get_root_as_reader().unwrap()),
             &[],
         )
         .unwrap();

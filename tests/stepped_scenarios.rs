@@ -1405,7 +1405,7 @@ impl Script {
 #[actix::test]
 async fn scenario_21_a_chain_resolved_step_by_step_embargoes_where_it_ends_at_our_object() {
     use capnp_actix::proto::captp::{
-        CallTarget, Conn, ConnLimits, Event, InCap, OutCap, OutTarget,
+        CallTarget, Conn, ConnLimits, Event, InCap, OutCap, OutContent, OutTarget,
     };
     let activity = Activity::default();
     let (client_end, server_end, up, down) = wire::pair(&activity);
@@ -1444,7 +1444,7 @@ async fn scenario_21_a_chain_resolved_step_by_step_embargoes_where_it_ends_at_ou
                     let m = capnp_actix::proto::content::cap_root_message();
                     script.core.return_results(
                         answer,
-                        m.get_root_as_reader().unwrap(),
+                        OutContent::Reader(m.get_root_as_reader().unwrap()),
                         &[OutCap::Local(1)],
                     );
                 }
@@ -1465,7 +1465,7 @@ async fn scenario_21_a_chain_resolved_step_by_step_embargoes_where_it_ends_at_ou
                     }
                     script.core.return_results(
                         answer,
-                        results.get_root_as_reader().unwrap(),
+                        OutContent::Reader(results.get_root_as_reader().unwrap()),
                         &[OutCap::Promise(10)],
                     );
                 }
@@ -1530,7 +1530,7 @@ async fn scenario_21_a_chain_resolved_step_by_step_embargoes_where_it_ends_at_ou
                 &OutTarget::Import(0),
                 iid,
                 mid,
-                m1_params.get_root_as_reader().unwrap(),
+                OutContent::Reader(m1_params.get_root_as_reader().unwrap()),
                 &[],
             )
             .unwrap();

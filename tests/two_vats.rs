@@ -386,7 +386,7 @@ async fn scenario_16_a_pipelined_call_on_a_missing_field_fails_with_an_error() {
 
 #[actix::test]
 async fn a_peer_that_never_reads_is_cut_off_and_others_are_unaffected() {
-    use capnp_actix::proto::captp::{Conn, ConnLimits, OutTarget};
+    use capnp_actix::proto::captp::{Conn, ConnLimits, OutContent, OutTarget};
     use capnp_actix::proto::Limits;
     use tokio::io::AsyncWriteExt;
     let (service, mut options) = echo_server_options();
@@ -408,7 +408,7 @@ async fn a_peer_that_never_reads_is_cut_off_and_others_are_unaffected() {
             },
             <echo::Client as capnp::traits::HasTypeId>::TYPE_ID,
             0,
-            m.get_root_as_reader().unwrap(),
+            OutContent::Reader(m.get_root_as_reader().unwrap()),
             &[],
         )
         .unwrap();

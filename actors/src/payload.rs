@@ -138,7 +138,7 @@ impl Frozen {
 
     /// The message whose root is the content, when the results were built
     /// here (for sending its segments as they are; see
-    /// `Conn::return_kept`).
+    /// `Conn::return_results` with `OutContent::Kept`).
     pub(crate) fn kept(self: &Arc<Self>) -> Option<Kept> {
         match &self.message {
             FrozenBody::Built(_) => Some(self.clone()),

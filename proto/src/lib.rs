@@ -1,20 +1,28 @@
 //! The sans-IO core of capnp-actix: what the Cap'n Proto RPC protocol says,
 //! with no actix, no sockets, no clocks and no randomness.
 //!
-//! This crate depends on nothing but `capnp` and the generated schemas, so
-//! the compiler enforces the layering: the actor runtime
+//! This crate depends on nothing but `capnp`, the generated schemas and a
+//! hasher (`foldhash`), so the compiler enforces the layering: the actor runtime
 //! (`capnp-actix-actors`) and the network layer build on it, never the
 //! other way round. Everything here is deterministic, so that tests (and
 //! the fuzzer) can drive it step by step.
 //!
-//! What is here now:
+//! The modules:
+//! - [`captp`]: the CapTP state machine of one two-party connection
+//!   ([`captp::Conn`]): the question, answer, export, import and embargo
+//!   tables, handling of each incoming message, and building of each
+//!   outgoing one. Its module docs say in which order a runtime calls it
+//!   and which file decides which protocol rule;
 //! - [`frame`]: the standard stream framing (segment table, then segments),
-//!   decoded incrementally from whatever bytes arrive, under [`Limits`];
+//!   decoded incrementally from whatever bytes arrive, under [`Limits`],
+//!   and encoded with content spliced or inlined rather than copied;
 //! - [`exception`]: errors to and from the wire's `Exception`;
-//! - [`limits`]: reader limits with the C++ implementation's defaults.
+//! - [`limits`]: reader limits with the C++ implementation's defaults;
+//! - [`content`]: ready-made payload contents (a bootstrap answer's).
 //!
-//! The CapTP state machine (question, answer, import, export and embargo
-//! tables) joins them with the two-party network.
+//! The actor runtime turns [`captp::Event`]s into work for capability
+//! actors and hands the bytes of [`captp::Conn::take_output`] to the
+//! network layer.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

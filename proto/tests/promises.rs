@@ -13,7 +13,7 @@ mod harness;
 
 use capnp::message::Builder;
 use capnp::Error;
-use capnp_actix_proto::captp::{CallTarget, Event, InCap, OutCap, OutTarget};
+use capnp_actix_proto::captp::{CallTarget, Event, InCap, OutCap, OutContent, OutTarget};
 use capnp_actix_proto::content::cap_root_message;
 use capnp_actix_proto::rpc_capnp::message;
 use harness::{frame, plain, with_caps, Pair, Side};
@@ -82,7 +82,7 @@ fn bootstrapped(p: &mut Pair) -> u32 {
     assert_eq!(events(&mut p.b), ["bootstrap:a0"]);
     p.b.conn.return_results(
         0,
-        cap_root_message().get_root_as_reader().unwrap(),
+        OutContent::Reader(cap_root_message().get_root_as_reader().unwrap()),
         &[OutCap::Local(1)],
     );
     assert_eq!(p.b_to_a(), "return:a0:results [sender-hosted:0]");
@@ -122,7 +122,7 @@ fn exchange_unfinished(
                 &OutTarget::Import(boot),
                 0x5eed,
                 0,
-                with_caps(args.len() as u32).get_root_as_reader().unwrap(),
+                OutContent::Reader(with_caps(args.len() as u32).get_root_as_reader().unwrap()),
                 args,
             )
             .unwrap();
@@ -140,9 +140,11 @@ fn exchange_unfinished(
     let params = params.caps.iter().map(in_cap).collect();
     p.b.conn.return_results(
         answer,
-        with_caps(results.len() as u32)
-            .get_root_as_reader()
-            .unwrap(),
+        OutContent::Reader(
+            with_caps(results.len() as u32)
+                .get_root_as_reader()
+                .unwrap(),
+        ),
         results,
     );
     let ret = p.b_to_a();
@@ -505,7 +507,7 @@ fn scenario_15_a_promise_resolved_to_the_receivers_own_object_is_embargoed_until
             &OutTarget::Import(1),
             0x5eed,
             1,
-            plain().get_root_as_reader().unwrap(),
+            OutContent::Reader(plain().get_root_as_reader().unwrap()),
             &[],
         )
         .unwrap();
@@ -519,7 +521,7 @@ fn scenario_15_a_promise_resolved_to_the_receivers_own_object_is_embargoed_until
             &OutTarget::Import(0),
             0x5eed,
             1,
-            plain().get_root_as_reader().unwrap(),
+            OutContent::Reader(plain().get_root_as_reader().unwrap()),
             &[],
         )
         .unwrap();
@@ -544,12 +546,18 @@ fn scenario_15_a_promise_resolved_to_the_receivers_own_object_is_embargoed_until
     assert_eq!(p.a.conn.table_sizes().embargoes, 0);
 
     // M1 is answered along the path it took.
-    p.a.conn
-        .return_results(0, plain().get_root_as_reader().unwrap(), &[]);
+    p.a.conn.return_results(
+        0,
+        OutContent::Reader(plain().get_root_as_reader().unwrap()),
+        &[],
+    );
     assert_eq!(p.a_to_b(), "return:a0:results");
     assert_eq!(events(&mut p.b), ["return:q0[]"]);
-    p.b.conn
-        .return_results(0, plain().get_root_as_reader().unwrap(), &[]);
+    p.b.conn.return_results(
+        0,
+        OutContent::Reader(plain().get_root_as_reader().unwrap()),
+        &[],
+    );
     assert_eq!(p.b_to_a(), "return:a0:results");
     assert_eq!(events(&mut p.a), ["return:q0[]"]);
     assert_eq!(p.b_to_a(), "finish:q0");

@@ -10,7 +10,7 @@
 mod harness;
 
 use capnp::message::Builder;
-use capnp_actix_proto::captp::{CallTarget, Event, InCap, OutCap, OutTarget};
+use capnp_actix_proto::captp::{CallTarget, Event, InCap, OutCap, OutContent, OutTarget};
 use capnp_actix_proto::content::cap_root_message;
 use capnp_actix_proto::rpc_capnp::message;
 use harness::{frame, plain, with_caps, Pair};
@@ -25,7 +25,7 @@ fn bootstrapped(p: &mut Pair) -> u32 {
     };
     p.b.conn.return_results(
         answer,
-        cap_root_message().get_root_as_reader().unwrap(),
+        OutContent::Reader(cap_root_message().get_root_as_reader().unwrap()),
         &[OutCap::Local(1)],
     );
     assert_eq!(p.b_to_a(), "return:a0:results [sender-hosted:0]");
@@ -56,8 +56,11 @@ fn b_returns(
     let Some(Event::Call { answer, .. }) = p.b.conn.next_event() else {
         panic!("no call")
     };
-    p.b.conn
-        .return_results(answer, content.get_root_as_reader().unwrap(), caps);
+    p.b.conn.return_results(
+        answer,
+        OutContent::Reader(content.get_root_as_reader().unwrap()),
+        caps,
+    );
     answer
 }
 
@@ -70,7 +73,7 @@ fn scenario_03_bootstrap_then_a_call_then_the_return_with_the_right_payload() {
             &OutTarget::Import(import),
             0xabcd,
             2,
-            plain().get_root_as_reader().unwrap(),
+            OutContent::Reader(plain().get_root_as_reader().unwrap()),
             &[],
         )
         .unwrap();
@@ -90,8 +93,11 @@ fn scenario_03_bootstrap_then_a_call_then_the_return_with_the_right_payload() {
         .init_root::<capnp::any_pointer::Builder<'_>>()
         .set_as("echo:foo")
         .unwrap();
-    p.b.conn
-        .return_results(answer, reply.get_root_as_reader().unwrap(), &[]);
+    p.b.conn.return_results(
+        answer,
+        OutContent::Reader(reply.get_root_as_reader().unwrap()),
+        &[],
+    );
     assert_eq!(p.b_to_a(), "return:a0:results");
     let Some(Event::Return {
         result: Ok(payload),
@@ -124,7 +130,7 @@ fn scenario_01_a_local_capability_sent_out_and_back_is_the_original() {
             &OutTarget::Import(import),
             1,
             0,
-            with_caps(1).get_root_as_reader().unwrap(),
+            OutContent::Reader(with_caps(1).get_root_as_reader().unwrap()),
             &[OutCap::Local(7)],
         )
         .unwrap();
@@ -139,7 +145,7 @@ fn scenario_01_a_local_capability_sent_out_and_back_is_the_original() {
     let theirs = *theirs;
     p.b.conn.return_results(
         answer,
-        cap_root_message().get_root_as_reader().unwrap(),
+        OutContent::Reader(cap_root_message().get_root_as_reader().unwrap()),
         &[OutCap::Import(theirs)],
     );
     assert_eq!(p.b_to_a(), "return:a0:results [receiver-hosted:0]");
@@ -171,7 +177,7 @@ fn scenario_04_the_same_capability_twice_in_one_call_is_one_export_counted_twice
             &OutTarget::Import(import),
             1,
             0,
-            with_caps(2).get_root_as_reader().unwrap(),
+            OutContent::Reader(with_caps(2).get_root_as_reader().unwrap()),
             &caps,
         )
         .unwrap();
@@ -187,8 +193,11 @@ fn scenario_04_the_same_capability_twice_in_one_call_is_one_export_counted_twice
         params.caps.as_slice(),
         [InCap::Import { id: 0, .. }, InCap::Import { id: 0, .. }]
     ));
-    p.b.conn
-        .return_results(answer, plain().get_root_as_reader().unwrap(), &[]);
+    p.b.conn.return_results(
+        answer,
+        OutContent::Reader(plain().get_root_as_reader().unwrap()),
+        &[],
+    );
     assert_eq!(p.b_to_a(), "return:a0:results");
     p.a.events();
     assert_eq!(p.a_to_b(), "finish:q0");
@@ -210,7 +219,7 @@ fn scenario_05_exporting_one_capability_across_calls_uses_one_entry() {
                 &OutTarget::Import(import),
                 1,
                 0,
-                with_caps(1).get_root_as_reader().unwrap(),
+                OutContent::Reader(with_caps(1).get_root_as_reader().unwrap()),
                 &[OutCap::Local(7)],
             )
             .unwrap();
@@ -243,7 +252,7 @@ fn scenario_08_a_pipelined_call_is_sent_to_a_promised_answer() {
             },
             1,
             0,
-            plain().get_root_as_reader().unwrap(),
+            OutContent::Reader(plain().get_root_as_reader().unwrap()),
             &[],
         )
         .unwrap();
@@ -263,11 +272,14 @@ fn scenario_08_a_pipelined_call_is_sent_to_a_promised_answer() {
     assert!(path.is_empty());
     p.b.conn.return_results(
         0,
-        cap_root_message().get_root_as_reader().unwrap(),
+        OutContent::Reader(cap_root_message().get_root_as_reader().unwrap()),
         &[OutCap::Local(1)],
     );
-    p.b.conn
-        .return_results(1, plain().get_root_as_reader().unwrap(), &[]);
+    p.b.conn.return_results(
+        1,
+        OutContent::Reader(plain().get_root_as_reader().unwrap()),
+        &[],
+    );
     assert_eq!(
         p.flush(),
         [
@@ -293,7 +305,7 @@ fn scenario_09_a_field_of_a_remote_promise_sent_back_is_a_receiver_answer() {
             &OutTarget::Import(import),
             1,
             0,
-            plain().get_root_as_reader().unwrap(),
+            OutContent::Reader(plain().get_root_as_reader().unwrap()),
             &[],
         )
         .unwrap();
@@ -303,7 +315,7 @@ fn scenario_09_a_field_of_a_remote_promise_sent_back_is_a_receiver_answer() {
             &OutTarget::Import(import),
             1,
             1,
-            with_caps(1).get_root_as_reader().unwrap(),
+            OutContent::Reader(with_caps(1).get_root_as_reader().unwrap()),
             &[OutCap::Answer {
                 question: 0,
                 path: vec![0],
@@ -320,10 +332,16 @@ fn scenario_09_a_field_of_a_remote_promise_sent_back_is_a_receiver_answer() {
         panic!("{:?}", params.caps)
     };
     assert_eq!(path, &[0]);
-    p.b.conn
-        .return_results(0, plain().get_root_as_reader().unwrap(), &[]);
-    p.b.conn
-        .return_results(1, plain().get_root_as_reader().unwrap(), &[]);
+    p.b.conn.return_results(
+        0,
+        OutContent::Reader(plain().get_root_as_reader().unwrap()),
+        &[],
+    );
+    p.b.conn.return_results(
+        1,
+        OutContent::Reader(plain().get_root_as_reader().unwrap()),
+        &[],
+    );
     p.flush();
     p.a.events();
     p.b.events();
@@ -342,7 +360,7 @@ fn scenario_36_a_broken_capability_travels_as_a_promise_then_a_resolve_to_the_er
             &OutTarget::Import(import),
             1,
             0,
-            with_caps(1).get_root_as_reader().unwrap(),
+            OutContent::Reader(with_caps(1).get_root_as_reader().unwrap()),
             &[broken],
         )
         .unwrap();
@@ -366,8 +384,11 @@ fn scenario_36_a_broken_capability_travels_as_a_promise_then_a_resolve_to_the_er
         panic!()
     };
     assert!(e.to_string().contains("it broke"));
-    p.b.conn
-        .return_results(answer, plain().get_root_as_reader().unwrap(), &[]);
+    p.b.conn.return_results(
+        answer,
+        OutContent::Reader(plain().get_root_as_reader().unwrap()),
+        &[],
+    );
     p.b.conn.release_import(0);
     p.flush();
     p.a.events();
@@ -387,7 +408,7 @@ fn scenario_44_dropping_a_question_before_its_return_sends_finish_and_gets_cance
                 &OutTarget::Import(import),
                 1,
                 0,
-                plain().get_root_as_reader().unwrap(),
+                OutContent::Reader(plain().get_root_as_reader().unwrap()),
                 &[],
             )
             .unwrap();
@@ -425,7 +446,7 @@ fn scenario_48_level_0_peer_release_flags_and_unimplemented_replies() {
     p.b.events();
     p.b.conn.return_results(
         0,
-        cap_root_message().get_root_as_reader().unwrap(),
+        OutContent::Reader(cap_root_message().get_root_as_reader().unwrap()),
         &[OutCap::Local(1)],
     );
     p.b.collect_sent_for_test();
@@ -450,7 +471,7 @@ fn scenario_48_level_0_peer_release_flags_and_unimplemented_replies() {
             },
             1,
             0,
-            with_caps(1).get_root_as_reader().unwrap(),
+            OutContent::Reader(with_caps(1).get_root_as_reader().unwrap()),
             &[OutCap::Local(3)],
         )
         .unwrap();
@@ -613,7 +634,7 @@ fn b_asks_a(p: &mut Pair) -> (u32, u32, u32) {
             &OutTarget::Import(import),
             1,
             0,
-            with_caps(1).get_root_as_reader().unwrap(),
+            OutContent::Reader(with_caps(1).get_root_as_reader().unwrap()),
             &[OutCap::Local(5)],
         )
         .unwrap();
@@ -635,7 +656,7 @@ fn b_asks_a(p: &mut Pair) -> (u32, u32, u32) {
                 &OutTarget::Import(*five),
                 2,
                 0,
-                plain().get_root_as_reader().unwrap(),
+                OutContent::Reader(plain().get_root_as_reader().unwrap()),
                 &[],
             )
             .unwrap();
@@ -672,8 +693,11 @@ fn scenario_22_a_tail_call_sent_back_to_us_keeps_its_results_for_take_from_other
     else {
         panic!()
     };
-    p.b.conn
-        .return_results(99, plain().get_root_as_reader().unwrap(), &[]);
+    p.b.conn.return_results(
+        99,
+        OutContent::Reader(plain().get_root_as_reader().unwrap()),
+        &[],
+    );
     p.b.collect_sent_for_test();
     let sent = harness::summary(&p.b.sent.pop_back().unwrap());
     assert_eq!(sent, "return:a99:other", "results sent elsewhere, not to A");
@@ -737,7 +761,7 @@ fn scenario_22_our_tail_call_goes_out_as_send_results_to_yourself_then_take_from
                 &OutTarget::Import(import),
                 3,
                 0,
-                plain().get_root_as_reader().unwrap(),
+                OutContent::Reader(plain().get_root_as_reader().unwrap()),
                 &[],
             )
             .unwrap();
@@ -754,8 +778,11 @@ fn scenario_22_our_tail_call_goes_out_as_send_results_to_yourself_then_take_from
         panic!()
     };
     assert_eq!((question, answer), (b_q, kept));
-    p.b.conn
-        .return_results(kept, plain().get_root_as_reader().unwrap(), &[]);
+    p.b.conn.return_results(
+        kept,
+        OutContent::Reader(plain().get_root_as_reader().unwrap()),
+        &[],
+    );
     p.b.collect_sent_for_test();
     let ret =
         p.b.sent
@@ -775,7 +802,7 @@ fn scenario_22_our_tail_call_goes_out_as_send_results_to_yourself_then_take_from
             },
             4,
             0,
-            plain().get_root_as_reader().unwrap(),
+            OutContent::Reader(plain().get_root_as_reader().unwrap()),
             &[],
         )
         .is_ok());
@@ -871,8 +898,11 @@ fn a_call_without_pipelining_is_answered_with_no_finish_needed() {
         } else {
             with_caps(1)
         };
-        p.b.conn
-            .return_results(answer, content.get_root_as_reader().unwrap(), &caps);
+        p.b.conn.return_results(
+            answer,
+            OutContent::Reader(content.get_root_as_reader().unwrap()),
+            &caps,
+        );
         p.b.collect_sent_for_test();
         let f = p.b.sent.pop_back().unwrap();
         let mut d = capnp_actix_proto::frame::FrameDecoder::new(Default::default());
@@ -917,7 +947,7 @@ fn a_call_on_a_broken_export_is_answered_at_once_and_its_answer_stays_nameable()
             &OutTarget::Import(import),
             1,
             0,
-            plain().get_root_as_reader().unwrap(),
+            OutContent::Reader(plain().get_root_as_reader().unwrap()),
             &[],
         )
         .unwrap();
@@ -955,7 +985,7 @@ fn a_call_on_a_broken_export_is_answered_at_once_and_its_answer_stays_nameable()
                 &OutTarget::Import(broken),
                 1,
                 0,
-                plain().get_root_as_reader().unwrap(),
+                OutContent::Reader(plain().get_root_as_reader().unwrap()),
                 &[],
             )
             .unwrap();
@@ -964,7 +994,7 @@ fn a_call_on_a_broken_export_is_answered_at_once_and_its_answer_stays_nameable()
             &OutTarget::Import(import),
             1,
             1,
-            with_caps(1).get_root_as_reader().unwrap(),
+            OutContent::Reader(with_caps(1).get_root_as_reader().unwrap()),
             &[OutCap::Answer {
                 question: failed,
                 path: vec![0],
@@ -993,8 +1023,11 @@ fn a_call_on_a_broken_export_is_answered_at_once_and_its_answer_stays_nameable()
     drop(params);
     // The failed answer is kept until A's finish.
     assert_eq!(p.b.conn.table_sizes().answers, 2);
-    p.b.conn
-        .return_results(1, plain().get_root_as_reader().unwrap(), &[]);
+    p.b.conn.return_results(
+        1,
+        OutContent::Reader(plain().get_root_as_reader().unwrap()),
+        &[],
+    );
     assert_eq!(
         p.flush(),
         [

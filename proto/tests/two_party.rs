@@ -1,7 +1,9 @@
 //! Two `Conn`s joined by in-memory queues, stepped one message at a time.
 
 use capnp::message::{Builder, HeapAllocator};
-use capnp_actix_proto::captp::{CallTarget, Conn, ConnLimits, Event, InCap, OutCap, OutTarget};
+use capnp_actix_proto::captp::{
+    CallTarget, Conn, ConnLimits, Event, InCap, OutCap, OutContent, OutTarget,
+};
 use capnp_actix_proto::frame::FrameDecoder;
 use capnp_actix_proto::rpc_capnp::message;
 use capnp_actix_proto::Limits;
@@ -67,7 +69,7 @@ fn bootstrap_call_return_release_leaves_every_table_empty() {
     let content = capnp_actix_proto::content::cap_root_message();
     b.return_results(
         answer,
-        content.get_root_as_reader().unwrap(),
+        OutContent::Reader(content.get_root_as_reader().unwrap()),
         &[OutCap::Local(7)],
     );
     assert_eq!(deliver(&mut b, &mut a), ["return:a0"]);
@@ -95,7 +97,7 @@ fn bootstrap_call_return_release_leaves_every_table_empty() {
             &OutTarget::Import(import),
             0x1234,
             3,
-            params.get_root_as_reader().unwrap(),
+            OutContent::Reader(params.get_root_as_reader().unwrap()),
             &[],
         )
         .unwrap();
@@ -110,7 +112,11 @@ fn bootstrap_call_return_release_leaves_every_table_empty() {
     else {
         panic!()
     };
-    b.return_results(answer, empty_content().get_root_as_reader().unwrap(), &[]);
+    b.return_results(
+        answer,
+        OutContent::Reader(empty_content().get_root_as_reader().unwrap()),
+        &[],
+    );
     assert_eq!(deliver(&mut b, &mut a), ["return:a0"]);
     assert!(
         matches!(a.next_event(), Some(Event::Return { question, result: Ok(_) }) if question == q2)

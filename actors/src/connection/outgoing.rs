@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use actix::Handler;
-use capnp_actix_proto::captp::{InCap, InPayload, OutCap, OutTarget};
+use capnp_actix_proto::captp::{InCap, InPayload, OutCap, OutContent, OutTarget};
 
 use super::tables::{Embargo, ImportEntry, Question};
 use super::{key, Connection};
@@ -42,7 +42,9 @@ impl Connection {
                     })
                     .collect();
                 if let Some(kept) = frozen.kept() {
-                    return self.core.return_kept(answer, kept, &caps);
+                    return self
+                        .core
+                        .return_results(answer, OutContent::Kept(kept), &caps);
                 }
                 match frozen.raw_root() {
                     Ok(root) => self.core.return_results(answer, root, &caps),
@@ -202,10 +204,13 @@ impl Connection {
             .collect();
         let sent = match params.body {
             // Kept until written, when its content is spliced.
-            Body::Built(m) => {
-                self.core
-                    .call_kept(&out_target, interface_id, method_id, Arc::new(m), &caps)
-            }
+            Body::Built(m) => self.core.call(
+                &out_target,
+                interface_id,
+                method_id,
+                OutContent::Kept(Arc::new(m)),
+                &caps,
+            ),
             body @ Body::Received(_) => body.root().and_then(|root| {
                 self.core
                     .call(&out_target, interface_id, method_id, root, &caps)
