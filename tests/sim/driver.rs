@@ -58,6 +58,8 @@ pub struct Config {
     pub inspect_every_step: bool,
     /// Keep a copy of every frame written (see [`Outcome::frames`]).
     pub capture: bool,
+    /// Note every frame written and delivered (see [`Outcome::messages`]).
+    pub log_messages: bool,
     /// What the new steps need (see [`super::ops::new_ops`]): for
     /// `pipeline`, calls keep their pipeline while outstanding and objects
     /// write wide results; for `tail_calls`, connections send tail calls
@@ -72,6 +74,7 @@ impl Default for Config {
             max_rounds: 200_000,
             inspect_every_step: true,
             capture: false,
+            log_messages: false,
             new_ops: super::ops::new_ops(),
         }
     }
@@ -83,6 +86,9 @@ pub struct Outcome {
     pub counts: Counts,
     /// With [`Config::capture`]: the frames written on each wire.
     pub frames: Vec<Vec<Vec<u8>>>,
+    /// With [`Config::log_messages`]: every frame written and delivered,
+    /// in order.
+    pub messages: Vec<wire::Logged>,
 }
 
 /// Why a run failed.
@@ -141,6 +147,7 @@ pub struct Sim {
     next_offer: u64,
     released: Rc<RefCell<Vec<ObjId>>>,
     activity: Activity,
+    log: wire::Log,
     cfg: Config,
 }
 
@@ -153,6 +160,7 @@ impl Sim {
     pub fn new(vats: usize, cfg: Config) -> Self {
         let activity: Activity = Rc::default();
         let offers: Vec<Offers> = (0..vats).map(|_| Offers::default()).collect();
+        let log = wire::Log::default();
         let mut pairs = Vec::new();
         for a in 0..vats {
             for b in a + 1..vats {
@@ -162,6 +170,10 @@ impl Sim {
                 if cfg.capture {
                     ab.start_capture();
                     ba.start_capture();
+                }
+                if cfg.log_messages {
+                    ab.start_log(&log);
+                    ba.start_log(&log);
                 }
                 let options =
                     |vat: usize| {
@@ -200,6 +212,7 @@ impl Sim {
             next_offer: 0,
             released: Rc::default(),
             activity,
+            log,
             cfg,
         }
     }
@@ -223,7 +236,12 @@ impl Sim {
             .iter()
             .flat_map(|p| p.wires.iter().map(Wire::captured))
             .collect();
-        Ok(Outcome { counts, frames })
+        let messages = self.log.borrow().clone();
+        Ok(Outcome {
+            counts,
+            frames,
+            messages,
+        })
     }
 
     fn vat(&self, v: u8) -> usize {
@@ -525,7 +543,9 @@ impl Sim {
                     p.wires[0].cut();
                     p.wires[1].cut();
                 }
-                self.model.borrow_mut().disconnected = true;
+                let mut m = self.model.borrow_mut();
+                m.disconnected = true;
+                m.counts.disconnects += 1;
             }
             Op::Flush => {
                 let _ = self.flush().await;

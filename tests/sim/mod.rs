@@ -9,6 +9,8 @@ pub mod driver;
 pub mod model;
 pub mod ops;
 pub mod raw;
+pub mod script;
+pub mod triggers;
 pub mod wire;
 
 use std::cell::RefCell;

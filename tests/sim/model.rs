@@ -142,6 +142,8 @@ pub struct Counts {
     pub messages_delivered: u64,
     pub pipelined_refs: u64,
     pub tail_calls: u64,
+    /// Connections ended by a `Disconnect` step.
+    pub disconnects: u64,
 }
 
 impl Counts {
@@ -156,6 +158,7 @@ impl Counts {
         self.messages_delivered += o.messages_delivered;
         self.pipelined_refs += o.pipelined_refs;
         self.tail_calls += o.tail_calls;
+        self.disconnects += o.disconnects;
     }
 }
 
@@ -163,7 +166,7 @@ impl fmt::Display for Counts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} calls sent, {} arrived, {} ok, {} failed, {} cancelled; {} references, {} objects released; {} messages delivered; {} pipelined references, {} tail calls",
+            "{} calls sent, {} arrived, {} ok, {} failed, {} cancelled; {} references, {} objects released; {} messages delivered; {} pipelined references, {} tail calls; {} disconnects",
             self.calls_sent,
             self.calls_arrived,
             self.calls_returned_ok,
@@ -173,7 +176,8 @@ impl fmt::Display for Counts {
             self.objects_dropped,
             self.messages_delivered,
             self.pipelined_refs,
-            self.tail_calls
+            self.tail_calls,
+            self.disconnects
         )
     }
 }
