@@ -9,6 +9,7 @@ pub mod driver;
 pub mod model;
 pub mod ops;
 pub mod raw;
+pub mod routes;
 pub mod script;
 pub mod triggers;
 pub mod wire;
