@@ -180,51 +180,6 @@ fn check(seed: Option<u64>, scenario: &Scenario, cfg: &Config) -> Outcome {
     }
 }
 
-/// How much of a run of seeds the oracle checked loosely, because a
-/// connection had been ended: now (only what crossed an ended connection)
-/// and as it was before (everything once any connection had ended).
-#[derive(Default)]
-struct Relaxation {
-    seeds: u64,
-    /// Seeds where a connection was ended (formerly: soft from then on).
-    seeds_anywhere: u64,
-    /// Seeds where some call or release was actually checked loosely.
-    seeds_relaxed: u64,
-}
-
-impl Relaxation {
-    fn add(&mut self, c: &sim::model::Counts) {
-        self.seeds += 1;
-        self.seeds_anywhere += u64::from(c.disconnects > 0);
-        self.seeds_relaxed += u64::from(c.relaxed_calls + c.relaxed_releases > 0);
-    }
-
-    fn report(&self, t: &sim::model::Counts) -> String {
-        let pct = |a: u64, b: u64| 100.0 * a as f64 / b.max(1) as f64;
-        let returned = t.calls_returned_ok + t.calls_returned_err;
-        format!(
-            "relaxed by an ended connection: seeds {} of {} ({:.1}%; before, any ended \
-             connection made the whole seed soft: {} seeds, {:.1}%); calls {} of {} returned \
-             ({:.2}%; before {}, {:.2}%); releases {} of {} ({:.2}%; before {}, {:.2}%)",
-            self.seeds_relaxed,
-            self.seeds,
-            pct(self.seeds_relaxed, self.seeds),
-            self.seeds_anywhere,
-            pct(self.seeds_anywhere, self.seeds),
-            t.relaxed_calls,
-            returned,
-            pct(t.relaxed_calls, returned),
-            t.relaxed_calls_anywhere,
-            pct(t.relaxed_calls_anywhere, returned),
-            t.relaxed_releases,
-            t.objects_dropped,
-            pct(t.relaxed_releases, t.objects_dropped),
-            t.relaxed_releases_anywhere,
-            pct(t.relaxed_releases_anywhere, t.objects_dropped),
-        )
-    }
-}
-
 /// Steps per seed: long enough for promises to be resolved, passed on and
 /// called through; short enough that a failure shrinks quickly.
 const STEPS_PER_SEED: usize = 400;
@@ -239,7 +194,7 @@ fn run_seeds(first: u64, stride: u64, steps: usize) {
     let mut seeds = 0;
     let mut known: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
     let mut totals = sim::model::Counts::default();
-    let mut relaxed = Relaxation::default();
+    let mut relaxed = sim::routes::Relaxation::default();
     while done < steps {
         let scenario = ops::generate(seed, STEPS_PER_SEED);
         match run(&scenario, &cfg) {
@@ -435,7 +390,7 @@ fn explore() {
     let cfg = Config::default();
     let mut kinds: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
     let mut totals = sim::model::Counts::default();
-    let mut relaxed = Relaxation::default();
+    let mut relaxed = sim::routes::Relaxation::default();
     let mut first_failures = Vec::new();
     for seed in seed_base()..seed_base() + n {
         match run(&ops::generate(seed, STEPS_PER_SEED), &cfg) {

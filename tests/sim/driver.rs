@@ -24,10 +24,11 @@
 //! Relaxed: once a connection has been ended on purpose, a call that may
 //! have crossed it (its reference, a reference it passes, or a tail call
 //! answering it came through that connection; see `super::routes`) may
-//! fail with any error, and an object may be released while the only
-//! references that still mean it came through that connection. Every
-//! other call and release is checked exactly, and calls reaching the wrong
-//! object or out of order are always violations.
+//! fail with a disconnection (`ErrorKind::Disconnected`), and an object
+//! may be released while the only references that still mean it came
+//! through that connection. Every other call and release is checked
+//! exactly, and calls reaching the wrong object or out of order are always
+//! violations.
 
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -14,9 +14,9 @@
 //! only travel along the connections they were passed on.
 //!
 //! Once a connection is ended (`Model::dead`), a call whose route crosses
-//! it may fail with any error, and an object may be released while a
-//! reference whose route crosses it still means it; every other call and
-//! reference is checked exactly.
+//! it may fail with a disconnection (not any other error), and an object
+//! may be released while a reference whose route crosses it still means
+//! it; every other call and reference is checked exactly.
 
 use super::model::{CallId, Meaning, Model, RefId};
 
@@ -105,5 +105,50 @@ impl Model {
             Some(Ok(ms)) => through | ms.get(i).map_or(0, |m| self.walk(*m, depth + 1)),
             _ => through,
         }
+    }
+}
+
+/// How much of a run of seeds the oracle checked loosely, because a
+/// connection had been ended: now (only what crossed an ended connection)
+/// and as it was before (everything once any connection had ended).
+#[derive(Default)]
+pub struct Relaxation {
+    pub seeds: u64,
+    /// Seeds where a connection was ended (formerly: soft from then on).
+    seeds_anywhere: u64,
+    /// Seeds where some call or release was actually checked loosely.
+    seeds_relaxed: u64,
+}
+
+impl Relaxation {
+    pub fn add(&mut self, c: &super::model::Counts) {
+        self.seeds += 1;
+        self.seeds_anywhere += u64::from(c.disconnects > 0);
+        self.seeds_relaxed += u64::from(c.relaxed_calls + c.relaxed_releases > 0);
+    }
+
+    pub fn report(&self, t: &super::model::Counts) -> String {
+        let pct = |a: u64, b: u64| 100.0 * a as f64 / b.max(1) as f64;
+        let returned = t.calls_returned_ok + t.calls_returned_err;
+        format!(
+            "relaxed by an ended connection: seeds {} of {} ({:.1}%; before, any ended \
+             connection made the whole seed soft: {} seeds, {:.1}%); calls {} of {} returned \
+             ({:.2}%; before {}, {:.2}%); releases {} of {} ({:.2}%; before {}, {:.2}%)",
+            self.seeds_relaxed,
+            self.seeds,
+            pct(self.seeds_relaxed, self.seeds),
+            self.seeds_anywhere,
+            pct(self.seeds_anywhere, self.seeds),
+            t.relaxed_calls,
+            returned,
+            pct(t.relaxed_calls, returned),
+            t.relaxed_calls_anywhere,
+            pct(t.relaxed_calls_anywhere, returned),
+            t.relaxed_releases,
+            t.objects_dropped,
+            pct(t.relaxed_releases, t.objects_dropped),
+            t.relaxed_releases_anywhere,
+            pct(t.relaxed_releases_anywhere, t.objects_dropped),
+        )
     }
 }
