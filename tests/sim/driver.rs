@@ -21,10 +21,14 @@
 //!   cancelled has its outcome, every table is empty, no capability is
 //!   alive, and once the connections are closed no runtime actor is left.
 //!
-//! Simplification: once any connection has been ended on purpose, calls
-//! may fail with Disconnected anywhere (a call may have travelled through
-//! the dead connection) and releases are no longer checked for timing;
-//! calls reaching the wrong object or out of order are still violations.
+//! Relaxed: once a connection has been ended on purpose, a call that may
+//! have crossed it (its reference, a reference it passes, or a tail call
+//! answering it came through that connection; see `super::routes`) may
+//! fail with a disconnection (`ErrorKind::Disconnected`), and an object
+//! may be released while the only references that still mean it came
+//! through that connection. Every other call and release is checked
+//! exactly, and calls reaching the wrong object or out of order are always
+//! violations.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -58,6 +62,8 @@ pub struct Config {
     pub inspect_every_step: bool,
     /// Keep a copy of every frame written (see [`Outcome::frames`]).
     pub capture: bool,
+    /// Note every frame written and delivered (see [`Outcome::messages`]).
+    pub log_messages: bool,
     /// What the new steps need (see [`super::ops::new_ops`]): for
     /// `pipeline`, calls keep their pipeline while outstanding and objects
     /// write wide results; for `tail_calls`, connections send tail calls
@@ -72,6 +78,7 @@ impl Default for Config {
             max_rounds: 200_000,
             inspect_every_step: true,
             capture: false,
+            log_messages: false,
             new_ops: super::ops::new_ops(),
         }
     }
@@ -83,6 +90,9 @@ pub struct Outcome {
     pub counts: Counts,
     /// With [`Config::capture`]: the frames written on each wire.
     pub frames: Vec<Vec<Vec<u8>>>,
+    /// With [`Config::log_messages`]: every frame written and delivered,
+    /// in order.
+    pub messages: Vec<wire::Logged>,
 }
 
 /// Why a run failed.
@@ -141,6 +151,7 @@ pub struct Sim {
     next_offer: u64,
     released: Rc<RefCell<Vec<ObjId>>>,
     activity: Activity,
+    log: wire::Log,
     cfg: Config,
 }
 
@@ -153,6 +164,7 @@ impl Sim {
     pub fn new(vats: usize, cfg: Config) -> Self {
         let activity: Activity = Rc::default();
         let offers: Vec<Offers> = (0..vats).map(|_| Offers::default()).collect();
+        let log = wire::Log::default();
         let mut pairs = Vec::new();
         for a in 0..vats {
             for b in a + 1..vats {
@@ -162,6 +174,10 @@ impl Sim {
                 if cfg.capture {
                     ab.start_capture();
                     ba.start_capture();
+                }
+                if cfg.log_messages {
+                    ab.start_log(&log);
+                    ba.start_log(&log);
                 }
                 let options =
                     |vat: usize| {
@@ -200,6 +216,7 @@ impl Sim {
             next_offer: 0,
             released: Rc::default(),
             activity,
+            log,
             cfg,
         }
     }
@@ -223,7 +240,12 @@ impl Sim {
             .iter()
             .flat_map(|p| p.wires.iter().map(Wire::captured))
             .collect();
-        Ok(Outcome { counts, frames })
+        let messages = self.log.borrow().clone();
+        Ok(Outcome {
+            counts,
+            frames,
+            messages,
+        })
     }
 
     fn vat(&self, v: u8) -> usize {
@@ -259,6 +281,26 @@ impl Sim {
 
     async fn step(&mut self, op: &Op) {
         match op {
+            Op::NewObject { .. }
+            | Op::NewPromise { .. }
+            | Op::NewBroken { .. }
+            | Op::Bootstrap { .. } => self.make(op),
+            Op::Call { .. } => self.call(op),
+            Op::Cancel { .. }
+            | Op::Answer { .. }
+            | Op::Fail { .. }
+            | Op::Pipeline { .. }
+            | Op::TailCall { .. } => self.serve(op),
+            Op::Flush => {
+                let _ = self.flush().await;
+            }
+            _ => self.act(op),
+        }
+    }
+
+    /// Makes a reference: a new object, promise or broken capability, or a bootstrap.
+    fn make(&mut self, op: &Op) {
+        match op {
             Op::NewObject { vat } => {
                 let vat = self.vat(*vat);
                 let id = {
@@ -287,6 +329,7 @@ impl Sim {
                     resolution: None,
                     resolver: Some(resolver),
                     pipelined: None,
+                    resolved_via: 0,
                 });
                 let p = m.promises.len() - 1;
                 m.add_ref(vat, Meaning::Promise(p), cap);
@@ -310,67 +353,73 @@ impl Sim {
                     .pair_of(vat, peer)
                     .conn_of(vat)
                     .bootstrap(&key.to_le_bytes());
-                self.model
-                    .borrow_mut()
-                    .add_ref(vat, meaning, Cap::from_raw(raw));
+                let mut m = self.model.borrow_mut();
+                let via = m.route(offered) | super::routes::pair_bit(self.vats, vat, peer);
+                m.add_ref_via(vat, meaning, Cap::from_raw(raw), via);
             }
-            Op::Call { vat, target, caps } => {
-                let vat = self.vat(*vat);
-                let Some(target) = self.held(vat, *target) else {
-                    return;
-                };
-                let passed: Vec<RefId> = caps.iter().filter_map(|c| self.held(vat, *c)).collect();
-                let params = passed.iter().map(|r| self.meaning(*r)).collect();
-                let (call, seq) = self.model.borrow_mut().add_call(vat, target, params);
-                let client = self.cap_of(target).client();
-                let mut req = client.call_request();
-                {
-                    let mut p = req.get();
-                    p.set_ref(target as u64);
-                    p.set_seq(seq);
-                    let mut list = p.init_caps(passed.len() as u32);
-                    for (i, r) in passed.iter().enumerate() {
-                        list.set(i as u32, self.cap_of(*r).client().client.hook);
-                    }
-                }
-                // Untyped, for the pipeline's fields beyond the schema's.
-                let sent = req.hook.send();
-                if self.cfg.new_ops.pipeline {
-                    self.model.borrow_mut().calls[call].pipeline = Some(sent.pipeline);
-                } else {
-                    drop(sent.pipeline);
-                }
-                let promise = sent.promise;
-                let model = self.model.clone();
-                let (task, abort) = abortable(async move {
-                    let outcome = promise.await.and_then(|response| {
-                        response
-                            .get()?
-                            .get_as::<fuzz::call_results::Reader<'_>>()?
-                            .get_caps()?
-                            .iter()
-                            .map(|c| c.map(|c| Cap::<fuzz::Client>::from_client(&c)))
-                            .collect::<Result<Vec<_>, _>>()
-                    });
-                    model.borrow_mut().returned(call, outcome);
-                    let pipeline = model.borrow_mut().calls[call].pipeline.take();
-                    drop(pipeline);
-                });
-                self.model.borrow_mut().calls[call].abort = Some(abort);
-                actix_rt::spawn(task.map(drop));
+            _ => {}
+        }
+    }
+
+    /// Makes a call.
+    fn call(&mut self, op: &Op) {
+        let Op::Call { vat, target, caps } = op else {
+            return;
+        };
+        let vat = self.vat(*vat);
+        let Some(target) = self.held(vat, *target) else {
+            return;
+        };
+        let passed: Vec<RefId> = caps.iter().filter_map(|c| self.held(vat, *c)).collect();
+        let params = passed.iter().map(|r| self.meaning(*r)).collect();
+        let (call, seq) = {
+            let mut m = self.model.borrow_mut();
+            let (call, seq) = m.add_call(vat, target, params);
+            m.calls[call].param_via = passed.iter().map(|r| m.route(*r)).collect();
+            (call, seq)
+        };
+        let client = self.cap_of(target).client();
+        let mut req = client.call_request();
+        {
+            let mut p = req.get();
+            p.set_ref(target as u64);
+            p.set_seq(seq);
+            let mut list = p.init_caps(passed.len() as u32);
+            for (i, r) in passed.iter().enumerate() {
+                list.set(i as u32, self.cap_of(*r).client().client.hook);
             }
-            Op::Deliver { wire } => {
-                let waiting: Vec<&Wire> = self
-                    .pairs
+        }
+        // Untyped, for the pipeline's fields beyond the schema's.
+        let sent = req.hook.send();
+        if self.cfg.new_ops.pipeline {
+            self.model.borrow_mut().calls[call].pipeline = Some(sent.pipeline);
+        } else {
+            drop(sent.pipeline);
+        }
+        let promise = sent.promise;
+        let model = self.model.clone();
+        let (task, abort) = abortable(async move {
+            let outcome = promise.await.and_then(|response| {
+                response
+                    .get()?
+                    .get_as::<fuzz::call_results::Reader<'_>>()?
+                    .get_caps()?
                     .iter()
-                    .flat_map(|p| p.wires.iter())
-                    .filter(|w| w.queued() > 0)
-                    .collect();
-                if !waiting.is_empty() {
-                    waiting[*wire as usize % waiting.len()].deliver_one();
-                    self.model.borrow_mut().counts.messages_delivered += 1;
-                }
-            }
+                    .map(|c| c.map(|c| Cap::<fuzz::Client>::from_client(&c)))
+                    .collect::<Result<Vec<_>, _>>()
+            });
+            model.borrow_mut().returned(call, outcome);
+            let pipeline = model.borrow_mut().calls[call].pipeline.take();
+            drop(pipeline);
+        });
+        self.model.borrow_mut().calls[call].abort = Some(abort);
+        actix_rt::spawn(task.map(drop));
+    }
+
+    /// What a caller or a serving object does with a call: cancel it,
+    /// answer it, fail it, pipeline on it, answer it with a tail call.
+    fn serve(&mut self, op: &Op) {
+        match op {
             Op::Cancel { call } => {
                 let mut m = self.model.borrow_mut();
                 if m.outstanding.is_empty() {
@@ -390,18 +439,6 @@ impl Sim {
                 drop(m);
                 drop(pipeline);
             }
-            Op::Release { vat, cap } => {
-                let vat = self.vat(*vat);
-                let mut m = self.model.borrow_mut();
-                if m.held[vat].is_empty() {
-                    return;
-                }
-                let i = *cap as usize % m.held[vat].len();
-                let r = m.held[vat].remove(i);
-                let handle = m.refs[r].cap.take();
-                drop(m);
-                drop(handle);
-            }
             Op::Answer { call, caps } => {
                 let Some((vat, n)) = self.pick_pending(*call) else {
                     return;
@@ -413,6 +450,7 @@ impl Sim {
                 let mut m = self.model.borrow_mut();
                 let call = m.pending[n].call;
                 m.calls[call].answer = Some(Ok(meanings));
+                m.calls[call].answer_via = chosen.iter().map(|r| m.route(*r)).collect();
                 if m.has_cycle() {
                     // A pipelined reference on this very call, or one
                     // waiting on it: not made on purpose.
@@ -481,6 +519,37 @@ impl Sim {
                     seq,
                 });
             }
+            _ => {}
+        }
+    }
+
+    /// Delivers, releases, resolves, breaks or disconnects.
+    fn act(&mut self, op: &Op) {
+        match op {
+            Op::Deliver { wire } => {
+                let waiting: Vec<&Wire> = self
+                    .pairs
+                    .iter()
+                    .flat_map(|p| p.wires.iter())
+                    .filter(|w| w.queued() > 0)
+                    .collect();
+                if !waiting.is_empty() {
+                    waiting[*wire as usize % waiting.len()].deliver_one();
+                    self.model.borrow_mut().counts.messages_delivered += 1;
+                }
+            }
+            Op::Release { vat, cap } => {
+                let vat = self.vat(*vat);
+                let mut m = self.model.borrow_mut();
+                if m.held[vat].is_empty() {
+                    return;
+                }
+                let i = *cap as usize % m.held[vat].len();
+                let r = m.held[vat].remove(i);
+                let handle = m.refs[r].cap.take();
+                drop(m);
+                drop(handle);
+            }
             Op::Resolve { promise, target } => {
                 let Some(p) = self.unresolved(*promise) else {
                     return;
@@ -493,6 +562,7 @@ impl Sim {
                 let cap = self.cap_of(target);
                 let mut m = self.model.borrow_mut();
                 m.promises[p].resolution = Some(to);
+                m.promises[p].resolved_via = m.route(target);
                 if m.has_cycle() {
                     // A cycle: not made on purpose (see the module docs).
                     m.promises[p].resolution = None;
@@ -517,7 +587,8 @@ impl Sim {
                 if live.is_empty() {
                     return;
                 }
-                let p = &mut self.pairs[live[*pair as usize % live.len()]];
+                let index = live[*pair as usize % live.len()];
+                let p = &mut self.pairs[index];
                 p.live = false;
                 if *abort {
                     p.conn_a.close("disconnected by the simulation");
@@ -525,11 +596,12 @@ impl Sim {
                     p.wires[0].cut();
                     p.wires[1].cut();
                 }
-                self.model.borrow_mut().disconnected = true;
+                let mut m = self.model.borrow_mut();
+                m.disconnected = true;
+                m.dead |= 1 << index;
+                m.counts.disconnects += 1;
             }
-            Op::Flush => {
-                let _ = self.flush().await;
-            }
+            _ => {}
         }
     }
 
@@ -766,30 +838,7 @@ impl Sim {
                 ));
             }
         }
-        for p in &self.pairs {
-            if p.live {
-                let (Some((sa, da)), Some((sb, db))) =
-                    (p.conn_a.inspect().await, p.conn_b.inspect().await)
-                else {
-                    return Err(format!("connection {}-{} stopped answering", p.a, p.b));
-                };
-                if !sa.is_empty() || !sb.is_empty() {
-                    return Err(format!(
-                        "tables of vats {} and {} are not empty after release:\n{da}\n{db}",
-                        p.a, p.b
-                    ));
-                }
-            } else {
-                for (vat, conn) in [(p.a, &p.conn_a), (p.b, &p.conn_b)] {
-                    if conn.is_open() {
-                        return Err(format!(
-                            "vat {vat}'s side of the ended connection {}-{} is still open",
-                            p.a, p.b
-                        ));
-                    }
-                }
-            }
-        }
+        self.tables_are_empty().await?;
         let report = capnp_actix::debug::report();
         if !report.caps.is_empty() {
             return Err(format!("capabilities alive after release: {report}"));
@@ -816,6 +865,36 @@ impl Sim {
         }
         if let Some(p) = super::take_panic() {
             return Err(format!("panic: {p}"));
+        }
+        Ok(())
+    }
+
+    /// At teardown: the tables of every live connection are empty, and
+    /// both sides of every ended one are closed.
+    async fn tables_are_empty(&self) -> Result<(), String> {
+        for p in &self.pairs {
+            if p.live {
+                let (Some((sa, da)), Some((sb, db))) =
+                    (p.conn_a.inspect().await, p.conn_b.inspect().await)
+                else {
+                    return Err(format!("connection {}-{} stopped answering", p.a, p.b));
+                };
+                if !sa.is_empty() || !sb.is_empty() {
+                    return Err(format!(
+                        "tables of vats {} and {} are not empty after release:\n{da}\n{db}",
+                        p.a, p.b
+                    ));
+                }
+            } else {
+                for (vat, conn) in [(p.a, &p.conn_a), (p.b, &p.conn_b)] {
+                    if conn.is_open() {
+                        return Err(format!(
+                            "vat {vat}'s side of the ended connection {}-{} is still open",
+                            p.a, p.b
+                        ));
+                    }
+                }
+            }
         }
         Ok(())
     }

@@ -9,15 +9,20 @@ pub mod driver;
 pub mod model;
 pub mod ops;
 pub mod raw;
+pub mod routes;
+pub mod script;
+pub mod triggers;
 pub mod wire;
 
 use std::cell::RefCell;
 
 /// Bugs found and not fixed yet, by a phrase of their failure and the
-/// regression test (in `tests/simulation.rs`) that pins each. The seeded
+/// regression (a file of `tests/sim/regressions/`, listed in
+/// `tests/simulation.rs` with `#[ignore]`) that pins each. The seeded
 /// runs skip seeds that fail this way, so that they go on looking for
 /// other bugs; so does the fuzz target unless `SIM_STOP_ON_KNOWN_BUGS` is
-/// set. Remove an entry (and its test's `#[ignore]`) when the bug is fixed.
+/// set. Remove an entry (and its regression's `#[ignore]`) when the bug is
+/// fixed.
 /// An entry looks like
 /// `("E-order", "calls_sent_before_and_after_a_resolve_keep_their_order")`.
 /// Empty: every bug the simulation has found so far is fixed.

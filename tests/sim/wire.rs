@@ -24,6 +24,21 @@ pub fn bump(activity: &Activity) {
     activity.set(activity.get() + 1);
 }
 
+/// Every frame written to or delivered by the wires that share it, in
+/// order, described (see [`super::describe::frame`]): what the replay of a
+/// recorded regression counts its triggers in.
+pub type Log = Rc<RefCell<Vec<Logged>>>;
+
+/// One entry of a [`Log`].
+#[derive(Clone, Debug)]
+pub struct Logged {
+    /// The wire's label (`"0>1 "`: written by vat 0, read by vat 1).
+    pub wire: String,
+    /// Delivered to the reader (else: written by the writer).
+    pub delivered: bool,
+    pub frame: String,
+}
+
 #[derive(Default)]
 struct State {
     /// Written bytes that do not yet make a whole frame.
@@ -42,6 +57,8 @@ struct State {
     label: String,
     /// Every frame written, if capture is on (seed corpora, raw-bytes tests).
     capture: Option<Vec<Vec<u8>>>,
+    /// Where written and delivered frames are noted, if anywhere.
+    log: Option<Log>,
 }
 
 impl State {
@@ -98,6 +115,13 @@ impl Wire {
                 if std::env::var_os("SIM_TRACE").is_some() {
                     println!("    deliver {}{}", s.label, super::describe::frame(&f));
                 }
+                if let Some(log) = &s.log {
+                    log.borrow_mut().push(Logged {
+                        wire: s.label.clone(),
+                        delivered: true,
+                        frame: super::describe::frame(&f),
+                    });
+                }
                 s.readable.extend(f);
                 s.wake_reader();
                 true
@@ -125,6 +149,11 @@ impl Wire {
     /// Starts keeping a copy of every frame written from now on.
     pub fn start_capture(&self) {
         self.state.borrow_mut().capture = Some(Vec::new());
+    }
+
+    /// Notes every frame written or delivered from now on in `log`.
+    pub fn start_log(&self, log: &Log) {
+        self.state.borrow_mut().log = Some(log.clone());
     }
 
     /// The frames captured so far.
@@ -236,6 +265,14 @@ impl AsyncWrite for End {
         cut_frames(&mut s.partial, &mut s.frames);
         if let Some(c) = &mut s.capture {
             c.extend(s.frames.iter().skip(before).cloned());
+        }
+        if let Some(log) = &s.log {
+            log.borrow_mut()
+                .extend(s.frames.iter().skip(before).map(|f| Logged {
+                    wire: s.label.clone(),
+                    delivered: false,
+                    frame: super::describe::frame(f),
+                }));
         }
         bump(&self.activity);
         Poll::Ready(Ok(buf.len()))
