@@ -27,6 +27,12 @@ fuzz_target!(|data: &[u8]| {
                 return;
             }
         }
-        panic!("{f}\n{}", sim::ops::AsRust(&scenario));
+        panic!(
+            "{f}\n{}",
+            sim::script::AsFile {
+                scenario: &scenario,
+                seed: None
+            }
+        );
     }
 });

@@ -6,8 +6,6 @@
 //! calls...). So every list of steps is valid, and removing steps from a
 //! failing list (shrinking) leaves a list that still runs.
 
-use std::fmt;
-
 /// One step of the simulation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -103,22 +101,6 @@ impl Scenario {
     /// The number of vats, between 2 and 3.
     pub fn vat_count(&self) -> usize {
         (self.vats as usize).clamp(2, 3)
-    }
-}
-
-/// A scenario written as Rust, to paste into a regression test.
-pub struct AsRust<'a>(pub &'a Scenario);
-
-impl fmt::Display for AsRust<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "Scenario {{")?;
-        writeln!(f, "    vats: {},", self.0.vats)?;
-        writeln!(f, "    ops: vec![")?;
-        for op in &self.0.ops {
-            writeln!(f, "        {op:?},")?;
-        }
-        writeln!(f, "    ],")?;
-        write!(f, "}}")
     }
 }
 
