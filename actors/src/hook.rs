@@ -106,7 +106,7 @@ fn send_tail_call(answer: &Arc<Answer>, request: OutgoingRequest) -> AnswerRef {
                 }
                 let (tail, completer) = Answer::open();
                 tail.shared().set_remote(conn.clone(), conn_id);
-                conn.do_send(crate::conn_msg::ConnMsg::TailCall {
+                conn.do_send(crate::call::ConnMsg::TailCall {
                     answer: answer_id,
                     import: *import,
                     call: Call {

@@ -49,7 +49,6 @@
 mod answer;
 mod call;
 mod cap;
-mod conn_msg;
 pub mod connection;
 pub mod error;
 mod foreign;
