@@ -51,7 +51,6 @@ mod call;
 mod cap;
 pub mod connection;
 pub mod error;
-mod foreign;
 mod handle;
 mod hook;
 mod host;
@@ -59,6 +58,7 @@ mod io;
 mod payload;
 mod promise;
 mod registry;
+mod server;
 mod shield;
 
 pub use call::IncomingCall;

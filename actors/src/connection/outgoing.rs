@@ -15,7 +15,8 @@ use crate::call::{Call, Completer};
 use crate::call::{ConnMsg, RemoteTarget};
 use crate::cap::{CapRef, Kind};
 use crate::error;
-use crate::payload::{payload_received, Body, Payload};
+use crate::hook::payload_received;
+use crate::payload::{Body, Payload};
 
 impl Connection {
     pub(super) fn send_return(&mut self, answer: u32, outcome: Outcome) {
