@@ -75,7 +75,7 @@ struct AnswerState {
     pipelined: Vec<(Vec<u16>, Weak<Node>)>,
     /// For a question to a peer: the connection and the question id, so
     /// that pipelined calls go over the wire at once.
-    remote: Option<(Recipient<crate::conn_msg::ConnMsg>, u64)>,
+    remote: Option<(Recipient<crate::call::ConnMsg>, u64)>,
     /// Run when the last caller reference goes before the outcome.
     on_cancel: Option<Box<dyn FnOnce() + Send>>,
     /// Fields under a network embargo: calls on them keep going through
@@ -91,7 +91,7 @@ struct AnswerState {
     /// For a call a peer made on us: the connection, its id and our answer
     /// id, so that a tail call to that same peer can go out with
     /// `sendResultsTo.yourself`.
-    origin: Option<(Recipient<crate::conn_msg::ConnMsg>, u64, u32)>,
+    origin: Option<(Recipient<crate::call::ConnMsg>, u64, u32)>,
     /// The call has started (or is over).
     started: bool,
     start_waiters: Vec<futures::channel::oneshot::Sender<()>>,
@@ -311,7 +311,7 @@ impl Answer {
     /// connection hears when the callers give up.
     pub(crate) fn set_remote(
         self: &Arc<Self>,
-        conn: Recipient<crate::conn_msg::ConnMsg>,
+        conn: Recipient<crate::call::ConnMsg>,
         conn_id: u64,
     ) {
         let mut s = self.lock();
@@ -325,7 +325,7 @@ impl Answer {
         let notify = conn.clone();
         s.remote = Some((conn, conn_id));
         s.on_cancel = Some(Box::new(move || {
-            notify.do_send(crate::conn_msg::ConnMsg::Cancel { answer: weak });
+            notify.do_send(crate::call::ConnMsg::Cancel { answer: weak });
         }));
         // Calls already queued here (the call waited in a local promise,
         // which resolved to the peer's capability) follow it over the wire
@@ -361,7 +361,7 @@ impl Answer {
     fn send_routed(
         self: &Arc<Self>,
         mut s: MutexGuard<'_, AnswerState>,
-        conn: Recipient<crate::conn_msg::ConnMsg>,
+        conn: Recipient<crate::call::ConnMsg>,
         conn_id: u64,
         path: &[u16],
         call: Call,
@@ -383,8 +383,8 @@ impl Answer {
         // Promise pipelining over the wire: the connection sends it as a
         // call on a promised answer (or, if the return has arrived
         // meanwhile, to what the field became).
-        conn.do_send(crate::conn_msg::ConnMsg::Call {
-            target: crate::conn_msg::RemoteTarget::Answer {
+        conn.do_send(crate::call::ConnMsg::Call {
+            target: crate::call::RemoteTarget::Answer {
                 answer: self.clone(),
                 path: path.to_vec(),
             },
@@ -472,7 +472,7 @@ impl Answer {
     /// connection `conn_id` (see `origin`).
     pub(crate) fn set_origin(
         &self,
-        conn: Recipient<crate::conn_msg::ConnMsg>,
+        conn: Recipient<crate::call::ConnMsg>,
         conn_id: u64,
         answer_id: u32,
     ) {
@@ -486,7 +486,7 @@ impl Answer {
     }
 
     /// See `origin`.
-    pub(crate) fn origin(&self) -> Option<(Recipient<crate::conn_msg::ConnMsg>, u64, u32)> {
+    pub(crate) fn origin(&self) -> Option<(Recipient<crate::call::ConnMsg>, u64, u32)> {
         self.lock().origin.clone()
     }
 

@@ -1,6 +1,16 @@
 //! A call on its way to the capability that serves it ([`Call`]), the
-//! callee's side of its answer ([`Completer`]), and the message that brings
-//! a call to a capability actor ([`IncomingCall`]).
+//! callee's side of its answer ([`Completer`]), and the messages that bring
+//! calls to the actors that take them: [`IncomingCall`] to a capability
+//! actor, [`ConnMsg`] to a connection (calls on the peer's capabilities and
+//! on our questions' fields, tail calls, and the releases and cancellations
+//! that nodes and answers send it).
+//!
+//! `ConnMsg` lives here, not in its own file nor in `connection/`: it
+//! carries `Call`s and answers, and capability nodes (`cap.rs`), answers
+//! (`answer.rs`) and methods (`hook.rs`) send it, so it belongs with the
+//! call itself; this keeps the files that refer to each other down to the
+//! capability-node core (`cap`, `answer`, `call`, `payload`) and keeps the
+//! connection actor out of it.
 //!
 //! Calls travel by value from the caller through promises, pipelines and
 //! connections to the actor that serves them; the completer travels with
@@ -8,7 +18,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use actix::Message;
@@ -146,4 +156,35 @@ impl std::fmt::Debug for IncomingCall {
             self.call.interface_id, self.call.method_id
         )
     }
+}
+
+/// Where a call of ours goes on the wire.
+pub(crate) enum RemoteTarget {
+    /// A capability the peer exported to us.
+    Import(u32),
+    /// A field of the answer to one of our questions.
+    Answer { answer: Arc<Answer>, path: Vec<u16> },
+}
+
+/// What capability nodes, answers and methods tell a connection (the
+/// connection actor, `connection/`, handles it).
+pub(crate) enum ConnMsg {
+    /// A call on the peer's capability `target`.
+    Call { target: RemoteTarget, call: Call },
+    /// The node holding an import was dropped.
+    Release { import: u32, node: u64 },
+    /// The callers gave up on the answer to one of our questions.
+    Cancel { answer: Weak<Answer> },
+    /// A method serving the peer's call `answer` tail-calls the peer's
+    /// capability `import`: send it with `sendResultsTo.yourself` and
+    /// answer with `takeFromOtherQuestion`.
+    TailCall {
+        answer: u32,
+        import: u32,
+        call: Call,
+    },
+}
+
+impl Message for ConnMsg {
+    type Result = ();
 }

@@ -7,7 +7,12 @@
 //! capability made by another runtime (a "foreign" hook). When the last
 //! handle goes, the node is dropped, which releases the capability: a local
 //! capability's actor then stops once its running calls are done.
+//!
+//! A local promise's FIFO queue ([`PromiseQueue`]) lives here rather than
+//! in `promise.rs`: the node delivers into it, so capability nodes need
+//! nothing from the file that makes and resolves promises.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::ThreadId;
@@ -20,7 +25,6 @@ use futures::FutureExt;
 use crate::answer::AnswerRef;
 use crate::call::{Call, IncomingCall};
 use crate::error;
-use crate::promise::PromiseHandle;
 use crate::registry;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -47,7 +51,7 @@ pub(crate) enum Kind {
     /// A capability imported from a peer over a connection: calls go to the
     /// connection actor.
     Remote {
-        conn: Recipient<crate::conn_msg::ConnMsg>,
+        conn: Recipient<crate::call::ConnMsg>,
         conn_id: u64,
         import: u32,
     },
@@ -69,6 +73,77 @@ impl Kind {
             Kind::Broken(_) => "broken",
             Kind::Foreign { .. } => "foreign",
             Kind::Remote { .. } => "remote",
+        }
+    }
+}
+
+/// The queue of a local promise and what it resolved to.
+#[derive(Default)]
+pub(crate) struct PromiseState {
+    queue: VecDeque<Call>,
+    pub(crate) target: Option<CapRef>,
+    /// Someone is forwarding the queue to `target`: new calls queue too.
+    pub(crate) flushing: bool,
+}
+
+/// The shared queue of one local promise (see `promise.rs`): held by the
+/// promise's node and by its `Resolver`.
+#[derive(Default)]
+pub(crate) struct PromiseQueue {
+    state: Mutex<PromiseState>,
+    /// Counts the promise among the runtime's live objects (see
+    /// `ActorGuard`), as the actor that used to hold the queue did.
+    _guard: registry::ActorGuard,
+}
+
+impl PromiseQueue {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, PromiseState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forwards queued calls to the target, one at a time, never holding
+    /// the lock while delivering (delivering can run arbitrary code, which
+    /// may call this promise again: such calls queue behind).
+    pub(crate) fn flush(&self) {
+        loop {
+            let (target, call) = {
+                let mut s = self.lock();
+                let Some(target) = s.target.clone() else {
+                    s.flushing = false;
+                    return;
+                };
+                match s.queue.pop_front() {
+                    Some(call) => (target, call),
+                    None => {
+                        s.flushing = false;
+                        return;
+                    }
+                }
+            };
+            target.deliver(call);
+        }
+    }
+}
+
+/// The promise's side of the queue.
+pub(crate) struct PromiseHandle {
+    queue: Arc<PromiseQueue>,
+}
+
+impl PromiseHandle {
+    pub(crate) fn new(queue: Arc<PromiseQueue>) -> Self {
+        PromiseHandle { queue }
+    }
+
+    pub(crate) fn deliver(&self, call: Call) {
+        let mut s = self.queue.lock();
+        match (&s.target, s.flushing) {
+            (Some(t), false) => {
+                let t = t.clone();
+                drop(s);
+                t.deliver(call);
+            }
+            _ => s.queue.push_back(call),
         }
     }
 }
@@ -183,7 +258,7 @@ pub(crate) struct Node {
 impl Drop for Node {
     fn drop(&mut self) {
         if let Kind::Remote { conn, import, .. } = &self.kind {
-            conn.do_send(crate::conn_msg::ConnMsg::Release {
+            conn.do_send(crate::call::ConnMsg::Release {
                 import: *import,
                 node: self.id,
             });
@@ -364,8 +439,8 @@ impl CapRef {
                 if let (Some(resolvable), None) = (&self.node.resolvable, call.marker) {
                     resolvable.mark_called();
                 }
-                conn.do_send(crate::conn_msg::ConnMsg::Call {
-                    target: crate::conn_msg::RemoteTarget::Import(*import),
+                conn.do_send(crate::call::ConnMsg::Call {
+                    target: crate::call::RemoteTarget::Import(*import),
                     call,
                 })
             }

@@ -15,6 +15,7 @@ use crate::cap::{self, CapRef};
 use crate::hook;
 use crate::host;
 use crate::promise::{self, Resolver};
+use crate::server;
 
 /// A capability of interface `C` (a generated client type such as
 /// `echo::Client`): `Send + Sync`, cloned cheaply, released when the last
@@ -129,7 +130,7 @@ impl<C: FromClientHook> Cap<C> {
         C: FromServer<S>,
     {
         let dispatch = C::from_server(Rc::new(server));
-        Cap::wrap(host::spawn_host(host::ServerHost(dispatch)))
+        Cap::wrap(host::spawn_host(server::ServerHost(dispatch)))
     }
 
     /// Hosts a server built by `make` on another arbiter (the server value
@@ -141,7 +142,7 @@ impl<C: FromClientHook> Cap<C> {
     {
         let id = cap::next_id();
         let addr = host::CapActor::start_in_arbiter(arbiter, move |_| {
-            host::CapActor::new(host::ServerHost(C::from_server(Rc::new(make()))), id)
+            host::CapActor::new(server::ServerHost(C::from_server(Rc::new(make()))), id)
         });
         Cap::wrap(CapRef::from_kind_id(cap::Kind::Local(addr.recipient()), id))
     }

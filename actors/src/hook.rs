@@ -1,13 +1,27 @@
 //! The bridge to capnpc-generated code: our implementations of capnp's hook
 //! traits (`ClientHook`, `RequestHook`, ...), and the conversion between the
 //! `!Send` hook tables that generated code reads and writes and the `Send`
-//! cap tables that cross mailboxes.
+//! cap tables that cross mailboxes. Reading a payload or shared results
+//! through such a table (its root, the capability at a pipeline path) and
+//! copying a reader into a new payload are here too, as methods on
+//! `Payload` and `Frozen`: `payload.rs` itself knows nothing of hooks.
+//!
+//! Capabilities of other runtimes ("foreign hooks", such as those the
+//! capnp-rpc crate's `new_client` makes) cross here too: a foreign hook is
+//! `!Send` and stays on its thread, served there by a proxy actor
+//! ([`ForeignHost`]) so that the capability can travel like any other; the
+//! same hook always gets the same proxy, and on its own thread the proxy
+//! turns back into the original hook. They are in this file because the
+//! conversion and the proxy need each other (a hook table becomes handles
+//! by making proxies; a proxy copies results back into payloads).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
+use std::thread::ThreadId;
 
 use capnp::capability::{Promise, RemotePromise, Request, Response};
 use capnp::message::{self, HeapAllocator};
@@ -16,14 +30,16 @@ use capnp::private::capability::{
 };
 use capnp::traits::{Imbue, ImbueMut};
 use capnp::{any_pointer, MessageSize};
+use capnp_actix_proto::captp::InContent;
+use futures::future::{select, Either};
 use futures::FutureExt;
 
 use crate::answer::{Answer, AnswerRef, Outcome};
 use crate::call::Call;
-use crate::cap::{CapRef, Kind};
-use crate::foreign;
-use crate::payload::{payload_from_reader, Body, Frozen, HookTable, Payload, SendCapTable};
-use std::sync::Arc;
+use crate::cap::{next_id, CapRef, Kind, Node};
+use crate::error;
+use crate::host::{spawn_host_with, CallBody, Host, ResultsSlot};
+use crate::payload::{Body, Frozen, HookTable, Payload, SendCapTable};
 
 static BRAND: u8 = 0;
 
@@ -106,7 +122,7 @@ fn send_tail_call(answer: &Arc<Answer>, request: OutgoingRequest) -> AnswerRef {
                 }
                 let (tail, completer) = Answer::open();
                 tail.shared().set_remote(conn.clone(), conn_id);
-                conn.do_send(crate::conn_msg::ConnMsg::TailCall {
+                conn.do_send(crate::call::ConnMsg::TailCall {
                     answer: answer_id,
                     import: *import,
                     call: Call {
@@ -130,7 +146,7 @@ fn send_tail_call(answer: &Arc<Answer>, request: OutgoingRequest) -> AnswerRef {
 pub(crate) fn to_cap(hook: Box<dyn ClientHook>) -> CapRef {
     match our_cap(hook.as_ref()) {
         Some(c) => c.clone(),
-        None => foreign::wrap(hook),
+        None => wrap(hook),
     }
 }
 
@@ -138,7 +154,7 @@ pub(crate) fn to_cap(hook: Box<dyn ClientHook>) -> CapRef {
 /// for a foreign hook gives back the original hook on its own thread.
 pub(crate) fn to_hook(cap: &CapRef) -> Box<dyn ClientHook> {
     if let Kind::Foreign { thread, key, .. } = cap.kind() {
-        if let Some(h) = foreign::original(*thread, *key) {
+        if let Some(h) = original(*thread, *key) {
             return h;
         }
     }
@@ -169,6 +185,102 @@ pub(crate) fn send_call(
         marker: None,
     });
     answer
+}
+
+/// Payloads read through hook tables: generated code and capnp's readers
+/// see capabilities only as hooks.
+impl Payload {
+    /// Reads the root pointer with the cap table turned into hooks that live
+    /// on the current thread.
+    pub(crate) fn with_root<R>(
+        &self,
+        f: impl FnOnce(any_pointer::Reader<'_>) -> capnp::Result<R>,
+    ) -> capnp::Result<R> {
+        let table = to_hooks(&self.caps);
+        let mut root: any_pointer::Reader<'_> = self.body.root()?;
+        root.imbue(&table);
+        f(root)
+    }
+
+    /// The capability at a pipeline path, read from this payload.
+    pub(crate) fn cap_at(&self, path: &[u16]) -> CapRef {
+        let ops: Vec<PipelineOp> = path
+            .iter()
+            .map(|&i| PipelineOp::GetPointerField(i))
+            .collect();
+        match self.with_root(|root| root.get_pipelined_cap(&ops)) {
+            Ok(h) => to_cap(h),
+            Err(e) => CapRef::broken(e),
+        }
+    }
+}
+
+/// Shared results read through hook tables.
+impl Frozen {
+    /// The capability at a pipeline path (pointer field indexes from the
+    /// root), or a broken capability saying why there is none.
+    pub(crate) fn cap_at(&self, path: &[u16]) -> CapRef {
+        let table = to_hooks(&self.caps);
+        let ops: Vec<PipelineOp> = path
+            .iter()
+            .map(|&i| PipelineOp::GetPointerField(i))
+            .collect();
+        let found = self
+            .root(&table)
+            .and_then(|root| root.get_pipelined_cap(&ops));
+        match found {
+            Ok(h) => to_cap(h),
+            Err(e) => CapRef::broken(e),
+        }
+    }
+
+    /// Copies the message into a fresh builder (for handing results to a
+    /// foreign `ResultsHook`, or for re-sending).
+    pub(crate) fn copy_into(&self, mut dest: any_pointer::Builder<'_>) -> capnp::Result<()> {
+        let table = to_hooks(&self.caps);
+        dest.set_as(self.root(&table)?)
+    }
+}
+
+/// A received payload with its capabilities already turned into handles
+/// (`caps`, indexed as the wire cap table): kept in place when its content
+/// carries no capability (nothing to renumber), otherwise copied as
+/// [`payload_from_reader`] does, so that cap tables stay as they were.
+pub(crate) fn payload_received(
+    content: InContent,
+    caps: SendCapTable,
+    size: MessageSize,
+) -> capnp::Result<Payload> {
+    if size.cap_count == 0 {
+        // The content refers to none of `caps` (if the peer sent any, they
+        // are released as they would be after a copy).
+        drop(caps);
+        return Ok(Payload {
+            body: Body::Received(content),
+            caps: Vec::new(),
+        });
+    }
+    let table = to_hooks(&caps);
+    let mut root = content.content()?;
+    root.imbue(&table);
+    payload_from_reader(root)
+}
+
+/// Copies `src` (a reader imbued with hooks) into a new payload, turning the
+/// capabilities it carries into sendable handles.
+pub(crate) fn payload_from_reader(src: any_pointer::Reader<'_>) -> capnp::Result<Payload> {
+    let size = src.target_size()?;
+    let mut message = message::Builder::new(
+        HeapAllocator::new()
+            .first_segment_words((size.word_count as u32).saturating_add(1).min(1 << 20)),
+    );
+    let mut table: HookTable = Vec::new();
+    {
+        let mut root: any_pointer::Builder<'_> = message.init_root();
+        root.imbue_mut(&mut table);
+        root.set_as(src)?;
+    }
+    Ok(Payload::built(message, to_caps(table)))
 }
 
 impl ClientHook for CapHook {
@@ -413,9 +525,6 @@ impl ParamsHook for LocalParams {
     }
 }
 
-/// Where a method's results go when its `Results` is dropped.
-pub(crate) type ResultsSlot = Rc<RefCell<Option<Payload>>>;
-
 /// The results of a call, as the method writes them.
 pub(crate) struct LocalResults {
     message: Option<message::Builder<HeapAllocator>>,
@@ -545,6 +654,110 @@ impl ResultsHook for LocalResults {
                 Ok(())
             }),
             pipeline,
+        )
+    }
+}
+
+// Capabilities of other runtimes ("foreign hooks"), such as those the
+// capnp-rpc crate's `new_client` makes. A foreign hook is `!Send` and stays
+// on the thread it was made on. It is served there by a proxy actor, so
+// that the capability can travel like any other. Identity is kept: the same
+// hook always gets the same proxy, and on its own thread the proxy turns
+// back into the original hook.
+
+/// A proxy's node and the original hook, by hook identity.
+type ProxyTable = HashMap<usize, (Weak<Node>, Box<dyn ClientHook>)>;
+
+thread_local! {
+    /// Foreign hooks of this thread that have a proxy: hook identity
+    /// (`get_ptr`) to the proxy's node and the original hook.
+    static PROXIES: RefCell<ProxyTable> = RefCell::new(HashMap::new());
+}
+
+/// The proxy capability for a foreign hook (made on first use).
+fn wrap(hook: Box<dyn ClientHook>) -> CapRef {
+    let key = hook.get_ptr();
+    if let Some(node) = PROXIES.with(|p| p.borrow().get(&key).and_then(|(w, _)| w.upgrade())) {
+        return CapRef { node };
+    }
+    let id = next_id();
+    let original = hook.add_ref();
+    let cap = spawn_host_with(ForeignHost { hook, key, id }, id, |proxy| Kind::Foreign {
+        proxy,
+        thread: std::thread::current().id(),
+        key,
+    });
+    PROXIES.with(|p| {
+        p.borrow_mut()
+            .insert(key, (Arc::downgrade(&cap.node), original))
+    });
+    cap
+}
+
+/// On the hook's own thread, the original hook behind a proxy.
+fn original(thread: ThreadId, key: usize) -> Option<Box<dyn ClientHook>> {
+    if std::thread::current().id() != thread {
+        return None;
+    }
+    PROXIES.with(|p| p.borrow().get(&key).map(|(_, h)| h.add_ref()))
+}
+
+/// Serves calls by making them on the foreign hook.
+pub(crate) struct ForeignHost {
+    hook: Box<dyn ClientHook>,
+    key: usize,
+    id: u64,
+}
+
+impl Drop for ForeignHost {
+    fn drop(&mut self) {
+        // Forget the mapping, unless a newer proxy for the same hook has
+        // replaced it already.
+        let (key, id) = (self.key, self.id);
+        let _ = PROXIES.try_with(|p| {
+            let mut p = p.borrow_mut();
+            let ours = p
+                .get(&key)
+                .is_some_and(|(w, _)| w.upgrade().is_none_or(|n| n.id == id));
+            if ours {
+                p.remove(&key);
+            }
+        });
+    }
+}
+
+impl Host for ForeignHost {
+    fn dispatch(&self, call: Call) -> CallBody {
+        let Call {
+            interface_id,
+            method_id,
+            params,
+            completer,
+            ..
+        } = call;
+        let mut request = self.hook.new_call(interface_id, method_id, None);
+        let copied = params.with_root(|root| request.hook.get().set_as(root));
+        drop(params);
+        if let Err(e) = copied {
+            completer.complete(Err(e));
+            return CallBody::Done(futures::future::ready(()).boxed_local());
+        }
+        let promise = request.hook.send().promise;
+        CallBody::Done(
+            async move {
+                let cancelled = completer.cancelled();
+                match select(promise, cancelled).await {
+                    Either::Left((Ok(response), _)) => {
+                        match response.hook.get().and_then(payload_from_reader) {
+                            Ok(p) => completer.complete_payload(p),
+                            Err(e) => completer.complete(Err(e)),
+                        }
+                    }
+                    Either::Left((Err(e), _)) => completer.complete(Err(e)),
+                    Either::Right(((), _)) => completer.complete(Err(error::cancelled())),
+                }
+            }
+            .boxed_local(),
         )
     }
 }

@@ -1,11 +1,12 @@
 //! Capability actors: an actor that serves calls on one capability.
 //!
-//! A [`CapActor`] hosts either a capnpc-generated server (`ServerDispatch`)
-//! or a foreign hook. Calls arrive in its mailbox in the order they were
-//! sent; each is started at once (its method body runs until it first
-//! awaits) and then runs alongside the others, so a slow call does not hold
-//! up a fast one. Running calls are driven by one `FuturesUnordered` that a
-//! single actor future polls: method bodies start in mailbox order.
+//! A [`CapActor`] hosts a [`Host`]: a capnpc-generated server
+//! (`server::ServerHost`) or a foreign hook (`hook::ForeignHost`). Calls
+//! arrive in its mailbox in the order they were sent; each is started at
+//! once (its method body runs until it first awaits) and then runs
+//! alongside the others, so a slow call does not hold up a fast one.
+//! Running calls are driven by one `FuturesUnordered` that a single actor
+//! future polls: method bodies start in mailbox order.
 
 use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
@@ -14,7 +15,7 @@ use std::rc::Rc;
 use std::task::{Context as TaskContext, Poll};
 
 use actix::{Actor, ActorFuture, AsyncContext, Handler};
-use capnp::capability::{Params, Promise, Results, Server};
+use capnp::capability::Promise;
 use futures::future::{select, Either, LocalBoxFuture};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
@@ -22,7 +23,7 @@ use tracing::Instrument;
 
 use crate::call::{Call, Completer, IncomingCall};
 use crate::error;
-use crate::hook::{self, LocalParams, LocalResults};
+use crate::payload::Payload;
 use crate::registry;
 
 impl IncomingCall {
@@ -49,31 +50,6 @@ impl IncomingCall {
     pub fn fail(self, error: capnp::Error) {
         self.call.fail(error);
     }
-
-    /// Serves this call with `server`, a value implementing a generated
-    /// `Server` trait (for example `echo::Server`), typically built from the
-    /// hosting actor's state. The method starts now, in mailbox order, and
-    /// runs on this thread; its reply goes back to the caller.
-    ///
-    /// ```ignore
-    /// fn handle(&mut self, call: IncomingCall, ctx: &mut Context<Self>) {
-    ///     self.calls += 1;
-    ///     call.serve::<echo::Client, _>(EchoView { calls: self.calls, owner: ctx.address() });
-    /// }
-    /// ```
-    pub fn serve<C, S>(self, server: S)
-    where
-        C: capnp::capability::FromServer<S>,
-    {
-        let dispatch = C::from_server(Rc::new(server));
-        if let Some(mut fut) = start_call(&ServerHost(dispatch), 0, self.call) {
-            // Start the body now (so calls start in mailbox order), then let
-            // it finish on its own.
-            if !poll_once(&mut fut) {
-                actix_rt::spawn(fut);
-            }
-        }
-    }
 }
 
 /// What a capability actor serves.
@@ -82,52 +58,17 @@ pub(crate) trait Host: Unpin + 'static {
     fn dispatch(&self, call: Call) -> CallBody;
 }
 
+/// Where a method of a generated server leaves its results (its `Results`
+/// put them there when dropped; see `hook::LocalResults`).
+pub(crate) type ResultsSlot = Rc<RefCell<Option<Payload>>>;
+
 /// A started call, as the host produced it.
 pub(crate) enum CallBody {
     /// A method of a generated server: its promise, and where its results
     /// land when the method drops them.
-    Server(Promise<(), capnp::Error>, hook::ResultsSlot, Completer),
+    Server(Promise<(), capnp::Error>, ResultsSlot, Completer),
     /// Something that completes the call by itself.
     Done(LocalBoxFuture<'static, ()>),
-}
-
-/// Hosts a capnpc-generated `ServerDispatch`.
-pub(crate) struct ServerHost<D>(pub(crate) D);
-
-// The dispatch value is never pinned (calls clone it), so the host may move.
-impl<D> Unpin for ServerHost<D> {}
-
-impl<D: Server + Clone + 'static> Host for ServerHost<D> {
-    fn dispatch(&self, call: Call) -> CallBody {
-        let Call {
-            interface_id,
-            method_id,
-            params,
-            completer,
-            ..
-        } = call;
-        let slot: hook::ResultsSlot = Rc::new(RefCell::new(None));
-        let results = LocalResults::new(completer.answer().cloned(), slot.clone());
-        let params = LocalParams::new(params);
-        let server = self.0.clone();
-        let dispatched = std::panic::catch_unwind(AssertUnwindSafe(move || {
-            server
-                .dispatch_call(
-                    interface_id,
-                    method_id,
-                    Params::new(Box::new(params)),
-                    Results::new(Box::new(results)),
-                )
-                .promise
-        }));
-        match dispatched {
-            Ok(promise) => CallBody::Server(promise, slot, completer),
-            Err(panic) => {
-                completer.complete(Err(error::panicked(panic.as_ref())));
-                CallBody::Done(futures::future::ready(()).boxed_local())
-            }
-        }
-    }
 }
 
 /// Starts `call` on `host`: `None` if it was cancelled before it started.

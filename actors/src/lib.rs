@@ -49,10 +49,8 @@
 mod answer;
 mod call;
 mod cap;
-mod conn_msg;
 pub mod connection;
 pub mod error;
-mod foreign;
 mod handle;
 mod hook;
 mod host;
@@ -60,6 +58,7 @@ mod io;
 mod payload;
 mod promise;
 mod registry;
+mod server;
 mod shield;
 
 pub use call::IncomingCall;

@@ -1,18 +1,20 @@
 //! Messages in flight between capabilities: a capnp message plus its table of
 //! capabilities, in a form that may cross a mailbox.
+//!
+//! What needs the capabilities as hooks (reading a payload's root, the
+//! capability at a pipeline path, copying a reader into a payload) is in
+//! `hook.rs`, which turns cap tables into hook tables.
 
 use std::sync::Arc;
 
 use capnp::any_pointer;
 use capnp::message::{self, HeapAllocator, ReaderSegments};
-use capnp::private::capability::{ClientHook, PipelineOp};
-use capnp::traits::{Imbue, ImbueMut};
-use capnp::MessageSize;
+use capnp::private::capability::ClientHook;
+use capnp::traits::Imbue;
 use capnp_actix_proto::captp::InContent;
 use capnp_actix_proto::frame::Kept;
 
 use crate::cap::CapRef;
-use crate::hook;
 
 /// A cap table that may cross threads: one entry per capability pointer of
 /// the message (`None` for a slot that was cleared).
@@ -64,33 +66,9 @@ impl Payload {
         Payload::built(message, Vec::new())
     }
 
-    /// Reads the root pointer with the cap table turned into hooks that live
-    /// on the current thread.
-    pub(crate) fn with_root<R>(
-        &self,
-        f: impl FnOnce(any_pointer::Reader<'_>) -> capnp::Result<R>,
-    ) -> capnp::Result<R> {
-        let table = hook::to_hooks(&self.caps);
-        let mut root: any_pointer::Reader<'_> = self.body.root()?;
-        root.imbue(&table);
-        f(root)
-    }
-
     /// The root pointer, with capability pointers as bare indexes.
     pub(crate) fn raw_root(&self) -> capnp::Result<any_pointer::Reader<'_>> {
         self.body.root()
-    }
-
-    /// The capability at a pipeline path, read from this payload.
-    pub(crate) fn cap_at(&self, path: &[u16]) -> CapRef {
-        let ops: Vec<PipelineOp> = path
-            .iter()
-            .map(|&i| PipelineOp::GetPointerField(i))
-            .collect();
-        match self.with_root(|root| root.get_pipelined_cap(&ops)) {
-            Ok(h) => hook::to_cap(h),
-            Err(e) => CapRef::broken(e),
-        }
     }
 
     /// Freezes a finished payload into the shareable form used for answers.
@@ -155,30 +133,6 @@ impl Frozen {
         root.imbue(table);
         Ok(root)
     }
-
-    /// The capability at a pipeline path (pointer field indexes from the
-    /// root), or a broken capability saying why there is none.
-    pub(crate) fn cap_at(&self, path: &[u16]) -> CapRef {
-        let table = hook::to_hooks(&self.caps);
-        let ops: Vec<PipelineOp> = path
-            .iter()
-            .map(|&i| PipelineOp::GetPointerField(i))
-            .collect();
-        let found = self
-            .root(&table)
-            .and_then(|root| root.get_pipelined_cap(&ops));
-        match found {
-            Ok(h) => hook::to_cap(h),
-            Err(e) => CapRef::broken(e),
-        }
-    }
-
-    /// Copies the message into a fresh builder (for handing results to a
-    /// foreign `ResultsHook`, or for re-sending).
-    pub(crate) fn copy_into(&self, mut dest: any_pointer::Builder<'_>) -> capnp::Result<()> {
-        let table = hook::to_hooks(&self.caps);
-        dest.set_as(self.root(&table)?)
-    }
 }
 
 /// The segments of the message built here whose root is the content
@@ -196,45 +150,4 @@ impl ReaderSegments for Frozen {
             FrozenBody::Received(_) => 0,
         }
     }
-}
-
-/// A received payload with its capabilities already turned into handles
-/// (`caps`, indexed as the wire cap table): kept in place when its content
-/// carries no capability (nothing to renumber), otherwise copied as
-/// [`payload_from_reader`] does, so that cap tables stay as they were.
-pub(crate) fn payload_received(
-    content: InContent,
-    caps: SendCapTable,
-    size: MessageSize,
-) -> capnp::Result<Payload> {
-    if size.cap_count == 0 {
-        // The content refers to none of `caps` (if the peer sent any, they
-        // are released as they would be after a copy).
-        drop(caps);
-        return Ok(Payload {
-            body: Body::Received(content),
-            caps: Vec::new(),
-        });
-    }
-    let table = hook::to_hooks(&caps);
-    let mut root = content.content()?;
-    root.imbue(&table);
-    payload_from_reader(root)
-}
-
-/// Copies `src` (a reader imbued with hooks) into a new payload, turning the
-/// capabilities it carries into sendable handles.
-pub(crate) fn payload_from_reader(src: any_pointer::Reader<'_>) -> capnp::Result<Payload> {
-    let size = src.target_size()?;
-    let mut message = message::Builder::new(
-        HeapAllocator::new()
-            .first_segment_words((size.word_count as u32).saturating_add(1).min(1 << 20)),
-    );
-    let mut table: HookTable = Vec::new();
-    {
-        let mut root: any_pointer::Builder<'_> = message.init_root();
-        root.imbue_mut(&mut table);
-        root.set_as(src)?;
-    }
-    Ok(Payload::built(message, hook::to_caps(table)))
 }

@@ -7,86 +7,20 @@
 //! those must not overtake calls still on their way through the promise.
 //! While the queue is being flushed, new calls join its end, so nothing
 //! overtakes a queued call either.
+//!
+//! This file makes promises and decides how they resolve ([`Resolver`]);
+//! the queue itself (`cap::PromiseQueue`) is part of the capability node,
+//! which delivers into it.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 
-use crate::call::Call;
-use crate::cap::{CapRef, Kind, Node};
+use crate::cap::{CapRef, Kind, Node, PromiseHandle, PromiseQueue};
 use crate::error;
-use crate::registry;
-
-#[derive(Default)]
-struct PromiseState {
-    queue: VecDeque<Call>,
-    target: Option<CapRef>,
-    /// Someone is forwarding the queue to `target`: new calls queue too.
-    flushing: bool,
-}
-
-/// The shared queue of one promise.
-#[derive(Default)]
-struct Queue {
-    state: Mutex<PromiseState>,
-    /// Counts the promise among the runtime's live objects (see
-    /// `ActorGuard`), as the actor that used to hold the queue did.
-    _guard: registry::ActorGuard,
-}
-
-impl Queue {
-    fn lock(&self) -> MutexGuard<'_, PromiseState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Forwards queued calls to the target, one at a time, never holding
-    /// the lock while delivering (delivering can run arbitrary code, which
-    /// may call this promise again: such calls queue behind).
-    fn flush(&self) {
-        loop {
-            let (target, call) = {
-                let mut s = self.lock();
-                let Some(target) = s.target.clone() else {
-                    s.flushing = false;
-                    return;
-                };
-                match s.queue.pop_front() {
-                    Some(call) => (target, call),
-                    None => {
-                        s.flushing = false;
-                        return;
-                    }
-                }
-            };
-            target.deliver(call);
-        }
-    }
-}
-
-/// The promise's side of the queue.
-pub(crate) struct PromiseHandle {
-    queue: Arc<Queue>,
-}
-
-impl PromiseHandle {
-    pub(crate) fn deliver(&self, call: Call) {
-        let mut s = self.queue.lock();
-        match (&s.target, s.flushing) {
-            (Some(t), false) => {
-                let t = t.clone();
-                drop(s);
-                t.deliver(call);
-            }
-            _ => s.queue.push_back(call),
-        }
-    }
-}
 
 /// Creates a local promise and the resolver that resolves it.
 pub(crate) fn new_promise() -> (CapRef, Resolver) {
-    let queue = Arc::new(Queue::default());
-    let cap = CapRef::from_kind(Kind::Promise(PromiseHandle {
-        queue: queue.clone(),
-    }));
+    let queue = Arc::new(PromiseQueue::default());
+    let cap = CapRef::from_kind(Kind::Promise(PromiseHandle::new(queue.clone())));
     let resolver = Resolver {
         node: Arc::downgrade(&cap.node),
         queue: Some(queue),
@@ -98,7 +32,7 @@ pub(crate) fn new_promise() -> (CapRef, Resolver) {
 /// unresolved breaks the promise.
 pub struct Resolver {
     node: Weak<Node>,
-    queue: Option<Arc<Queue>>,
+    queue: Option<Arc<PromiseQueue>>,
 }
 
 impl std::fmt::Debug for Resolver {

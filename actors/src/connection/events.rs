@@ -12,12 +12,12 @@ use actix::{ActorFutureExt, AsyncContext, WrapFuture};
 use capnp_actix_proto::captp::{CallTarget, Event, InCap, InPayload, OutCap, OutTarget};
 use futures::FutureExt;
 
+use super::deferred::Deferred;
 use super::tables::{Embargo, PeerAnswer, Question};
 use super::{field_of, key, Connection};
 use crate::answer::Answer;
 use crate::call::Call;
 use crate::cap::{CapRef, Kind};
-use crate::conn_msg::ConnMsg;
 use crate::error;
 use crate::hook::{send_call, WaitOutcome};
 use crate::payload::Payload;
@@ -363,7 +363,7 @@ impl Connection {
                 "disembargo target no longer leads back to the peer; reflected at once"
             );
             let target = self.reflection_target(&target);
-            self.me.do_send(ConnMsg::Reflect { embargo, target });
+            self.deferred.do_send(Deferred::Reflect { embargo, target });
             return;
         }
         // Reflect it along the path calls on the target take
@@ -588,7 +588,7 @@ impl Connection {
         // us for it), so that it follows them on the wire.
         let (promise, resolver) = crate::promise::new_promise();
         resolvable.resolve(promise);
-        self.me.do_send(ConnMsg::EmbargoImport {
+        self.deferred.do_send(Deferred::EmbargoImport {
             import,
             resolver,
             target,

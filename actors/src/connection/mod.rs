@@ -11,8 +11,10 @@
 //! answers for its owner (bootstrap, close, inspect). The rest:
 //! - `events.rs`: what the core reports (the peer's messages), one method
 //!   per kind of event;
-//! - `outgoing.rs`: what the rest of the runtime asks ([`ConnMsg`], defined
-//!   in `conn_msg.rs` so that capability nodes need not import this actor);
+//! - `outgoing.rs`: what the rest of the runtime asks (`ConnMsg`, defined
+//!   in `call.rs` so that capability nodes need not import this actor);
+//! - `deferred.rs`: the steps the actor sends itself through its own
+//!   mailbox (reflecting a disembargo, starting an import's embargo);
 //! - `writer.rs`: writing the core's output, once per turn;
 //! - `tables.rs`: the actor's own tables beside the core's.
 
@@ -26,13 +28,13 @@ use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::answer::Answer;
-use crate::call::Completer;
+use crate::call::{Completer, ConnMsg};
 use crate::cap::{next_id, CapRef};
-use crate::conn_msg::ConnMsg;
 use crate::error;
 use crate::io::{self, Input};
 use crate::registry;
 
+mod deferred;
 mod events;
 mod outgoing;
 mod tables;
@@ -231,6 +233,7 @@ where
             results_to_yourself: options.send_results_to_yourself,
             bootstrap: options.bootstrap,
             me: ctx.address().recipient(),
+            deferred: ctx.address().recipient(),
             questions: HashMap::default(),
             question_of: HashMap::default(),
             answers: HashMap::default(),
@@ -266,7 +269,10 @@ pub struct Connection {
     /// See [`ConnectionOptions::send_results_to_yourself`].
     results_to_yourself: bool,
     bootstrap: Option<BootstrapFn>,
+    /// Our own mailbox, as capability nodes and answers send to it.
     me: Recipient<ConnMsg>,
+    /// Our own mailbox, for the steps we defer behind what it holds.
+    deferred: Recipient<deferred::Deferred>,
     /// Our questions: who waits for the answer.
     questions: HashMap<u32, Question>,
     /// Question id by answer identity.

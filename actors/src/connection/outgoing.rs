@@ -1,8 +1,7 @@
 //! What the rest of the runtime asks of a connection ([`ConnMsg`]): calls
 //! on the peer's capabilities and on our questions' fields, tail calls,
-//! releases of imports, cancellations of questions, and the steps of our
-//! embargoes; and how capabilities and payloads cross to and from the
-//! core's descriptors.
+//! releases of imports and cancellations of questions; and how
+//! capabilities and payloads cross to and from the core's descriptors.
 
 use std::sync::Arc;
 
@@ -13,10 +12,11 @@ use super::tables::{Embargo, ImportEntry, Question};
 use super::{key, Connection};
 use crate::answer::Outcome;
 use crate::call::{Call, Completer};
+use crate::call::{ConnMsg, RemoteTarget};
 use crate::cap::{CapRef, Kind};
-use crate::conn_msg::{ConnMsg, RemoteTarget};
 use crate::error;
-use crate::payload::{payload_received, Body, Payload};
+use crate::hook::payload_received;
+use crate::payload::{Body, Payload};
 
 impl Connection {
     pub(super) fn send_return(&mut self, answer: u32, outcome: Outcome) {
@@ -307,7 +307,6 @@ impl Handler<ConnMsg> for Connection {
                     answer.routed_done(&path);
                 }
             }
-            ConnMsg::Reflect { embargo, target } => self.core.disembargo_reply_to(embargo, &target),
             ConnMsg::Release { import, node } => {
                 if self
                     .imports
@@ -335,22 +334,6 @@ impl Handler<ConnMsg> for Connection {
                 import,
                 call,
             } => self.send_tail_call(answer, import, call),
-            ConnMsg::EmbargoImport {
-                import,
-                resolver,
-                target,
-            } => match (
-                self.core.aborted().cloned(),
-                self.core.disembargo_request_import(import),
-            ) {
-                // The connection ended first: embargoes break with it.
-                (Some(e), _) => resolver.reject(e),
-                (None, Some(id)) => {
-                    self.embargoes
-                        .insert(id, Embargo::Import { resolver, target });
-                }
-                (None, None) => resolver.resolve_to(target),
-            },
         }
         self.handle_core_events(ctx);
     }
