@@ -881,14 +881,21 @@ pub async fn connect(address: &Address) -> io::Result<ConnectionHandle> {
 /// service's capability (usable at once; calls on it are pipelined). A
 /// `sha-256` URI (a TLS vat) needs a TLS identity of our own: use
 /// [`Vat::import`], which has one; here it fails with Unimplemented.
+///
+/// The connection is this capability's own: it closes once the capability,
+/// and every capability that came through it, is released.
 pub async fn import(uri: &SturdyUri) -> Result<CapRef, capnp::Error> {
     if let VatAuth::Sha256(_) = uri.auth {
         return Err(capnp::Error::unimplemented(format!(
             "{uri}: a sha-256 URI names a TLS vat, and this function has no TLS identity to connect with; import it through a `Vat` (`Vat::import`)"
         )));
     }
-    let conn = connect(&uri.address)
+    let stream = net::dial(&uri.address)
         .await
         .map_err(|e| capnp::Error::disconnected(e.to_string()))?;
-    Ok(conn.bootstrap(&uri.service_id))
+    let options = ConnectionOptions {
+        close_when_unused: true,
+        ..ConnectionOptions::default()
+    };
+    Ok(start_connection(stream, options).bootstrap(&uri.service_id))
 }

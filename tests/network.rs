@@ -31,8 +31,9 @@ async fn serve_echo(address: &str) -> vat::Listening {
 /// The service a sturdy URI names, over a connection of its own, as
 /// `vat::import` does for an `insecure@` URI (`vat::connect` to the
 /// address, then `bootstrap` with the service ID) but keeping the
-/// connection's handle, so that the test can close it: `vat::import`
-/// gives no way to (see `vat_import_leaves_no_connection_behind`).
+/// connection's handle, so that the test can close it at once
+/// (`vat::import`'s own connection closes when its capabilities are
+/// released: see `vat_import_leaves_no_connection_behind`).
 async fn import(uri: &SturdyUri) -> (ConnectionHandle, Cap<echo::Client>) {
     let conn = vat::connect(&uri.address).await.unwrap();
     let cap = Cap::from_raw(conn.bootstrap(&uri.service_id));
@@ -93,12 +94,10 @@ async fn scenario_49_no_tls_import_a_sturdy_uri_connect_and_call() {
     capnp_actix::debug::assert_all_released().await;
 }
 
-/// `vat::import` opens a connection for the capability it returns, and
-/// nothing closes it: once that capability is released, the connection
-/// (and the server's side of it, which holds the served services) stays
-/// open until the peer goes away.
+/// `vat::import` opens a connection for the capability it returns; once
+/// that capability is released, the connection closes, and so does the
+/// server's side of it (which holds the served services).
 #[actix::test]
-#[ignore = "bug: vat::import leaves its connection open after its import is released"]
 async fn vat_import_leaves_no_connection_behind() {
     let address = "tcp:127.0.0.1:0";
     let listening = serve_echo(address).await;
@@ -107,6 +106,29 @@ async fn vat_import_leaves_no_connection_behind() {
         let cap: Cap<echo::Client> = Cap::from_raw(vat::import(&uri).await.unwrap());
         assert_eq!(ping(&cap, "foo").await.unwrap(), "echo:foo");
     }
+    // A capability that came through the connection keeps it open after
+    // the imported one is released; the last release closes it.
+    let logger = {
+        let cap: Cap<echo::Client> = Cap::from_raw(vat::import(&uri).await.unwrap());
+        let response = cap
+            .client()
+            .get_logger_request()
+            .send()
+            .promise
+            .await
+            .unwrap();
+        Cap::<capnp_actix::schemas::echo_api_capnp::callback::Client>::from_client(
+            &response.get().unwrap().get_callback().unwrap(),
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut req = logger.client().log_request();
+    req.get().set_msg("still connected");
+    req.send()
+        .promise
+        .await
+        .expect("the logger's connection is still open");
+    drop(logger);
     listening.stop();
     capnp_actix::debug::assert_all_released().await;
 }

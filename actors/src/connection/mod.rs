@@ -82,6 +82,15 @@ pub struct ConnectionOptions {
     /// (0.27) accepts such a call but never runs it (see
     /// tests/tail_calls.rs). Tail calls are zero-copy locally either way.
     pub send_results_to_yourself: bool,
+    /// Close the connection (gracefully: what is queued is written, then
+    /// the stream is shut) once it has asked for a bootstrap capability
+    /// and nothing refers to it any more: no question of ours is
+    /// outstanding, no capability of the peer's is held here, and the peer
+    /// holds none of ours and has no call pending with us. For a
+    /// connection opened just to import one capability
+    /// (`capnp_actix::vat::import`), which nobody else could close. Off by
+    /// default: a vat's connections are closed by the vat.
+    pub close_when_unused: bool,
 }
 
 /// How long the writer may go on after the connection ended.
@@ -232,6 +241,8 @@ where
             max_held,
             results_to_yourself: options.send_results_to_yourself,
             bootstrap: options.bootstrap,
+            close_when_unused: options.close_when_unused,
+            used: false,
             me: ctx.address().recipient(),
             deferred: ctx.address().recipient(),
             questions: HashMap::default(),
@@ -269,6 +280,10 @@ pub struct Connection {
     /// See [`ConnectionOptions::send_results_to_yourself`].
     results_to_yourself: bool,
     bootstrap: Option<BootstrapFn>,
+    /// See [`ConnectionOptions::close_when_unused`]; `used` turns true
+    /// with our first bootstrap.
+    close_when_unused: bool,
+    used: bool,
     /// Our own mailbox, as capability nodes and answers send to it.
     me: Recipient<ConnMsg>,
     /// Our own mailbox, for the steps we defer behind what it holds.
@@ -349,6 +364,7 @@ impl StreamHandler<Input> for Connection {
 impl Handler<BootstrapMsg> for Connection {
     type Result = ();
     fn handle(&mut self, msg: BootstrapMsg, ctx: &mut Self::Context) {
+        self.used = true;
         match self.core.bootstrap(&msg.object_id) {
             Ok(q) => self.register_question(q, msg.completer),
             Err(e) => msg.completer.complete(Err(e)),

@@ -35,6 +35,14 @@ impl Connection {
         while let Some(event) = self.core.next_event() {
             self.on_event(event, ctx);
         }
+        if self.unused() {
+            self.core.disconnected(capnp::Error::disconnected(
+                "the connection was closed: nothing refers to it any more".into(),
+            ));
+            while let Some(event) = self.core.next_event() {
+                self.on_event(event, ctx);
+            }
+        }
         if self.core.aborted().is_some() {
             self.release_writer();
             ctx.stop();
@@ -43,6 +51,17 @@ impl Connection {
                 flush.wake_by_ref();
             }
         }
+    }
+
+    /// True when the connection should close for being unused (see
+    /// [`ConnectionOptions::close_when_unused`](super::ConnectionOptions::close_when_unused)).
+    fn unused(&self) -> bool {
+        self.close_when_unused
+            && self.used
+            && self.core.aborted().is_none()
+            && self.questions.is_empty()
+            && self.answers.is_empty()
+            && self.core.table_sizes().is_empty()
     }
 
     /// Queues the core's output and writes what the stream takes now.
