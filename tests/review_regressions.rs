@@ -31,7 +31,7 @@ impl maker::Server for SlowHold {
 
 const T: Duration = Duration::from_secs(5);
 
-/// connection.rs: a peer's call answered by our tail call with
+/// actors/src/connection/: a peer's call answered by our tail call with
 /// `takeFromOtherQuestion` never goes through `send_return` or
 /// `cancel_answer`, so `unhold` never runs for it: its bytes stay counted
 /// in `held_bytes` (and its entry in `held`) for the life of the
