@@ -326,12 +326,12 @@ impl Vat {
             return Vec::new();
         };
         let mut out = Vec::with_capacity(list.len());
-        for (peer, initiated_by_us, retiring, conn) in list {
-            if let Some((tables, dump)) = conn.inspect().await {
+        for listed in list {
+            if let Some((tables, dump)) = listed.conn.inspect().await {
                 out.push(ConnectionInfo {
-                    peer,
-                    initiated_by_us,
-                    retiring,
+                    peer: listed.peer,
+                    initiated_by_us: listed.initiated_by_us,
+                    retiring: listed.retiring,
                     tables,
                     dump,
                 });
@@ -372,12 +372,28 @@ impl Vat {
 /// A connection to a known peer, or the attempt to open one.
 #[derive(Default)]
 struct PeerEntry {
-    current: Option<(ConnectionHandle, bool)>,
+    current: Option<PeerConnection>,
     /// Imports waiting for our connect to finish.
     waiting: Vec<oneshot::Sender<Result<ConnectionHandle, capnp::Error>>>,
     connecting: bool,
     /// Connections replaced by a crossed one, closed once unused.
-    retired: Vec<(ConnectionHandle, bool)>,
+    retired: Vec<PeerConnection>,
+}
+
+/// One connection to a peer, and which side opened it (what decides
+/// which of two crossed connections stays).
+#[derive(Clone)]
+struct PeerConnection {
+    conn: ConnectionHandle,
+    initiated_by_us: bool,
+}
+
+/// A connection as [`ListConnections`] reports it.
+struct ListedConnection {
+    peer: Peer,
+    initiated_by_us: bool,
+    retiring: bool,
+    conn: ConnectionHandle,
 }
 
 /// See the module docs.
@@ -399,8 +415,8 @@ impl Actor for VatSupervisor {
             l.do_send(StopListening);
         }
         for (_, entry) in self.peers.drain() {
-            for (c, _) in entry.current.into_iter().chain(entry.retired) {
-                c.close("the vat has stopped");
+            for c in entry.current.into_iter().chain(entry.retired) {
+                c.conn.close("the vat has stopped");
             }
             for w in entry.waiting {
                 let _ = w.send(Err(capnp::Error::disconnected(
@@ -456,7 +472,7 @@ impl Message for Closed {
 struct ListConnections;
 
 impl Message for ListConnections {
-    type Result = Vec<(Peer, bool, bool, ConnectionHandle)>;
+    type Result = Vec<ListedConnection>;
 }
 
 struct StopVat;
@@ -544,7 +560,7 @@ impl Handler<Connect> for VatSupervisor {
     type Result = ();
     fn handle(&mut self, msg: Connect, ctx: &mut Context<Self>) {
         let entry = self.peers.entry(msg.peer.clone()).or_default();
-        if let Some((conn, _)) = &entry.current {
+        if let Some(PeerConnection { conn, .. }) = &entry.current {
             if conn.is_open() {
                 let _ = msg.reply.send(Ok(conn.clone()));
                 return;
@@ -647,7 +663,10 @@ impl Handler<Established> for VatSupervisor {
             entry.connecting = false;
         }
         let keep_new = match &entry.current {
-            Some((old, old_ours)) if old.is_open() => {
+            Some(PeerConnection {
+                conn: old,
+                initiated_by_us: old_ours,
+            }) if old.is_open() => {
                 // Crossed connections: keep the one opened by the vat with
                 // the greater fingerprint.
                 let new_wins = msg.initiated_by_us == ours_wins;
@@ -660,17 +679,22 @@ impl Handler<Established> for VatSupervisor {
             }
             _ => true,
         };
-        let retired = if keep_new {
-            let old = entry.current.replace((msg.conn, msg.initiated_by_us));
-            old.filter(|(c, _)| c.is_open())
-        } else {
-            Some((msg.conn, msg.initiated_by_us))
+        let new = PeerConnection {
+            conn: msg.conn,
+            initiated_by_us: msg.initiated_by_us,
         };
-        if let Some((conn, ours)) = retired {
-            entry.retired.push((conn.clone(), ours));
+        let retired = if keep_new {
+            let old = entry.current.replace(new);
+            old.filter(|c| c.conn.is_open())
+        } else {
+            Some(new)
+        };
+        if let Some(retired) = retired {
+            let conn = retired.conn.clone();
+            entry.retired.push(retired);
             Self::retire(conn, ctx);
         }
-        if let Some((conn, _)) = &entry.current {
+        if let Some(PeerConnection { conn, .. }) = &entry.current {
             for w in entry.waiting.drain(..) {
                 let _ = w.send(Ok(conn.clone()));
             }
@@ -689,11 +713,11 @@ impl Handler<Closed> for VatSupervisor {
             if entry
                 .current
                 .as_ref()
-                .is_some_and(|(c, _)| c.id() == msg.conn_id)
+                .is_some_and(|c| c.conn.id() == msg.conn_id)
             {
                 entry.current = None;
             }
-            entry.retired.retain(|(c, _)| c.id() != msg.conn_id);
+            entry.retired.retain(|c| c.conn.id() != msg.conn_id);
             if entry.current.is_none() && entry.retired.is_empty() && !entry.connecting {
                 self.peers.remove(&msg.peer);
             }
@@ -748,15 +772,24 @@ impl Handler<ListConnections> for VatSupervisor {
     fn handle(&mut self, _: ListConnections, _: &mut Context<Self>) -> Self::Result {
         let mut out = Vec::new();
         for (peer, entry) in &self.peers {
-            if let Some((c, ours)) = &entry.current {
-                out.push((peer.clone(), *ours, false, c.clone()));
-            }
-            for (c, ours) in &entry.retired {
-                out.push((peer.clone(), *ours, true, c.clone()));
+            let current = entry.current.iter().map(|c| (c, false));
+            let retired = entry.retired.iter().map(|c| (c, true));
+            for (c, retiring) in current.chain(retired) {
+                out.push(ListedConnection {
+                    peer: peer.clone(),
+                    initiated_by_us: c.initiated_by_us,
+                    retiring,
+                    conn: c.conn.clone(),
+                });
             }
         }
         for (id, c) in &self.anonymous {
-            out.push((Peer::Anonymous(*id), false, false, c.clone()));
+            out.push(ListedConnection {
+                peer: Peer::Anonymous(*id),
+                initiated_by_us: false,
+                retiring: false,
+                conn: c.clone(),
+            });
         }
         MessageResult(out)
     }
