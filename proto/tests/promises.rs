@@ -49,6 +49,7 @@ fn describe(e: &Event<u32>) -> String {
         Event::Return {
             question,
             result: Ok(p),
+            ..
         } => {
             let caps: Vec<String> = p.caps.iter().map(in_cap).collect();
             format!("return:q{question}{caps:?}")
@@ -56,8 +57,14 @@ fn describe(e: &Event<u32>) -> String {
         Event::Return {
             question,
             result: Err(e),
+            ..
         } => format!("return:q{question}:error({:?}: {})", e.kind, e.extra),
-        Event::ReturnTakeFrom { question, answer } => format!("return:q{question}<-a{answer}"),
+        Event::ReturnTakeFrom {
+            question, answer, ..
+        } => format!("return:q{question}<-a{answer}"),
+        Event::ResultsSentElsewhere { question } => {
+            format!("return:q{question}:results-sent-elsewhere")
+        }
         Event::Resolve { import, to: Ok(c) } => format!("resolve:{import}->{}", in_cap(c)),
         Event::Resolve { import, to: Err(e) } => {
             format!("resolve:{import}->error({:?}: {})", e.kind, e.extra)
@@ -151,6 +158,7 @@ fn exchange_unfinished(
     let Some(Event::Return {
         question: returned,
         result: Ok(payload),
+        ..
     }) = p.a.conn.next_event()
     else {
         panic!("A got no results")

@@ -183,13 +183,17 @@ impl Peer {
             Event::CallFailed { .. } => {}
             Event::Cancel { answer, .. } => conn.return_canceled(answer),
             Event::Finished { .. } => {}
-            Event::Return { question, result } => {
+            Event::Return {
+                question, result, ..
+            } => {
                 self.questions.retain(|q| *q != question);
                 if let Ok(p) = result {
                     self.note_caps(&p.caps);
                 }
             }
-            Event::ReturnTakeFrom { question, .. } => self.questions.retain(|q| *q != question),
+            Event::ReturnTakeFrom { question, .. } | Event::ResultsSentElsewhere { question } => {
+                self.questions.retain(|q| *q != question)
+            }
             Event::Resolve { to, .. } => {
                 if let Ok(c) = to {
                     self.note_caps(&[c]);

@@ -41,15 +41,17 @@ impl Connection {
             // The core has answered it already.
             Event::CallFailed { answer, error } => self.keep_failed(answer, error),
             Event::Finished { answer } => self.on_finished(answer, ctx),
-            Event::Return { question, .. } if self.tail_calls.contains(&question) => {
-                // `resultsSentElsewhere` for our tail call: the peer keeps the
-                // results for its own question; calls pipelined on ours go
-                // on to it until we finish.
-            }
-            Event::Return { question, result } => self.on_return(question, result),
-            Event::ReturnTakeFrom { question, answer } => {
-                self.on_return_take_from(question, answer, ctx)
-            }
+            Event::ResultsSentElsewhere { question } => self.on_results_sent_elsewhere(question),
+            Event::Return {
+                question,
+                result,
+                pipelined,
+            } => self.on_return(question, result, pipelined),
+            Event::ReturnTakeFrom {
+                question,
+                answer,
+                pipelined,
+            } => self.on_return_take_from(question, answer, pipelined, ctx),
             Event::EmbargoLifted { embargo } => match self.embargoes.remove(&embargo) {
                 Some(Embargo::Field { answer, path, held }) => {
                     let target = field_of(&answer, &path);
@@ -251,8 +253,8 @@ impl Connection {
         &mut self,
         question: u32,
         result: Result<InPayload<CapRef>, capnp::Error>,
+        pipelined: Vec<Vec<u16>>,
     ) {
-        let pipelined = self.pipelined.remove(&question).unwrap_or_default();
         if let Some(Question {
             completer,
             answer: a,
@@ -290,11 +292,11 @@ impl Connection {
         &mut self,
         question: u32,
         answer: u32,
+        pipelined: Vec<Vec<u16>>,
         ctx: &mut actix::Context<Self>,
     ) {
         // A tail call the peer made on our behalf: our question's
         // answer is that of a call it made on us (which we kept).
-        let pipelined = self.pipelined.remove(&question).unwrap_or_default();
         if let Some(Question {
             completer,
             answer: a,
@@ -325,6 +327,25 @@ impl Connection {
                     );
                 }
                 (None, _) => completer.complete(Err(error::internal("tail call source forgotten"))),
+            }
+        }
+    }
+
+    /// `resultsSentElsewhere` for our tail call: the peer keeps the
+    /// results for its own question; calls pipelined on ours go on to it
+    /// until we finish (cancel) it. Forgotten at once if the core has
+    /// already forgotten it (the peer said no finish is needed).
+    pub(super) fn on_results_sent_elsewhere(&mut self, question: u32) {
+        if !self.core.sends_results_elsewhere(question) {
+            self.forget_question(question);
+        }
+    }
+
+    /// Forgets our question `question` without completing it.
+    pub(super) fn forget_question(&mut self, question: u32) {
+        if let Some(q) = self.questions.remove(&question) {
+            if let Some(a) = &q.answer {
+                self.question_of.remove(&key(a));
             }
         }
     }
@@ -452,8 +473,6 @@ impl Connection {
             self.break_import(id, e.clone());
         }
         self.imports.clear();
-        self.pipelined.clear();
-        self.tail_calls.clear();
         for (_, emb) in self.embargoes.drain() {
             match emb {
                 Embargo::Field { held, answer, path } => {

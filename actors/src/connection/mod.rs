@@ -38,7 +38,7 @@ mod outgoing;
 mod tables;
 mod writer;
 
-use tables::{Embargo, HashMap, HashSet, ImportEntry, PeerAnswer, Question};
+use tables::{Embargo, HashMap, ImportEntry, PeerAnswer, Question};
 use writer::Flush;
 
 /// Finds the bootstrap capability for a service ID (the ID's raw bytes;
@@ -235,9 +235,7 @@ where
             question_of: HashMap::default(),
             answers: HashMap::default(),
             imports: HashMap::default(),
-            pipelined: HashMap::default(),
             embargoes: HashMap::default(),
-            tail_calls: HashSet::default(),
             _guard: registry::ActorGuard::new(),
         }
     });
@@ -275,16 +273,9 @@ pub struct Connection {
     answers: HashMap<u32, PeerAnswer>,
     /// Imports and the node that holds each.
     imports: HashMap<u32, ImportEntry>,
-    /// Fields of each outstanding question that calls were pipelined on
-    /// (protocol bookkeeping kept here for now; it decides which fields of
-    /// a return need an embargo, see `events::embargo_local_fields`).
-    pipelined: HashMap<u32, Vec<Vec<u16>>>,
     /// Our embargoes, by id: what each holds back until the peer reflects
     /// its disembargo (the core keeps the protocol side of the same ids).
     embargoes: HashMap<u32, Embargo>,
-    /// Our questions sent as tail calls (`sendResultsTo.yourself`): their
-    /// return is `resultsSentElsewhere`, and a cancel forgets them at once.
-    tail_calls: HashSet<u32>,
     /// Told why the connection ended, when it does.
     closed: Option<futures::channel::oneshot::Sender<capnp::Error>>,
     /// Last: see `ActorGuard`.

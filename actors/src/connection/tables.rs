@@ -15,12 +15,11 @@ use crate::call::{Call, Completer};
 use crate::cap::{CapRef, Node};
 use crate::promise::Resolver;
 
-/// The tables' hash maps and sets: their keys are ids (some chosen by the
+/// The tables' hash maps: their keys are ids (some chosen by the
 /// peer), hashed with foldhash's seeded hasher, which costs a fraction of
 /// the standard SipHash (that took about 7% of a server's instructions
 /// per call).
 pub(super) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-pub(super) type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// One of our questions to the peer: who waits for its answer.
 pub(super) struct Question {

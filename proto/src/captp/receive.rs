@@ -227,6 +227,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         let already_finished = q.finished;
         let yourself = q.yourself;
         let params = std::mem::take(&mut q.param_exports);
+        let pipelined = std::mem::take(&mut q.pipelined);
         if release_params {
             for id in params {
                 self.release_export(id, 1)?;
@@ -248,6 +249,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                     answer,
                     other,
                     no_finish_needed || already_finished,
+                    pipelined,
                 )
             }
         };
@@ -256,9 +258,21 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         } else if !yourself {
             self.deferred_finish.push(answer);
         }
+        if yourself {
+            // Our tail call: the results went to the peer's own question
+            // (`resultsSentElsewhere`); any the peer sent all the same are
+            // not ours to keep.
+            if let Ok(p) = &result {
+                self.drop_in_caps(&p.caps);
+            }
+            self.events
+                .push_back(Event::ResultsSentElsewhere { question: answer });
+            return Ok(());
+        }
         self.events.push_back(Event::Return {
             question: answer,
             result,
+            pipelined,
         });
         Ok(())
     }
@@ -270,6 +284,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         question: u32,
         other: u32,
         no_finish: bool,
+        pipelined: Vec<Vec<u16>>,
     ) -> Result<(), Error> {
         if !self
             .answers
@@ -288,6 +303,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         self.events.push_back(Event::ReturnTakeFrom {
             question,
             answer: other,
+            pipelined,
         });
         Ok(())
     }
@@ -430,11 +446,17 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                 for id in question.param_exports {
                     let _ = self.release_export(id, 1);
                 }
+                if question.yourself {
+                    self.events
+                        .push_back(Event::ResultsSentElsewhere { question: q });
+                    return Ok(());
+                }
                 self.events.push_back(Event::Return {
                     question: q,
                     result: Err(Error::unimplemented(
                         "the peer does not implement this message".into(),
                     )),
+                    pipelined: question.pipelined,
                 });
             }
             RawUnimplemented::Other => {

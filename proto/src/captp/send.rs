@@ -90,15 +90,14 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         caps: &[OutCap<L>],
         yourself: bool,
     ) -> Result<u32, Error> {
-        if let OutTarget::Answer { question, .. } = target {
-            if self
-                .questions
-                .get(*question)
-                .is_none_or(|q| q.finished || (q.returned && !q.yourself))
-            {
-                return Err(Error::failed(format!(
-                    "question {question} is no longer pipelinable"
-                )));
+        if let OutTarget::Answer { question, path } = target {
+            match self.questions.get_mut(*question) {
+                Some(q) if !q.finished && (!q.returned || q.yourself) => q.note_pipelined(path),
+                _ => {
+                    return Err(Error::failed(format!(
+                        "question {question} is no longer pipelinable"
+                    )))
+                }
             }
         }
         let q = self.new_question()?;
