@@ -203,7 +203,7 @@ impl Peer {
                 let import = self.imports.first().copied().unwrap_or(0);
                 conn.disembargo_reply(embargo, import);
             }
-            Event::EmbargoLifted { .. } => {}
+            Event::EmbargoLifted { .. } | Event::EmbargoBroken { .. } => {}
             Event::ExportedPromise { export, cap } => {
                 conn.resolve_export(export, &cap, OutCap::Local(cap.wrapping_add(100)))
             }

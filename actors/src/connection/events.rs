@@ -24,7 +24,11 @@ use crate::payload::Payload;
 
 impl Connection {
     /// Handles one event of the core: one method per kind of event.
-    pub(super) fn on_event(&mut self, event: Event<CapRef>, ctx: &mut actix::Context<Self>) {
+    pub(super) fn on_event(
+        &mut self,
+        event: Event<CapRef, Embargo>,
+        ctx: &mut actix::Context<Self>,
+    ) {
         match event {
             Event::Bootstrap { answer, object_id } => self.on_bootstrap(answer, object_id, ctx),
             Event::Call {
@@ -52,17 +56,18 @@ impl Connection {
                 answer,
                 pipelined,
             } => self.on_return_take_from(question, answer, pipelined, ctx),
-            Event::EmbargoLifted { embargo } => match self.embargoes.remove(&embargo) {
-                Some(Embargo::Field { answer, path, held }) => {
+            Event::EmbargoLifted { waiting, .. } => match waiting {
+                Embargo::Field { answer, path, held } => {
                     let target = field_of(&answer, &path);
                     for call in held {
                         target.deliver(call);
                     }
                     answer.lift_embargo(&path);
                 }
-                Some(Embargo::Import { resolver, target }) => resolver.resolve_to(target),
-                None => {}
+                Embargo::Import { resolver, target } => resolver.resolve_to(target),
             },
+            // (Just after `Aborted`.)
+            Event::EmbargoBroken { waiting, .. } => self.on_embargo_broken(waiting),
             Event::Resolve { import, to } => match to {
                 Ok(c) => self.resolve_import(import, c),
                 // An error needs no embargo: the import is broken from now on.
@@ -473,17 +478,26 @@ impl Connection {
             self.break_import(id, e.clone());
         }
         self.imports.clear();
-        for (_, emb) in self.embargoes.drain() {
-            match emb {
-                Embargo::Field { held, answer, path } => {
-                    for call in held {
-                        call.fail(e.clone());
-                    }
-                    // Nothing is kept in order any more.
-                    answer.lift_embargo(&path);
+        // Our embargoes come next, one `EmbargoBroken` each.
+    }
+
+    /// The connection ended with this embargo of ours live: fail what it
+    /// holds.
+    pub(super) fn on_embargo_broken(&mut self, waiting: Embargo) {
+        let e = self
+            .core
+            .aborted()
+            .cloned()
+            .unwrap_or_else(|| capnp::Error::disconnected("connection closed".into()));
+        match waiting {
+            Embargo::Field { held, answer, path } => {
+                for call in held {
+                    call.fail(e.clone());
                 }
-                Embargo::Import { resolver, .. } => resolver.reject(e.clone()),
+                // Nothing is kept in order any more.
+                answer.lift_embargo(&path);
             }
+            Embargo::Import { resolver, .. } => resolver.reject(e),
         }
     }
 
@@ -533,16 +547,17 @@ impl Connection {
     /// the peer to reflect a disembargo along the path the calls pipelined
     /// on it took, and holds calls made on it until the reflection comes.
     pub(super) fn embargo_field(&mut self, question: u32, answer: &Arc<Answer>, path: Vec<u16>) {
-        if let Some(id) = self.core.disembargo_request(question, &path) {
+        let waiting = Embargo::Field {
+            answer: answer.clone(),
+            path: path.clone(),
+            held: Vec::new(),
+        };
+        if self
+            .core
+            .disembargo_request(question, &path, waiting)
+            .is_ok()
+        {
             answer.embargo(&path);
-            self.embargoes.insert(
-                id,
-                Embargo::Field {
-                    answer: answer.clone(),
-                    path,
-                    held: Vec::new(),
-                },
-            );
         }
     }
 

@@ -14,7 +14,8 @@
 //! - `outgoing.rs`: what the rest of the runtime asks ([`ConnMsg`], defined
 //!   in `conn_msg.rs` so that capability nodes need not import this actor);
 //! - `writer.rs`: writing the core's output, once per turn;
-//! - `tables.rs`: the actor's own tables beside the core's.
+//! - `tables.rs`: the actor's own tables beside the core's, and what it
+//!   keeps in the core's embargo table.
 
 use std::sync::Arc;
 
@@ -235,7 +236,6 @@ where
             question_of: HashMap::default(),
             answers: HashMap::default(),
             imports: HashMap::default(),
-            embargoes: HashMap::default(),
             _guard: registry::ActorGuard::new(),
         }
     });
@@ -249,7 +249,9 @@ where
 /// See the module docs.
 pub struct Connection {
     id: u64,
-    core: Conn<CapRef>,
+    /// The protocol core; each of our embargoes keeps an [`Embargo`] there
+    /// (what it holds back until the peer reflects its disembargo).
+    core: Conn<CapRef, Embargo>,
     /// Writes what the core produces, at the end of each turn of the
     /// actor ([`Flush`]); handed to a task of its own when the connection
     /// ends ([`Connection::release_writer`]).
@@ -273,9 +275,6 @@ pub struct Connection {
     answers: HashMap<u32, PeerAnswer>,
     /// Imports and the node that holds each.
     imports: HashMap<u32, ImportEntry>,
-    /// Our embargoes, by id: what each holds back until the peer reflects
-    /// its disembargo (the core keeps the protocol side of the same ids).
-    embargoes: HashMap<u32, Embargo>,
     /// Told why the connection ended, when it does.
     closed: Option<futures::channel::oneshot::Sender<capnp::Error>>,
     /// Last: see `ActorGuard`.

@@ -134,14 +134,18 @@ impl Connection {
                 // (The core notes the fields calls are pipelined on.)
                 Some(&question) => OutTarget::Answer { question, path },
                 None => {
-                    if let Some(e) = self.embargoes.values_mut().find_map(|e| match e {
-                        Embargo::Field {
-                            answer: a,
-                            path: p,
-                            held,
-                        } if Arc::ptr_eq(a, &answer) && *p == path => Some(held),
-                        _ => None,
-                    }) {
+                    if let Some(e) = self
+                        .core
+                        .embargoes_waiting_mut()
+                        .find_map(|(_, e)| match e {
+                            Embargo::Field {
+                                answer: a,
+                                path: p,
+                                held,
+                            } if Arc::ptr_eq(a, &answer) && *p == path => Some(held),
+                            _ => None,
+                        })
+                    {
                         // Held until the calls sent before the return are through.
                         e.push(call);
                         return;
@@ -324,18 +328,18 @@ impl Handler<ConnMsg> for Connection {
                 import,
                 resolver,
                 target,
-            } => match (
-                self.core.aborted().cloned(),
-                self.core.disembargo_request_import(import),
-            ) {
-                // The connection ended first: embargoes break with it.
-                (Some(e), _) => resolver.reject(e),
-                (None, Some(id)) => {
-                    self.embargoes
-                        .insert(id, Embargo::Import { resolver, target });
+            } => {
+                let waiting = Embargo::Import { resolver, target };
+                if let Err(Embargo::Import { resolver, target }) =
+                    self.core.disembargo_request_import(import, waiting)
+                {
+                    match self.core.aborted() {
+                        // The connection ended first: embargoes break with it.
+                        Some(e) => resolver.reject(e.clone()),
+                        None => resolver.resolve_to(target),
+                    }
                 }
-                (None, None) => resolver.resolve_to(target),
-            },
+            }
         }
         self.handle_core_events(ctx);
     }

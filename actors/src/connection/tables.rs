@@ -1,6 +1,7 @@
 //! The connection actor's own tables, beside the protocol core's: who
 //! waits for each of our questions, what serves each of the peer's, which
-//! node holds each import, and the runtime side of our embargoes.
+//! node holds each import; and [`Embargo`], what the actor keeps in the
+//! core's embargo table (see `proto/src/captp/embargoes.rs`).
 //!
 //! The core's tables say what the protocol knows (ids, reference counts,
 //! what was sent); these say where each id meets the runtime (a completer,
@@ -49,7 +50,10 @@ pub(super) struct ImportEntry {
     pub(super) node_id: u64,
 }
 
-/// An embargo of ours, lifted when the peer reflects its disembargo.
+/// What one of our embargoes holds back, kept in the core's embargo table
+/// and handed back when the peer reflects its disembargo
+/// (`Event::EmbargoLifted`) or the connection ends
+/// (`Event::EmbargoBroken`).
 pub(super) enum Embargo {
     /// Calls on one field of an answered question, held.
     Field {

@@ -5,8 +5,9 @@ use capnp::Error;
 
 use super::{CallTarget, InCap, InPayload};
 
-/// What the runtime must act on.
-pub enum Event<L> {
+/// What the runtime must act on. `E` is what the runtime keeps waiting on
+/// each of our embargoes (see [`Conn::disembargo_request`](super::Conn::disembargo_request)).
+pub enum Event<L, E = ()> {
     /// The peer asks for a bootstrap capability: answer with
     /// [`Conn::return_results`](super::Conn::return_results) (one capability at the root) or
     /// [`Conn::return_error`](super::Conn::return_error).
@@ -114,6 +115,16 @@ pub enum Event<L> {
     EmbargoLifted {
         /// Our embargo id.
         embargo: u32,
+        /// What the runtime gave when it started the embargo.
+        waiting: E,
+    },
+    /// The connection ended (just after [`Event::Aborted`]) with this
+    /// embargo of ours still live: what waits on it will not go.
+    EmbargoBroken {
+        /// Our embargo id.
+        embargo: u32,
+        /// What the runtime gave when it started the embargo.
+        waiting: E,
     },
     /// A promise of ours was exported for the first time (as `senderPromise`):
     /// when it settles, call

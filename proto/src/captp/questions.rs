@@ -42,7 +42,7 @@ impl Question {
     }
 }
 
-impl<L: Clone + Eq + Hash> Conn<L> {
+impl<L: Clone + Eq + Hash, E> Conn<L, E> {
     pub(super) fn new_question(&mut self) -> Result<u32, Error> {
         if let Some(e) = &self.aborted {
             return Err(e.clone());

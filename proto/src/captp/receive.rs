@@ -19,7 +19,7 @@ use super::{protocol_error, CallTarget, Conn, Event, InPayload};
 use crate::frame::{FrameError, WordSegments};
 use crate::rpc_capnp::message as rpc_message;
 
-impl<L: Clone + Eq + Hash> Conn<L> {
+impl<L: Clone + Eq + Hash, E> Conn<L, E> {
     /// Feeds bytes received from the peer. Complete messages are handled at
     /// once; their effects are in [`Conn::next_event`] and
     /// [`Conn::take_output`].
@@ -386,12 +386,15 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         match d.context {
             RawEmbargo::SenderLoopback(embargo) => self.on_sender_loopback(embargo, d.target),
             RawEmbargo::ReceiverLoopback(e) => {
-                if !self.embargoes.lift(e) {
+                let Some(waiting) = self.embargoes.lift(e) else {
                     return Err(protocol_error(format!(
                         "disembargo for unknown embargo {e}"
                     )));
-                }
-                self.events.push_back(Event::EmbargoLifted { embargo: e });
+                };
+                self.events.push_back(Event::EmbargoLifted {
+                    embargo: e,
+                    waiting,
+                });
                 Ok(())
             }
             RawEmbargo::Other => self.on_unknown(msg),

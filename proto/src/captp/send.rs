@@ -18,7 +18,7 @@ use crate::exception;
 use crate::frame;
 use crate::rpc_capnp::{message as rpc_message, return_};
 
-impl<L: Clone + Eq + Hash> Conn<L> {
+impl<L: Clone + Eq + Hash, E> Conn<L, E> {
     /// Asks for the peer's bootstrap capability, with a service ID (none
     /// is sent when it is empty). Returns the question id.
     pub fn bootstrap(&mut self, object_id: &[u8]) -> Result<u32, Error> {
