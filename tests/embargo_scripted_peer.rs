@@ -70,7 +70,9 @@ async fn scripted_peer(mut sock: tokio::net::UnixStream) {
                     m.set_root(params.content().unwrap()).unwrap();
                     held_calls.push((answer, interface_id, method_id, m));
                 }
-                Event::Return { question, result } => {
+                Event::Return {
+                    question, result, ..
+                } => {
                     if let Some(&(_, theirs)) = forwarded.iter().find(|(q, _)| *q == question) {
                         let payload = result.unwrap();
                         core.return_results(theirs, payload.content().unwrap(), &[]);

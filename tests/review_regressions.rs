@@ -286,6 +286,7 @@ async fn a_tail_call_for_a_cancelled_call_does_not_answer_the_question_that_reus
             Event::Return {
                 question,
                 result: Ok(p),
+                ..
             } if *question == boot => match p.caps.as_slice() {
                 [InCap::Import { id, .. }] => Some(*id),
                 _ => None,
@@ -335,10 +336,14 @@ async fn a_tail_call_for_a_cancelled_call_does_not_answer_the_question_that_reus
     let wrong: Vec<String> = events
         .iter()
         .filter_map(|e| match e {
-            Event::ReturnTakeFrom { question, answer } if *question == pair => Some(format!(
+            Event::ReturnTakeFrom {
+                question, answer, ..
+            } if *question == pair => Some(format!(
                 "pair() (question {question}) answered with takeFromOtherQuestion {answer}"
             )),
-            Event::Return { question, result } if *question == pair => Some(format!(
+            Event::Return {
+                question, result, ..
+            } if *question == pair => Some(format!(
                 "pair() (question {question}) answered: ok = {}",
                 result.is_ok()
             )),

@@ -1557,6 +1557,7 @@ async fn scenario_21_a_chain_resolved_step_by_step_embargoes_where_it_ends_at_ou
                 if let Event::Return {
                     question,
                     result: Ok(payload),
+                    ..
                 } = e
                 {
                     assert_eq!(question, q);

@@ -79,7 +79,9 @@ struct AnswerState {
     /// Run when the last caller reference goes before the outcome.
     on_cancel: Option<Box<dyn FnOnce() + Send>>,
     /// Fields under a network embargo: calls on them keep going through
-    /// the connection, which holds them until the embargo lifts.
+    /// the connection, which holds them until the embargo lifts. The
+    /// per-answer view, read under this lock by any caller, of the
+    /// connection core's embargo table (`proto/src/captp/embargoes.rs`).
     embargoed: Vec<Vec<u16>>,
     /// Per field, the calls sent through the connection's mailbox that it
     /// has not handled yet: while there are any, later calls follow them

@@ -713,6 +713,7 @@ fn scenario_22_a_tail_call_sent_back_to_us_keeps_its_results_for_take_from_other
     let Some(Event::ReturnTakeFrom {
         question,
         answer: 99,
+        ..
     }) = p.b.conn.next_event()
     else {
         panic!()
@@ -774,7 +775,10 @@ fn scenario_22_our_tail_call_goes_out_as_send_results_to_yourself_then_take_from
     let Some(Event::Call { answer: kept, .. }) = p.b.conn.next_event() else {
         panic!()
     };
-    let Some(Event::ReturnTakeFrom { question, answer }) = p.b.conn.next_event() else {
+    let Some(Event::ReturnTakeFrom {
+        question, answer, ..
+    }) = p.b.conn.next_event()
+    else {
         panic!()
     };
     assert_eq!((question, answer), (b_q, kept));
@@ -790,6 +794,17 @@ fn scenario_22_our_tail_call_goes_out_as_send_results_to_yourself_then_take_from
             .find(|f| tail_detail(f) == "results-sent-elsewhere");
     assert!(ret.is_some(), "B says the results went elsewhere");
     p.flush();
+    // A's runtime hears that the results went elsewhere, not of a return
+    // to complete; the core still knows the question as a tail call.
+    let ended: Vec<u32> = std::iter::from_fn(|| p.a.conn.next_event())
+        .filter_map(|e| match e {
+            Event::ResultsSentElsewhere { question } => Some(question),
+            Event::Return { .. } | Event::ReturnTakeFrom { .. } => panic!("a return for A"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ended, [q]);
+    assert!(p.a.conn.sends_results_elsewhere(q));
     // A's tail-call question stays pipelinable (calls made on A's answer
     // before B saw the take-from go there) until A finishes it.
     assert!(p
@@ -808,6 +823,7 @@ fn scenario_22_our_tail_call_goes_out_as_send_results_to_yourself_then_take_from
         .is_ok());
     assert!(p.a.conn.aborted().is_none() && p.b.conn.aborted().is_none());
     p.a.conn.finish(q);
+    assert!(!p.a.conn.sends_results_elsewhere(q));
     p.flush();
     assert!(p.a.conn.aborted().is_none() && p.b.conn.aborted().is_none());
 }

@@ -73,7 +73,10 @@ fn bootstrap_call_return_release_leaves_every_table_empty() {
         &[OutCap::Local(7)],
     );
     assert_eq!(deliver(&mut b, &mut a), ["return:a0"]);
-    let Some(Event::Return { question, result }) = a.next_event() else {
+    let Some(Event::Return {
+        question, result, ..
+    }) = a.next_event()
+    else {
         panic!()
     };
     assert_eq!(question, q);
@@ -119,7 +122,7 @@ fn bootstrap_call_return_release_leaves_every_table_empty() {
     );
     assert_eq!(deliver(&mut b, &mut a), ["return:a0"]);
     assert!(
-        matches!(a.next_event(), Some(Event::Return { question, result: Ok(_) }) if question == q2)
+        matches!(a.next_event(), Some(Event::Return { question, result: Ok(_), .. }) if question == q2)
     );
     assert_eq!(deliver(&mut a, &mut b), ["finish:q0"]);
     assert!(matches!(

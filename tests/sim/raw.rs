@@ -183,13 +183,17 @@ impl Peer {
             Event::CallFailed { .. } => {}
             Event::Cancel { answer, .. } => conn.return_canceled(answer),
             Event::Finished { .. } => {}
-            Event::Return { question, result } => {
+            Event::Return {
+                question, result, ..
+            } => {
                 self.questions.retain(|q| *q != question);
                 if let Ok(p) = result {
                     self.note_caps(&p.caps);
                 }
             }
-            Event::ReturnTakeFrom { question, .. } => self.questions.retain(|q| *q != question),
+            Event::ReturnTakeFrom { question, .. } | Event::ResultsSentElsewhere { question } => {
+                self.questions.retain(|q| *q != question)
+            }
             Event::Resolve { to, .. } => {
                 if let Ok(c) = to {
                     self.note_caps(&[c]);
@@ -199,7 +203,7 @@ impl Peer {
                 let import = self.imports.first().copied().unwrap_or(0);
                 conn.disembargo_reply(embargo, import);
             }
-            Event::EmbargoLifted { .. } => {}
+            Event::EmbargoLifted { .. } | Event::EmbargoBroken { .. } => {}
             Event::ExportedPromise { export, cap } => {
                 conn.resolve_export(export, &cap, OutCap::Local(cap.wrapping_add(100)))
             }

@@ -46,18 +46,18 @@ impl Handler<Deferred> for Connection {
                 import,
                 resolver,
                 target,
-            } => match (
-                self.core.aborted().cloned(),
-                self.core.disembargo_request_import(import),
-            ) {
-                // The connection ended first: embargoes break with it.
-                (Some(e), _) => resolver.reject(e),
-                (None, Some(id)) => {
-                    self.embargoes
-                        .insert(id, Embargo::Import { resolver, target });
+            } => {
+                let waiting = Embargo::Import { resolver, target };
+                if let Err(Embargo::Import { resolver, target }) =
+                    self.core.disembargo_request_import(import, waiting)
+                {
+                    match self.core.aborted() {
+                        // The connection ended first: embargoes break with it.
+                        Some(e) => resolver.reject(e.clone()),
+                        None => resolver.resolve_to(target),
+                    }
                 }
-                (None, None) => resolver.resolve_to(target),
-            },
+            }
         }
         self.handle_core_events(ctx);
     }

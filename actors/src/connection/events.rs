@@ -24,7 +24,11 @@ use crate::payload::Payload;
 
 impl Connection {
     /// Handles one event of the core: one method per kind of event.
-    pub(super) fn on_event(&mut self, event: Event<CapRef>, ctx: &mut actix::Context<Self>) {
+    pub(super) fn on_event(
+        &mut self,
+        event: Event<CapRef, Embargo>,
+        ctx: &mut actix::Context<Self>,
+    ) {
         match event {
             Event::Bootstrap { answer, object_id } => self.on_bootstrap(answer, object_id, ctx),
             Event::Call {
@@ -41,26 +45,29 @@ impl Connection {
             // The core has answered it already.
             Event::CallFailed { answer, error } => self.keep_failed(answer, error),
             Event::Finished { answer } => self.on_finished(answer, ctx),
-            Event::Return { question, .. } if self.tail_calls.contains(&question) => {
-                // `resultsSentElsewhere` for our tail call: the peer keeps the
-                // results for its own question; calls pipelined on ours go
-                // on to it until we finish.
-            }
-            Event::Return { question, result } => self.on_return(question, result),
-            Event::ReturnTakeFrom { question, answer } => {
-                self.on_return_take_from(question, answer, ctx)
-            }
-            Event::EmbargoLifted { embargo } => match self.embargoes.remove(&embargo) {
-                Some(Embargo::Field { answer, path, held }) => {
+            Event::ResultsSentElsewhere { question } => self.on_results_sent_elsewhere(question),
+            Event::Return {
+                question,
+                result,
+                pipelined,
+            } => self.on_return(question, result, pipelined),
+            Event::ReturnTakeFrom {
+                question,
+                answer,
+                pipelined,
+            } => self.on_return_take_from(question, answer, pipelined, ctx),
+            Event::EmbargoLifted { waiting, .. } => match waiting {
+                Embargo::Field { answer, path, held } => {
                     let target = field_of(&answer, &path);
                     for call in held {
                         target.deliver(call);
                     }
                     answer.lift_embargo(&path);
                 }
-                Some(Embargo::Import { resolver, target }) => resolver.resolve_to(target),
-                None => {}
+                Embargo::Import { resolver, target } => resolver.resolve_to(target),
             },
+            // (Just after `Aborted`.)
+            Event::EmbargoBroken { waiting, .. } => self.on_embargo_broken(waiting),
             Event::Resolve { import, to } => match to {
                 Ok(c) => self.resolve_import(import, c),
                 // An error needs no embargo: the import is broken from now on.
@@ -251,8 +258,8 @@ impl Connection {
         &mut self,
         question: u32,
         result: Result<InPayload<CapRef>, capnp::Error>,
+        pipelined: Vec<Vec<u16>>,
     ) {
-        let pipelined = self.pipelined.remove(&question).unwrap_or_default();
         if let Some(Question {
             completer,
             answer: a,
@@ -290,11 +297,11 @@ impl Connection {
         &mut self,
         question: u32,
         answer: u32,
+        pipelined: Vec<Vec<u16>>,
         ctx: &mut actix::Context<Self>,
     ) {
         // A tail call the peer made on our behalf: our question's
         // answer is that of a call it made on us (which we kept).
-        let pipelined = self.pipelined.remove(&question).unwrap_or_default();
         if let Some(Question {
             completer,
             answer: a,
@@ -325,6 +332,25 @@ impl Connection {
                     );
                 }
                 (None, _) => completer.complete(Err(error::internal("tail call source forgotten"))),
+            }
+        }
+    }
+
+    /// `resultsSentElsewhere` for our tail call: the peer keeps the
+    /// results for its own question; calls pipelined on ours go on to it
+    /// until we finish (cancel) it. Forgotten at once if the core has
+    /// already forgotten it (the peer said no finish is needed).
+    pub(super) fn on_results_sent_elsewhere(&mut self, question: u32) {
+        if !self.core.sends_results_elsewhere(question) {
+            self.forget_question(question);
+        }
+    }
+
+    /// Forgets our question `question` without completing it.
+    pub(super) fn forget_question(&mut self, question: u32) {
+        if let Some(q) = self.questions.remove(&question) {
+            if let Some(a) = &q.answer {
+                self.question_of.remove(&key(a));
             }
         }
     }
@@ -452,19 +478,26 @@ impl Connection {
             self.break_import(id, e.clone());
         }
         self.imports.clear();
-        self.pipelined.clear();
-        self.tail_calls.clear();
-        for (_, emb) in self.embargoes.drain() {
-            match emb {
-                Embargo::Field { held, answer, path } => {
-                    for call in held {
-                        call.fail(e.clone());
-                    }
-                    // Nothing is kept in order any more.
-                    answer.lift_embargo(&path);
+        // Our embargoes come next, one `EmbargoBroken` each.
+    }
+
+    /// The connection ended with this embargo of ours live: fail what it
+    /// holds.
+    pub(super) fn on_embargo_broken(&mut self, waiting: Embargo) {
+        let e = self
+            .core
+            .aborted()
+            .cloned()
+            .unwrap_or_else(|| capnp::Error::disconnected("connection closed".into()));
+        match waiting {
+            Embargo::Field { held, answer, path } => {
+                for call in held {
+                    call.fail(e.clone());
                 }
-                Embargo::Import { resolver, .. } => resolver.reject(e.clone()),
+                // Nothing is kept in order any more.
+                answer.lift_embargo(&path);
             }
+            Embargo::Import { resolver, .. } => resolver.reject(e),
         }
     }
 
@@ -514,16 +547,17 @@ impl Connection {
     /// the peer to reflect a disembargo along the path the calls pipelined
     /// on it took, and holds calls made on it until the reflection comes.
     pub(super) fn embargo_field(&mut self, question: u32, answer: &Arc<Answer>, path: Vec<u16>) {
-        if let Some(id) = self.core.disembargo_request(question, &path) {
+        let waiting = Embargo::Field {
+            answer: answer.clone(),
+            path: path.clone(),
+            held: Vec::new(),
+        };
+        if self
+            .core
+            .disembargo_request(question, &path, waiting)
+            .is_ok()
+        {
             answer.embargo(&path);
-            self.embargoes.insert(
-                id,
-                Embargo::Field {
-                    answer: answer.clone(),
-                    path,
-                    held: Vec::new(),
-                },
-            );
         }
     }
 

@@ -16,7 +16,8 @@
 //! - `deferred.rs`: the steps the actor sends itself through its own
 //!   mailbox (reflecting a disembargo, starting an import's embargo);
 //! - `writer.rs`: writing the core's output, once per turn;
-//! - `tables.rs`: the actor's own tables beside the core's.
+//! - `tables.rs`: the actor's own tables beside the core's, and what it
+//!   keeps in the core's embargo table.
 
 use std::sync::Arc;
 
@@ -40,7 +41,7 @@ mod outgoing;
 mod tables;
 mod writer;
 
-use tables::{Embargo, HashMap, HashSet, ImportEntry, PeerAnswer, Question};
+use tables::{Embargo, HashMap, ImportEntry, PeerAnswer, Question};
 use writer::Flush;
 
 /// Finds the bootstrap capability for a service ID (the ID's raw bytes;
@@ -249,9 +250,6 @@ where
             question_of: HashMap::default(),
             answers: HashMap::default(),
             imports: HashMap::default(),
-            pipelined: HashMap::default(),
-            embargoes: HashMap::default(),
-            tail_calls: HashSet::default(),
             _guard: registry::ActorGuard::new(),
         }
     });
@@ -265,7 +263,9 @@ where
 /// See the module docs.
 pub struct Connection {
     id: u64,
-    core: Conn<CapRef>,
+    /// The protocol core; each of our embargoes keeps an [`Embargo`] there
+    /// (what it holds back until the peer reflects its disembargo).
+    core: Conn<CapRef, Embargo>,
     /// Writes what the core produces, at the end of each turn of the
     /// actor ([`Flush`]); handed to a task of its own when the connection
     /// ends ([`Connection::release_writer`]).
@@ -296,16 +296,6 @@ pub struct Connection {
     answers: HashMap<u32, PeerAnswer>,
     /// Imports and the node that holds each.
     imports: HashMap<u32, ImportEntry>,
-    /// Fields of each outstanding question that calls were pipelined on
-    /// (protocol bookkeeping kept here for now; it decides which fields of
-    /// a return need an embargo, see `events::embargo_local_fields`).
-    pipelined: HashMap<u32, Vec<Vec<u16>>>,
-    /// Our embargoes, by id: what each holds back until the peer reflects
-    /// its disembargo (the core keeps the protocol side of the same ids).
-    embargoes: HashMap<u32, Embargo>,
-    /// Our questions sent as tail calls (`sendResultsTo.yourself`): their
-    /// return is `resultsSentElsewhere`, and a cancel forgets them at once.
-    tail_calls: HashSet<u32>,
     /// Told why the connection ended, when it does.
     closed: Option<futures::channel::oneshot::Sender<capnp::Error>>,
     /// Last: see `ActorGuard`.

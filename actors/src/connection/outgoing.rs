@@ -131,27 +131,21 @@ impl Connection {
         let out_target = match target {
             RemoteTarget::Import(id) => OutTarget::Import(id),
             RemoteTarget::Answer { answer, path } => match self.question_of.get(&key(&answer)) {
-                Some(&question) if call.marker.is_some() => OutTarget::Answer { question, path },
-                Some(&question) => {
-                    self.pipelined
-                        .entry(question)
-                        .or_default()
-                        .retain(|p| *p != path);
-                    self.pipelined
-                        .entry(question)
-                        .or_default()
-                        .push(path.clone());
-                    OutTarget::Answer { question, path }
-                }
+                // (The core notes the fields calls are pipelined on.)
+                Some(&question) => OutTarget::Answer { question, path },
                 None => {
-                    if let Some(e) = self.embargoes.values_mut().find_map(|e| match e {
-                        Embargo::Field {
-                            answer: a,
-                            path: p,
-                            held,
-                        } if Arc::ptr_eq(a, &answer) && *p == path => Some(held),
-                        _ => None,
-                    }) {
+                    if let Some(e) = self
+                        .core
+                        .embargoes_waiting_mut()
+                        .find_map(|(_, e)| match e {
+                            Embargo::Field {
+                                answer: a,
+                                path: p,
+                                held,
+                            } if Arc::ptr_eq(a, &answer) && *p == path => Some(held),
+                            _ => None,
+                        })
+                    {
                         // Held until the calls sent before the return are through.
                         e.push(call);
                         return;
@@ -265,20 +259,14 @@ impl Connection {
                 .core
                 .tail_call(answer, &target, interface_id, method_id, root, &caps)
             {
-                Ok(q) => Ok((q, true)),
+                Ok(q) => Ok(q),
                 Err(_) => self
                     .core
-                    .call(&target, interface_id, method_id, root, &caps)
-                    .map(|q| (q, false)),
+                    .call(&target, interface_id, method_id, root, &caps),
             }
         });
         match sent {
-            Ok((q, yourself)) => {
-                if yourself {
-                    self.tail_calls.insert(q);
-                }
-                self.register_question(q, completer)
-            }
+            Ok(q) => self.register_question(q, completer),
             Err(e) => completer.complete(Err(e)),
         }
     }
@@ -320,11 +308,12 @@ impl Handler<ConnMsg> for Connection {
             ConnMsg::Cancel { answer } => {
                 if let Some(a) = answer.upgrade() {
                     if let Some(&q) = self.question_of.get(&key(&a)) {
+                        // A tail call gets no return to complete it: forget
+                        // it now.
+                        let tail_call = self.core.sends_results_elsewhere(q);
                         self.core.finish(q);
-                        if self.tail_calls.remove(&q) {
-                            self.question_of.remove(&key(&a));
-                            self.pipelined.remove(&q);
-                            drop(self.questions.remove(&q));
+                        if tail_call {
+                            self.forget_question(q);
                         }
                     }
                 }

@@ -1,6 +1,7 @@
 //! The connection actor's own tables, beside the protocol core's: who
 //! waits for each of our questions, what serves each of the peer's, which
-//! node holds each import, and the runtime side of our embargoes.
+//! node holds each import; and [`Embargo`], what the actor keeps in the
+//! core's embargo table (see `proto/src/captp/embargoes.rs`).
 //!
 //! The core's tables say what the protocol knows (ids, reference counts,
 //! what was sent); these say where each id meets the runtime (a completer,
@@ -15,12 +16,11 @@ use crate::call::{Call, Completer};
 use crate::cap::{CapRef, Node};
 use crate::promise::Resolver;
 
-/// The tables' hash maps and sets: their keys are ids (some chosen by the
+/// The tables' hash maps: their keys are ids (some chosen by the
 /// peer), hashed with foldhash's seeded hasher, which costs a fraction of
 /// the standard SipHash (that took about 7% of a server's instructions
 /// per call).
 pub(super) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-pub(super) type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// One of our questions to the peer: who waits for its answer.
 pub(super) struct Question {
@@ -50,7 +50,10 @@ pub(super) struct ImportEntry {
     pub(super) node_id: u64,
 }
 
-/// An embargo of ours, lifted when the peer reflects its disembargo.
+/// What one of our embargoes holds back, kept in the core's embargo table
+/// and handed back when the peer reflects its disembargo
+/// (`Event::EmbargoLifted`) or the connection ends
+/// (`Event::EmbargoBroken`).
 pub(super) enum Embargo {
     /// Calls on one field of an answered question, held.
     Field {

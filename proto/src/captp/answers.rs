@@ -24,7 +24,7 @@ pub(super) struct Answer {
     pub(super) result_exports: Vec<u32>,
 }
 
-impl<L: Clone + Eq + Hash> Conn<L> {
+impl<L: Clone + Eq + Hash, E> Conn<L, E> {
     /// For a call whose caller asked us to keep the results: the runtime
     /// keeps them (for the peer's `takeFromOtherQuestion`); the peer gets
     /// `resultsSentElsewhere`.

@@ -23,7 +23,7 @@ use crate::rpc_capnp::{
 /// `resolve`, and every export the payload lists.
 pub(super) type Written = (Vec<(u32, Error)>, Vec<u32>);
 
-impl<L: Clone + Eq + Hash> Conn<L> {
+impl<L: Clone + Eq + Hash, E> Conn<L, E> {
     /// Writes a payload into `p` as [`Conn::write_payload_into`] does,
     /// except that content given as a message's segments, with no
     /// capability, is not copied: the payload gets an empty cap table and

@@ -5,8 +5,9 @@ use capnp::Error;
 
 use super::{CallTarget, InCap, InPayload};
 
-/// What the runtime must act on.
-pub enum Event<L> {
+/// What the runtime must act on. `E` is what the runtime keeps waiting on
+/// each of our embargoes (see [`Conn::disembargo_request`](super::Conn::disembargo_request)).
+pub enum Event<L, E = ()> {
     /// The peer asks for a bootstrap capability: answer with
     /// [`Conn::return_results`](super::Conn::return_results) (one capability at the root) or
     /// [`Conn::return_error`](super::Conn::return_error).
@@ -67,6 +68,11 @@ pub enum Event<L> {
         question: u32,
         /// The results, or why there are none.
         result: Result<InPayload<L>, Error>,
+        /// The fields of the question that calls were pipelined on over
+        /// the wire, most recently used last (empty, unallocated, when
+        /// none was): a field among them that turns out not to be the
+        /// peer's needs an embargo ([`Conn::disembargo_request`](super::Conn::disembargo_request)).
+        pipelined: Vec<Vec<u16>>,
     },
     /// One of our questions was answered by a tail call: its results are
     /// those of `answer`, a call the peer made on us asking us to keep its
@@ -76,6 +82,18 @@ pub enum Event<L> {
         question: u32,
         /// Our answer whose results it takes.
         answer: u32,
+        /// As for [`Event::Return`]: every one of these fields is now one
+        /// of ours, reached through the peer by the calls pipelined on it.
+        pipelined: Vec<Vec<u16>>,
+    },
+    /// One of our tail calls ([`Conn::tail_call`](super::Conn::tail_call))
+    /// has returned (`resultsSentElsewhere`): the peer keeps the results
+    /// for its own question. Ours stays pipelinable until we finish it
+    /// (unless the peer said no finish is needed, see
+    /// [`Conn::sends_results_elsewhere`](super::Conn::sends_results_elsewhere)).
+    ResultsSentElsewhere {
+        /// Our question.
+        question: u32,
     },
     /// A promise the peer exported to us has resolved.
     Resolve {
@@ -97,6 +115,16 @@ pub enum Event<L> {
     EmbargoLifted {
         /// Our embargo id.
         embargo: u32,
+        /// What the runtime gave when it started the embargo.
+        waiting: E,
+    },
+    /// The connection ended (just after [`Event::Aborted`]) with this
+    /// embargo of ours still live: what waits on it will not go.
+    EmbargoBroken {
+        /// Our embargo id.
+        embargo: u32,
+        /// What the runtime gave when it started the embargo.
+        waiting: E,
     },
     /// A promise of ours was exported for the first time (as `senderPromise`):
     /// when it settles, call

@@ -26,7 +26,7 @@ pub(super) struct Export<L> {
     pub(super) error: Option<Error>,
 }
 
-impl<L: Clone + Eq + Hash> Conn<L> {
+impl<L: Clone + Eq + Hash, E> Conn<L, E> {
     /// The export id of `cap`, if it is exported.
     pub fn export_id(&self, cap: &L) -> Option<u32> {
         self.export_ids.get(cap).copied()

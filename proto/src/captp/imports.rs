@@ -19,7 +19,7 @@ pub(super) struct Import {
     pub(super) resolved: bool,
 }
 
-impl<L: Clone + Eq + Hash> Conn<L> {
+impl<L: Clone + Eq + Hash, E> Conn<L, E> {
     /// Releases every reference we hold on an import.
     pub fn release_import(&mut self, import: u32) {
         if self.aborted.is_some() {

@@ -8,7 +8,11 @@
 //!
 //! It is generic over `L`, the runtime's handle to a local capability
 //! (what gets exported), which only needs equality and hashing so that
-//! exporting the same capability twice uses one export entry.
+//! exporting the same capability twice uses one export entry; and over
+//! `E`, what the runtime keeps waiting on each of our embargoes (held
+//! calls, say), opaque to the core, which keeps it in its embargo table
+//! and hands it back when the embargo lifts or the connection ends (see
+//! `embargoes.rs`).
 //!
 //! Every table is bounded ([`ConnLimits`]); a peer that breaks the
 //! protocol gets an `abort` with the reason, and the connection is over
@@ -34,6 +38,9 @@
 //!   [`Conn::return_canceled`], [`Conn::release_import`],
 //!   [`Conn::resolve_export`], the `disembargo_*` methods, and
 //!   [`Conn::abort`] / [`Conn::disconnected`].
+//!   [`Conn::sends_results_elsewhere`] (before a finish) and
+//!   [`Conn::embargoes_waiting_mut`] read what the core keeps for the
+//!   runtime.
 //! - **Output** (this file): [`Conn::take_output`] (or
 //!   [`Conn::take_output_pieces`]) once the batch of input and the
 //!   runtime's reactions to it are done, so that one batch leads to one
@@ -69,12 +76,11 @@ use crate::frame::{self, FrameDecoder, Output};
 use crate::limits::Limits;
 use crate::rpc_capnp::message as rpc_message;
 
-/// The tables' hash maps and sets: their keys are ids (some chosen by the
+/// The tables' hash maps: their keys are ids (some chosen by the
 /// peer), hashed with foldhash's seeded hasher, which costs a fraction of
 /// the standard SipHash (that took about 7% of a server's instructions
 /// per call).
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 use answers::Answer;
 use build::small_message;
@@ -104,7 +110,7 @@ pub use event::Event;
 pub use types::{CallTarget, ConnLimits, InCap, OutCap, OutTarget, TableSizes};
 
 /// One side of a two-party connection; see the module docs.
-pub struct Conn<L> {
+pub struct Conn<L, E = ()> {
     limits: ConnLimits,
     questions: Slots<Question>,
     answers: HashMap<u32, Answer>,
@@ -118,9 +124,10 @@ pub struct Conn<L> {
     /// Finishes for returned questions, sent after whatever the runtime
     /// writes while handling the return (a disembargo must precede them).
     deferred_finish: Vec<u32>,
-    /// Our embargoes awaiting their loopback.
-    embargoes: Embargoes,
-    events: VecDeque<Event<L>>,
+    /// Our embargoes awaiting their loopback, each with what the runtime
+    /// keeps waiting on it.
+    embargoes: Embargoes<E>,
+    events: VecDeque<Event<L, E>>,
     aborted: Option<Error>,
     /// The first segment of calls and returns being built (see
     /// [`payload_message`]): all zero between uses.
@@ -131,7 +138,7 @@ fn protocol_error(reason: impl Into<String>) -> Error {
     Error::failed(format!("protocol error: {}", reason.into()))
 }
 
-impl<L: Clone + Eq + Hash> Conn<L> {
+impl<L: Clone + Eq + Hash, E> Conn<L, E> {
     /// A connection with these limits on its tables.
     pub fn new(limits: ConnLimits, reader: Limits) -> Self {
         Conn {
@@ -185,7 +192,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     }
 
     /// The next event for the runtime.
-    pub fn next_event(&mut self) -> Option<Event<L>> {
+    pub fn next_event(&mut self) -> Option<Event<L, E>> {
         self.events.pop_front()
     }
 
@@ -259,7 +266,9 @@ impl<L: Clone + Eq + Hash> Conn<L> {
     }
 
     /// The transport is gone (or we aborted): forget every table and
-    /// report [`Event::Aborted`] once.
+    /// report [`Event::Aborted`] once, followed by one
+    /// [`Event::EmbargoBroken`] per embargo still live (in id order), so
+    /// that the runtime can fail what waits on it.
     pub fn disconnected(&mut self, reason: Error) {
         if self.aborted.is_some() {
             return;
@@ -269,9 +278,12 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         self.exports.drain();
         self.export_ids.clear();
         self.imports.clear();
-        self.embargoes.clear();
         self.deferred_finish.clear();
         self.aborted = Some(reason.clone());
         self.events.push_back(Event::Aborted(reason));
+        for (embargo, waiting) in self.embargoes.drain() {
+            self.events
+                .push_back(Event::EmbargoBroken { embargo, waiting });
+        }
     }
 }

@@ -20,9 +20,29 @@ pub(super) struct Question {
     /// Exports listed in the params (released if the peer says
     /// `releaseParamCaps`, or does not implement the call).
     pub(super) param_exports: Vec<u32>,
+    /// The fields calls were pipelined on over the wire before the return,
+    /// most recently used last: handed to the runtime with the return
+    /// ([`Event::Return`](super::Event::Return)), which embargoes those
+    /// that turn out not to be the peer's. Empty, and unallocated, unless
+    /// a call was pipelined on this question.
+    pub(super) pipelined: Vec<Vec<u16>>,
 }
 
-impl<L: Clone + Eq + Hash> Conn<L> {
+impl Question {
+    /// A call is pipelined on field `path`: remember it (once, moved to
+    /// the end if already there; allocates only for a new path).
+    pub(super) fn note_pipelined(&mut self, path: &[u16]) {
+        match self.pipelined.iter().position(|p| p == path) {
+            Some(i) => {
+                let p = self.pipelined.remove(i);
+                self.pipelined.push(p);
+            }
+            None => self.pipelined.push(path.to_vec()),
+        }
+    }
+}
+
+impl<L: Clone + Eq + Hash, E> Conn<L, E> {
     pub(super) fn new_question(&mut self) -> Result<u32, Error> {
         if let Some(e) = &self.aborted {
             return Err(e.clone());
@@ -38,6 +58,17 @@ impl<L: Clone + Eq + Hash> Conn<L> {
             yourself: false,
             finished: false,
             param_exports: Vec::new(),
+            pipelined: Vec::new(),
         }))
+    }
+
+    /// True while `question` is one of our tail calls (sent by
+    /// [`Conn::tail_call`] with `sendResultsTo.yourself`): its return
+    /// reaches the runtime as
+    /// [`Event::ResultsSentElsewhere`](super::Event::ResultsSentElsewhere)
+    /// and nothing else will, so a runtime that cancels it
+    /// ([`Conn::finish`]) forgets it at once. Ask before finishing.
+    pub fn sends_results_elsewhere(&self, question: u32) -> bool {
+        self.questions.get(question).is_some_and(|q| q.yourself)
     }
 }

@@ -19,7 +19,7 @@ use super::{protocol_error, CallTarget, Conn, Event, InPayload};
 use crate::frame::{FrameError, WordSegments};
 use crate::rpc_capnp::message as rpc_message;
 
-impl<L: Clone + Eq + Hash> Conn<L> {
+impl<L: Clone + Eq + Hash, E> Conn<L, E> {
     /// Feeds bytes received from the peer. Complete messages are handled at
     /// once; their effects are in [`Conn::next_event`] and
     /// [`Conn::take_output`].
@@ -227,6 +227,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         let already_finished = q.finished;
         let yourself = q.yourself;
         let params = std::mem::take(&mut q.param_exports);
+        let pipelined = std::mem::take(&mut q.pipelined);
         if release_params {
             for id in params {
                 self.release_export(id, 1)?;
@@ -248,6 +249,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                     answer,
                     other,
                     no_finish_needed || already_finished,
+                    pipelined,
                 )
             }
         };
@@ -256,9 +258,21 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         } else if !yourself {
             self.deferred_finish.push(answer);
         }
+        if yourself {
+            // Our tail call: the results went to the peer's own question
+            // (`resultsSentElsewhere`); any the peer sent all the same are
+            // not ours to keep.
+            if let Ok(p) = &result {
+                self.drop_in_caps(&p.caps);
+            }
+            self.events
+                .push_back(Event::ResultsSentElsewhere { question: answer });
+            return Ok(());
+        }
         self.events.push_back(Event::Return {
             question: answer,
             result,
+            pipelined,
         });
         Ok(())
     }
@@ -270,6 +284,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         question: u32,
         other: u32,
         no_finish: bool,
+        pipelined: Vec<Vec<u16>>,
     ) -> Result<(), Error> {
         if !self
             .answers
@@ -288,6 +303,7 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         self.events.push_back(Event::ReturnTakeFrom {
             question,
             answer: other,
+            pipelined,
         });
         Ok(())
     }
@@ -370,12 +386,15 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         match d.context {
             RawEmbargo::SenderLoopback(embargo) => self.on_sender_loopback(embargo, d.target),
             RawEmbargo::ReceiverLoopback(e) => {
-                if !self.embargoes.lift(e) {
+                let Some(waiting) = self.embargoes.lift(e) else {
                     return Err(protocol_error(format!(
                         "disembargo for unknown embargo {e}"
                     )));
-                }
-                self.events.push_back(Event::EmbargoLifted { embargo: e });
+                };
+                self.events.push_back(Event::EmbargoLifted {
+                    embargo: e,
+                    waiting,
+                });
                 Ok(())
             }
             RawEmbargo::Other => self.on_unknown(msg),
@@ -430,11 +449,17 @@ impl<L: Clone + Eq + Hash> Conn<L> {
                 for id in question.param_exports {
                     let _ = self.release_export(id, 1);
                 }
+                if question.yourself {
+                    self.events
+                        .push_back(Event::ResultsSentElsewhere { question: q });
+                    return Ok(());
+                }
                 self.events.push_back(Event::Return {
                     question: q,
                     result: Err(Error::unimplemented(
                         "the peer does not implement this message".into(),
                     )),
+                    pipelined: question.pipelined,
                 });
             }
             RawUnimplemented::Other => {

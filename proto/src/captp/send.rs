@@ -18,7 +18,7 @@ use crate::exception;
 use crate::frame;
 use crate::rpc_capnp::{message as rpc_message, return_};
 
-impl<L: Clone + Eq + Hash> Conn<L> {
+impl<L: Clone + Eq + Hash, E> Conn<L, E> {
     /// Asks for the peer's bootstrap capability, with a service ID (none
     /// is sent when it is empty). Returns the question id.
     pub fn bootstrap(&mut self, object_id: &[u8]) -> Result<u32, Error> {
@@ -90,15 +90,14 @@ impl<L: Clone + Eq + Hash> Conn<L> {
         caps: &[OutCap<L>],
         yourself: bool,
     ) -> Result<u32, Error> {
-        if let OutTarget::Answer { question, .. } = target {
-            if self
-                .questions
-                .get(*question)
-                .is_none_or(|q| q.finished || (q.returned && !q.yourself))
-            {
-                return Err(Error::failed(format!(
-                    "question {question} is no longer pipelinable"
-                )));
+        if let OutTarget::Answer { question, path } = target {
+            match self.questions.get_mut(*question) {
+                Some(q) if !q.finished && (!q.returned || q.yourself) => q.note_pipelined(path),
+                _ => {
+                    return Err(Error::failed(format!(
+                        "question {question} is no longer pipelinable"
+                    )))
+                }
             }
         }
         let q = self.new_question()?;
