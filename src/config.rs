@@ -193,14 +193,17 @@ impl VatConfig {
             .loaded
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, key)) = loaded.iter().find(|(f, _)| f.as_deref() == file) {
+        if let Some(LoadedKey { key, .. }) = loaded.iter().find(|l| l.file.as_deref() == file) {
             return Ok(key.clone());
         }
         let key = match file {
             Some(path) => SecretKey::load_or_create(path)?,
             None => SecretKey::try_ephemeral()?,
         };
-        loaded.push((file.map(Path::to_path_buf), key.clone()));
+        loaded.push(LoadedKey {
+            file: file.map(Path::to_path_buf),
+            key: key.clone(),
+        });
         Ok(key)
     }
 
@@ -260,15 +263,19 @@ struct KeyCache {
     loaded: Arc<Mutex<Vec<LoadedKey>>>,
 }
 
-/// A key and the file it came from (`None`: ephemeral).
-type LoadedKey = (Option<PathBuf>, SecretKey);
+/// A key and the file it came from.
+struct LoadedKey {
+    /// The key file (`None`: the ephemeral key).
+    file: Option<PathBuf>,
+    key: SecretKey,
+}
 
 impl fmt::Debug for KeyCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
         f.debug_struct("KeyCache")
             .field("given", &self.given)
-            .field("loaded", &loaded.iter().map(|(_, k)| k).collect::<Vec<_>>())
+            .field("loaded", &loaded.iter().map(|l| &l.key).collect::<Vec<_>>())
             .finish()
     }
 }

@@ -38,6 +38,23 @@ use crate::registry;
 /// What a call produces: its frozen results, or an error.
 pub(crate) type Outcome = Result<Arc<Frozen>, capnp::Error>;
 
+/// The connection an answer's call went to (see `AnswerState::remote`).
+#[derive(Clone)]
+struct Remote {
+    conn: Recipient<crate::call::ConnMsg>,
+    conn_id: u64,
+}
+
+/// The peer's call an answer answers (see `AnswerState::origin`).
+#[derive(Clone)]
+pub(crate) struct Origin {
+    /// The connection the call came on, and its id.
+    pub(crate) conn: Recipient<crate::call::ConnMsg>,
+    pub(crate) conn_id: u64,
+    /// Our answer id for the call on that connection.
+    pub(crate) answer_id: u32,
+}
+
 /// What pipelined calls on an answer go to.
 #[derive(Clone)]
 pub(crate) enum Resolution {
@@ -75,7 +92,7 @@ struct AnswerState {
     pipelined: Vec<(Vec<u16>, Weak<Node>)>,
     /// For a question to a peer: the connection and the question id, so
     /// that pipelined calls go over the wire at once.
-    remote: Option<(Recipient<crate::call::ConnMsg>, u64)>,
+    remote: Option<Remote>,
     /// Run when the last caller reference goes before the outcome.
     on_cancel: Option<Box<dyn FnOnce() + Send>>,
     /// Fields under a network embargo: calls on them keep going through
@@ -93,7 +110,7 @@ struct AnswerState {
     /// For a call a peer made on us: the connection, its id and our answer
     /// id, so that a tail call to that same peer can go out with
     /// `sendResultsTo.yourself`.
-    origin: Option<(Recipient<crate::call::ConnMsg>, u64, u32)>,
+    origin: Option<Origin>,
     /// The call has started (or is over).
     started: bool,
     start_waiters: Vec<futures::channel::oneshot::Sender<()>>,
@@ -221,7 +238,7 @@ impl Answer {
         if s.outcome.is_none() || s.forwarder.is_some() || s.pipelined.is_empty() {
             return;
         }
-        let connected = s.remote.as_ref().is_some_and(|(conn, _)| conn.connected());
+        let connected = s.remote.as_ref().is_some_and(|r| r.conn.connected());
         let nodes: Vec<Arc<Node>> = s
             .pipelined
             .iter()
@@ -317,7 +334,7 @@ impl Answer {
         conn_id: u64,
     ) {
         let mut s = self.lock();
-        if s.on_cancel.is_some() && s.remote.as_ref().is_some_and(|(_, id)| *id == conn_id) {
+        if s.on_cancel.is_some() && s.remote.as_ref().is_some_and(|r| r.conn_id == conn_id) {
             // Set already (a call to an import sets it when delivered, and
             // again when it goes out): the same, without cloning the
             // recipient twice and boxing a closure again.
@@ -325,7 +342,7 @@ impl Answer {
         }
         let weak = Arc::downgrade(self);
         let notify = conn.clone();
-        s.remote = Some((conn, conn_id));
+        s.remote = Some(Remote { conn, conn_id });
         s.on_cancel = Some(Box::new(move || {
             notify.do_send(crate::call::ConnMsg::Cancel { answer: weak });
         }));
@@ -346,7 +363,7 @@ impl Answer {
     /// gives the call back, to be delivered here.
     fn route(self: &Arc<Self>, path: &[u16], call: Call, unresolved: bool) -> Option<Call> {
         let s = self.lock();
-        let Some((conn, conn_id)) = s.remote.clone().filter(|(c, _)| c.connected()) else {
+        let Some(Remote { conn, conn_id }) = s.remote.clone().filter(|r| r.conn.connected()) else {
             return Some(call);
         };
         let follow =
@@ -439,7 +456,7 @@ impl Answer {
             return;
         }
         // A connection that has ended keeps nothing in order any more.
-        let connected = s.remote.as_ref().is_some_and(|(conn, _)| conn.connected());
+        let connected = s.remote.as_ref().is_some_and(|r| r.conn.connected());
         let embargoed = connected
             && (s.embargoed.iter().any(|p| p == path)
                 || s.routed.iter().any(|(p, n)| p == path && *n > 0));
@@ -450,7 +467,7 @@ impl Answer {
             resolve_path(&resolution, path).deliver(call);
             return;
         }
-        if let Some((conn, conn_id)) = s.remote.clone() {
+        if let Some(Remote { conn, conn_id }) = s.remote.clone() {
             return self.send_routed(s, conn, conn_id, path, call);
         }
         // (Resolved already, if this path was routed through a connection
@@ -478,7 +495,11 @@ impl Answer {
         conn_id: u64,
         answer_id: u32,
     ) {
-        self.lock().origin = Some((conn, conn_id, answer_id));
+        self.lock().origin = Some(Origin {
+            conn,
+            conn_id,
+            answer_id,
+        });
     }
 
     /// The peer's call this answered is over (cancelled or finished): its
@@ -488,7 +509,7 @@ impl Answer {
     }
 
     /// See `origin`.
-    pub(crate) fn origin(&self) -> Option<(Recipient<crate::call::ConnMsg>, u64, u32)> {
+    pub(crate) fn origin(&self) -> Option<Origin> {
         self.lock().origin.clone()
     }
 

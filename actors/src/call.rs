@@ -33,11 +33,18 @@ pub(crate) struct Call {
     pub(crate) method_id: u16,
     pub(crate) params: Payload,
     pub(crate) completer: Completer,
-    /// Not a call but a disembargo's loopback marker (connection id,
-    /// embargo id): it travels the path calls on the target take, so that
+    /// Not a call but a disembargo's loopback marker: it travels the path calls on the target take, so that
     /// the connection reflects the disembargo only once every earlier call
     /// has gone out. Capabilities that serve calls drop it.
-    pub(crate) marker: Option<(u64, u32)>,
+    pub(crate) marker: Option<Marker>,
+}
+
+/// A disembargo's loopback marker (see [`Call::marker`]): the peer's
+/// disembargo `embargo`, to be reflected by connection `conn_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Marker {
+    pub(crate) conn_id: u64,
+    pub(crate) embargo: u32,
 }
 
 impl Call {

@@ -429,7 +429,7 @@ impl CapRef {
             } => {
                 // A disembargo's marker reflects onto this very import, even
                 // if it has resolved since: the peer's embargo names it.
-                let marker_here = matches!(call.marker, Some((c, _)) if c == *conn_id);
+                let marker_here = matches!(call.marker, Some(m) if m.conn_id == *conn_id);
                 if let (Some(next), false) = (self.resolved(), marker_here) {
                     return next.deliver(call);
                 }

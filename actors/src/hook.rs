@@ -108,7 +108,12 @@ fn into_our_request(
 /// `sendResultsTo.yourself`: the results never come through us.
 fn send_tail_call(answer: &Arc<Answer>, request: OutgoingRequest) -> AnswerRef {
     let (target, interface_id, method_id, params) = request.into_call_parts();
-    if let Some((conn, conn_id, answer_id)) = answer.origin() {
+    if let Some(crate::answer::Origin {
+        conn,
+        conn_id,
+        answer_id,
+    }) = answer.origin()
+    {
         let end = target.shortened();
         if let Kind::Remote {
             conn_id: target_conn,
@@ -665,8 +670,16 @@ impl ResultsHook for LocalResults {
 // hook always gets the same proxy, and on its own thread the proxy turns
 // back into the original hook.
 
-/// A proxy's node and the original hook, by hook identity.
-type ProxyTable = HashMap<usize, (Weak<Node>, Box<dyn ClientHook>)>;
+/// The proxy of one foreign hook.
+struct Proxy {
+    /// The proxy capability's node, while anyone holds it.
+    node: Weak<Node>,
+    /// The original hook, handed back on its own thread.
+    original: Box<dyn ClientHook>,
+}
+
+/// Proxies by hook identity (`get_ptr`).
+type ProxyTable = HashMap<usize, Proxy>;
 
 thread_local! {
     /// Foreign hooks of this thread that have a proxy: hook identity
@@ -677,7 +690,9 @@ thread_local! {
 /// The proxy capability for a foreign hook (made on first use).
 fn wrap(hook: Box<dyn ClientHook>) -> CapRef {
     let key = hook.get_ptr();
-    if let Some(node) = PROXIES.with(|p| p.borrow().get(&key).and_then(|(w, _)| w.upgrade())) {
+    if let Some(node) =
+        PROXIES.with(|p| p.borrow().get(&key).and_then(|proxy| proxy.node.upgrade()))
+    {
         return CapRef { node };
     }
     let id = next_id();
@@ -688,8 +703,13 @@ fn wrap(hook: Box<dyn ClientHook>) -> CapRef {
         key,
     });
     PROXIES.with(|p| {
-        p.borrow_mut()
-            .insert(key, (Arc::downgrade(&cap.node), original))
+        p.borrow_mut().insert(
+            key,
+            Proxy {
+                node: Arc::downgrade(&cap.node),
+                original,
+            },
+        )
     });
     cap
 }
@@ -699,7 +719,7 @@ fn original(thread: ThreadId, key: usize) -> Option<Box<dyn ClientHook>> {
     if std::thread::current().id() != thread {
         return None;
     }
-    PROXIES.with(|p| p.borrow().get(&key).map(|(_, h)| h.add_ref()))
+    PROXIES.with(|p| p.borrow().get(&key).map(|proxy| proxy.original.add_ref()))
 }
 
 /// Serves calls by making them on the foreign hook.
@@ -718,7 +738,7 @@ impl Drop for ForeignHost {
             let mut p = p.borrow_mut();
             let ours = p
                 .get(&key)
-                .is_some_and(|(w, _)| w.upgrade().is_none_or(|n| n.id == id));
+                .is_some_and(|proxy| proxy.node.upgrade().is_none_or(|n| n.id == id));
             if ours {
                 p.remove(&key);
             }

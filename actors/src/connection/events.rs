@@ -16,7 +16,7 @@ use super::deferred::Deferred;
 use super::tables::{Embargo, PeerAnswer, Question};
 use super::{field_of, key, Connection};
 use crate::answer::Answer;
-use crate::call::Call;
+use crate::call::{Call, Marker};
 use crate::cap::{CapRef, Kind};
 use crate::error;
 use crate::hook::{send_call, WaitOutcome};
@@ -415,7 +415,10 @@ impl Connection {
             method_id: 0,
             params: Payload::empty(),
             completer,
-            marker: Some((self.id, embargo)),
+            marker: Some(Marker {
+                conn_id: self.id,
+                embargo,
+            }),
         };
         match target {
             CallTarget::Answer { answer, path } => {

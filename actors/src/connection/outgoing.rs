@@ -11,7 +11,7 @@ use capnp_actix_proto::captp::{InCap, InPayload, OutCap, OutContent, OutTarget};
 use super::tables::{Embargo, ImportEntry, Question};
 use super::{key, Connection};
 use crate::answer::Outcome;
-use crate::call::{Call, Completer};
+use crate::call::{Call, Completer, Marker};
 use crate::call::{ConnMsg, RemoteTarget};
 use crate::cap::{CapRef, Kind};
 use crate::error;
@@ -168,7 +168,7 @@ impl Connection {
                 }
             },
         };
-        if let Some((conn_id, embargo)) = call.marker {
+        if let Some(Marker { conn_id, embargo }) = call.marker {
             // A disembargo marker has come through every earlier call on
             // its target, which is our peer's: reflect it there.
             // (From another connection, the marker is dropped: the calls

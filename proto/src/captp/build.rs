@@ -19,9 +19,30 @@ use crate::rpc_capnp::{
     cap_descriptor, message as rpc_message, message_target, payload, promised_answer, return_,
 };
 
-/// What writing a payload produced: broken exports that need a
-/// `resolve`, and every export the payload lists.
-pub(super) type Written = (Vec<(u32, Error)>, Vec<u32>);
+/// What writing a payload (or a resolution's descriptor) produced.
+#[derive(Default)]
+pub(super) struct Written {
+    /// Broken capabilities exported as promises, each with the error its
+    /// `resolve` must carry once the message is sent
+    /// ([`Conn::send_broken_resolves`]).
+    pub(super) broken: Vec<BrokenExport>,
+    /// Every export the payload lists (kept with the question as its
+    /// param exports, or with the answer until finished).
+    pub(super) exports: Vec<u32>,
+}
+
+/// A broken capability exported as a promise: its export id and error.
+pub(super) struct BrokenExport {
+    pub(super) export: u32,
+    pub(super) error: Error,
+}
+
+/// A payload written into its message, and the content still to splice
+/// in behind it when it was not copied.
+pub(super) struct WrittenContent<'c> {
+    pub(super) written: Written,
+    pub(super) spliced: Option<Spliced<'c>>,
+}
 
 impl<L: Clone + Eq + Hash, E> Conn<L, E> {
     /// Writes a payload into `p` as [`Conn::write_payload_into`] does,
@@ -34,11 +55,14 @@ impl<L: Clone + Eq + Hash, E> Conn<L, E> {
         p: payload::Builder<'_>,
         content: &ContentRef<'c>,
         caps: &[OutCap<L>],
-    ) -> Result<(Written, Option<Spliced<'c>>), Error> {
+    ) -> Result<WrittenContent<'c>, Error> {
         match *content {
             ContentRef::Message(segments, kept) if caps.is_empty() && by_reference(segments) => {
                 p.init_cap_table(0);
-                Ok(((Vec::new(), Vec::new()), Some((segments, kept))))
+                Ok(WrittenContent {
+                    written: Written::default(),
+                    spliced: Some(Spliced { segments, kept }),
+                })
             }
             ContentRef::Message(segments, _) => {
                 let message = message::Reader::new(
@@ -46,9 +70,15 @@ impl<L: Clone + Eq + Hash, E> Conn<L, E> {
                     *ReaderOptions::new().traversal_limit_in_words(None),
                 );
                 let root = message.get_root()?;
-                Ok((self.write_payload_into(p, root, caps)?, None))
+                Ok(WrittenContent {
+                    written: self.write_payload_into(p, root, caps)?,
+                    spliced: None,
+                })
             }
-            ContentRef::Reader(root) => Ok((self.write_payload_into(p, root, caps)?, None)),
+            ContentRef::Reader(root) => Ok(WrittenContent {
+                written: self.write_payload_into(p, root, caps)?,
+                spliced: None,
+            }),
         }
     }
 
@@ -68,7 +98,11 @@ impl<L: Clone + Eq + Hash, E> Conn<L, E> {
     where
         F: for<'x> Fn(&'x mut Builder<A>) -> capnp::Result<payload::Builder<'x>>,
     {
-        let Some((content, kept)) = spliced else {
+        let Some(Spliced {
+            segments: content,
+            kept,
+        }) = spliced
+        else {
             self.send(m);
             return Ok(());
         };
@@ -130,14 +164,13 @@ impl<L: Clone + Eq + Hash, E> Conn<L, E> {
         let order = source_indexes(&copied);
         drop(copied);
         let mut table = p.init_cap_table(order.len() as u32);
-        let mut resolves = Vec::new();
-        let mut exports = Vec::new();
+        let mut written = Written::default();
         for (i, src) in order.into_iter().enumerate() {
             let d = table.reborrow().get(i as u32);
             let cap = caps.get(src).unwrap_or(&OutCap::None);
-            self.write_descriptor(d, cap, &mut resolves, &mut exports);
+            self.write_descriptor(d, cap, &mut written);
         }
-        Ok((resolves, exports))
+        Ok(written)
     }
 
     /// Describes one capability of an outgoing payload (or resolution).
@@ -145,8 +178,7 @@ impl<L: Clone + Eq + Hash, E> Conn<L, E> {
         &mut self,
         mut d: cap_descriptor::Builder<'_>,
         cap: &OutCap<L>,
-        resolves: &mut Vec<(u32, Error)>,
-        exports: &mut Vec<u32>,
+        written: &mut Written,
     ) {
         match cap {
             OutCap::None => d.set_none(()),
@@ -154,7 +186,7 @@ impl<L: Clone + Eq + Hash, E> Conn<L, E> {
                 let promise = matches!(cap, OutCap::Promise(_));
                 match self.export(l.clone(), promise) {
                     Some((id, as_promise)) => {
-                        exports.push(id);
+                        written.exports.push(id);
                         if as_promise {
                             d.set_sender_promise(id)
                         } else {
@@ -165,11 +197,11 @@ impl<L: Clone + Eq + Hash, E> Conn<L, E> {
                         let e = Error::overloaded(
                             "too many capabilities exported on this connection".into(),
                         );
-                        self.write_broken(d, e, resolves, exports)
+                        self.write_broken(d, e, written)
                     }
                 }
             }
-            OutCap::Broken(e) => self.write_broken(d, e.clone(), resolves, exports),
+            OutCap::Broken(e) => self.write_broken(d, e.clone(), written),
             OutCap::Import(id) => d.set_receiver_hosted(*id),
             OutCap::Answer { question, path } => {
                 let mut pa = d.init_receiver_answer();
@@ -179,13 +211,15 @@ impl<L: Clone + Eq + Hash, E> Conn<L, E> {
         }
     }
 
-    pub(super) fn send_broken_resolves(&mut self, resolves: Vec<(u32, Error)>) {
-        for (id, e) in resolves {
+    /// Sends the `resolve` of each broken capability a payload exported
+    /// (after the payload itself).
+    pub(super) fn send_broken_resolves(&mut self, broken: Vec<BrokenExport>) {
+        for BrokenExport { export, error } in broken {
             let mut m = small_message();
             {
                 let mut r = m.init_root::<rpc_message::Builder<'_>>().init_resolve();
-                r.set_promise_id(id);
-                exception::write(&e, r.init_exception());
+                r.set_promise_id(export);
+                exception::write(&error, r.init_exception());
             }
             self.send(&m);
         }
@@ -230,9 +264,14 @@ impl OutContent<'_> {
     }
 }
 
-/// Content to splice into a frame: its segments, and its message when
-/// kept (see [`frame::encode_spliced_kept`]).
-pub(super) type Spliced<'a> = (Segments<'a>, Option<&'a Kept>);
+/// Content to splice into a frame.
+pub(super) struct Spliced<'a> {
+    /// Its segments.
+    pub(super) segments: Segments<'a>,
+    /// Its message, when kept until written (see
+    /// [`frame::encode_spliced_kept`]).
+    pub(super) kept: Option<&'a Kept>,
+}
 
 /// The segments of a kept message.
 fn kept_segments(kept: &Kept) -> KeptSegments<'_> {

@@ -9,7 +9,7 @@ use std::hash::Hash;
 
 use capnp::Error;
 
-use super::build::small_message;
+use super::build::{small_message, BrokenExport, Written};
 use super::{protocol_error, Conn, Event, OutCap};
 use crate::exception;
 use crate::rpc_capnp::{cap_descriptor, message as rpc_message};
@@ -46,19 +46,18 @@ impl<L: Clone + Eq + Hash, E> Conn<L, E> {
             }
             _ => return,
         }
-        let mut resolves = Vec::new();
-        let mut exports = Vec::new();
+        let mut written = Written::default();
         let mut m = small_message();
         {
             let mut r = m.init_root::<rpc_message::Builder<'_>>().init_resolve();
             r.set_promise_id(export);
             match &to {
                 OutCap::Broken(e) => exception::write(e, r.init_exception()),
-                cap => self.write_descriptor(r.init_cap(), cap, &mut resolves, &mut exports),
+                cap => self.write_descriptor(r.init_cap(), cap, &mut written),
             }
         }
         self.send(&m);
-        self.send_broken_resolves(resolves);
+        self.send_broken_resolves(written.broken);
     }
 
     /// The export of `cap` (a new entry, or one more reference to the
@@ -115,8 +114,7 @@ impl<L: Clone + Eq + Hash, E> Conn<L, E> {
         &mut self,
         mut d: cap_descriptor::Builder<'_>,
         e: Error,
-        resolves: &mut Vec<(u32, Error)>,
-        exports: &mut Vec<u32>,
+        written: &mut Written,
     ) {
         // The entry holds no capability, so it is not in `export_ids`.
         if self.exports.len() >= self.limits.max_exports {
@@ -131,7 +129,10 @@ impl<L: Clone + Eq + Hash, E> Conn<L, E> {
             error: Some(e.clone()),
         });
         d.set_sender_promise(id);
-        resolves.push((id, e));
-        exports.push(id);
+        written.broken.push(BrokenExport {
+            export: id,
+            error: e,
+        });
+        written.exports.push(id);
     }
 }

@@ -10,7 +10,7 @@ use capnp::{Error, Word};
 
 use super::build::{
     call_params, payload_message, return_results, small_message, splice_worthwhile, write_target,
-    ContentRef, CALL_CONTENT, RETURN_CONTENT,
+    ContentRef, Written, WrittenContent, CALL_CONTENT, RETURN_CONTENT,
 };
 use super::headers::{call_header, finish_frame, return_header, words_to_bytes};
 use super::{Conn, OutCap, OutContent, OutTarget};
@@ -129,24 +129,23 @@ impl<L: Clone + Eq + Hash, E> Conn<L, E> {
         } else {
             c.reborrow().init_send_results_to().set_caller(());
         }
-        let resolves = self.write_content(c.init_params(), &content, caps);
-        let resolves = match resolves {
-            Ok(((r, exports), spliced)) => {
+        let broken = match self.write_content(c.init_params(), &content, caps) {
+            Ok(WrittenContent { written, spliced }) => {
                 if let Err(e) = self.send_content(&mut m, call_params, CALL_CONTENT, spliced) {
                     self.questions.remove(q);
                     return Err(e);
                 }
                 if let Some(question) = self.questions.get_mut(q) {
-                    question.param_exports = exports;
+                    question.param_exports = written.exports;
                 }
-                r
+                written.broken
             }
             Err(e) => {
                 self.questions.remove(q);
                 return Err(e);
             }
         };
-        self.send_broken_resolves(resolves);
+        self.send_broken_resolves(broken);
         Ok(q)
     }
 
@@ -269,9 +268,9 @@ impl<L: Clone + Eq + Hash, E> Conn<L, E> {
         let mut r = m.init_root::<rpc_message::Builder<'_>>().init_return();
         r.set_answer_id(answer);
         r.set_release_param_caps(false);
-        let written = self.write_content(r.reborrow().init_results(), &content, caps);
-        match written {
-            Ok(((resolves, exports), spliced)) => {
+        match self.write_content(r.reborrow().init_results(), &content, caps) {
+            Ok(WrittenContent { written, spliced }) => {
+                let Written { broken, exports } = written;
                 let forget = exports.is_empty() && self.no_finish_needed(answer);
                 if forget {
                     r.set_no_finish_needed(true);
@@ -279,7 +278,7 @@ impl<L: Clone + Eq + Hash, E> Conn<L, E> {
                 if let Err(e) = self.send_content(&mut m, return_results, RETURN_CONTENT, spliced) {
                     return self.return_error(answer, e);
                 }
-                self.send_broken_resolves(resolves);
+                self.send_broken_resolves(broken);
                 self.answered(answer, exports);
                 if forget {
                     self.forget_answer(answer);
