@@ -40,7 +40,7 @@ pub(crate) type Outcome = Result<Arc<Frozen>, capnp::Error>;
 
 /// The connection an answer's call went to (see `AnswerState::remote`).
 #[derive(Clone)]
-struct Remote {
+struct SentTo {
     conn: Recipient<crate::call::ConnMsg>,
     conn_id: u64,
 }
@@ -92,7 +92,7 @@ struct AnswerState {
     pipelined: Vec<(Vec<u16>, Weak<Node>)>,
     /// For a question to a peer: the connection and the question id, so
     /// that pipelined calls go over the wire at once.
-    remote: Option<Remote>,
+    remote: Option<SentTo>,
     /// Run when the last caller reference goes before the outcome.
     on_cancel: Option<Box<dyn FnOnce() + Send>>,
     /// Fields under a network embargo: calls on them keep going through
@@ -342,7 +342,7 @@ impl Answer {
         }
         let weak = Arc::downgrade(self);
         let notify = conn.clone();
-        s.remote = Some(Remote { conn, conn_id });
+        s.remote = Some(SentTo { conn, conn_id });
         s.on_cancel = Some(Box::new(move || {
             notify.do_send(crate::call::ConnMsg::Cancel { answer: weak });
         }));
@@ -363,7 +363,7 @@ impl Answer {
     /// gives the call back, to be delivered here.
     fn route(self: &Arc<Self>, path: &[u16], call: Call, unresolved: bool) -> Option<Call> {
         let s = self.lock();
-        let Some(Remote { conn, conn_id }) = s.remote.clone().filter(|r| r.conn.connected()) else {
+        let Some(SentTo { conn, conn_id }) = s.remote.clone().filter(|r| r.conn.connected()) else {
             return Some(call);
         };
         let follow =
@@ -467,7 +467,7 @@ impl Answer {
             resolve_path(&resolution, path).deliver(call);
             return;
         }
-        if let Some(Remote { conn, conn_id }) = s.remote.clone() {
+        if let Some(SentTo { conn, conn_id }) = s.remote.clone() {
             return self.send_routed(s, conn, conn_id, path, call);
         }
         // (Resolved already, if this path was routed through a connection
