@@ -118,6 +118,24 @@ pub struct VatConfig {
     )]
     pub disable_tls: bool,
 
+    /// `--capnp-memory-budget BYTES`: what all the vat's peers together
+    /// may make it hold (their calls not answered yet, the results they
+    /// have not finished); default 1 GiB. Over it, new calls fail with
+    /// Overloaded and the connection holding the most is aborted (see
+    /// SECURITY.md).
+    #[arg(
+        long = "capnp-memory-budget",
+        value_name = "BYTES",
+        help = "Bytes all peers together may make the vat hold (default 1 GiB)"
+    )]
+    pub memory_budget: Option<usize>,
+
+    /// Bytes of results each connection keeps for its peer until the peer
+    /// finishes them (default 64 MiB); see
+    /// `ConnectionOptions::max_retained_result_bytes`.
+    #[arg(skip)]
+    pub max_retained_result_bytes: Option<usize>,
+
     /// Keys given to, or loaded for, this configuration.
     #[arg(skip)]
     keys: KeyCache,
@@ -174,6 +192,20 @@ impl VatConfig {
     /// Turn TLS on (the default) or off.
     pub fn with_tls(mut self, tls: bool) -> Self {
         self.disable_tls = !tls;
+        self
+    }
+
+    /// What all the vat's peers together may make it hold, in bytes (see
+    /// [`VatConfig::memory_budget`]).
+    pub fn with_memory_budget(mut self, bytes: usize) -> Self {
+        self.memory_budget = Some(bytes);
+        self
+    }
+
+    /// Bytes of results each connection keeps for its peer until the peer
+    /// finishes them (see [`VatConfig::max_retained_result_bytes`]).
+    pub fn with_max_retained_result_bytes(mut self, bytes: usize) -> Self {
+        self.max_retained_result_bytes = Some(bytes);
         self
     }
 

@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use capnp_actix_actors::connection::{
-    start_connection, BootstrapFn, ConnectionHandle, ConnectionOptions,
+    start_connection, BootstrapFn, ConnectionHandle, ConnectionOptions, VatBudget,
+    DEFAULT_VAT_BUDGET_BYTES,
 };
 use capnp_actix_actors::{Cap, CapRef};
 use capnp_actix_proto::captp::TableSizes;
@@ -211,6 +212,8 @@ impl Vat {
             let restorer = restorer.clone();
             Arc::new(move |id: &[u8]| restorer.restore(id))
         };
+        let budget = VatBudget::new(config.memory_budget.unwrap_or(DEFAULT_VAT_BUDGET_BYTES));
+        let max_retained_result_bytes = config.max_retained_result_bytes.unwrap_or(0);
         let supervisor = VatSupervisor::create(move |ctx| {
             let listeners = bound
                 .into_iter()
@@ -227,6 +230,8 @@ impl Vat {
                 listeners,
                 peers: HashMap::new(),
                 anonymous: HashMap::new(),
+                budget,
+                max_retained_result_bytes,
             }
         });
         Ok(Vat {
@@ -405,6 +410,9 @@ pub struct VatSupervisor {
     listeners: Vec<Addr<ListenerActor>>,
     peers: HashMap<Peer, PeerEntry>,
     anonymous: HashMap<u64, ConnectionHandle>,
+    /// What all the vat's peers together may make it hold.
+    budget: Arc<VatBudget>,
+    max_retained_result_bytes: usize,
 }
 
 impl Actor for VatSupervisor {
@@ -500,6 +508,8 @@ impl VatSupervisor {
     fn options(&self) -> ConnectionOptions {
         ConnectionOptions {
             bootstrap: Some(self.bootstrap.clone()),
+            budget: Some(self.budget.clone()),
+            max_retained_result_bytes: self.max_retained_result_bytes,
             ..Default::default()
         }
     }

@@ -404,7 +404,14 @@ const LARGE_CALLS: u32 = 100;
 fn a_peer_that_never_reads_large_replies_is_aborted() {
     isolated("a_peer_that_never_reads_large_replies_is_aborted", || {
         run(Duration::from_secs(60), async {
-            let mut env = EchoVat::start("never-reads").await;
+            // This peer does not finish its calls either: a budget for
+            // results not finished above the outgoing-bytes limit, so that
+            // the limit under test is the one that acts (the other is
+            // tested in tests/budgets.rs).
+            let mut env = EchoVat::start_configured("never-reads", |c| {
+                c.with_max_retained_result_bytes(4 * MAX_OUTGOING)
+            })
+            .await;
             let baseline = capnp_actix::debug::report();
             let mut p = env.raw().await;
             let e = p.bootstrap(0, "").await;

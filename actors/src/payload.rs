@@ -117,6 +117,16 @@ impl Frozen {
     /// The message whose root is the content, when the results were built
     /// here (for sending its segments as they are; see
     /// `Conn::return_results` with `OutContent::Kept`).
+    /// The size of the message, in bytes: what keeping these results
+    /// costs.
+    pub(crate) fn size_bytes(&self) -> usize {
+        let words = match &self.message {
+            FrozenBody::Built(m) => m.size_in_words(),
+            FrozenBody::Received(m) => m.message_words(),
+        };
+        words.saturating_mul(8)
+    }
+
     pub(crate) fn kept(self: &Arc<Self>) -> Option<Kept> {
         match &self.message {
             FrozenBody::Built(_) => Some(self.clone()),

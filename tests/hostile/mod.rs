@@ -180,11 +180,22 @@ pub struct EchoVat {
 
 impl EchoVat {
     pub async fn start(name: &str) -> EchoVat {
+        Self::start_configured(name, |config| config).await
+    }
+
+    /// [`EchoVat::start`], with the serving vat's configuration changed by
+    /// `configure` (limits, budgets).
+    pub async fn start_configured(
+        name: &str,
+        configure: impl FnOnce(VatConfig) -> VatConfig,
+    ) -> EchoVat {
         let dir = temp_dir(name);
         let socket = dir.join("vat.socket");
-        let config = VatConfig::new()
-            .with_tls(false)
-            .with_listen_address(Address::Unix(socket.clone()));
+        let config = configure(
+            VatConfig::new()
+                .with_tls(false)
+                .with_listen_address(Address::Unix(socket.clone())),
+        );
         let service: Cap<echo::Client> = Cap::new(EchoService::new(
             Duration::from_millis(1),
             Sink::Memory(Default::default()),

@@ -164,6 +164,10 @@ impl Connection {
                 None => CapRef::broken(error::internal("pipelined on a forgotten answer")),
             },
         };
+        if let Some(e) = self.vat_overloaded() {
+            drop(params);
+            return self.fail_answer(answer, e);
+        }
         let bytes = params.message_words().saturating_mul(8);
         if !self.held.is_empty() && self.held_bytes.saturating_add(bytes) > self.max_held {
             drop(params);
@@ -182,6 +186,7 @@ impl Connection {
         };
         self.held.insert(answer, bytes);
         self.held_bytes += bytes;
+        self.report_holdings();
         let answer_ref = send_call(&target, interface_id, method_id, payload);
         if self.results_to_yourself {
             answer_ref
@@ -237,6 +242,7 @@ impl Connection {
     /// The peer has finished with our answer `answer`: forget it.
     pub(super) fn on_finished(&mut self, answer: u32, ctx: &mut actix::Context<Self>) {
         self.unhold(answer);
+        self.unretain(answer);
         // (A handle left means the answer was given by a tail call
         // and its own outcome never came: stop waiting for it.)
         if let Some(PeerAnswer {
@@ -472,6 +478,12 @@ impl Connection {
         self.question_of.clear();
         self.held.clear();
         self.held_bytes = 0;
+        self.retained.clear();
+        self.retained_bytes = 0;
+        self.reported = 0;
+        if let Some(budget) = &self.budget {
+            budget.remove(self.id);
+        }
         for (_, entry) in self.answers.drain() {
             if let Some(h) = entry.sending {
                 ctx.cancel_future(h);
@@ -718,6 +730,7 @@ impl Connection {
     pub(super) fn unhold(&mut self, answer: u32) {
         if let Some(bytes) = self.held.remove(&answer) {
             self.held_bytes = self.held_bytes.saturating_sub(bytes);
+            self.report_holdings();
         }
     }
 }

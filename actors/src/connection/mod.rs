@@ -35,12 +35,14 @@ use crate::error;
 use crate::io::{self, Input};
 use crate::registry;
 
+mod budget;
 mod deferred;
 mod events;
 mod outgoing;
 mod tables;
 mod writer;
 
+pub use budget::{VatBudget, DEFAULT_MAX_RETAINED_RESULT_BYTES, DEFAULT_VAT_BUDGET_BYTES};
 use tables::{Embargo, HashMap, ImportEntry, PeerAnswer, Question};
 use writer::Flush;
 
@@ -92,6 +94,15 @@ pub struct ConnectionOptions {
     /// (`capnp_actix::vat::import`), which nobody else could close. Off by
     /// default: a vat's connections are closed by the vat.
     pub close_when_unused: bool,
+    /// Bytes of results we returned that the peer has not finished yet
+    /// (they are kept until its `finish`); a return that would go beyond
+    /// aborts the connection, naming this budget (one answer is always
+    /// kept). `0` means the default, 64 MiB.
+    pub max_retained_result_bytes: usize,
+    /// The vat-wide budget this connection's holdings (calls not answered,
+    /// results not finished) count against, shared with the vat's other
+    /// connections; see [`VatBudget`].
+    pub budget: Option<Arc<VatBudget>>,
 }
 
 /// How long the writer may go on after the connection ended.
@@ -112,6 +123,8 @@ impl std::fmt::Debug for ConnectionOptions {
             .field("tables", &self.tables)
             .field("reader", &self.reader)
             .field("bootstrap", &self.bootstrap.is_some())
+            .field("max_retained_result_bytes", &self.max_retained_result_bytes)
+            .field("budget", &self.budget)
             .finish()
     }
 }
@@ -225,6 +238,10 @@ where
         0 => DEFAULT_MAX_HELD_CALL_BYTES,
         n => n,
     };
+    let max_retained = match options.max_retained_result_bytes {
+        0 => DEFAULT_MAX_RETAINED_RESULT_BYTES,
+        n => n,
+    };
     let (closed_tx, closed_rx) = futures::channel::oneshot::channel();
     let id = next_id();
     let addr = Connection::create(move |ctx| {
@@ -239,6 +256,12 @@ where
             max_outgoing,
             held: HashMap::default(),
             held_bytes: 0,
+            retained: HashMap::default(),
+            retained_bytes: 0,
+            max_retained,
+            budget: options.budget,
+            shed: ctx.address().recipient(),
+            reported: 0,
             max_held,
             results_to_yourself: options.send_results_to_yourself,
             bootstrap: options.bootstrap,
@@ -276,6 +299,15 @@ pub struct Connection {
     /// Sizes of the peer's calls not answered yet, and their sum.
     held: HashMap<u32, usize>,
     held_bytes: usize,
+    /// Sizes of our results the peer has not finished, and their sum
+    /// (see `budget.rs`).
+    retained: HashMap<u32, usize>,
+    retained_bytes: usize,
+    max_retained: usize,
+    budget: Option<Arc<VatBudget>>,
+    shed: Recipient<budget::ShedLoad>,
+    /// What was last reported to `budget`.
+    reported: usize,
     max_held: usize,
     /// See [`ConnectionOptions::send_results_to_yourself`].
     results_to_yourself: bool,
@@ -307,6 +339,9 @@ impl Actor for Connection {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.release_writer();
+        if let Some(budget) = &self.budget {
+            budget.remove(self.id);
+        }
         if let Some(tx) = self.closed.take() {
             let reason = self
                 .core

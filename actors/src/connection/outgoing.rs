@@ -41,6 +41,12 @@ impl Connection {
                         }
                     })
                     .collect();
+                // Kept until the peer finishes the call (or, if the core
+                // forgets it at once, released by the `Finished` event).
+                self.retain(answer, frozen.size_bytes());
+                if self.core.aborted().is_some() {
+                    return;
+                }
                 if let Some(kept) = frozen.kept() {
                     return self
                         .core
