@@ -57,7 +57,8 @@ enum State {
 /// through a read buffer and are copied once into their messages; the
 /// body of a large frame is read straight into the buffer of the message
 /// it becomes ([`FrameDecoder::body_buffer`]). The decoder checks every
-/// segment table against the limits before allocating for its body.
+/// segment table against the limits, and allocates for a body as its
+/// bytes arrive, not for the size the table announces.
 pub(crate) struct FrameReader<R> {
     read: R,
     decoder: FrameDecoder,

@@ -203,7 +203,8 @@ pub struct FrameDecoder {
 struct Body {
     /// Bytes of its segment table (counted by [`FrameDecoder::buffered`]).
     head_len: usize,
-    /// The body's bytes so far; allocated for the whole body at once.
+    /// The body's bytes so far. Its capacity grows with what arrives
+    /// (see [`grow_body`]), never from the size the segment table claims.
     bytes: Vec<u8>,
     /// Bytes the body has in all.
     total: usize,
@@ -219,6 +220,7 @@ impl Body {
     /// Takes what `bytes` holds of the body; returns the bytes used.
     fn fill(&mut self, bytes: &[u8]) -> usize {
         let n = (self.total - self.bytes.len()).min(bytes.len());
+        grow_body(&mut self.bytes, self.total, n);
         self.bytes.extend_from_slice(&bytes[..n]);
         n
     }
@@ -319,7 +321,7 @@ impl FrameDecoder {
         let len = (total as usize).saturating_mul(8);
         let body = Body {
             head_len: self.head.len(),
-            bytes: Vec::with_capacity(len),
+            bytes: Vec::with_capacity(len.min(FIRST_BODY_BYTES)),
             total: len,
             ends,
         };
@@ -353,16 +355,22 @@ impl FrameDecoder {
     /// bytes are still missing: the buffer the body goes into, and how
     /// many bytes it misses. Append at most that many (as a read from a
     /// socket straight into the buffer does, saving the copy from a read
-    /// buffer), then call [`FrameDecoder::body_appended`]. The buffer was
-    /// allocated for the whole body, so appending within the bound does
-    /// not reallocate.
+    /// buffer), then call [`FrameDecoder::body_appended`]. The buffer
+    /// has room for at least part of what is missing: it grows as the
+    /// body arrives, to at most twice what arrived (a peer that announces
+    /// a large frame and sends it slowly does not make us hold the size
+    /// it announced); a read fills that room.
     pub fn body_buffer(&mut self, min: usize) -> Option<(&mut Vec<u8>, usize)> {
         if self.error.is_some() {
             return None;
         }
         let body = self.body.as_mut()?;
         let missing = body.total - body.bytes.len();
-        (missing >= min.max(1)).then_some((&mut body.bytes, missing))
+        if missing < min.max(1) {
+            return None;
+        }
+        grow_body(&mut body.bytes, body.total, missing.min(FIRST_BODY_BYTES));
+        Some((&mut body.bytes, missing))
     }
 
     /// Takes note of bytes appended to the buffer of
@@ -411,6 +419,23 @@ impl FrameDecoder {
             0 => Ok(()),
             have => Err(FrameError::Truncated { have }),
         }
+    }
+}
+
+/// The most a frame's body gets before any of it has arrived: a frame of
+/// up to this size (a 64 KiB payload and its headers) is received into
+/// one allocation; a larger one grows as it arrives.
+const FIRST_BODY_BYTES: usize = 128 << 10;
+
+/// Makes room in `bytes` (a body of `total` bytes) for `more` bytes:
+/// at least doubling, so that a large body is copied a bounded number of
+/// times as it grows, but never beyond `total` nor beyond twice what has
+/// arrived plus `more`.
+fn grow_body(bytes: &mut Vec<u8>, total: usize, more: usize) {
+    let need = bytes.len() + more;
+    if need > bytes.capacity() {
+        let target = need.max(bytes.len().saturating_mul(2)).min(total);
+        bytes.reserve_exact(target.saturating_sub(bytes.len()));
     }
 }
 

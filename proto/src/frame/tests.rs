@@ -437,3 +437,53 @@ fn a_pointer_out_of_bounds_is_an_error_when_read_not_a_panic() {
     let root: capnp::Result<crate::rpc_capnp::message::Reader<'_>> = m.get_root();
     assert!(root.is_err());
 }
+
+#[test]
+fn a_frame_announced_large_is_allocated_as_it_arrives() {
+    let mut d = FrameDecoder::new(Limits::default());
+    // One segment of 8 Mi - 1 words (64 MiB) announced, 1,000 bytes sent.
+    let words: u32 = (8 << 20) - 1;
+    let mut head = vec![0u8; 8];
+    head[4..8].copy_from_slice(&words.to_le_bytes());
+    d.push(&head);
+    d.push(&[0u8; 1000]);
+    let (buf, missing) = d.body_buffer(1).expect("the body is being received");
+    assert_eq!(missing, words as usize * 8 - 1000);
+    assert!(
+        buf.capacity() <= 1000 + FIRST_BODY_BYTES,
+        "{} bytes held for 1,000 received",
+        buf.capacity()
+    );
+    // Read straight into the buffer, 4 KiB at a time, up to 1 MiB: what is
+    // held grows with what arrived, at most twice it and a first step.
+    for _ in 0..(1 << 20) / 4096 {
+        let (buf, _) = d.body_buffer(1).expect("still receiving");
+        buf.extend_from_slice(&[0u8; 4096]);
+        d.body_appended();
+    }
+    let (buf, _) = d.body_buffer(1).expect("still receiving");
+    assert!(buf.len() >= 1 << 20);
+    assert!(
+        buf.capacity() <= 2 * buf.len() + FIRST_BODY_BYTES,
+        "{} bytes held for {} received",
+        buf.capacity(),
+        buf.len()
+    );
+    assert!(d.next_message().expect("no error").is_none());
+}
+
+#[test]
+fn a_body_that_grows_as_it_arrives_decodes_whole() {
+    // A message larger than the first allocation, pushed in pieces.
+    let m = sample(300 << 10, 16);
+    let bytes = frame_of(&m);
+    let mut d = FrameDecoder::new(Limits::default());
+    for piece in bytes.chunks(7919) {
+        d.push(piece);
+    }
+    let got = d.next_message().expect("no error").expect("a message");
+    let r = got
+        .get_root::<crate::rpc_capnp::exception::Reader<'_>>()
+        .expect("root");
+    assert_eq!(r.get_reason().unwrap().len(), 300 << 10);
+}
