@@ -6,6 +6,9 @@
 //!   every result; past the connection's budget for results not finished
 //!   it is aborted, with a reason naming the budget, and the vat lets go
 //!   of everything it kept for it.
+//! - `memory_held_for_a_peer_is_returned_when_it_leaves`: a peer makes the
+//!   vat hold 56 MiB of results, then leaves: the RSS falls back to within
+//!   32 MiB of where it was (the allocator is asked to give memory back).
 //! - `the_vat_budget_aborts_the_peer_that_holds_the_most`: two such peers,
 //!   each under its connection's budget, together over the vat's: the one
 //!   holding the most is aborted, naming the vat's budget; the other is
@@ -146,6 +149,62 @@ fn the_vat_budget_aborts_the_peer_that_holds_the_most() {
             env.ping_good().await;
             drop(modest);
             env.only_good_left().await;
+            env.stop().await;
+        })
+    });
+}
+
+#[test]
+fn memory_held_for_a_peer_is_returned_when_it_leaves() {
+    isolated("memory_held_for_a_peer_is_returned_when_it_leaves", || {
+        run(Duration::from_secs(60), async {
+            const HELD: usize = 56 << 20;
+            const SLACK: u64 = 32 << 20;
+            let mut env = EchoVat::start("memory-returned").await;
+            env.ping_good().await;
+            let before = hostile::rss();
+            let mut p = env.raw().await;
+            let e = p.bootstrap(0, "").await;
+            let msg = "m".repeat(MSG);
+            let calls = (HELD / MSG) as u32;
+            for q in 1..=calls {
+                p.send(&ping_call(q, &Target::Import(e), &msg))
+                    .await
+                    .expect("send");
+                expect_return(&mut p, q).await;
+            }
+            let peak = hostile::rss();
+            assert!(
+                peak > before + (HELD as u64) * 3 / 4,
+                "the results were not held: RSS {:.1} MiB -> {:.1} MiB",
+                hostile::mib(before),
+                hostile::mib(peak)
+            );
+            drop(p);
+            env.only_good_left().await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                let now = hostile::rss();
+                if now <= before + SLACK {
+                    eprintln!(
+                        "memory returned: RSS {:.1} MiB, peak {:.1} MiB, after {:.1} MiB",
+                        hostile::mib(before),
+                        hostile::mib(peak),
+                        hostile::mib(now)
+                    );
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "RSS stayed at {:.1} MiB after the peer left (before it came: {:.1} MiB, \
+                     peak {:.1} MiB)",
+                    hostile::mib(now),
+                    hostile::mib(before),
+                    hostile::mib(peak)
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            env.ping_good().await;
             env.stop().await;
         })
     });

@@ -55,6 +55,7 @@ mod handle;
 mod hook;
 mod host;
 mod io;
+pub mod memory;
 mod payload;
 mod promise;
 mod registry;

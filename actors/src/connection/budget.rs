@@ -23,6 +23,7 @@ use actix::{Handler, Message, Recipient};
 
 use super::tables::HashMap;
 use super::Connection;
+use crate::memory;
 
 /// Default of [`ConnectionOptions::max_retained_result_bytes`](super::ConnectionOptions::max_retained_result_bytes).
 pub const DEFAULT_MAX_RETAINED_RESULT_BYTES: usize = 64 << 20;
@@ -40,6 +41,9 @@ pub struct VatBudget {
     /// The sum of the holders' bytes (changed under `state`'s lock, read
     /// without it).
     total: AtomicUsize,
+    /// The highest `total` since memory was last given back (see
+    /// [`crate::memory`]).
+    peak: AtomicUsize,
     state: Mutex<BudgetState>,
 }
 
@@ -75,6 +79,7 @@ impl VatBudget {
         Arc::new(VatBudget {
             limit,
             total: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
             state: Mutex::new(BudgetState::default()),
         })
     }
@@ -118,6 +123,7 @@ impl VatBudget {
         };
         let total = self.total.load(Ordering::Relaxed) - before + bytes;
         self.total.store(total, Ordering::Relaxed);
+        self.after_change(total);
         if bytes <= before || total <= self.limit {
             return;
         }
@@ -143,7 +149,19 @@ impl VatBudget {
     pub(super) fn remove(&self, conn: u64) {
         let mut s = self.lock();
         if let Some(h) = s.holders.remove(&conn) {
-            self.total.fetch_sub(h.bytes, Ordering::Relaxed);
+            let total = self.total.load(Ordering::Relaxed) - h.bytes;
+            self.total.store(total, Ordering::Relaxed);
+            self.after_change(total);
+        }
+    }
+
+    /// Keeps the peak of what is held, and gives memory back once the
+    /// holdings have fallen by [`memory::TRIM_STEP`] from it.
+    fn after_change(&self, total: usize) {
+        let peak = self.peak.fetch_max(total, Ordering::Relaxed).max(total);
+        if peak >= total + memory::TRIM_STEP {
+            self.peak.store(total, Ordering::Relaxed);
+            memory::release_free_memory_soon();
         }
     }
 }
