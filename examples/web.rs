@@ -5,7 +5,11 @@
 //! the echo service of the tutorial (`examples/common/echo_service.rs`).
 //! `--bind ADDR` picks another address; `--self-test` serves on a free port,
 //! fetches `/ping/hello` once with a tiny HTTP/1.1 client, checks the body
-//! and exits (0 when it is right).
+//! and exits (0 when it is right). `GET /metrics` gives the runtime's
+//! metrics (connections, calls, bytes, durations, memory held for peers:
+//! see the `metrics` facade's names in the crate docs) in Prometheus' text
+//! format, from the `metrics-exporter-prometheus` recorder installed at
+//! start.
 //!
 //! How it fits together: the echo service is hosted with [`Cap::new`] in the
 //! main actix `System`, so its actor lives on the main thread. The resulting
@@ -29,6 +33,7 @@ use capnp_actix::schemas::echo_api_capnp::echo;
 use capnp_actix::Cap;
 use clap::Parser;
 use echo_service::{EchoService, Sink};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Serve the echo capability over HTTP: `GET /ping/{msg}`.
@@ -76,14 +81,18 @@ async fn ping(service: web::Data<Cap<echo::Client>>, msg: web::Path<String>) -> 
 /// the address it listens on.
 fn server(
     service: Cap<echo::Client>,
+    metrics: PrometheusHandle,
     bind: SocketAddr,
     workers: u16,
 ) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
     let data = web::Data::new(service);
+    let metrics = web::Data::new(metrics);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(metrics.clone())
             .route("/ping/{msg}", web::get().to(ping))
+            .route("/metrics", web::get().to(render_metrics))
     })
     .workers(workers.into())
     .bind(bind)?;
@@ -93,6 +102,20 @@ fn server(
         .ok_or_else(|| std::io::Error::other("bound to no address"))?;
     println!("listening on http://{addr}/ping/{{msg}}");
     Ok((server.run(), addr))
+}
+
+/// `GET /metrics`: every metric recorded so far, in Prometheus' text
+/// format.
+async fn render_metrics(metrics: web::Data<PrometheusHandle>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(metrics.render())
+}
+
+/// Installs the Prometheus recorder: the `metrics` facade's reports go to
+/// it from now on.
+fn install_metrics() -> Result<PrometheusHandle, BoxError> {
+    Ok(PrometheusBuilder::new().install_recorder()?)
 }
 
 /// A minimal HTTP/1.1 GET: returns the status code and the body.
@@ -140,7 +163,8 @@ async fn self_test(workers: u16) -> Result<(), BoxError> {
         let service: Cap<echo::Client> =
             Cap::new(EchoService::new(Duration::from_millis(10), Sink::Stdout));
         // Port 0: the system picks a free port.
-        let (running, addr) = server(service, ([127, 0, 0, 1], 0).into(), workers)?;
+        let metrics = install_metrics()?;
+        let (running, addr) = server(service, metrics, ([127, 0, 0, 1], 0).into(), workers)?;
         let handle = running.handle();
         let serving = actix_rt::spawn(running);
 
@@ -154,9 +178,21 @@ async fn self_test(workers: u16) -> Result<(), BoxError> {
             Err(_) => Err("no HTTP response within 10 s".into()),
         };
 
+        let metrics = match outcome {
+            Ok(_) => tokio::time::timeout(Duration::from_secs(10), http_get(addr, "/metrics"))
+                .await
+                .map_err(|_| BoxError::from("no HTTP response to /metrics within 10 s"))
+                .and_then(|r| r),
+            Err(_) => Err("skipped".into()),
+        };
         handle.stop(true).await;
         let _ = serving.await;
         let (status, body) = outcome?;
+        let (metrics_status, _) = metrics?;
+        println!("GET /metrics -> {metrics_status}");
+        if metrics_status != 200 {
+            return Err(format!("expected 200 from /metrics, got {metrics_status}").into());
+        }
         println!("GET /ping/hello -> {status} {body:?}");
         if status != 200 || body != "echo:hello" {
             return Err(format!("expected 200 \"echo:hello\", got {status} {body:?}").into());
@@ -179,7 +215,8 @@ fn main() -> ExitCode {
             let service: Cap<echo::Client> =
                 Cap::new(EchoService::new(Duration::from_secs(1), Sink::Stdout));
             // Runs until Ctrl-C (actix-web stops on SIGINT and SIGTERM).
-            let (running, _) = server(service, args.bind, args.workers)?;
+            let metrics = install_metrics()?;
+            let (running, _) = server(service, metrics, args.bind, args.workers)?;
             running.await?;
             Ok(())
         })

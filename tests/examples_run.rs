@@ -261,6 +261,7 @@ fn web_self_test_passes() {
             .is_some_and(|l| l.starts_with("listening on http://127.0.0.1:")),
         "{run}"
     );
+    assert!(lines.contains(&"GET /metrics -> 200"), "{run}");
     assert!(
         lines.contains(&r#"GET /ping/hello -> 200 "echo:hello""#),
         "{run}"

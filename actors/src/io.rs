@@ -140,6 +140,7 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
                 Poll::Ready(Ok(0)) => this.state = State::Ended,
                 Poll::Ready(Ok(n)) => {
                     read += n;
+                    crate::metrics::bytes_received(n);
                     if direct {
                         this.decoder.body_appended();
                         this.large = true;

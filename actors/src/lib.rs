@@ -56,6 +56,7 @@ mod hook;
 mod host;
 mod io;
 pub mod memory;
+pub mod metrics;
 mod payload;
 mod promise;
 mod registry;

@@ -158,6 +158,7 @@ impl VatBudget {
     /// Keeps the peak of what is held, and gives memory back once the
     /// holdings have fallen by [`memory::TRIM_STEP`] from it.
     fn after_change(&self, total: usize) {
+        crate::metrics::vat_held(total);
         let peak = self.peak.fetch_max(total, Ordering::Relaxed).max(total);
         if peak >= total + memory::TRIM_STEP {
             self.peak.store(total, Ordering::Relaxed);

@@ -20,6 +20,7 @@ use crate::call::{Call, Marker};
 use crate::cap::{CapRef, Kind};
 use crate::error;
 use crate::hook::{send_call, WaitOutcome};
+use crate::metrics;
 use crate::payload::Payload;
 
 impl Connection {
@@ -112,6 +113,7 @@ impl Connection {
                     PeerAnswer {
                         answer: answer_ref,
                         sending: None,
+                        arrived: std::time::Instant::now(),
                     },
                 );
                 if let Some(o) = outcome {
@@ -139,6 +141,7 @@ impl Connection {
                     PeerAnswer {
                         answer: answer_ref,
                         sending: Some(handle),
+                        arrived: std::time::Instant::now(),
                     },
                 );
             }
@@ -164,6 +167,7 @@ impl Connection {
                 None => CapRef::broken(error::internal("pipelined on a forgotten answer")),
             },
         };
+        metrics::call_received();
         if let Some(e) = self.vat_overloaded() {
             drop(params);
             return self.fail_answer(answer, e);
@@ -208,6 +212,7 @@ impl Connection {
             PeerAnswer {
                 answer: answer_ref,
                 sending: Some(handle),
+                arrived: std::time::Instant::now(),
             },
         );
     }
@@ -248,6 +253,7 @@ impl Connection {
         if let Some(PeerAnswer {
             answer: r,
             sending: h,
+            ..
         }) = self.answers.remove(&answer)
         {
             r.shared().clear_origin();
@@ -658,6 +664,7 @@ impl Connection {
     /// Answers the peer's call `answer` with `error` before it ran (see
     /// [`Connection::keep_failed`]).
     pub(super) fn fail_answer(&mut self, answer: u32, error: capnp::Error) {
+        metrics::call_answered(Err(error.kind), std::time::Duration::ZERO);
         self.keep_failed(answer, error.clone());
         self.core.return_error(answer, error);
     }
@@ -677,6 +684,7 @@ impl Connection {
             PeerAnswer {
                 answer: kept,
                 sending: None,
+                arrived: std::time::Instant::now(),
             },
         );
     }
@@ -689,6 +697,7 @@ impl Connection {
         if let Some(PeerAnswer {
             answer: r,
             sending: h,
+            ..
         }) = self.answers.remove(&answer)
         {
             r.shared().clear_origin();

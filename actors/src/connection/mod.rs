@@ -33,6 +33,7 @@ use crate::call::{Completer, ConnMsg};
 use crate::cap::{next_id, CapRef};
 use crate::error;
 use crate::io::{self, Input};
+use crate::metrics;
 use crate::registry;
 
 mod budget;
@@ -242,6 +243,7 @@ where
         0 => DEFAULT_MAX_RETAINED_RESULT_BYTES,
         n => n,
     };
+    metrics::connection_opened();
     let (closed_tx, closed_rx) = futures::channel::oneshot::channel();
     let id = next_id();
     let addr = Connection::create(move |ctx| {
@@ -342,12 +344,13 @@ impl Actor for Connection {
         if let Some(budget) = &self.budget {
             budget.remove(self.id);
         }
+        let reason = self
+            .core
+            .aborted()
+            .cloned()
+            .unwrap_or_else(|| capnp::Error::disconnected("connection closed".into()));
+        metrics::connection_closed(&reason);
         if let Some(tx) = self.closed.take() {
-            let reason = self
-                .core
-                .aborted()
-                .cloned()
-                .unwrap_or_else(|| capnp::Error::disconnected("connection closed".into()));
             let _ = tx.send(reason);
         }
     }

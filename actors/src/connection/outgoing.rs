@@ -16,10 +16,15 @@ use crate::call::{ConnMsg, RemoteTarget};
 use crate::cap::{CapRef, Kind};
 use crate::error;
 use crate::hook::payload_received;
+use crate::metrics;
 use crate::payload::{Body, Payload};
 
 impl Connection {
     pub(super) fn send_return(&mut self, answer: u32, outcome: Outcome) {
+        if let Some(entry) = self.answers.get(&answer) {
+            let kind = outcome.as_ref().map(|_| ()).map_err(|e| e.kind);
+            metrics::call_answered(kind, entry.arrived.elapsed());
+        }
         self.unhold(answer);
         match outcome {
             Ok(frozen) => {
@@ -217,7 +222,10 @@ impl Connection {
             }),
         };
         match sent {
-            Ok(q) => self.register_question(q, completer),
+            Ok(q) => {
+                metrics::call_sent();
+                self.register_question(q, completer)
+            }
             Err(e) => completer.complete(Err(e)),
         }
     }

@@ -39,6 +39,8 @@ pub(super) struct PeerAnswer {
     /// The future that sends the return once the answer completes, while
     /// it waits (cancelled if the peer cancels or the connection ends).
     pub(super) sending: Option<SpawnHandle>,
+    /// When the call arrived (for `capnp_call_duration_seconds`).
+    pub(super) arrived: std::time::Instant,
 }
 
 /// One capability the peer exported to us.

@@ -7,6 +7,7 @@ use std::task::Poll;
 use actix::{ActorContext, ActorFuture};
 
 use super::{Connection, MAX_SPARE_BYTES, WRITER_GRACE};
+use crate::metrics;
 
 /// The connection's writing: polled in every turn of the actor, it writes
 /// what the turn produced (see [`Connection::flush_output`]).
@@ -85,6 +86,7 @@ impl Connection {
                 self.handle_core_events(ctx);
                 return Poll::Ready(());
             }
+            metrics::bytes_sent(out.len());
             writer.push(out);
         }
         let core = &mut self.core;

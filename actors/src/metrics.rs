@@ -1,0 +1,70 @@
+//! What the runtime reports through the [`metrics`](https://docs.rs/metrics) facade: the
+//! application installs the recorder (Prometheus, StatsD, ...); without
+//! one, each report is a check of one atomic.
+//!
+//! | metric | kind | what |
+//! |---|---|---|
+//! | `capnp_connections_opened_total` | counter | connections started |
+//! | `capnp_connections_open` | gauge | connections running now |
+//! | `capnp_connections_closed_total{reason}` | counter | connections ended, by the kind of their end (`disconnected`, `overloaded`, `failed`, `unimplemented`) |
+//! | `capnp_calls_received_total` | counter | calls the peers made on us |
+//! | `capnp_calls_answered_total{outcome}` | counter | returns we sent: `results`, or the exception's kind |
+//! | `capnp_call_duration_seconds` | histogram | from a peer's call arriving to its return going out |
+//! | `capnp_calls_sent_total` | counter | calls we made on the peers' capabilities |
+//! | `capnp_received_bytes_total` | counter | bytes read from the sockets |
+//! | `capnp_sent_bytes_total` | counter | bytes handed to the socket |
+//! | `capnp_vat_held_bytes` | gauge | what a vat holds for its peers (calls not answered, results not finished; see `budget.rs`) |
+
+use capnp::ErrorKind;
+
+/// The label of an error's kind.
+pub(crate) fn kind_label(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Failed => "failed",
+        ErrorKind::Overloaded => "overloaded",
+        ErrorKind::Disconnected => "disconnected",
+        ErrorKind::Unimplemented => "unimplemented",
+        _ => "other",
+    }
+}
+
+pub(crate) fn connection_opened() {
+    metrics::counter!("capnp_connections_opened_total").increment(1);
+    metrics::gauge!("capnp_connections_open").increment(1.0);
+}
+
+pub(crate) fn connection_closed(reason: &capnp::Error) {
+    metrics::gauge!("capnp_connections_open").decrement(1.0);
+    metrics::counter!("capnp_connections_closed_total", "reason" => kind_label(reason.kind))
+        .increment(1);
+}
+
+pub(crate) fn call_received() {
+    metrics::counter!("capnp_calls_received_total").increment(1);
+}
+
+/// A return went out, `elapsed` after its call arrived.
+pub(crate) fn call_answered(outcome: Result<(), ErrorKind>, elapsed: std::time::Duration) {
+    let label = match outcome {
+        Ok(()) => "results",
+        Err(kind) => kind_label(kind),
+    };
+    metrics::counter!("capnp_calls_answered_total", "outcome" => label).increment(1);
+    metrics::histogram!("capnp_call_duration_seconds").record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn call_sent() {
+    metrics::counter!("capnp_calls_sent_total").increment(1);
+}
+
+pub(crate) fn bytes_received(bytes: usize) {
+    metrics::counter!("capnp_received_bytes_total").increment(bytes as u64);
+}
+
+pub(crate) fn bytes_sent(bytes: usize) {
+    metrics::counter!("capnp_sent_bytes_total").increment(bytes as u64);
+}
+
+pub(crate) fn vat_held(bytes: usize) {
+    metrics::gauge!("capnp_vat_held_bytes").set(bytes as f64);
+}
