@@ -79,6 +79,12 @@ fn over_the_vat_limit_a_connection_is_told_why_and_closed() {
             reason.contains("too many connections") && reason.contains("--capnp-max-connections"),
             "{reason}"
         );
+        // One that speaks first (its input unread when it is refused)
+        // still reads the abort: the connection is not reset.
+        let mut eager = env.raw().await;
+        let _ = eager.send(&bootstrap(0, "main")).await;
+        let reason = expect_abort_then_eof(&mut eager).await;
+        assert!(reason.contains("too many connections"), "{reason}");
         env.ping_good().await;
         expect_served(&mut second, 0).await;
         // The place is given back when a connection ends.

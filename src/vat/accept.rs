@@ -11,7 +11,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use actix::prelude::*;
-use capnp_actix_actors::connection::{start_connection, ConnectionOptions};
 
 use super::{AsyncStream, Established, Peer, VatSupervisor, HANDSHAKE_TIMEOUT, NEXT_ANONYMOUS};
 use crate::config::VatConfig;
@@ -137,12 +136,36 @@ impl Governor {
     }
 }
 
+/// How long a refused connection is given to take its abort and close.
+const REFUSAL_GRACE: Duration = Duration::from_secs(2);
+
 /// Tells the peer why it is not served (an abort, Overloaded, with
-/// `reason`) and closes the connection.
-fn refuse(stream: impl AsyncStream + 'static, peer: &str, reason: String) {
+/// `reason`) and closes the connection. The abort is written and the
+/// sending side shut before the peer's input is read and thrown away
+/// until its end (within [`REFUSAL_GRACE`]): closing with input unread
+/// would reset the connection, and the peer could lose the abort.
+fn refuse(mut stream: impl AsyncStream + 'static, peer: &str, reason: String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     tracing::warn!(%peer, "connection refused: {reason}");
-    let conn = start_connection(stream, ConnectionOptions::default());
-    conn.abort(capnp::Error::overloaded(reason));
+    let frame = abort_frame(&capnp::Error::overloaded(reason));
+    actix_rt::spawn(async move {
+        let _ = tokio::time::timeout(REFUSAL_GRACE, async move {
+            if stream.write_all(&frame).await.is_err() || stream.shutdown().await.is_err() {
+                return;
+            }
+            let mut sink = [0u8; 4096];
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    });
+}
+
+/// An `Abort` message carrying `error`, framed.
+fn abort_frame(error: &capnp::Error) -> Vec<u8> {
+    let mut message = capnp::message::Builder::new_default();
+    let root = message.init_root::<capnp_actix_proto::rpc_capnp::message::Builder<'_>>();
+    capnp_actix_proto::exception::write(error, root.init_abort());
+    capnp::serialize::write_message_to_words(&message)
 }
 
 impl Handler<Accepted> for VatSupervisor {
