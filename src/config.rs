@@ -136,6 +136,48 @@ pub struct VatConfig {
     #[arg(skip)]
     pub max_retained_result_bytes: Option<usize>,
 
+    /// `--capnp-max-connections N`: connections the vat's listeners keep
+    /// open at once (default 1024). One accepted beyond is sent an abort
+    /// (Overloaded, naming the limit) and closed; the others go on.
+    #[arg(
+        long = "capnp-max-connections",
+        value_name = "N",
+        help = "Connections the vat accepts at once (default 1024)"
+    )]
+    pub max_connections: Option<usize>,
+
+    /// `--capnp-max-connections-per-peer N`: accepted connections one peer
+    /// may hold at once: per client IP address for TCP, and per key
+    /// fingerprint once a TLS client is authenticated (default 64). One
+    /// beyond is sent an abort (Overloaded, naming the limit) and closed.
+    #[arg(
+        long = "capnp-max-connections-per-peer",
+        value_name = "N",
+        help = "Connections one client address or key may hold (default 64)"
+    )]
+    pub max_connections_per_peer: Option<usize>,
+
+    /// `--capnp-first-message-deadline-ms MS`: an accepted connection that
+    /// has not sent one complete message this long after it was accepted
+    /// (after its TLS handshake, which has a deadline of its own) is
+    /// aborted, naming the deadline (default 10,000 ms; 0: none).
+    #[arg(
+        long = "capnp-first-message-deadline-ms",
+        value_name = "MS",
+        help = "Abort an accepted connection silent this long (default 10000; 0: never)"
+    )]
+    pub first_message_deadline_ms: Option<u64>,
+
+    /// `--capnp-idle-timeout-ms MS`: close a connection that holds nothing
+    /// either way and has received nothing this long, with an abort naming
+    /// the timeout (default: never).
+    #[arg(
+        long = "capnp-idle-timeout-ms",
+        value_name = "MS",
+        help = "Close connections that hold nothing and are silent this long (default: never)"
+    )]
+    pub idle_timeout_ms: Option<u64>,
+
     /// Keys given to, or loaded for, this configuration.
     #[arg(skip)]
     keys: KeyCache,
@@ -206,6 +248,34 @@ impl VatConfig {
     /// finishes them (see [`VatConfig::max_retained_result_bytes`]).
     pub fn with_max_retained_result_bytes(mut self, bytes: usize) -> Self {
         self.max_retained_result_bytes = Some(bytes);
+        self
+    }
+
+    /// At most `n` accepted connections at once (see
+    /// [`VatConfig::max_connections`]).
+    pub fn with_max_connections(mut self, n: usize) -> Self {
+        self.max_connections = Some(n);
+        self
+    }
+
+    /// At most `n` accepted connections at once per client address or key
+    /// (see [`VatConfig::max_connections_per_peer`]).
+    pub fn with_max_connections_per_peer(mut self, n: usize) -> Self {
+        self.max_connections_per_peer = Some(n);
+        self
+    }
+
+    /// The deadline for an accepted connection's first message; `None`:
+    /// none (see [`VatConfig::first_message_deadline_ms`]).
+    pub fn with_first_message_deadline(mut self, deadline: Option<std::time::Duration>) -> Self {
+        self.first_message_deadline_ms = Some(deadline.map_or(0, |d| d.as_millis() as u64));
+        self
+    }
+
+    /// Close connections that hold nothing and are silent this long;
+    /// `None`: never (see [`VatConfig::idle_timeout_ms`]).
+    pub fn with_idle_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.idle_timeout_ms = timeout.map(|d| d.as_millis() as u64);
         self
     }
 

@@ -1,10 +1,17 @@
 //! The listener actor: accepts connections on one address and hands each
 //! to the vat supervisor.
 //!
-//! It runs under an actix [`Supervisor`](actix::Supervisor): an accept
-//! error (out of file descriptors, say) stops it, the socket is released,
-//! and the supervisor restarts it, which binds the address again after a
-//! delay that doubles with each consecutive failure (50 ms up to 5 s).
+//! When accept fails for want of resources (out of file descriptors,
+//! EMFILE or ENFILE; out of buffers or memory, ENOBUFS or ENOMEM), the
+//! listening socket is kept and accept is tried again after a pause that
+//! doubles while it goes on failing (10 ms up to 1 s): the connections
+//! waiting in the backlog are accepted once descriptors are free again,
+//! and the address is never unbound.
+//!
+//! It runs under an actix [`Supervisor`](actix::Supervisor): any other
+//! accept error stops it, the socket is released, and the supervisor
+//! restarts it, which binds the address again after a delay that doubles
+//! with each consecutive failure (50 ms up to 5 s).
 
 use std::time::Duration;
 
@@ -15,6 +22,38 @@ use crate::net::{self, Stream};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const FIRST_ACCEPT_PAUSE: Duration = Duration::from_millis(10);
+const MAX_ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+
+/// True for an accept error that says the process or the system is out of
+/// a resource (descriptors, buffers, memory): it passes, the socket is fine.
+fn exhausted(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Accepts the next connection, waiting out resource exhaustion (see the
+/// module docs) on the same socket.
+async fn accept_next(
+    socket: &net::Listener,
+    address: &Address,
+) -> std::io::Result<(Stream, String)> {
+    let mut pause = FIRST_ACCEPT_PAUSE;
+    loop {
+        match socket.accept().await {
+            Err(e) if exhausted(&e) => {
+                if pause == FIRST_ACCEPT_PAUSE {
+                    tracing::warn!(%address, "accept failed: {e}; keeping the socket, retrying");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_ACCEPT_PAUSE);
+            }
+            other => return other,
+        }
+    }
+}
 
 /// A connection accepted by a listener.
 pub(crate) struct Accepted {
@@ -60,9 +99,13 @@ impl ListenerActor {
     }
 
     fn accept_loop(&mut self, socket: net::Listener, ctx: &mut Context<Self>) {
-        let stream = futures::stream::unfold(socket, |socket| async move {
-            let next = socket.accept().await;
-            Some((next, socket))
+        let address = self.address.clone();
+        let stream = futures::stream::unfold(socket, move |socket| {
+            let address = address.clone();
+            async move {
+                let next = accept_next(&socket, &address).await;
+                Some((next, socket))
+            }
         });
         ctx.add_stream(stream);
     }

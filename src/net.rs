@@ -1,8 +1,8 @@
 //! Sockets: dialing and listening on [`Address`]es.
 //!
 //! Every TCP connection gets TCP_NODELAY (calls are small and latency
-//! matters more than packet count); connections we open also get
-//! SO_KEEPALIVE, so that a peer that vanished is noticed.
+//! matters more than packet count) and SO_KEEPALIVE (both those we open
+//! and those we accept), so that a peer that vanished is noticed.
 
 use std::io;
 use std::pin::Pin;
@@ -165,12 +165,13 @@ impl Listener {
     }
 
     /// Waits for the next connection; gives it with a description of the
-    /// peer for logs. TCP connections get TCP_NODELAY.
+    /// peer for logs. TCP connections get TCP_NODELAY and SO_KEEPALIVE.
     pub async fn accept(&self) -> io::Result<(Stream, String)> {
         match self {
             Listener::Tcp(l) => {
                 let (s, peer) = l.accept().await?;
                 let _ = s.set_nodelay(true);
+                let _ = socket2::SockRef::from(&s).set_keepalive(true);
                 Ok((Stream::Tcp(s), peer.to_string()))
             }
             Listener::Unix(l) => {

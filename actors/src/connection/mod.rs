@@ -20,6 +20,7 @@
 //!   keeps in the core's embargo table.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::{Actor, AsyncContext, Handler, Message, Recipient, StreamHandler};
 use capnp_actix_proto::captp::{Conn, ConnLimits, TableSizes};
@@ -41,6 +42,7 @@ mod deferred;
 mod events;
 mod outgoing;
 mod tables;
+mod timers;
 mod writer;
 
 pub use budget::{VatBudget, DEFAULT_MAX_RETAINED_RESULT_BYTES, DEFAULT_VAT_BUDGET_BYTES};
@@ -104,6 +106,15 @@ pub struct ConnectionOptions {
     /// results not finished) count against, shared with the vat's other
     /// connections; see [`VatBudget`].
     pub budget: Option<Arc<VatBudget>>,
+    /// If the peer has not delivered one complete message this long after
+    /// the connection started, abort it, naming the deadline. For
+    /// connections a listener accepted (a peer that opens sockets and
+    /// says nothing holds a descriptor each); `None`: no deadline.
+    pub first_message_deadline: Option<Duration>,
+    /// Close a connection that holds nothing either way (every table
+    /// empty, no call pending) and has received nothing for this long,
+    /// with an abort naming the timeout. `None` (the default): never.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// How long the writer may go on after the connection ended.
@@ -126,6 +137,8 @@ impl std::fmt::Debug for ConnectionOptions {
             .field("bootstrap", &self.bootstrap.is_some())
             .field("max_retained_result_bytes", &self.max_retained_result_bytes)
             .field("budget", &self.budget)
+            .field("first_message_deadline", &self.first_message_deadline)
+            .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
 }
@@ -204,6 +217,13 @@ impl ConnectionHandle {
             .do_send(Close(capnp::Error::disconnected(reason.to_string())));
     }
 
+    /// Ends the connection with `error`: the peer gets an `abort` carrying
+    /// its kind and reason (a connection refused for a limit gets
+    /// Overloaded naming the limit).
+    pub fn abort(&self, error: capnp::Error) {
+        self.addr.do_send(Close(error));
+    }
+
     /// True while the connection actor runs.
     pub fn is_open(&self) -> bool {
         self.addr.connected()
@@ -249,6 +269,7 @@ where
     let addr = Connection::create(move |ctx| {
         ctx.add_stream(io::FrameReader::new(read, options.reader));
         ctx.spawn(Flush);
+        timers::start(ctx, options.first_message_deadline, options.idle_timeout);
         Connection {
             id,
             closed: Some(closed_tx),
@@ -275,6 +296,8 @@ where
             question_of: HashMap::default(),
             answers: HashMap::default(),
             imports: HashMap::default(),
+            received_any: false,
+            last_input: Instant::now(),
             _guard: registry::ActorGuard::new(),
         }
     });
@@ -332,6 +355,12 @@ pub struct Connection {
     imports: HashMap<u32, ImportEntry>,
     /// Told why the connection ended, when it does.
     closed: Option<futures::channel::oneshot::Sender<capnp::Error>>,
+    /// True once the peer delivered a complete message (see
+    /// [`ConnectionOptions::first_message_deadline`]).
+    received_any: bool,
+    /// When the peer last delivered a message (see
+    /// [`ConnectionOptions::idle_timeout`]).
+    last_input: Instant,
     /// Last: see `ActorGuard`.
     _guard: registry::ActorGuard,
 }
@@ -371,6 +400,8 @@ impl StreamHandler<Input> for Connection {
     fn handle(&mut self, item: Input, ctx: &mut Self::Context) {
         match item {
             Input::Messages(messages) => {
+                self.received_any |= !messages.is_empty();
+                self.last_input = Instant::now();
                 for m in messages {
                     self.core.handle(m);
                 }

@@ -3,8 +3,13 @@
 //!
 //! [`Vat::start`] loads the vat's key (see [`VatConfig`]), binds its listen
 //! address and starts the supervisor. The supervisor:
-//! - runs each listener under an actix supervisor (an accept error releases
-//!   the socket and the listener binds again after a backoff);
+//! - runs each listener under an actix supervisor (out of descriptors, it
+//!   keeps its socket and retries accept after a backoff; any other accept
+//!   error releases the socket and the listener binds again after a
+//!   backoff);
+//! - admits every accepted connection against the vat's connection limits
+//!   (in all, per client address, per client key) and gives it a deadline
+//!   for its first message (see `accept.rs`);
 //! - runs the TLS handshake of every connection (in both directions) and
 //!   keys connections by the peer's fingerprint: parallel imports of one
 //!   vat share one connection, and when two vats connect to each other at
@@ -36,11 +41,15 @@ use futures::FutureExt;
 use crate::address::Address;
 use crate::config::{ConfigError, VatConfig};
 use crate::identity::{Fingerprint, SecretKey};
-use crate::listener::{Accepted, ListenerActor, StopListening};
+use crate::listener::{ListenerActor, StopListening};
 use crate::net;
 use crate::restorer::Restorer;
 use crate::tls;
 use crate::uri::{SturdyUri, VatAuth};
+
+mod accept;
+
+use accept::{Governor, DEFAULT_FIRST_MESSAGE_DEADLINE};
 
 /// How long a peer may take over the TLS handshake before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -214,6 +223,16 @@ impl Vat {
         };
         let budget = VatBudget::new(config.memory_budget.unwrap_or(DEFAULT_VAT_BUDGET_BYTES));
         let max_retained_result_bytes = config.max_retained_result_bytes.unwrap_or(0);
+        let governor = Governor::new(config);
+        let first_message_deadline = match config.first_message_deadline_ms {
+            None => Some(DEFAULT_FIRST_MESSAGE_DEADLINE),
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms)),
+        };
+        let idle_timeout = config
+            .idle_timeout_ms
+            .filter(|&ms| ms > 0)
+            .map(Duration::from_millis);
         let supervisor = VatSupervisor::create(move |ctx| {
             let listeners = bound
                 .into_iter()
@@ -232,6 +251,9 @@ impl Vat {
                 anonymous: HashMap::new(),
                 budget,
                 max_retained_result_bytes,
+                governor,
+                first_message_deadline,
+                idle_timeout,
             }
         });
         Ok(Vat {
@@ -413,6 +435,13 @@ pub struct VatSupervisor {
     /// What all the vat's peers together may make it hold.
     budget: Arc<VatBudget>,
     max_retained_result_bytes: usize,
+    /// Counts accepted connections against the vat's limits.
+    governor: Governor,
+    /// For accepted connections: see
+    /// `ConnectionOptions::first_message_deadline`.
+    first_message_deadline: Option<Duration>,
+    /// See `ConnectionOptions::idle_timeout`.
+    idle_timeout: Option<Duration>,
 }
 
 impl Actor for VatSupervisor {
@@ -471,6 +500,8 @@ impl Message for ConnectFailed {
 struct Closed {
     peer: Peer,
     conn_id: u64,
+    /// The admission of an accepted connection, given back.
+    ticket: Option<u64>,
 }
 
 impl Message for Closed {
@@ -505,29 +536,39 @@ impl Message for StopVat {
 }
 
 impl VatSupervisor {
-    fn options(&self) -> ConnectionOptions {
+    /// The options of a connection; `ticket` is the admission of an
+    /// accepted one (`None`: one we opened).
+    fn options(&self, ticket: Option<u64>) -> ConnectionOptions {
         ConnectionOptions {
             bootstrap: Some(self.bootstrap.clone()),
             budget: Some(self.budget.clone()),
             max_retained_result_bytes: self.max_retained_result_bytes,
+            first_message_deadline: ticket.and(self.first_message_deadline),
+            idle_timeout: self.idle_timeout,
             ..Default::default()
         }
     }
 
-    /// Starts the connection actor and watches for its end.
+    /// Starts the connection actor and watches for its end; `ticket` is
+    /// the admission of an accepted connection, given back at its end.
     fn run(
         &mut self,
         stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
         peer: &Peer,
+        ticket: Option<u64>,
         ctx: &mut Context<Self>,
     ) -> ConnectionHandle {
-        let conn = start_connection(stream, self.options());
+        let conn = start_connection(stream, self.options(ticket));
         let closed = conn.closed();
         let (peer, conn_id) = (peer.clone(), conn.id());
         ctx.spawn(actix::fut::wrap_future(closed).map(
             move |reason, _, ctx: &mut Context<Self>| {
                 tracing::debug!(%peer, "connection ended: {reason}");
-                ctx.notify(Closed { peer, conn_id });
+                ctx.notify(Closed {
+                    peer,
+                    conn_id,
+                    ticket,
+                });
             },
         ));
         conn
@@ -616,7 +657,7 @@ impl Handler<Connect> for VatSupervisor {
             })
             .map(move |result, act: &mut Self, ctx| match result {
                 Ok(stream) => {
-                    let conn = act.run(stream, &peer, ctx);
+                    let conn = act.run(stream, &peer, None, ctx);
                     ctx.notify(Established {
                         peer,
                         conn,
@@ -715,6 +756,9 @@ impl Handler<Established> for VatSupervisor {
 impl Handler<Closed> for VatSupervisor {
     type Result = ();
     fn handle(&mut self, msg: Closed, _: &mut Context<Self>) {
+        if let Some(ticket) = msg.ticket {
+            self.governor.release(ticket);
+        }
         if let Peer::Anonymous(id) = msg.peer {
             self.anonymous.remove(&id);
             return;
@@ -730,48 +774,6 @@ impl Handler<Closed> for VatSupervisor {
             entry.retired.retain(|c| c.conn.id() != msg.conn_id);
             if entry.current.is_none() && entry.retired.is_empty() && !entry.connecting {
                 self.peers.remove(&msg.peer);
-            }
-        }
-    }
-}
-
-impl Handler<Accepted> for VatSupervisor {
-    type Result = ();
-    fn handle(&mut self, msg: Accepted, ctx: &mut Context<Self>) {
-        let Accepted { stream, peer } = msg;
-        match self.acceptor.clone() {
-            None => {
-                let id = NEXT_ANONYMOUS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let who = Peer::Anonymous(id);
-                let conn = self.run(stream, &who, ctx);
-                ctx.notify(Established {
-                    peer: who,
-                    conn,
-                    initiated_by_us: false,
-                });
-            }
-            Some(acceptor) => {
-                ctx.spawn(
-                    actix::fut::wrap_future(async move {
-                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    })
-                    .map(move |result, act: &mut Self, ctx| match result {
-                        Ok(Ok((tls, fingerprint))) => {
-                            let who = Peer::Vat(fingerprint);
-                            tracing::debug!(%peer, client = %who, "TLS connection accepted");
-                            let conn = act.run(tls, &who, ctx);
-                            ctx.notify(Established {
-                                peer: who,
-                                conn,
-                                initiated_by_us: false,
-                            });
-                        }
-                        Ok(Err(e)) => {
-                            tracing::warn!(%peer, "TLS handshake with a client failed: {e}")
-                        }
-                        Err(_) => tracing::warn!(%peer, "TLS handshake with a client timed out"),
-                    }),
-                );
             }
         }
     }
