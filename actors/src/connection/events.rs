@@ -250,6 +250,14 @@ impl Connection {
         self.unretain(answer);
         // (A handle left means the answer was given by a tail call
         // and its own outcome never came: stop waiting for it.)
+        self.forget_peer_answer(answer, ctx);
+    }
+
+    /// Forgets the peer's call `answer`: stops waiting for its outcome
+    /// (which cancels the call unless something else holds its answer),
+    /// and the answer no longer names it as its origin (the id may be
+    /// reused).
+    fn forget_peer_answer(&mut self, answer: u32, ctx: &mut actix::Context<Self>) {
         if let Some(PeerAnswer {
             answer: r,
             sending: h,
@@ -689,23 +697,11 @@ impl Connection {
         );
     }
 
-    /// Sends the return for one of the peer's questions.
     /// The peer no longer wants an answer: stop waiting for it (its call
     /// is cancelled unless something else holds it) and say `canceled`.
     pub(super) fn cancel_answer(&mut self, answer: u32, ctx: &mut actix::Context<Self>) {
         self.unhold(answer);
-        if let Some(PeerAnswer {
-            answer: r,
-            sending: h,
-            ..
-        }) = self.answers.remove(&answer)
-        {
-            r.shared().clear_origin();
-            if let Some(h) = h {
-                ctx.cancel_future(h);
-            }
-            drop(r);
-        }
+        self.forget_peer_answer(answer, ctx);
         self.core.return_canceled(answer);
     }
 
