@@ -10,7 +10,12 @@
 //! beyond, the peer is not finishing what it asked for, and the connection
 //! is aborted with a reason naming the budget).
 //!
-//! A [`VatBudget`] bounds the sum over every connection that shares it.
+//! A connection also holds what it has written that the peer has not
+//! taken yet (`queued_out`, bounded by
+//! [`ConnectionOptions::max_outgoing_bytes`](super::ConnectionOptions::max_outgoing_bytes)).
+//!
+//! A [`VatBudget`] bounds the sum of the three over every connection that
+//! shares it.
 //! While the sum is over the budget, new calls fail with Overloaded on
 //! every connection; a connection whose growth takes the sum over it
 //! aborts the connection that holds the most, with a reason naming the
@@ -184,8 +189,8 @@ impl Handler<ShedLoad> for Connection {
     fn handle(&mut self, msg: ShedLoad, ctx: &mut Self::Context) {
         self.core.abort(capnp::Error::overloaded(format!(
             "this vat's memory budget is exhausted ({} bytes held for its peers, budget {}), \
-             and this connection holds the most ({} bytes of calls not answered and \
-             results not finished)",
+             and this connection holds the most ({} bytes of calls not answered, results \
+             not finished and output not taken)",
             msg.total, msg.limit, msg.holds
         )));
         self.handle_core_events(ctx);
@@ -195,7 +200,7 @@ impl Handler<ShedLoad> for Connection {
 impl Connection {
     /// What this connection holds for its peer, in bytes.
     pub(super) fn holds(&self) -> usize {
-        self.held_bytes + self.retained_bytes
+        self.held_bytes + self.retained_bytes + self.queued_out
     }
 
     /// Tells the vat's budget what this connection holds now, when it

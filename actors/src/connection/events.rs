@@ -495,6 +495,7 @@ impl Connection {
         self.retained.clear();
         self.retained_bytes = 0;
         self.reported = 0;
+        self.queued_out = 0;
         if let Some(budget) = &self.budget {
             budget.remove(self.id);
         }

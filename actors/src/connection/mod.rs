@@ -285,6 +285,7 @@ where
             budget: options.budget,
             shed: ctx.address().recipient(),
             reported: 0,
+            queued_out: 0,
             max_held,
             results_to_yourself: options.send_results_to_yourself,
             bootstrap: options.bootstrap,
@@ -333,6 +334,8 @@ pub struct Connection {
     shed: Recipient<budget::ShedLoad>,
     /// What was last reported to `budget`.
     reported: usize,
+    /// Bytes written and not taken by the peer yet (see `budget.rs`).
+    queued_out: usize,
     max_held: usize,
     /// See [`ConnectionOptions::send_results_to_yourself`].
     results_to_yourself: bool,

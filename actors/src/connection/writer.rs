@@ -95,6 +95,12 @@ impl Connection {
                 core.recycle_output(buffer);
             }
         });
+        // What waits to be written counts against the vat's budget too.
+        let queued = writer.queued();
+        if queued != self.queued_out {
+            self.queued_out = queued;
+            self.report_holdings();
+        }
         match written {
             Poll::Ready(Err(e)) => {
                 self.writer = None;
