@@ -85,6 +85,10 @@ async fn connections_calls_and_bytes_are_counted() {
     assert_eq!(v("capnp_connections_open", &[]), Some(2.0));
     assert_eq!(v("capnp_calls_sent_total", &[]), Some(3.0));
     assert_eq!(v("capnp_calls_received_total", &[]), Some(3.0));
+    // The bootstrap capability: imported by the client, exported by the
+    // server.
+    assert_eq!(v("capnp_table_entries", &[("table", "imports")]), Some(1.0));
+    assert_eq!(v("capnp_table_entries", &[("table", "exports")]), Some(1.0));
     // Three pings and the bootstrap.
     assert_eq!(
         v("capnp_calls_answered_total", &[("outcome", "results")]),
@@ -109,7 +113,15 @@ async fn connections_calls_and_bytes_are_counted() {
     capnp_actix::debug::assert_all_released().await;
     let metrics = snapshot(&snapshotter);
     let v = |name: &str, labels: &[(&str, &str)]| value(&metrics, name, labels);
-    // Both connections went: the gauge fell by two.
+    // Both connections went: the gauges fell by what they held.
+    assert_eq!(
+        v("capnp_table_entries", &[("table", "imports")]),
+        Some(-1.0)
+    );
+    assert_eq!(
+        v("capnp_table_entries", &[("table", "exports")]),
+        Some(-1.0)
+    );
     assert_eq!(v("capnp_connections_open", &[]), Some(-2.0));
     assert_eq!(
         v(

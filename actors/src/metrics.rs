@@ -13,9 +13,11 @@
 //! | `capnp_calls_sent_total` | counter | calls we made on the peers' capabilities |
 //! | `capnp_received_bytes_total` | counter | bytes read from the sockets |
 //! | `capnp_sent_bytes_total` | counter | bytes handed to the socket |
+//! | `capnp_table_entries{table}` | gauge | entries in the connections' protocol tables, summed: `questions`, `answers`, `exports`, `imports`, `embargoes` |
 //! | `capnp_vat_held_bytes` | gauge | what a vat holds for its peers (calls not answered, results not finished; see `budget.rs`) |
 
 use capnp::ErrorKind;
+use capnp_actix_proto::captp::TableSizes;
 
 /// The label of an error's kind.
 pub(crate) fn kind_label(kind: ErrorKind) -> &'static str {
@@ -67,4 +69,21 @@ pub(crate) fn bytes_sent(bytes: usize) {
 
 pub(crate) fn vat_held(bytes: usize) {
     metrics::gauge!("capnp_vat_held_bytes").set(bytes as f64);
+}
+
+/// The protocol tables of one connection went from `old` to `new` sizes.
+pub(crate) fn tables(old: &TableSizes, new: &TableSizes) {
+    let rows = [
+        ("questions", old.questions, new.questions),
+        ("answers", old.answers, new.answers),
+        ("exports", old.exports, new.exports),
+        ("imports", old.imports, new.imports),
+        ("embargoes", old.embargoes, new.embargoes),
+    ];
+    for (table, before, now) in rows {
+        if before != now {
+            metrics::gauge!("capnp_table_entries", "table" => table)
+                .increment(now as f64 - before as f64);
+        }
+    }
 }

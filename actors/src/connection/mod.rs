@@ -286,6 +286,7 @@ where
             shed: ctx.address().recipient(),
             reported: 0,
             queued_out: 0,
+            reported_tables: TableSizes::default(),
             max_held,
             results_to_yourself: options.send_results_to_yourself,
             bootstrap: options.bootstrap,
@@ -336,6 +337,8 @@ pub struct Connection {
     reported: usize,
     /// Bytes written and not taken by the peer yet (see `budget.rs`).
     queued_out: usize,
+    /// The table sizes last reported to the metrics.
+    reported_tables: TableSizes,
     max_held: usize,
     /// See [`ConnectionOptions::send_results_to_yourself`].
     results_to_yourself: bool,
@@ -381,6 +384,7 @@ impl Actor for Connection {
             .aborted()
             .cloned()
             .unwrap_or_else(|| capnp::Error::disconnected("connection closed".into()));
+        metrics::tables(&self.reported_tables, &TableSizes::default());
         metrics::connection_closed(&reason);
         if let Some(tx) = self.closed.take() {
             let _ = tx.send(reason);

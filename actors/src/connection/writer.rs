@@ -8,6 +8,7 @@ use actix::{ActorContext, ActorFuture};
 
 use super::{Connection, MAX_SPARE_BYTES, WRITER_GRACE};
 use crate::metrics;
+use capnp_actix_proto::captp::TableSizes;
 
 /// The connection's writing: polled in every turn of the actor, it writes
 /// what the turn produced (see [`Connection::flush_output`]).
@@ -44,6 +45,7 @@ impl Connection {
                 self.on_event(event, ctx);
             }
         }
+        self.report_tables();
         if self.core.aborted().is_some() {
             self.release_writer();
             ctx.stop();
@@ -51,6 +53,20 @@ impl Connection {
             if let Some(flush) = &self.flush {
                 flush.wake_by_ref();
             }
+        }
+    }
+
+    /// Reports the protocol tables' sizes to the metrics when they
+    /// changed (all empty once the connection has ended).
+    pub(super) fn report_tables(&mut self) {
+        let now = if self.core.aborted().is_some() {
+            TableSizes::default()
+        } else {
+            self.core.table_sizes()
+        };
+        if now != self.reported_tables {
+            metrics::tables(&self.reported_tables, &now);
+            self.reported_tables = now;
         }
     }
 
