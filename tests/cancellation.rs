@@ -202,8 +202,12 @@ async fn a_call_whose_answer_has_calls_pipelined_on_it_is_not_cancelled_by_an_ea
         let mut call = held.call_request();
         call.get().set_seq(5);
         let pipelined = call.send().promise;
-        // Everything but the pipelined call's own promise goes: the
-        // question on `hold` is finished while `hold` still runs.
+        // Everything but the pipelined call's own promise goes. The
+        // answer to `hold` is still wanted (a call is pipelined on it):
+        // whatever the client tells the server, `hold` must not be
+        // cancelled, which the pipelined call's completion shows. The
+        // drops are given a moment to reach the connection before `hold`
+        // may finish; the evidence is the completion, not the wait.
         drop((pending, held, maker));
         tokio::time::sleep(Duration::from_millis(50)).await;
         open.send(()).unwrap();

@@ -71,6 +71,28 @@ async fn calls_across_the_resolution(
     calls_across(maker, local, log, true).await
 }
 
+/// Waits until `promise` has resolved for good and `conn` holds no
+/// embargo (the calls made before the resolution are through): from then
+/// on the promise is our own object.
+async fn shortened(promise: &probe::Client, conn: &capnp_actix::connection::ConnectionHandle) {
+    tokio::time::timeout(T, promise.client.when_resolved())
+        .await
+        .expect("the promise resolves")
+        .expect("to a capability");
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let (sizes, dump) = conn.inspect().await.expect("the connection runs");
+        if sizes.embargoes == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "embargo left: {dump}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// See [`calls_across_the_resolution`]; with `in_order` false, only checks
 /// that every call arrived once (for a probe whose own runtime may reorder
 /// calls it released from its embargo).
@@ -133,7 +155,7 @@ async fn our_vats_on_both_sides_resolve_and_shorten_in_order() {
         let local = Probe::cap(&log);
         let promise = calls_across_the_resolution(&maker.client(), local.client(), &log).await;
         // 10: once shortened, the promise works without the connection.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        shortened(&promise, &client).await;
         client.close("test: the server goes away");
         let reason = tokio::time::timeout(T, client.closed())
             .await
@@ -278,7 +300,7 @@ async fn scenario_10_and_15_a_resolve_to_our_own_object_shortens_the_path_in_ord
 
         // 10: the promise is now our own object: calls on it no longer
         // need the network, not even a connection.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        shortened(&promise, &conn).await;
         conn.close("test: the server goes away");
         let reason = tokio::time::timeout(T, conn.closed())
             .await

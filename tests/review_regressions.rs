@@ -71,12 +71,30 @@ async fn held_call_bytes_are_released_after_a_tail_call_to_the_caller() {
             response.err().unwrap()
         );
         drop(response);
-        // Let the finish reach the server.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The finish reaches the server: its answer table is empty again
+        // (the round's call and its tail call are forgotten), so the next
+        // round starts from nothing held.
+        answers_forgotten(&server).await;
     }
     drop((remote, slow, service));
     close(&client, &server).await;
     capnp_actix::debug::assert_all_released().await;
+}
+
+/// Waits (up to [`T`]) until `conn` keeps no answer for its peer.
+async fn answers_forgotten(conn: &capnp_actix::connection::ConnectionHandle) {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let (sizes, dump) = conn.inspect().await.expect("the connection runs");
+        if sizes.answers == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "answers still kept: {dump}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Closes the connection from `client`'s side and waits until both ends
