@@ -7,7 +7,10 @@
 //! - `a_silent_connection_is_aborted_at_its_first_message_deadline`;
 //! - `an_idle_connection_is_closed_at_the_idle_timeout`;
 //! - `the_listener_survives_descriptor_exhaustion` (in its own process,
-//!   with a lowered RLIMIT_NOFILE).
+//!   with a lowered RLIMIT_NOFILE);
+//! - `a_tls_handshake_that_never_comes_is_dropped_after_10_s` (the real
+//!   10 s: the handshake timeout has no knob);
+//! - `after_an_abort_the_writer_gives_a_peer_that_does_not_read_2_s`.
 //!
 //! In each, the peer over the limit reads an abort naming the limit before
 //! the end of the stream, and the other connections are still served.
@@ -24,7 +27,8 @@ use capnp_actix::schemas::echo_api_capnp::echo;
 use capnp_actix::vat::Vat;
 use capnp_actix::{Address, Cap, VatConfig};
 use hostile::{
-    bootstrap, decode, finish, frame_len, isolated, release, run, EchoVat, In, RawPeer, Ret,
+    bootstrap, cat, decode, finish, frame_len, isolated, ping_call, release, run, EchoVat, In,
+    RawPeer, Ret, Target,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -256,5 +260,128 @@ fn the_listener_survives_descriptor_exhaustion() {
             drop((waiting, late));
             env.stop().await;
         });
+    });
+}
+
+/// SECURITY.md, "TLS handshake time": a TCP client of a TLS vat that
+/// connects and sends nothing is dropped when the handshake's 10 s run
+/// out (there is no knob for it, so this takes the real 10 s), without a
+/// byte written to it.
+#[test]
+fn a_tls_handshake_that_never_comes_is_dropped_after_10_s() {
+    run(LIMIT, async {
+        let config = VatConfig::new()
+            .with_tls(true)
+            .with_listen_address(Address::Tcp {
+                host: "127.0.0.1".into(),
+                port: 0,
+            });
+        let vat = Vat::start_with(&config, |uris| Table::new(move |id| uris.sturdy_uri(id)))
+            .await
+            .expect("the vat starts");
+        let Some(Address::Tcp { port, .. }) = vat.address().cloned() else {
+            panic!("a TCP address");
+        };
+        let started = tokio::time::Instant::now();
+        let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let mut buf = Vec::new();
+        // The vat writes nothing (no ClientHello came) and closes.
+        let read = tokio::time::timeout(Duration::from_secs(20), silent.read_to_end(&mut buf))
+            .await
+            .expect("the vat closes the connection within 20 s");
+        let after = started.elapsed();
+        eprintln!("silent TLS client dropped after {after:?} ({read:?})");
+        assert!(buf.is_empty(), "{} bytes", buf.len());
+        assert!(
+            after >= Duration::from_millis(9500) && after <= Duration::from_secs(15),
+            "dropped after {after:?}"
+        );
+        vat.stop();
+    });
+}
+
+/// Size of each ping of `after_an_abort_the_writer_gives_a_peer_that_does_not_read_2_s`.
+const BIG: usize = 1 << 20;
+
+/// A peer that stops reading with megabytes of replies queued for it,
+/// then commits a protocol error, starts reading `read_after` later; gives
+/// the complete messages it read after that and whether the stream ended
+/// on a frame boundary.
+async fn late_reader(env: &EchoVat, read_after: Duration) -> (Vec<In>, bool) {
+    let mut p = RawPeer::connect(&env.socket).await;
+    let e = p.bootstrap(0, "").await;
+    let msg = "g".repeat(BIG);
+    let mut pings = Vec::new();
+    for q in 1..=4 {
+        pings = cat(pings, ping_call(q, &Target::Import(e), &msg));
+    }
+    p.send(&pings).await.expect("send the pings");
+    // The first reply arrives whole: the vat is writing replies, and 3 MiB
+    // more (more than the socket holds) wait behind it.
+    let first = p.next_frame().await.expect("the first reply");
+    assert!(first.len() > BIG, "{} bytes", first.len());
+    // A finish for a question never asked: a protocol error, the abort
+    // queued behind the replies.
+    p.send(&finish(999)).await.expect("send the bad finish");
+    tokio::time::sleep(read_after).await;
+    let mut rest = p.rest_raw().await;
+    let mut got = Vec::new();
+    while let Some(n) = frame_len(&rest) {
+        got.push(decode(&rest[..n]));
+        rest.drain(..n);
+    }
+    (got, rest.is_empty())
+}
+
+/// SECURITY.md, "writer after an abort": the abort waits behind what was
+/// already queued for the peer, at most 2 s. A peer that starts reading
+/// 0.5 s after its protocol error reads the replies then the abort; one
+/// that starts 3.5 s after finds the socket closed without the abort (cut
+/// inside a reply).
+#[test]
+fn after_an_abort_the_writer_gives_a_peer_that_does_not_read_2_s() {
+    run(LIMIT, async {
+        let mut env = EchoVat::start("writer-grace").await;
+        let (early, late) = futures::join!(
+            late_reader(&env, Duration::from_millis(500)),
+            late_reader(&env, Duration::from_millis(3500)),
+        );
+        let summary = |got: &[In]| {
+            got.iter()
+                .map(|m| match m {
+                    In::Return { answer, .. } => format!("return {answer}"),
+                    In::Abort { reason } => format!("abort({reason})"),
+                    other => format!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        let (early_got, early_whole) = early;
+        eprintln!("early reader: {:?}", summary(&early_got));
+        match early_got.last() {
+            Some(In::Abort { reason }) => {
+                assert!(reason.contains("unknown question 999"), "{reason}")
+            }
+            other => panic!("the early reader gets the abort last, got {other:?}"),
+        }
+        assert!(
+            early_whole,
+            "the early reader's stream ends after the abort"
+        );
+        let (late_got, late_whole) = late;
+        eprintln!(
+            "late reader: {:?}, cut inside a frame: {}",
+            summary(&late_got),
+            !late_whole
+        );
+        assert!(
+            !late_got.iter().any(|m| matches!(m, In::Abort { .. })),
+            "the late reader was still sent the abort: the writer waited more than 3.5 s"
+        );
+        assert!(late_got.len() < 3, "{} of 3 replies", late_got.len());
+        env.ping_good().await;
+        env.only_good_left().await;
+        env.stop().await;
     });
 }

@@ -794,6 +794,22 @@ impl RawPeer {
         }
     }
 
+    /// Everything left to read until the end of the stream (or a reset),
+    /// whole frames or not: for a vat that may close inside a frame.
+    /// Waits at most [`STEP`] for each read.
+    pub async fn rest_raw(&mut self) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.buf);
+        while !self.eof {
+            let mut chunk = vec![0u8; 256 * 1024];
+            match tokio::time::timeout(STEP, self.rd.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => self.eof = true,
+                Ok(Ok(n)) => out.extend_from_slice(&chunk[..n]),
+                Err(_) => panic!("no end of stream from the vat within {STEP:?}"),
+            }
+        }
+        out
+    }
+
     /// The next message, or `None` at end of stream.
     pub async fn next(&mut self) -> Option<In> {
         let frame = self.next_frame().await?;

@@ -121,3 +121,74 @@ impl<L: Clone + Eq + Hash, E> Conn<L, E> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use capnp::message::Builder;
+    use capnp::ErrorKind;
+
+    use super::super::{Conn, ConnLimits, Event};
+    use crate::captp::OutContent;
+    use crate::rpc_capnp::message as rpc_message;
+    use crate::{frame, Limits};
+
+    /// A frame from the peer: a call on our export 0 (question `q`) whose
+    /// params carry `n` copies of the peer's capability 7.
+    fn call_passing_import_7(q: u32, n: u32) -> Vec<u8> {
+        let mut m = Builder::new_default();
+        {
+            let mut c = m.init_root::<rpc_message::Builder<'_>>().init_call();
+            c.set_question_id(q);
+            c.reborrow().init_target().set_imported_cap(0);
+            let mut params = c.init_params();
+            let mut table = params.reborrow().init_cap_table(n);
+            for i in 0..n {
+                table.reborrow().get(i).set_sender_hosted(7);
+            }
+            params.init_content().set_as("params").unwrap();
+        }
+        let mut out = Vec::new();
+        frame::encode(&m.get_segments_for_output(), &mut out);
+        out
+    }
+
+    /// SECURITY.md: an import count that would overflow aborts. Reaching
+    /// 2^32 references through the wire takes 2^32 descriptors, so the
+    /// count is set just below it; the last references arrive from the
+    /// peer.
+    #[test]
+    fn an_import_count_that_would_overflow_aborts() {
+        let mut c: Conn<u32> = Conn::new(ConnLimits::default(), Limits::default());
+        let mut m = Builder::new_default();
+        m.init_root::<rpc_message::Builder<'_>>()
+            .init_bootstrap()
+            .set_question_id(0);
+        let mut f = Vec::new();
+        frame::encode(&m.get_segments_for_output(), &mut f);
+        c.receive(&f);
+        let Some(Event::Bootstrap { answer, .. }) = c.next_event() else {
+            panic!("no bootstrap")
+        };
+        let root = crate::content::cap_root_message();
+        c.return_results(
+            answer,
+            OutContent::Reader(root.get_root_as_reader().unwrap()),
+            &[crate::captp::OutCap::Local(1)],
+        );
+        c.receive(&call_passing_import_7(1, 1));
+        assert!(c.aborted().is_none(), "{:?}", c.aborted());
+        c.imports.get_mut(&7).unwrap().refs = u32::MAX - 1;
+        // One more reference reaches u32::MAX: still counted.
+        c.receive(&call_passing_import_7(2, 1));
+        assert!(c.aborted().is_none(), "{:?}", c.aborted());
+        assert_eq!(c.imports[&7].refs, u32::MAX);
+        // The next would overflow.
+        c.receive(&call_passing_import_7(3, 1));
+        let e = c.aborted().expect("aborted").clone();
+        assert_eq!(e.kind, ErrorKind::Failed, "{e}");
+        assert!(
+            e.extra.contains("import 7 received more than 2^32 times"),
+            "{e}"
+        );
+    }
+}

@@ -16,7 +16,8 @@ pub struct ConnLimits {
     /// entry each until their finish.
     pub max_answers: usize,
     /// Distinct capabilities exported to the peer; beyond, the capability is
-    /// sent as broken (Overloaded).
+    /// sent as a null one (`none`): a broken promise would need an entry
+    /// too.
     pub max_exports: usize,
     /// Distinct capabilities imported from the peer; beyond, abort.
     pub max_imports: usize,
