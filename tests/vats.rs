@@ -391,3 +391,25 @@ async fn a_listener_that_fails_is_restarted_on_the_same_address() {
         end(vec![first, second, server]).await;
     }
 }
+
+#[actix::test]
+async fn a_plain_connection_to_a_tls_vat_says_the_peer_speaks_tls() {
+    let (server, service, uri) = echo_vat(&config(tcp(), true)).await;
+    // The same address, asked for without TLS (a user's slip): the vat
+    // answers the plain bytes with a TLS alert.
+    let mut plain = uri.clone();
+    plain.auth = VatAuth::Insecure;
+    let client = client_vat(false).await;
+    let cap: Cap<echo::Client> = client.import_as(&plain).await.expect("import");
+    let e = tokio::time::timeout(Duration::from_secs(10), ping(&cap, "x"))
+        .await
+        .expect("the call ends")
+        .expect_err("a TLS vat does not speak plain Cap'n Proto");
+    let reason = e.to_string();
+    assert!(
+        reason.contains("the peer speaks TLS") && reason.contains("sha-256"),
+        "{reason}"
+    );
+    drop((cap, service));
+    end(vec![client, server]).await;
+}

@@ -36,6 +36,9 @@ pub enum FrameError {
         /// Bytes of the unfinished frame that had arrived.
         have: usize,
     },
+    /// The stream starts with a TLS record (a handshake or an alert), not
+    /// a frame: one side speaks TLS and the other does not.
+    Tls,
 }
 
 impl std::fmt::Display for FrameError {
@@ -56,6 +59,12 @@ impl std::fmt::Display for FrameError {
                     "stream ended inside a frame ({have} bytes of it received)"
                 )
             }
+            FrameError::Tls => write!(
+                f,
+                "the peer speaks TLS (its first bytes are a TLS record, not a Cap'n Proto \
+                 frame): connect to a TLS vat with its capnp://sha-256:...@ URI, or turn TLS \
+                 on for this vat"
+            ),
         }
     }
 }
@@ -197,6 +206,8 @@ pub struct FrameDecoder {
     ready: VecDeque<message::Reader<WordSegments>>,
     /// Why the stream is invalid, reported after the messages before it.
     error: Option<FrameError>,
+    /// A frame's segment table has been read: the stream is framed.
+    framed: bool,
 }
 
 /// A frame body being received.
@@ -239,6 +250,7 @@ impl FrameDecoder {
             body: None,
             ready: VecDeque::new(),
             error: None,
+            framed: false,
         }
     }
 
@@ -280,9 +292,13 @@ impl FrameDecoder {
         };
         let count = u64::from(first) + 1;
         if count >= self.limits.max_segments as u64 {
-            self.error = Some(FrameError::TooManySegments {
-                count,
-                max: self.limits.max_segments,
+            self.error = Some(if !self.framed && is_tls_record(&self.head) {
+                FrameError::Tls
+            } else {
+                FrameError::TooManySegments {
+                    count,
+                    max: self.limits.max_segments,
+                }
             });
             return None;
         }
@@ -292,6 +308,7 @@ impl FrameDecoder {
 
     /// The segment table is complete: checks it and starts the body.
     fn start_body(&mut self) {
+        self.framed = true;
         let count = (self.head.len() - 4) / 4;
         let count = read_u32(&self.head, 0).map_or(count, |c| c as usize + 1);
         let size = |i: usize| u64::from(read_u32(&self.head, 4 + 4 * i).unwrap_or(0));
@@ -437,6 +454,14 @@ fn grow_body(bytes: &mut Vec<u8>, total: usize, more: usize) {
         let target = need.max(bytes.len().saturating_mul(2)).min(total);
         bytes.reserve_exact(target.saturating_sub(bytes.len()));
     }
+}
+
+/// True if `head` starts as a TLS record does: a content type (change
+/// cipher spec, alert, handshake, application data), then version 3.x.
+/// (As a segment count it is far over any limit, so no valid frame is
+/// taken for one.)
+fn is_tls_record(head: &[u8]) -> bool {
+    matches!(head, [0x14..=0x17, 0x03, 0x00..=0x04, ..])
 }
 
 fn read_u32(data: &[u8], at: usize) -> Option<u32> {

@@ -487,3 +487,30 @@ fn a_body_that_grows_as_it_arrives_decodes_whole() {
         .expect("root");
     assert_eq!(r.get_reason().unwrap().len(), 300 << 10);
 }
+
+#[test]
+fn a_stream_that_starts_with_tls_is_named_as_such() {
+    // A TLS alert (what a TLS server sends a plain client), and the start
+    // of a ClientHello (what a TLS client sends a plain server).
+    for start in [
+        &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32][..],
+        &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc][..],
+    ] {
+        let mut d = FrameDecoder::new(Limits::default());
+        d.push(start);
+        let Err(e) = d.next_message() else {
+            panic!("a TLS record read as a frame");
+        };
+        assert_eq!(e, FrameError::Tls);
+        assert!(e.to_string().contains("speaks TLS"), "{e}");
+    }
+    // After a valid frame, the same bytes are just a bad segment count.
+    let mut d = FrameDecoder::new(Limits::default());
+    d.push(&frame_of(&sample(10, 64)));
+    d.push(&[0x15, 0x03, 0x03, 0x00]);
+    assert!(d.next_message().expect("the frame").is_some());
+    assert!(matches!(
+        d.next_message(),
+        Err(FrameError::TooManySegments { .. })
+    ));
+}
