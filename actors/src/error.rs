@@ -40,3 +40,20 @@ pub fn panicked(payload: &(dyn std::any::Any + Send)) -> Error {
 pub fn internal(what: &str) -> Error {
     Error::failed(format!("internal error in capnp-actix: {what}"))
 }
+
+/// What capnpc's generated dispatch answers for an interface or a method
+/// number it does not know.
+const GENERATED_UNIMPLEMENTED: &str = "Method not implemented.";
+
+/// `e`, or, if it is the generated dispatch's nameless Unimplemented, the
+/// same kind with a reason naming the interface and the method asked for.
+pub(crate) fn name_unimplemented(e: Error, interface_id: u64, method_id: u16) -> Error {
+    if e.kind == capnp::ErrorKind::Unimplemented && e.extra == GENERATED_UNIMPLEMENTED {
+        Error::unimplemented(format!(
+            "method @{method_id} of interface {interface_id:#018x} is not implemented by \
+             this capability"
+        ))
+    } else {
+        e
+    }
+}

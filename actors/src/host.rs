@@ -95,6 +95,7 @@ pub(crate) fn start_call<H: Host + ?Sized>(
         interface = %format_args!("{:#018x}", call.interface_id),
         method = call.method_id
     );
+    let (interface_id, method_id) = (call.interface_id, call.method_id);
     let body = span.in_scope(|| host.dispatch(call));
     Some(match body {
         CallBody::Done(f) => f.instrument(span).boxed_local(),
@@ -108,7 +109,9 @@ pub(crate) fn start_call<H: Host + ?Sized>(
                         "method finished while still holding its Results",
                     )),
                 },
-                Either::Left((Ok(Err(e)), _)) => Err(e),
+                Either::Left((Ok(Err(e)), _)) => {
+                    Err(error::name_unimplemented(e, interface_id, method_id))
+                }
                 Either::Left((Err(panic), _)) => Err(error::panicked(panic.as_ref())),
                 // The method's future is dropped here: that is the cancellation.
                 Either::Right(((), _)) => Err(error::cancelled()),
