@@ -413,3 +413,50 @@ async fn a_plain_connection_to_a_tls_vat_says_the_peer_speaks_tls() {
     drop((cap, service));
     end(vec![client, server]).await;
 }
+
+#[actix::test]
+async fn a_tls_peer_that_vanishes_is_reported_without_the_tls_library_s_text() {
+    use tokio::io::AsyncReadExt;
+    // A "vat" that completes the TLS handshake, reads what the client
+    // sends, then vanishes: its socket closes without a TLS close_notify,
+    // as when a process is killed.
+    let key = SecretKey::ephemeral();
+    let acceptor = capnp_actix::tls::Acceptor::new(&key).expect("an acceptor");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let vanishing = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (mut tls, _) = acceptor.accept(tcp).await.expect("the handshake");
+        let mut buf = vec![0u8; 4096];
+        // Everything the client sends before it waits for answers.
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(200), tls.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+        }
+        let (tcp, _) = tls.into_inner();
+        drop(tcp);
+    });
+    let uri = SturdyUri {
+        auth: VatAuth::Sha256(key.fingerprint().0),
+        address: Address::parse(&format!("tcp:127.0.0.1:{port}")).unwrap(),
+        service_id: b"main".to_vec(),
+    };
+    let client = client_vat(true).await;
+    let cap: Cap<echo::Client> = client.import_as(&uri).await.expect("import");
+    let e = tokio::time::timeout(Duration::from_secs(10), ping(&cap, "x"))
+        .await
+        .expect("the call ends")
+        .expect_err("the peer vanished");
+    assert_eq!(e.kind, capnp::ErrorKind::Disconnected, "{e}");
+    let reason = e.to_string();
+    assert!(
+        reason.contains("without ending it cleanly") && !reason.contains("docs.rs"),
+        "{reason}"
+    );
+    vanishing.await.unwrap();
+    drop(cap);
+    end(vec![client]).await;
+}

@@ -403,6 +403,21 @@ fn field_of(answer: &Arc<Answer>, path: &[u16]) -> CapRef {
         .unwrap_or_else(|| CapRef::broken(error::internal("pipelined call on an unknown question")))
 }
 
+/// Why the connection ended, when reading from it failed. A stream that
+/// ends without its TLS `close_notify` (the peer was killed, or its host
+/// went away) is said in those words, not with the TLS library's text
+/// (which links to its manual).
+fn read_failed(e: &std::io::Error) -> capnp::Error {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        return capnp::Error::disconnected(
+            "the peer closed the connection without ending it cleanly (killed, or its host \
+             went away)"
+                .into(),
+        );
+    }
+    capnp::Error::disconnected(format!("connection read failed: {e}"))
+}
+
 impl StreamHandler<Input> for Connection {
     fn handle(&mut self, item: Input, ctx: &mut Self::Context) {
         match item {
@@ -414,9 +429,7 @@ impl StreamHandler<Input> for Connection {
                 }
             }
             Input::Invalid(e) => self.core.receive_invalid(e),
-            Input::Failed(e) => self.core.disconnected(capnp::Error::disconnected(format!(
-                "connection read failed: {e}"
-            ))),
+            Input::Failed(e) => self.core.disconnected(read_failed(&e)),
         }
         self.handle_core_events(ctx);
     }
