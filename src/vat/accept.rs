@@ -162,10 +162,7 @@ fn refuse(mut stream: impl AsyncStream + 'static, peer: &str, reason: String) {
 
 /// An `Abort` message carrying `error`, framed.
 fn abort_frame(error: &capnp::Error) -> Vec<u8> {
-    let mut message = capnp::message::Builder::new_default();
-    let root = message.init_root::<capnp_actix_proto::rpc_capnp::message::Builder<'_>>();
-    capnp_actix_proto::exception::write(error, root.init_abort());
-    capnp::serialize::write_message_to_words(&message)
+    capnp::serialize::write_message_to_words(&capnp_actix_proto::captp::abort_message(error))
 }
 
 impl Handler<Accepted> for VatSupervisor {

@@ -236,29 +236,34 @@ impl Connection {
     /// (one answer is always kept), the peer is not finishing its calls:
     /// the connection is aborted.
     pub(super) fn retain(&mut self, answer: u32, bytes: usize) {
-        if !self.retained.is_empty()
+        if self.retained_answers > 0
             && self.retained_bytes.saturating_add(bytes) > self.max_retained
         {
             self.core.abort(capnp::Error::overloaded(format!(
                 "the peer has not finished {} calls whose results hold {} bytes, and another \
                  of {bytes} bytes would exceed this connection's budget for results not \
                  finished ({} bytes)",
-                self.retained.len(),
-                self.retained_bytes,
-                self.max_retained
+                self.retained_answers, self.retained_bytes, self.max_retained
             )));
             return;
         }
-        if let Some(old) = self.retained.insert(answer, bytes) {
-            self.retained_bytes -= old;
+        // Kept with the answer's entry, which lives until the finish.
+        let Some(entry) = self.answers.get_mut(&answer) else {
+            return;
+        };
+        if entry.retained == 0 {
+            self.retained_answers += 1;
         }
-        self.retained_bytes += bytes;
+        self.retained_bytes = self.retained_bytes - entry.retained + bytes;
+        entry.retained = bytes;
         self.report_holdings();
     }
 
-    /// The peer has finished the call `answer`: its results go.
-    pub(super) fn unretain(&mut self, answer: u32) {
-        if let Some(bytes) = self.retained.remove(&answer) {
+    /// The results of the peer's call (`bytes` of them, from its entry)
+    /// are no longer kept.
+    pub(super) fn unretain(&mut self, bytes: usize) {
+        if bytes > 0 {
+            self.retained_answers -= 1;
             self.retained_bytes -= bytes;
             self.report_holdings();
         }

@@ -114,6 +114,7 @@ impl Connection {
                         answer: answer_ref,
                         sending: None,
                         arrived: std::time::Instant::now(),
+                        retained: 0,
                     },
                 );
                 if let Some(o) = outcome {
@@ -142,6 +143,7 @@ impl Connection {
                         answer: answer_ref,
                         sending: Some(handle),
                         arrived: std::time::Instant::now(),
+                        retained: 0,
                     },
                 );
             }
@@ -213,6 +215,7 @@ impl Connection {
                 answer: answer_ref,
                 sending: Some(handle),
                 arrived: std::time::Instant::now(),
+                retained: 0,
             },
         );
     }
@@ -247,7 +250,6 @@ impl Connection {
     /// The peer has finished with our answer `answer`: forget it.
     pub(super) fn on_finished(&mut self, answer: u32, ctx: &mut actix::Context<Self>) {
         self.unhold(answer);
-        self.unretain(answer);
         // (A handle left means the answer was given by a tail call
         // and its own outcome never came: stop waiting for it.)
         self.forget_peer_answer(answer, ctx);
@@ -261,6 +263,7 @@ impl Connection {
         if let Some(PeerAnswer {
             answer: r,
             sending: h,
+            retained,
             ..
         }) = self.answers.remove(&answer)
         {
@@ -268,6 +271,7 @@ impl Connection {
             if let Some(h) = h {
                 ctx.cancel_future(h);
             }
+            self.unretain(retained);
         }
     }
 
@@ -492,7 +496,7 @@ impl Connection {
         self.question_of.clear();
         self.held.clear();
         self.held_bytes = 0;
-        self.retained.clear();
+        self.retained_answers = 0;
         self.retained_bytes = 0;
         self.reported = 0;
         self.queued_out = 0;
@@ -694,6 +698,7 @@ impl Connection {
                 answer: kept,
                 sending: None,
                 arrived: std::time::Instant::now(),
+                retained: 0,
             },
         );
     }

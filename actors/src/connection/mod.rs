@@ -279,7 +279,7 @@ where
             max_outgoing,
             held: HashMap::default(),
             held_bytes: 0,
-            retained: HashMap::default(),
+            retained_answers: 0,
             retained_bytes: 0,
             max_retained,
             budget: options.budget,
@@ -326,9 +326,9 @@ pub struct Connection {
     /// Sizes of the peer's calls not answered yet, and their sum.
     held: HashMap<u32, usize>,
     held_bytes: usize,
-    /// Sizes of our results the peer has not finished, and their sum
-    /// (see `budget.rs`).
-    retained: HashMap<u32, usize>,
+    /// How many of our answers keep results the peer has not finished,
+    /// and their sum (each size is on its `PeerAnswer`; see `budget.rs`).
+    retained_answers: usize,
     retained_bytes: usize,
     max_retained: usize,
     budget: Option<Arc<VatBudget>>,

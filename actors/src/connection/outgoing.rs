@@ -21,18 +21,21 @@ use crate::payload::{Body, Payload};
 
 impl Connection {
     pub(super) fn send_return(&mut self, answer: u32, outcome: Outcome) {
-        if let Some(entry) = self.answers.get(&answer) {
-            let kind = outcome.as_ref().map(|_| ()).map_err(|e| e.kind);
-            metrics::call_answered(kind, entry.arrived.elapsed());
-        }
+        // A field under an embargo goes out as the promise of it.
+        let held = match self.answers.get(&answer) {
+            Some(entry) => {
+                let kind = outcome.as_ref().map(|_| ()).map_err(|e| e.kind);
+                metrics::call_answered(kind, entry.arrived.elapsed());
+                match &outcome {
+                    Ok(_) => entry.answer.embargoed_fields(),
+                    Err(_) => Vec::new(),
+                }
+            }
+            None => Vec::new(),
+        };
         self.unhold(answer);
         match outcome {
             Ok(frozen) => {
-                // A field under an embargo goes out as the promise of it.
-                let held = match self.answers.get(&answer) {
-                    Some(entry) => entry.answer.embargoed_fields(),
-                    None => Vec::new(),
-                };
                 let caps: Vec<OutCap<CapRef>> = frozen
                     .caps
                     .iter()

@@ -41,6 +41,9 @@ pub(super) struct PeerAnswer {
     pub(super) sending: Option<SpawnHandle>,
     /// When the call arrived (for `capnp_call_duration_seconds`).
     pub(super) arrived: std::time::Instant,
+    /// Bytes of the results returned and kept until the peer finishes
+    /// the call (0 before the return; see `budget.rs`).
+    pub(super) retained: usize,
 }
 
 /// One capability the peer exported to us.

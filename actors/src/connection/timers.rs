@@ -47,12 +47,6 @@ impl Connection {
     /// True when the connection holds nothing either way and the peer has
     /// sent nothing for `timeout`.
     fn idle_for(&self, timeout: Duration) -> bool {
-        self.questions.is_empty()
-            && self.answers.is_empty()
-            && self.imports.is_empty()
-            && self.held.is_empty()
-            && self.retained.is_empty()
-            && self.core.table_sizes().is_empty()
-            && Instant::now().duration_since(self.last_input) >= timeout
+        self.holds_nothing() && Instant::now().duration_since(self.last_input) >= timeout
     }
 }

@@ -73,11 +73,16 @@ impl Connection {
     /// True when the connection should close for being unused (see
     /// [`ConnectionOptions::close_when_unused`](super::ConnectionOptions::close_when_unused)).
     fn unused(&self) -> bool {
-        self.close_when_unused
-            && self.used
-            && self.core.aborted().is_none()
-            && self.questions.is_empty()
+        self.close_when_unused && self.used && self.core.aborted().is_none() && self.holds_nothing()
+    }
+
+    /// True when nothing is kept for or from the peer: no question, no
+    /// answer (so no call held and no results kept), no import, and every
+    /// table of the core empty.
+    pub(super) fn holds_nothing(&self) -> bool {
+        self.questions.is_empty()
             && self.answers.is_empty()
+            && self.imports.is_empty()
             && self.core.table_sizes().is_empty()
     }
 

@@ -229,6 +229,17 @@ impl<L: Clone + Eq + Hash, E> Conn<L, E> {
 /// The segments of a message.
 pub(super) type Segments<'a> = &'a [&'a [u8]];
 
+/// An `Abort` message carrying `reason`: what [`Conn::abort`] sends, and
+/// what a runtime sends a peer it refuses before any connection exists.
+pub fn abort_message(reason: &Error) -> Builder<HeapAllocator> {
+    let mut m = small_message();
+    exception::write(
+        reason,
+        m.init_root::<rpc_message::Builder<'_>>().init_abort(),
+    );
+    m
+}
+
 /// A builder for a message without payload (finish, release, a bare
 /// return, ...): capnp's default first segment of 1024 words would be
 /// zeroed in full for a message of a few words.

@@ -71,10 +71,8 @@ use std::hash::Hash;
 use capnp::message::{Allocator, Builder};
 use capnp::{Error, Word};
 
-use crate::exception;
 use crate::frame::{self, FrameDecoder, Output};
 use crate::limits::Limits;
-use crate::rpc_capnp::message as rpc_message;
 
 /// The tables' hash maps: their keys are ids (some chosen by the
 /// peer), hashed with foldhash's seeded hasher, which costs a fraction of
@@ -83,7 +81,6 @@ use crate::rpc_capnp::message as rpc_message;
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 use answers::Answer;
-use build::small_message;
 use embargoes::Embargoes;
 use exports::Export;
 use imports::Import;
@@ -105,6 +102,7 @@ mod send;
 mod slots;
 mod types;
 
+pub use build::abort_message;
 pub use content::{InContent, InPayload, OutContent};
 pub use event::Event;
 pub use types::{CallTarget, ConnLimits, InCap, OutCap, OutTarget, TableSizes};
@@ -256,12 +254,7 @@ impl<L: Clone + Eq + Hash, E> Conn<L, E> {
         if self.aborted.is_some() {
             return;
         }
-        let mut m = small_message();
-        exception::write(
-            &reason,
-            m.init_root::<rpc_message::Builder<'_>>().init_abort(),
-        );
-        self.send(&m);
+        self.send(&abort_message(&reason));
         self.disconnected(reason);
     }
 
