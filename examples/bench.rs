@@ -59,15 +59,18 @@
 //! Standard output carries the results; errors go to standard error and
 //! exit 1 (2 for a bad command line).
 
+#[path = "common/bench_service.rs"]
+mod bench_service;
+
 use std::error::Error;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::rc::Rc;
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bench_service::BenchServer;
 use capnp_actix::restorer::Table;
 use capnp_actix::schemas::bench_capnp::bench;
 use capnp_actix::vat::Vat;
@@ -211,31 +214,6 @@ impl std::fmt::Display for Metrics {
              echoBytes {:.0} MB/s",
             self.median_us, self.p99_us, self.calls_per_s, self.echo_mb_s
         )
-    }
-}
-
-/// The benchmark service, for either runtime.
-struct BenchServer;
-
-impl bench::Server for BenchServer {
-    async fn ping(
-        self: Rc<Self>,
-        params: bench::PingParams,
-        mut results: bench::PingResults,
-    ) -> Result<(), capnp::Error> {
-        let n = params.get()?.get_n();
-        results.get().set_n(n.wrapping_add(1));
-        Ok(())
-    }
-
-    async fn echo_bytes(
-        self: Rc<Self>,
-        params: bench::EchoBytesParams,
-        mut results: bench::EchoBytesResults,
-    ) -> Result<(), capnp::Error> {
-        let data = params.get()?.get_data()?;
-        results.get().set_data(data);
-        Ok(())
     }
 }
 

@@ -178,6 +178,20 @@ pub struct VatConfig {
     )]
     pub idle_timeout_ms: Option<u64>,
 
+    /// `--capnp-arbiters N`: how many arbiters (threads, each with its own
+    /// event loop) serve the vat's connections (default: the available
+    /// cores). With 1, connections are served on the arbiter that started
+    /// the vat, beside its listeners and TLS handshakes; with more, on
+    /// arbiters of their own, and accepts, TLS handshakes and the vat's
+    /// bookkeeping stay on the arbiter that started it.
+    #[arg(
+        long = "capnp-arbiters",
+        value_name = "N",
+        value_parser = clap::value_parser!(u16).range(1..=1024),
+        help = "Arbiters (threads) serving connections (default: the available cores)"
+    )]
+    pub arbiters: Option<u16>,
+
     /// Keys given to, or loaded for, this configuration.
     #[arg(skip)]
     keys: KeyCache,
@@ -277,6 +291,21 @@ impl VatConfig {
     pub fn with_idle_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
         self.idle_timeout_ms = timeout.map(|d| d.as_millis() as u64);
         self
+    }
+
+    /// Serve connections on `n` arbiters (see [`VatConfig::arbiters`]).
+    pub fn with_arbiters(mut self, n: u16) -> Self {
+        self.arbiters = Some(n.max(1));
+        self
+    }
+
+    /// How many arbiters serve connections: [`VatConfig::arbiters`], or
+    /// the available cores.
+    pub fn arbiter_count(&self) -> usize {
+        match self.arbiters {
+            Some(n) => usize::from(n.max(1)),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
     }
 
     /// The vat's secret key: the one given with

@@ -20,6 +20,62 @@ pub enum Stream {
     Tcp(TcpStream),
     /// A Unix-domain socket connection.
     Unix(UnixStream),
+    /// What is left behind while the socket moves to another arbiter (see
+    /// [`Stream::reattach`]); reads and writes fail with NotConnected.
+    Moving,
+}
+
+impl Stream {
+    /// Takes the socket off the reactor it was registered with and
+    /// registers it with the current thread's: a stream accepted (or
+    /// dialled) on one arbiter can then be served on another, whose own
+    /// event loop waits for it. Must run on that arbiter.
+    pub fn reattach(&mut self) -> io::Result<()> {
+        *self = match std::mem::replace(self, Stream::Moving) {
+            Stream::Tcp(s) => Stream::Tcp(TcpStream::from_std(s.into_std()?)?),
+            Stream::Unix(s) => Stream::Unix(UnixStream::from_std(s.into_std()?)?),
+            Stream::Moving => return Err(moving()),
+        };
+        Ok(())
+    }
+}
+
+fn moving() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "the socket is moving to another arbiter",
+    )
+}
+
+/// A stream that can be served on another arbiter than the one that
+/// opened it: a socket, or TLS over one.
+pub trait Movable: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// See [`Stream::reattach`].
+    fn reattach(&mut self) -> io::Result<()>;
+}
+
+impl Movable for Box<dyn Movable> {
+    fn reattach(&mut self) -> io::Result<()> {
+        (**self).reattach()
+    }
+}
+
+impl Movable for Stream {
+    fn reattach(&mut self) -> io::Result<()> {
+        Stream::reattach(self)
+    }
+}
+
+impl Movable for tokio_rustls::server::TlsStream<Stream> {
+    fn reattach(&mut self) -> io::Result<()> {
+        self.get_mut().0.reattach()
+    }
+}
+
+impl Movable for tokio_rustls::client::TlsStream<Stream> {
+    fn reattach(&mut self) -> io::Result<()> {
+        self.get_mut().0.reattach()
+    }
 }
 
 impl AsyncRead for Stream {
@@ -31,6 +87,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Moving => Poll::Ready(Err(moving())),
         }
     }
 }
@@ -44,6 +101,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Moving => Poll::Ready(Err(moving())),
         }
     }
 
@@ -55,6 +113,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Moving => Poll::Ready(Err(moving())),
         }
     }
 
@@ -62,6 +121,7 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Tcp(s) => s.is_write_vectored(),
             Stream::Unix(s) => s.is_write_vectored(),
+            Stream::Moving => false,
         }
     }
 
@@ -69,6 +129,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Moving => Poll::Ready(Err(moving())),
         }
     }
 
@@ -76,6 +137,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Moving => Poll::Ready(Err(moving())),
         }
     }
 }

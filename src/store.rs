@@ -73,6 +73,33 @@ impl FileStore {
         })
     }
 
+    /// Like [`FileStore::save`], but the file is written and synced on
+    /// tokio's blocking thread pool rather than on the calling arbiter, so
+    /// a service saving from a method body does not hold up the other
+    /// calls its arbiter serves while the disk syncs. The message is
+    /// serialized first, on the calling thread.
+    pub async fn save_off_arbiter<A: capnp::message::Allocator>(
+        &self,
+        digest: &[u8],
+        message: &capnp::message::Builder<A>,
+    ) -> io::Result<()> {
+        let path = self.path_of(digest)?;
+        let bytes = capnp::serialize::write_message_to_words(message);
+        tokio::task::spawn_blocking(move || write_atomically(&path, |w| w.write_all(&bytes)))
+            .await
+            .map_err(|e| io::Error::other(format!("the store's writing thread failed: {e}")))?
+    }
+
+    /// Like [`FileStore::remove`], on tokio's blocking thread pool (see
+    /// [`FileStore::save_off_arbiter`]).
+    pub async fn remove_off_arbiter(&self, digest: &[u8]) -> io::Result<()> {
+        let store = self.clone();
+        let digest = digest.to_vec();
+        tokio::task::spawn_blocking(move || store.remove(&digest))
+            .await
+            .map_err(|e| io::Error::other(format!("the store's writing thread failed: {e}")))?
+    }
+
     /// The message saved under `digest`, or `None` if there is none.
     pub fn load(
         &self,

@@ -278,3 +278,25 @@ fn cap_file_garbage_is_an_error_naming_the_path() {
     assert!(matches!(err, CapFileError::NotText { .. }), "{err:?}");
     assert!(err.to_string().contains(&path.display().to_string()));
 }
+
+#[actix::test]
+async fn saves_and_removes_off_the_arbiter_land_on_disk_like_the_blocking_ones() {
+    let tmp = TempDir::new("store-off-arbiter");
+    let store = FileStore::open(&tmp.0).unwrap();
+    let key = digest(b"off the arbiter");
+    store.save_off_arbiter(&key, &saved("first")).await.unwrap();
+    store
+        .save_off_arbiter(&key, &saved("second"))
+        .await
+        .unwrap();
+    let loaded = store.load(&key).unwrap().expect("saved");
+    assert_eq!(label_of(&loaded), "second");
+    // Only the file itself: no temporary file is left behind.
+    assert_eq!(listing(&tmp.0), vec![URL_SAFE_NO_PAD.encode(&key[..])]);
+    store.remove_off_arbiter(&key).await.unwrap();
+    assert!(store.load(&key).unwrap().is_none());
+    assert!(listing(&tmp.0).is_empty());
+    // An empty digest names no file: the error says so.
+    let e = store.save_off_arbiter(&[], &saved("x")).await.unwrap_err();
+    assert!(e.to_string().contains("empty digest"), "{e}");
+}

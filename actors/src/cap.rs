@@ -55,6 +55,9 @@ pub(crate) enum Kind {
         conn_id: u64,
         import: u32,
     },
+    /// A stateless service with one instance per arbiter: a call goes to
+    /// the instance of the calling thread's slot (see `slot.rs`).
+    PerArbiter(std::sync::Arc<[Recipient<IncomingCall>]>),
     /// A capability of another runtime (a hook made by the capnp-rpc crate,
     /// say), served through a proxy actor on the thread the hook lives on.
     Foreign {
@@ -68,6 +71,7 @@ impl Kind {
     fn name(&self) -> &'static str {
         match self {
             Kind::Local(_) => "local",
+            Kind::PerArbiter(_) => "per-arbiter",
             Kind::Promise(_) => "promise",
             Kind::Pipelined { .. } => "pipelined",
             Kind::Broken(_) => "broken",
@@ -420,6 +424,10 @@ impl CapRef {
                 // If the actor has stopped, the message is dropped and the
                 // call's `Drop` fails its answer with Disconnected.
                 r.do_send(IncomingCall { call });
+            }
+            Kind::PerArbiter(instances) => {
+                let slot = crate::slot::current() % instances.len();
+                instances[slot].do_send(IncomingCall { call });
             }
             Kind::Promise(p) => p.deliver(call),
             Kind::Remote {

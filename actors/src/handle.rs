@@ -147,6 +147,36 @@ impl<C: FromClientHook> Cap<C> {
         Cap::wrap(CapRef::from_kind_id(cap::Kind::Local(addr.recipient()), id))
     }
 
+    /// A stateless service with one instance on each of `arbiters`, each
+    /// built there by `make`: a call goes to the instance on the arbiter
+    /// that makes it (the connection's, for a peer's call), so it never
+    /// crosses to another thread; a thread that is not one of `arbiters`
+    /// gets one instance, chosen once. Calls from one caller therefore
+    /// reach one instance, in order; state is per instance, so keep
+    /// shared state elsewhere (behind a lock, or in a capability of its
+    /// own). One capability: one identity whichever instance serves.
+    pub fn per_arbiter<S, F>(arbiters: &crate::arbiters::Arbiters, make: F) -> Self
+    where
+        C: FromServer<S>,
+        F: Fn() -> S + Clone + Send + 'static,
+    {
+        let id = cap::next_id();
+        let instances: Vec<_> = arbiters
+            .handles()
+            .map(|arbiter| {
+                let make = make.clone();
+                let addr = host::CapActor::start_in_arbiter(arbiter, move |_| {
+                    host::CapActor::new(server::ServerHost(C::from_server(Rc::new(make()))), id)
+                });
+                addr.recipient()
+            })
+            .collect();
+        Cap::wrap(CapRef::from_kind_id(
+            cap::Kind::PerArbiter(instances.into()),
+            id,
+        ))
+    }
+
     /// The generated client for this capability, usable on this thread.
     pub fn client(&self) -> C {
         C::new(hook::to_hook(&self.raw))

@@ -171,6 +171,10 @@ pub(crate) struct Writer {
     written: usize,
     /// Bytes queued and not yet written.
     queued: usize,
+    /// True when bytes were written since the stream was last flushed: a
+    /// stream may buffer what it took (TLS keeps records it could not
+    /// send yet) until it is flushed.
+    unflushed: bool,
 }
 
 impl Writer {
@@ -180,6 +184,7 @@ impl Writer {
             queue: VecDeque::new(),
             written: 0,
             queued: 0,
+            unflushed: false,
         }
     }
 
@@ -202,8 +207,9 @@ impl Writer {
         }
     }
 
-    /// Writes what is queued as far as the stream takes it; `Ready(Ok)`
-    /// once everything is written. The buffer of each output written in
+    /// Writes what is queued as far as the stream takes it, and flushes
+    /// the stream; `Ready(Ok)` once everything is written and flushed.
+    /// The buffer of each output written in
     /// full goes to `done` (for reuse).
     pub(crate) fn poll_write(
         &mut self,
@@ -240,6 +246,7 @@ impl Writer {
                 }
                 Poll::Ready(Ok(n)) => n,
             };
+            self.unflushed = true;
             self.queued = self.queued.saturating_sub(n);
             while n > 0 {
                 let Some(first) = self.queue.front() else {
@@ -257,6 +264,10 @@ impl Writer {
                 }
             }
         }
+        if self.unflushed {
+            std::task::ready!(Pin::new(&mut self.write).poll_flush(cx))?;
+            self.unflushed = false;
+        }
         Poll::Ready(Ok(()))
     }
 
@@ -268,5 +279,57 @@ impl Writer {
         {
             let _ = self.write.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A stream that, like TLS, takes every write into a buffer of its own
+    /// and passes it on only when flushed.
+    #[derive(Clone, Default)]
+    struct Buffering {
+        pending: Arc<Mutex<Vec<u8>>>,
+        delivered: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl AsyncWrite for Buffering {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.pending.lock().unwrap().extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            let mut pending = self.pending.lock().unwrap();
+            self.delivered.lock().unwrap().append(&mut pending);
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    #[test]
+    fn what_a_buffering_stream_took_is_flushed_before_the_write_counts_as_done() {
+        let stream = Buffering::default();
+        let mut writer = Writer::new(Box::new(stream.clone()));
+        let mut out = Output::with_buffer(Vec::new());
+        out.bytes_mut().extend_from_slice(b"hello");
+        writer.push(out);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(matches!(
+            writer.poll_write(&mut cx, drop),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(stream.delivered.lock().unwrap().as_slice(), b"hello");
+        assert!(stream.pending.lock().unwrap().is_empty());
     }
 }

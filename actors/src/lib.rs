@@ -47,6 +47,7 @@
 #![warn(missing_docs)]
 
 mod answer;
+pub mod arbiters;
 mod call;
 mod cap;
 pub mod connection;
@@ -62,6 +63,7 @@ mod promise;
 mod registry;
 mod server;
 mod shield;
+mod slot;
 
 pub use call::IncomingCall;
 pub use cap::{CapRef, WeakCapRef};

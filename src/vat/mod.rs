@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use capnp_actix_actors::arbiters::Arbiters;
 use capnp_actix_actors::connection::{
     start_connection, BootstrapFn, ConnectionHandle, ConnectionOptions, VatBudget,
     DEFAULT_VAT_BUDGET_BYTES,
@@ -42,7 +43,7 @@ use crate::address::Address;
 use crate::config::{ConfigError, VatConfig};
 use crate::identity::{Fingerprint, SecretKey};
 use crate::listener::{ListenerActor, StopListening};
-use crate::net;
+use crate::net::{self, Movable};
 use crate::restorer::Restorer;
 use crate::tls;
 use crate::uri::{SturdyUri, VatAuth};
@@ -112,6 +113,7 @@ struct VatShared {
     fingerprint: Option<Fingerprint>,
     public: Option<Address>,
     restorer: Arc<dyn Restorer>,
+    arbiters: Arc<Arbiters>,
 }
 
 /// A running vat: a handle to its supervisor actor. `Clone + Send + Sync`.
@@ -134,9 +136,16 @@ impl std::fmt::Debug for Vat {
 pub struct UriMaker {
     auth: VatAuth,
     address: Option<Address>,
+    arbiters: Arc<Arbiters>,
 }
 
 impl UriMaker {
+    /// The arbiters that will serve the vat's connections, for services
+    /// with one instance on each ([`Cap::per_arbiter`]).
+    pub fn arbiters(&self) -> &Arc<Arbiters> {
+        &self.arbiters
+    }
+
     /// The URI of service `service_id`. A vat without an address (a
     /// client-only vat) makes URIs with the placeholder address
     /// `unix:/nonexistent`, which no one can connect to.
@@ -209,12 +218,14 @@ impl Vat {
             (None, Some((local, _))) => Some(local.clone()),
             (None, None) => None,
         };
+        let arbiters = Arc::new(Arbiters::current_or_start(config.arbiter_count()));
         let uris = UriMaker {
             auth: match fingerprint {
                 Some(fp) => VatAuth::Sha256(fp.0),
                 None => VatAuth::Insecure,
             },
             address: public.clone(),
+            arbiters: arbiters.clone(),
         };
         let restorer: Arc<dyn Restorer> = Arc::new(make(uris));
         let bootstrap: BootstrapFn = {
@@ -233,6 +244,7 @@ impl Vat {
             .idle_timeout_ms
             .filter(|&ms| ms > 0)
             .map(Duration::from_millis);
+        let serving = arbiters.clone();
         let supervisor = VatSupervisor::create(move |ctx| {
             let listeners = bound
                 .into_iter()
@@ -254,6 +266,7 @@ impl Vat {
                 governor,
                 first_message_deadline,
                 idle_timeout,
+                arbiters: serving,
             }
         });
         Ok(Vat {
@@ -262,6 +275,7 @@ impl Vat {
                 fingerprint,
                 public,
                 restorer,
+                arbiters,
             }),
         })
     }
@@ -285,6 +299,13 @@ impl Vat {
     /// the listen address as bound (with the port chosen, for port 0).
     pub fn address(&self) -> Option<&Address> {
         self.shared.public.as_ref()
+    }
+
+    /// The arbiters serving this vat's connections (see
+    /// [`VatConfig::arbiters`]): for services with one instance on each
+    /// ([`Cap::per_arbiter`]), and their loads.
+    pub fn arbiters(&self) -> &Arc<Arbiters> {
+        &self.shared.arbiters
     }
 
     /// The sturdy URI of service `service_id` on this vat.
@@ -442,7 +463,13 @@ pub struct VatSupervisor {
     first_message_deadline: Option<Duration>,
     /// See `ConnectionOptions::idle_timeout`.
     idle_timeout: Option<Duration>,
+    /// Where connections are served.
+    arbiters: Arc<Arbiters>,
 }
+
+/// How long a stopped vat's connections get to write their aborts before
+/// the vat's own arbiters stop.
+const STOP_GRACE: Duration = Duration::from_secs(3);
 
 impl Actor for VatSupervisor {
     type Context = Context<Self>;
@@ -464,6 +491,11 @@ impl Actor for VatSupervisor {
         for (_, c) in self.anonymous.drain() {
             c.close("the vat has stopped");
         }
+        let arbiters = self.arbiters.clone();
+        actix_rt::spawn(async move {
+            arbiters.wait_idle(STOP_GRACE).await;
+            arbiters.stop();
+        });
     }
 }
 
@@ -553,12 +585,14 @@ impl VatSupervisor {
     /// the admission of an accepted connection, given back at its end.
     fn run(
         &mut self,
-        stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+        mut stream: impl Movable,
         peer: &Peer,
         ticket: Option<u64>,
         ctx: &mut Context<Self>,
     ) -> ConnectionHandle {
-        let conn = start_connection(stream, self.options(ticket));
+        let open = move || stream.reattach().map(|()| stream);
+        let (conn, arbiter) = self.arbiters.start_connection(open, self.options(ticket));
+        tracing::debug!(%peer, arbiter, "connection placed");
         let closed = conn.closed();
         let (peer, conn_id) = (peer.clone(), conn.id());
         ctx.spawn(actix::fut::wrap_future(closed).map(
@@ -645,13 +679,13 @@ impl Handler<Connect> for VatSupervisor {
                                         "TLS handshake timed out",
                                     )
                                 })??;
-                        Ok::<_, io::Error>(Box::new(tls) as Box<dyn AsyncStream>)
+                        Ok::<_, io::Error>(Box::new(tls) as Box<dyn Movable>)
                     }
                     (Some(_), None) => Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
                         "a TLS sturdy ref needs a vat with TLS enabled",
                     )),
-                    _ => Ok(Box::new(stream) as Box<dyn AsyncStream>),
+                    _ => Ok(Box::new(stream) as Box<dyn Movable>),
                 }
                 .map_err(|e| connecting_to(e, &address))
             })

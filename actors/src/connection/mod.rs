@@ -115,6 +115,11 @@ pub struct ConnectionOptions {
     /// empty, no call pending) and has received nothing for this long,
     /// with an abort naming the timeout. `None` (the default): never.
     pub idle_timeout: Option<Duration>,
+    /// Held by the connection until it has ended and finished writing
+    /// (its last bytes flushed, or its writer's grace spent), then
+    /// dropped: a guard whose `Drop` tells its owner the connection is
+    /// done (see [`Arbiters`](crate::arbiters::Arbiters)).
+    pub held_until_finished: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 /// How long the writer may go on after the connection ended.
@@ -139,6 +144,7 @@ impl std::fmt::Debug for ConnectionOptions {
             .field("budget", &self.budget)
             .field("first_message_deadline", &self.first_message_deadline)
             .field("idle_timeout", &self.idle_timeout)
+            .field("held_until_finished", &self.held_until_finished.is_some())
             .finish()
     }
 }
@@ -250,44 +256,88 @@ pub fn start_connection<S>(stream: S, options: ConnectionOptions) -> ConnectionH
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let (read, write) = tokio::io::split(stream);
-    let max_outgoing = match options.max_outgoing_bytes {
-        0 => DEFAULT_MAX_OUTGOING_BYTES,
-        n => n,
-    };
-    let max_held = match options.max_held_call_bytes {
-        0 => DEFAULT_MAX_HELD_CALL_BYTES,
-        n => n,
-    };
-    let max_retained = match options.max_retained_result_bytes {
-        0 => DEFAULT_MAX_RETAINED_RESULT_BYTES,
-        n => n,
-    };
-    metrics::connection_opened();
     let (closed_tx, closed_rx) = futures::channel::oneshot::channel();
     let id = next_id();
-    let addr = Connection::create(move |ctx| {
+    let addr = Connection::create(move |ctx| Connection::new(ctx, id, stream, options, closed_tx));
+    ConnectionHandle {
+        addr,
+        closed: closed_rx.shared(),
+        id,
+    }
+}
+
+/// Starts a connection actor on `arbiter` (another thread) for the
+/// stream `open` gives there. `open` runs on that arbiter first, so a
+/// socket taken off the reactor of the thread that accepted it can be
+/// registered with the arbiter's own; if it fails, the connection ends at
+/// once with its error.
+pub fn start_connection_on<S, F>(
+    arbiter: &actix::ArbiterHandle,
+    open: F,
+    options: ConnectionOptions,
+) -> ConnectionHandle
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+    F: FnOnce() -> std::io::Result<S> + Send + 'static,
+{
+    let (closed_tx, closed_rx) = futures::channel::oneshot::channel();
+    let id = next_id();
+    let addr = Connection::start_in_arbiter(arbiter, move |ctx| match open() {
+        Ok(stream) => Connection::new(ctx, id, stream, options, closed_tx),
+        Err(e) => {
+            tracing::warn!("a connection could not move to its arbiter: {e}");
+            // A stream that ends at once: the connection closes as on EOF.
+            let (stream, _) = tokio::io::duplex(1);
+            Connection::new(ctx, id, stream, options, closed_tx)
+        }
+    });
+    ConnectionHandle {
+        addr,
+        closed: closed_rx.shared(),
+        id,
+    }
+}
+
+impl Connection {
+    /// The actor for `stream`, registered with `ctx` (its reader, its
+    /// writer's flushes and its timers).
+    fn new<S>(
+        ctx: &mut actix::Context<Self>,
+        id: u64,
+        stream: S,
+        options: ConnectionOptions,
+        closed: futures::channel::oneshot::Sender<capnp::Error>,
+    ) -> Self
+    where
+        S: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
+        let (read, write) = tokio::io::split(stream);
+        let or_default = |n: usize, default: usize| if n == 0 { default } else { n };
+        metrics::connection_opened();
         ctx.add_stream(io::FrameReader::new(read, options.reader));
         ctx.spawn(Flush);
         timers::start(ctx, options.first_message_deadline, options.idle_timeout);
         Connection {
             id,
-            closed: Some(closed_tx),
+            closed: Some(closed),
             core: Conn::new(options.tables, options.reader),
             writer: Some(io::Writer::new(Box::new(write))),
             flush: None,
-            max_outgoing,
+            max_outgoing: or_default(options.max_outgoing_bytes, DEFAULT_MAX_OUTGOING_BYTES),
             held: HashMap::default(),
             held_bytes: 0,
             retained_answers: 0,
             retained_bytes: 0,
-            max_retained,
+            max_retained: or_default(
+                options.max_retained_result_bytes,
+                DEFAULT_MAX_RETAINED_RESULT_BYTES,
+            ),
             budget: options.budget,
             shed: ctx.address().recipient(),
             reported: 0,
             queued_out: 0,
             reported_tables: TableSizes::default(),
-            max_held,
+            max_held: or_default(options.max_held_call_bytes, DEFAULT_MAX_HELD_CALL_BYTES),
             results_to_yourself: options.send_results_to_yourself,
             bootstrap: options.bootstrap,
             close_when_unused: options.close_when_unused,
@@ -300,13 +350,9 @@ where
             imports: HashMap::default(),
             received_any: false,
             last_input: Instant::now(),
+            held_until_finished: options.held_until_finished,
             _guard: registry::ActorGuard::new(),
         }
-    });
-    ConnectionHandle {
-        addr,
-        closed: closed_rx.shared(),
-        id,
     }
 }
 
@@ -367,6 +413,9 @@ pub struct Connection {
     /// When the peer last delivered a message (see
     /// [`ConnectionOptions::idle_timeout`]).
     last_input: Instant,
+    /// See [`ConnectionOptions::held_until_finished`]; handed to the
+    /// writer's last task when the connection ends.
+    held_until_finished: Option<Arc<dyn std::any::Any + Send + Sync>>,
     /// Last: see `ActorGuard`.
     _guard: registry::ActorGuard,
 }

@@ -140,10 +140,12 @@ impl Connection {
     /// stream down (so that a peer that does not read cannot hold the
     /// socket and its bytes).
     pub(super) fn release_writer(&mut self) {
+        let held = self.held_until_finished.take();
         if let Some(mut writer) = self.writer.take() {
             writer.push(self.core.take_output_pieces());
             actix_rt::spawn(async move {
                 let _ = tokio::time::timeout(WRITER_GRACE, writer.finish()).await;
+                drop(held);
             });
         }
     }
