@@ -2,9 +2,10 @@
 //! traits of `echo_api_capnp::actors`): typed params and results on the
 //! actor's own state, one mailbox crossing per call, E-order, actor futures
 //! that await other capabilities (`Reply::Later`, `Reply::Atomic`), errors
-//! for what the actor does not serve, and panics (the call fails naming the
+//! for what the actor does not serve, panics (the call fails naming the
 //! method; a supervised actor restarts with fresh state and the capability
-//! keeps working).
+//! keeps working), and an interface that extends another
+//! (`test_api_capnp::actors::Tally`).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -17,6 +18,8 @@ use capnp_actix::actix::{
 };
 use capnp_actix::schemas::calculator_capnp::calculator;
 use capnp_actix::schemas::echo_api_capnp::{actors, callback, echo};
+use capnp_actix::schemas::test_api_capnp::actors as test_actors;
+use capnp_actix::schemas::test_api_capnp::{probe, tally};
 use capnp_actix::{capnp, Cap, IncomingCall, Reply};
 use futures::channel::oneshot;
 
@@ -479,5 +482,60 @@ async fn serve_actor_routes_the_listed_interfaces_only() {
     assert_eq!(e.kind, capnp::ErrorKind::Unimplemented);
     assert_eq!(ping(&echo.client(), "y").await.unwrap(), "y 2");
     drop(echo);
+    all_released().await;
+}
+
+/// An actor serving `Tally`, which extends `Probe`: listing `Tally` serves
+/// `Probe`'s methods too, on the same state.
+#[derive(Default)]
+struct Counted {
+    calls: u64,
+}
+
+impl Actor for Counted {
+    type Context = Context<Self>;
+}
+
+capnp_actix::serve_actor!(Counted: test_actors::Tally);
+
+impl test_actors::Probe for Counted {
+    fn call(
+        &mut self,
+        params: probe::CallParams,
+        mut results: probe::CallResults,
+        _: &mut Context<Self>,
+    ) -> Result<Reply<Self>, capnp::Error> {
+        self.calls += 1;
+        results.get().set_seq(params.get()?.get_seq() * 10);
+        Ok(Reply::Done)
+    }
+}
+
+impl test_actors::Tally for Counted {
+    fn count(
+        &mut self,
+        _: tally::CountParams,
+        mut results: tally::CountResults,
+        _: &mut Context<Self>,
+    ) -> Result<Reply<Self>, capnp::Error> {
+        results.get().set_calls(self.calls);
+        Ok(Reply::Done)
+    }
+}
+
+#[actix::test]
+async fn an_interface_that_extends_another_serves_both_from_one_actor() {
+    let tally = Cap::<tally::Client>::from_actor(Counted::default().start());
+    // `call` is Probe's method: the Tally client sends it with Probe's ID.
+    let probe = tally.clone().cast::<probe::Client>().client();
+    for seq in [1, 2] {
+        let mut request = probe.call_request();
+        request.get().set_seq(seq);
+        let reply = request.send().promise.await.unwrap();
+        assert_eq!(reply.get().unwrap().get_seq(), seq * 10);
+    }
+    let reply = tally.client().count_request().send().promise.await.unwrap();
+    assert_eq!(reply.get().unwrap().get_calls(), 2);
+    drop((tally, probe));
     all_released().await;
 }

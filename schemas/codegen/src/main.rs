@@ -34,8 +34,9 @@ const SCHEMAS: &[&str] = &[
     "fuzz.capnp",
 ];
 
-/// Schemas whose actor traits capnp-actix carries (the tutorial's).
-const ACTOR_SCHEMAS: &[&str] = &["echo_api.capnp"];
+/// Schemas whose actor traits capnp-actix carries (the tutorial's, and
+/// the tests').
+const ACTOR_SCHEMAS: &[&str] = &["echo_api.capnp", "test_api.capnp"];
 
 fn schemas_dir() -> PathBuf {
     // CARGO_MANIFEST_DIR is `schemas/codegen`; the schemas live one level up.
