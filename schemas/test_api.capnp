@@ -18,3 +18,9 @@ interface Maker {
   # Returns the probe it is given, after the test releases it.
   hold @1 (probe :Probe) -> (probe :Probe);
 }
+
+interface Tally extends(Probe) {
+  # A probe that also counts the calls it received: for the tests of actor
+  # traits of interfaces that extend others.
+  count @0 () -> (calls :UInt64);
+}

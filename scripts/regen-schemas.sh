@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates schemas/src/*_capnp.rs from the schemas in schemas/.
+# Regenerates schemas/src/*_capnp.rs from the schemas in schemas/, and the
+# actor traits of the tutorial's schemas (src/schemas/*_capnp/actors.rs).
 #
 # Needs the `capnp` compiler on PATH (or CAPNP=/path/to/capnp). The generated
 # code is committed, so only people changing a schema need to run this.

@@ -152,44 +152,42 @@
 //! }).unwrap();
 //! ```
 //!
-//! ## 4. Services inside your own actors
+//! ## 4. Services written as actors
 //!
-//! A service can live inside one of your actix actors, with its state and
-//! `Context`: implement `Handler<`[`IncomingCall`]`>` and answer each call
-//! with [`IncomingCall::serve`], passing a value that implements the
-//! generated `Server` trait (built from the actor's state). Make the
-//! capability with [`Cap::from_actor`].
+//! A service can be one of your actix actors. For each interface of a
+//! schema, capnp-actix-build generates a trait (in the `actors` module
+//! next to capnpc's code; the echo schema's is
+//! [`echo_api_capnp::actors`](crate::schemas::echo_api_capnp::actors)) whose
+//! methods get `&mut self`, the actor's `Context`, and the typed params and
+//! results. List the traits an actor serves with [`serve_actor!`](crate::serve_actor)
+//! and make the capability with [`Cap::from_actor`]: each call is one
+//! message in the actor's mailbox, so calls start in the order they were
+//! made and change the state directly.
 //!
 //! ```
-//! use actix::{Actor, Context, Handler};
-//! use capnp_actix::schemas::echo_api_capnp::echo;
-//! use capnp_actix::{Cap, IncomingCall};
-//! use std::rc::Rc;
+//! use capnp_actix::actix::{self, Actor, Context};
+//! use capnp_actix::schemas::echo_api_capnp::{actors, echo};
+//! use capnp_actix::{capnp, Cap, Reply};
 //!
+//! #[derive(Default)]
 //! struct Counter { pings: u64 }
 //! impl Actor for Counter { type Context = Context<Self>; }
 //!
-//! struct Reply { n: u64 }
-//! impl echo::Server for Reply {
-//!     async fn ping(self: Rc<Self>, params: echo::PingParams, mut results: echo::PingResults)
-//!         -> Result<(), capnp::Error>
-//!     {
-//!         let msg = params.get()?.get_msg()?.to_str()?;
-//!         results.get().set_reply(format!("{msg} #{}", self.n));
-//!         Ok(())
-//!     }
-//! }
+//! capnp_actix::serve_actor!(Counter: actors::Echo);
 //!
-//! impl Handler<IncomingCall> for Counter {
-//!     type Result = ();
-//!     fn handle(&mut self, call: IncomingCall, _: &mut Context<Self>) {
+//! impl actors::Echo for Counter {
+//!     fn ping(&mut self, params: echo::PingParams, mut results: echo::PingResults,
+//!             _: &mut Context<Self>) -> Result<Reply<Self>, capnp::Error> {
 //!         self.pings += 1;
-//!         call.serve::<echo::Client, _>(Reply { n: self.pings });
+//!         let msg = params.get()?.get_msg()?.to_str()?;
+//!         results.get().set_reply(format!("{msg} #{}", self.pings));
+//!         Ok(Reply::Done)
 //!     }
+//!     // Methods left out answer Unimplemented.
 //! }
 //!
 //! actix::System::new().block_on(async {
-//!     let service: Cap<echo::Client> = Cap::from_actor(Counter { pings: 0 }.start());
+//!     let service: Cap<echo::Client> = Cap::from_actor(Counter::default().start());
 //!     for expected in ["a #1", "b #2"] {
 //!         let mut req = service.client().ping_request();
 //!         req.get().set_msg(&expected[..1]);
@@ -199,6 +197,30 @@
 //!     Ok::<_, capnp::Error>(())
 //! }).unwrap();
 //! ```
+//!
+//! A method that must wait (for another capability's answer, say) returns
+//! an actor future, as an actix handler would, and gets `&mut self` back
+//! when it resumes: [`Reply::Later`] lets later calls start meanwhile,
+//! [`Reply::Atomic`] holds them until it is done.
+//!
+//! ```ignore
+//! let asked = request.send().promise;
+//! Ok(Reply::later(asked.into_actor(self).map(|answer, this, _ctx| {
+//!     this.total += answer?.get()?.get_total();
+//!     Ok(())
+//! })))
+//! ```
+//!
+//! A method that panics fails its call with an error naming it
+//! (`Echo.ping panicked: ...`) and stops the actor. Start it with
+//! `actix::Supervisor::start` and it restarts (reset the state in
+//! `Supervised::restarting`); the capability keeps working for its
+//! holders. `examples/actor_service.rs` shows all of it.
+//!
+//! (Lower level: an actor implementing `Handler<`[`IncomingCall`]`>` by
+//! hand can answer a call with [`IncomingCall::serve`] and a value
+//! implementing the generated `Server` trait, or route it itself with
+//! [`IncomingCall::serve_actor`].)
 //!
 //! ## 5. Threads, release and cancellation
 //!
@@ -365,5 +387,73 @@
 //! (before and after restarting the server) shows it across processes;
 //! `examples/echo.rs` is the code.
 
+//!
+//! ## 9. Your own schema
+//!
+//! From a `.capnp` file to a served capability, in a project of your own.
+//! `examples/template/` in the repository is this chapter as a project to
+//! copy; the files below are its files, included verbatim, and CI builds
+//! and runs it (`cargo test -p capnp-actix-template`).
+//!
+//! **Versions.** `capnp-actix` 0.1.0 and, for `build.rs`,
+//! `capnp-actix-build` 0.1.0. They bring `capnp`/`capnpc` 0.27 and actix
+//! 0.13: use them through `capnp_actix::capnp` and `capnp_actix::actix`
+//! and there is no version of your own to keep in step. The Cap'n Proto
+//! compiler must be installed where you build (`apt-get install
+//! capnproto`; tested with 0.9.2). Rust 1.80 or later.
+//!
+//! **`Cargo.toml`** (outside this repository, keep the versions and drop
+//! the paths):
+//!
+//! ```toml
+#![doc = include_str!("../examples/template/Cargo.toml")]
+//! ```
+//!
+//! **The schema**, `schema/counter.capnp`. Every schema file starts with
+//! an ID of its own: make one with `capnp id`.
+//!
+//! ```capnp
+#![doc = include_str!("../examples/template/schema/counter.capnp")]
+//! ```
+//!
+//! **`build.rs`** compiles it into `$OUT_DIR/counter_capnp.rs`:
+//!
+//! ```ignore
+#![doc = include_str!("../examples/template/build.rs")]
+//! ```
+//!
+//! What that file holds, once mounted with
+//! `capnp_actix::capnp::generated_code!(mod counter_capnp)` (at the crate
+//! root: capnpc's code refers to itself as `crate::counter_capnp`; call
+//! `Builder::parent_module` to mount it deeper):
+//! - `counter_capnp::counter::Client`, the typed client: `add_request()`,
+//!   `add_from_request()`;
+//! - `counter_capnp::counter::{AddParams, AddResults, ...}`, what a method
+//!   gets;
+//! - `counter_capnp::counter::Server`, the trait of a plain service
+//!   ([`Cap::new`], chapter 1);
+//! - `counter_capnp::actors::Counter`, the trait of an actor serving it
+//!   (chapter 4): one method per capnp method, `addFrom` becoming
+//!   `add_from`.
+//!
+//! **`src/main.rs`**: the actor, served over TCP under the service ID
+//! `counter`, and a client calling it through its sturdy URI (here without
+//! TLS; chapter 7 serves a vat with an identity instead):
+//!
+//! ```ignore
+#![doc = include_str!("../examples/template/src/main.rs")]
+//! ```
+//!
+//! Things to know:
+//! - An interface that `extends` another gets a trait that extends the
+//!   other's, and serves its methods too. A file importing another's
+//!   interfaces needs both compiled in the same `Builder` (or the other
+//!   crate named with capnpc's `crate_provides`, which this builder does
+//!   not offer yet).
+//! - Generic interfaces (`interface Store(T)`) get no actor trait; serve
+//!   them with the generated `Server` trait.
+//! - A declaration named `Actors` at the top of a file would clash with
+//!   the `actors` module: the build says so.
+
 #[allow(unused_imports)]
-use crate::{debug, shield, Cap, IncomingCall};
+use crate::{debug, shield, Cap, IncomingCall, Reply};

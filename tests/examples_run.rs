@@ -235,19 +235,18 @@ fn actor_service_serves_from_the_users_actor() {
     assert_eq!(
         run.lines(),
         [
-            r#"actor service: ping("one") -> "echo:one (call 1)""#,
-            r#"actor service: ping("two") -> "echo:two (call 2)""#,
-            r#"client callback: got "beat: 2 pings so far""#,
-            r#"plain service: ping("one") -> "echo:one (call 1)""#,
-            r#"arbiter thread: actor service -> "echo:from the arbiter (call 3)""#,
-            r#"arbiter thread: plain service -> "echo:from the arbiter (call 2)""#,
-            r#"main thread: service on the arbiter -> "echo:hosted over there (call 1)""#,
-            r#"counter actor: 3 pings, 6 calls, logged ["kept in the actor's state"]"#,
-            "counter actor: stopped after 6 calls",
+            r#"ping("one") -> "echo:one (call 1)""#,
+            r#"ping("two") -> "echo:two (call 2)""#,
+            r#"callback got "beat: 2 pings so far""#,
+            r#"counter: restarting, forgetting 2 pings and ["heartbeat delivered", "kept in the actor's state"]"#,
+            r#"ping("crash") -> Err(Error { kind: Failed, extra: "Echo.ping panicked: asked to crash; the actor serving it was stopped (an actix Supervisor restarts it)" })"#,
+            r#"ping("three") -> "echo:three (call 1)""#,
             "all capabilities released",
         ],
         "{run}"
     );
+    // The panic is reported where panics are (the default hook).
+    assert!(run.stderr.contains("asked to crash"), "{run}");
 }
 
 #[test]

@@ -100,6 +100,15 @@ impl Completer {
         self.complete(Ok(payload.freeze()));
     }
 
+    /// Completes the answer with a method's outcome: its results or its
+    /// error.
+    pub(crate) fn finish(self, outcome: Result<Payload, capnp::Error>) {
+        match outcome {
+            Ok(payload) => self.complete_payload(payload),
+            Err(e) => self.complete(Err(e)),
+        }
+    }
+
     pub(crate) fn is_cancelled(&self) -> bool {
         self.answer.as_ref().is_none_or(|a| a.is_cancelled())
     }

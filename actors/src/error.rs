@@ -28,12 +28,30 @@ pub fn cancelled() -> Error {
 
 /// A method body panicked.
 pub fn panicked(payload: &(dyn std::any::Any + Send)) -> Error {
-    let what = payload
+    Error::failed(format!("method panicked: {}", panic_message(payload)))
+}
+
+/// Method `method` of interface `interface`, served by an actor, panicked:
+/// the call fails, and the actor is stopped (restarted if supervised).
+pub fn actor_method_panicked(
+    interface: &str,
+    method: &str,
+    payload: &(dyn std::any::Any + Send),
+) -> Error {
+    Error::failed(format!(
+        "{interface}.{method} panicked: {}; the actor serving it was stopped \
+         (an actix Supervisor restarts it)",
+        panic_message(payload)
+    ))
+}
+
+/// The message a panic was raised with, if it has one we can show.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".into());
-    Error::failed(format!("method panicked: {what}"))
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// A bug in the runtime: reported as an error rather than a panic.

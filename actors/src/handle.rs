@@ -107,11 +107,12 @@ impl<C> Cap<C> {
     }
 
     /// A capability served by a user's own actor: each call arrives as an
-    /// [`IncomingCall`] message, which the actor answers with
-    /// [`IncomingCall::serve`] (or [`IncomingCall::fail`]), with full access
-    /// to its state and context. The actor decides its own lifetime. Each
-    /// call makes a new capability: keep the `Cap` and clone it to hand out
-    /// one identity.
+    /// [`IncomingCall`] message. An actor implementing generated actor
+    /// traits and [`serve_actor!`](crate::serve_actor) runs the typed
+    /// method at once (see [`crate::actor`]); a hand-written handler may
+    /// answer with [`IncomingCall::serve`] (or [`IncomingCall::fail`]). The
+    /// actor decides its own lifetime. Each call makes a new capability:
+    /// keep the `Cap` and clone it to hand out one identity.
     pub fn from_actor<A>(addr: Addr<A>) -> Self
     where
         A: Actor + Handler<IncomingCall>,

@@ -35,7 +35,7 @@ use futures::future::{select, Either};
 use futures::FutureExt;
 
 use crate::answer::{Answer, AnswerRef, Outcome};
-use crate::call::Call;
+use crate::call::{Call, Completer};
 use crate::cap::{next_id, CapRef, Kind, Node};
 use crate::error;
 use crate::host::{spawn_host_with, CallBody, Host, ResultsSlot};
@@ -528,6 +528,26 @@ impl ParamsHook for LocalParams {
         root.imbue(&self.table);
         Ok(root)
     }
+}
+
+/// What a method serving a call is given: its params (read from the
+/// call's `params`), its results (whose pipeline is `completer`'s answer),
+/// and the slot the results land in when the method drops them.
+pub(crate) fn method_io(
+    params: Payload,
+    completer: &Completer,
+) -> (
+    capnp::capability::Params<any_pointer::Owned>,
+    capnp::capability::Results<any_pointer::Owned>,
+    ResultsSlot,
+) {
+    let slot: ResultsSlot = std::rc::Rc::new(RefCell::new(None));
+    let results = LocalResults::new(completer.answer().cloned(), slot.clone());
+    (
+        capnp::capability::Params::new(Box::new(LocalParams::new(params))),
+        capnp::capability::Results::new(Box::new(results)),
+        slot,
+    )
 }
 
 /// The results of a call, as the method writes them.

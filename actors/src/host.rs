@@ -71,20 +71,16 @@ pub(crate) enum CallBody {
     Done(LocalBoxFuture<'static, ()>),
 }
 
-/// Starts `call` on `host`: `None` if it was cancelled before it started.
-pub(crate) fn start_call<H: Host + ?Sized>(
-    host: &H,
-    cap_id: u64,
-    call: Call,
-) -> Option<LocalBoxFuture<'static, ()>> {
+/// Admits `call` to be served by capability `cap_id`: `None` if it is not a
+/// call to serve (a disembargo marker, dropped here so that its connection
+/// reflects it after the calls before it) or if nobody waits for it any
+/// more (failed as cancelled, it never starts). Otherwise the call is
+/// marked started and comes back with the tracing span its body runs in.
+pub(crate) fn admit(call: Call, cap_id: u64) -> Option<(Call, tracing::Span)> {
     if call.marker.is_some() {
-        // A disembargo marker that reached a served capability (the path
-        // led back to the peer when it came, and no longer does): dropping
-        // it, after the calls before it, makes its connection reflect it.
         return None;
     }
     if call.completer.is_cancelled() {
-        // Nobody waits for it: it never starts.
         call.fail(error::cancelled());
         return None;
     }
@@ -95,6 +91,33 @@ pub(crate) fn start_call<H: Host + ?Sized>(
         interface = %format_args!("{:#018x}", call.interface_id),
         method = call.method_id
     );
+    Some((call, span))
+}
+
+/// What a method that returned `returned` answers: the results it left in
+/// `slot`, or its error (capnpc's nameless Unimplemented given the names).
+pub(crate) fn method_outcome(
+    returned: Result<(), capnp::Error>,
+    slot: &ResultsSlot,
+    interface_id: u64,
+    method_id: u16,
+) -> Result<Payload, capnp::Error> {
+    match returned {
+        Ok(()) => slot
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| error::internal("method finished while still holding its Results")),
+        Err(e) => Err(error::name_unimplemented(e, interface_id, method_id)),
+    }
+}
+
+/// Starts `call` on `host`: `None` if it was cancelled before it started.
+pub(crate) fn start_call<H: Host + ?Sized>(
+    host: &H,
+    cap_id: u64,
+    call: Call,
+) -> Option<LocalBoxFuture<'static, ()>> {
+    let (call, span) = admit(call, cap_id)?;
     let (interface_id, method_id) = (call.interface_id, call.method_id);
     let body = span.in_scope(|| host.dispatch(call));
     Some(match body {
@@ -103,23 +126,14 @@ pub(crate) fn start_call<H: Host + ?Sized>(
             let cancelled = completer.cancelled();
             let body = AssertUnwindSafe(promise).catch_unwind();
             let outcome = match select(body, cancelled).await {
-                Either::Left((Ok(Ok(())), _)) => match slot.borrow_mut().take() {
-                    Some(payload) => Ok(payload),
-                    None => Err(error::internal(
-                        "method finished while still holding its Results",
-                    )),
-                },
-                Either::Left((Ok(Err(e)), _)) => {
-                    Err(error::name_unimplemented(e, interface_id, method_id))
+                Either::Left((Ok(returned), _)) => {
+                    method_outcome(returned, &slot, interface_id, method_id)
                 }
                 Either::Left((Err(panic), _)) => Err(error::panicked(panic.as_ref())),
                 // The method's future is dropped here: that is the cancellation.
                 Either::Right(((), _)) => Err(error::cancelled()),
             };
-            match outcome {
-                Ok(p) => completer.complete_payload(p),
-                Err(e) => completer.complete(Err(e)),
-            }
+            completer.finish(outcome);
         }
         .instrument(span)
         .boxed_local(),

@@ -42,10 +42,12 @@
 //! Errors are [`capnp::Error`]: one type with the protocol's kinds
 //! (`Failed`, `Overloaded`, `Disconnected`, `Unimplemented`) and a reason.
 //! A method that panics fails that call with `Failed`; the capability goes
-//! on serving.
+//! on serving. (A service written as an actor, [`actor`], is stopped as
+//! well, so that a supervisor restarts it with fresh state.)
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod actor;
 mod answer;
 pub mod arbiters;
 mod call;
@@ -65,6 +67,14 @@ mod server;
 mod shield;
 mod slot;
 
+/// The actix version this runtime is built on, for generated code and for
+/// users who want no version of their own to match.
+pub use actix;
+/// The capnp version this runtime is built on, for generated code and for
+/// users who want no version of their own to match.
+pub use capnp;
+
+pub use actor::Reply;
 pub use call::IncomingCall;
 pub use cap::{CapRef, WeakCapRef};
 pub use handle::{new_client, Cap};

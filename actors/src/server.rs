@@ -6,17 +6,16 @@
 //! It lives apart from `host.rs` (the capability actor itself) because it
 //! needs the hook bridge, which needs the actor for foreign hooks' proxies.
 
-use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 
-use capnp::capability::{Params, Results, Server};
+use capnp::capability::Server;
 use futures::FutureExt;
 
 use crate::call::{Call, IncomingCall};
 use crate::error;
-use crate::hook::{LocalParams, LocalResults};
-use crate::host::{poll_once, start_call, CallBody, Host, ResultsSlot};
+use crate::hook::method_io;
+use crate::host::{poll_once, start_call, CallBody, Host};
 
 impl IncomingCall {
     /// Serves this call with `server`, a value implementing a generated
@@ -60,18 +59,11 @@ impl<D: Server + Clone + 'static> Host for ServerHost<D> {
             completer,
             ..
         } = call;
-        let slot: ResultsSlot = Rc::new(RefCell::new(None));
-        let results = LocalResults::new(completer.answer().cloned(), slot.clone());
-        let params = LocalParams::new(params);
+        let (params, results, slot) = method_io(params, &completer);
         let server = self.0.clone();
         let dispatched = std::panic::catch_unwind(AssertUnwindSafe(move || {
             server
-                .dispatch_call(
-                    interface_id,
-                    method_id,
-                    Params::new(Box::new(params)),
-                    Results::new(Box::new(results)),
-                )
+                .dispatch_call(interface_id, method_id, params, results)
                 .promise
         }));
         match dispatched {
