@@ -78,8 +78,10 @@ use crate::uri::{SturdyUri, VatAuth};
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct VatConfig {
     /// `--capnp-secret-key-file PATH`: the file holding the vat's secret
-    /// key (PEM), created with a new RSA-2048 key if missing. An empty
-    /// string, or no option, means an ephemeral key (new each run).
+    /// key (PEM), created with a new ECDSA P-256 key if missing (see
+    /// [`SecretKey::load_or_create`]; an existing RSA key file is used as
+    /// it is). An empty string, or no option, means an ephemeral key (new
+    /// each run).
     #[arg(
         long = "capnp-secret-key-file",
         value_name = "PATH",
