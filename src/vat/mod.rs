@@ -632,53 +632,66 @@ impl Handler<Connect> for VatSupervisor {
             _ => None,
         };
         ctx.spawn(
-            actix::fut::wrap_future(async move {
-                let stream = net::dial(&address).await?;
-                match (expected, key) {
-                    (Some(fp), Some(key)) => {
-                        let tls =
-                            tokio::time::timeout(HANDSHAKE_TIMEOUT, tls::connect(stream, &key, fp))
-                                .await
-                                .map_err(|_| {
-                                    io::Error::new(
-                                        io::ErrorKind::TimedOut,
-                                        "TLS handshake timed out",
-                                    )
-                                })??;
-                        Ok::<_, io::Error>(Box::new(tls) as Box<dyn AsyncStream>)
+            actix::fut::wrap_future(open_stream(address, expected, key)).map(
+                move |result, act: &mut Self, ctx| match result {
+                    Ok(stream) => {
+                        let conn = act.run(stream, &peer, None, ctx);
+                        ctx.notify(Established {
+                            peer,
+                            conn,
+                            initiated_by_us: true,
+                        });
                     }
-                    (Some(_), None) => Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        "a TLS sturdy ref needs a vat with TLS enabled",
-                    )),
-                    _ => Ok(Box::new(stream) as Box<dyn AsyncStream>),
-                }
-                .map_err(|e| connecting_to(e, &address))
-            })
-            .map(move |result, act: &mut Self, ctx| match result {
-                Ok(stream) => {
-                    let conn = act.run(stream, &peer, None, ctx);
-                    ctx.notify(Established {
-                        peer,
-                        conn,
-                        initiated_by_us: true,
-                    });
-                }
-                Err(e) => {
-                    let error = if e.kind() == io::ErrorKind::PermissionDenied {
-                        capnp::Error::failed(e.to_string())
-                    } else {
-                        capnp::Error::disconnected(e.to_string())
-                    };
-                    ctx.notify(ConnectFailed { peer, error });
-                }
-            }),
+                    Err(e) => {
+                        let error = if e.kind() == io::ErrorKind::PermissionDenied {
+                            capnp::Error::failed(e.to_string())
+                        } else {
+                            capnp::Error::disconnected(e.to_string())
+                        };
+                        ctx.notify(ConnectFailed { peer, error });
+                    }
+                },
+            ),
         );
     }
 }
 
-fn connecting_to(e: io::Error, address: &Address) -> io::Error {
-    io::Error::new(e.kind(), format!("connecting to {address}: {e}"))
+/// Dials `address` and, for a TLS peer (`expected` is its fingerprint),
+/// runs the handshake. Every error starts with `connecting to ADDRESS:`.
+async fn open_stream(
+    address: Address,
+    expected: Option<Fingerprint>,
+    key: Option<SecretKey>,
+) -> io::Result<Box<dyn AsyncStream>> {
+    // `dial` names the address in its own errors.
+    let stream = net::dial(&address).await?;
+    secure(stream, expected, key)
+        .await
+        .map_err(|e| net::connecting_to(e, &address))
+}
+
+/// The TLS handshake with the peer whose key has fingerprint `expected`;
+/// the plain stream when no key is expected.
+async fn secure(
+    stream: net::Stream,
+    expected: Option<Fingerprint>,
+    key: Option<SecretKey>,
+) -> io::Result<Box<dyn AsyncStream>> {
+    match (expected, key) {
+        (Some(fp), Some(key)) => {
+            let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls::connect(stream, &key, fp))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
+            Ok(Box::new(tls))
+        }
+        (Some(_), None) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a TLS sturdy ref needs a vat with TLS enabled",
+        )),
+        (None, _) => Ok(Box::new(stream)),
+    }
 }
 
 /// What a connection actor can run over.
