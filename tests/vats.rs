@@ -497,7 +497,10 @@ async fn connect_failures_name_the_address_they_were_connecting_to() {
     wrong.auth = VatAuth::Sha256(SecretKey::ephemeral().fingerprint().0);
     let reason = client.import(&wrong).await.unwrap_err().to_string();
     assert!(
-        reason.contains(&format!("{}TLS authentication failed", prefix(&uri.address))),
+        reason.contains(&format!(
+            "{}TLS authentication failed",
+            prefix(&uri.address)
+        )),
         "{reason}"
     );
 
