@@ -26,6 +26,9 @@
 //! [`Cap::client`]. The example checks every reply and exits non-zero on a
 //! wrong one.
 
+#[path = "common/logging.rs"]
+mod logging;
+
 use std::cell::{Cell, RefCell};
 use std::error::Error;
 use std::process::ExitCode;
@@ -406,6 +409,7 @@ async fn run() -> Result<(), BoxError> {
 }
 
 fn main() -> ExitCode {
+    logging::init();
     match actix::System::new().block_on(run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -59,6 +59,9 @@
 //! Standard output carries the results; errors go to standard error and
 //! exit 1 (2 for a bad command line).
 
+#[path = "common/logging.rs"]
+mod logging;
+
 use std::error::Error;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -996,6 +999,7 @@ async fn serve(address: Option<Address>, config: VatConfig) -> Result<(), BoxErr
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    logging::init();
     let outcome = match args.command {
         Command::Serve { address, vat } => actix::System::new().block_on(serve(address, vat)),
         Command::Client { uri, size } => actix::System::new().block_on(client(uri, size.plan())),

@@ -1,8 +1,10 @@
 //! The capnp-actix tutorial: an echo service, called in-process.
 //!
 //! Run it with `cargo run --example echo` (add `-- --heartbeat-interval 0.1`
-//! for a faster heartbeat, and `RUST_LOG=capnp_actix_actors=trace` to see
-//! every call and every release on stderr). It walks through the four things a newcomer needs, in order:
+//! for a faster heartbeat). The runtime's log goes to stderr, filtered by
+//! `RUST_LOG` (default `info`; `RUST_LOG=debug` shows every call as it
+//! ends; see `examples/common/logging.rs`, which every example uses). It walks through the four things a newcomer needs,
+//! in order:
 //!
 //! 1. **A plain call.** The echo service (`examples/common/echo_service.rs`,
 //!    an implementation of the generated `echo::Server` trait) is hosted in a
@@ -45,6 +47,9 @@
 //! 0 on success; 1 when a call or the connection fails, or a key file
 //! cannot be read; 2 for a bad command line (an address or URI that does
 //! not parse). Every error message names the problem.
+
+#[path = "common/logging.rs"]
+mod logging;
 
 #[path = "common/echo_service.rs"]
 #[allow(dead_code)]
@@ -418,22 +423,9 @@ async fn create_logger_command(uri: SturdyUri, label: String) -> Result<(), BoxE
     Ok(())
 }
 
-fn init_tracing() {
-    // Diagnostics on stderr, chosen with RUST_LOG (off by default). The
-    // runtime runs each call in a `call` span: print spans as they close.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing();
+    logging::init();
     let system = actix::System::new();
     let outcome = match args.command {
         None => system.block_on(tutorial(args.heartbeat_interval)),

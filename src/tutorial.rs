@@ -342,6 +342,9 @@
 //! The vat's options are a clap `Args` you can flatten into your own
 //! command line: `--capnp-secret-key-file`, `--capnp-listen-address`,
 //! `--capnp-public-address`, `--capnp-disable-tls` (see [`VatConfig`](crate::VatConfig)).
+//! The spellings of older reference vats, without `capnp-`
+//! (`--secret-key-file`, `--listen-address`, `--public-address`,
+//! `--disable-tls`), are accepted too.
 //!
 //! ## 8. Persistence
 //!
@@ -364,6 +367,49 @@
 //! followed by `echo create-logger URI LABEL` and `echo log LOGGER-URI MSG`
 //! (before and after restarting the server) shows it across processes;
 //! `examples/echo.rs` is the code.
+//!
+//! ## 9. Seeing what the runtime reports
+//!
+//! The runtime reports through the [`tracing`](https://docs.rs/tracing)
+//! facade, and prints nothing until your program installs a subscriber:
+//! without one, a refused connection or a failed TLS handshake leaves no
+//! trace. What it reports:
+//!
+//! | level | what |
+//! |---|---|
+//! | `info` | where each vat listens, and a listener that binds again |
+//! | `warn` | connections refused (limits, deadlines), failed TLS handshakes, failed connects, accept errors |
+//! | `debug` | connections accepted, ended (and why) and crossed; a `call` span around every method call, with its capability, interface and method |
+//! | `trace` | every capability's release |
+//!
+//! The usual subscriber is `tracing-subscriber`'s `fmt`, filtered by the
+//! `RUST_LOG` environment variable. In your `Cargo.toml`:
+//!
+//! ```toml
+//! [dependencies]
+//! tracing-subscriber = { version = "0.3", features = ["env-filter"] }
+//! ```
+//!
+//! and first thing in `main`:
+//!
+//! ```
+//! use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+//!
+//! // `info` unless RUST_LOG says otherwise (`RUST_LOG=warn`,
+//! // `RUST_LOG=capnp_actix=debug`, `RUST_LOG=off`, ...).
+//! let filter = EnvFilter::builder()
+//!     .with_default_directive(LevelFilter::INFO.into())
+//!     .from_env_lossy();
+//! tracing_subscriber::fmt()
+//!     .with_env_filter(filter)
+//!     .with_writer(std::io::stderr)
+//!     .init();
+//! ```
+//!
+//! Every example does this (`examples/common/logging.rs`), so `cargo run
+//! --example calc` prints where its vat listens, and `RUST_LOG=debug cargo
+//! run --example echo` shows each call as it ends. Under actix-web, the
+//! same subscriber also prints actix-web's own log.
 
 #[allow(unused_imports)]
 use crate::{debug, shield, Cap, IncomingCall};
