@@ -362,11 +362,61 @@
 //!
 //! The client calls [`persist::save`](crate::persist::save) (or [`persist::save_client`](crate::persist::save_client)), which
 //! can be pipelined on the call that creates the object: one round trip
-//! creates, saves and uses it. `cargo run --example echo -- serve
-//! --capnp-secret-key-file key.pem --capnp-listen-address tcp:127.0.0.1:7000`
-//! followed by `echo create-logger URI LABEL` and `echo log LOGGER-URI MSG`
-//! (before and after restarting the server) shows it across processes;
-//! `examples/echo.rs` is the code.
+//! creates, saves and uses it.
+//!
+//! A long-lived object is made persistent the same way, without a store:
+//! as in the reference tutorial, the logger that `getLogger` returns is
+//! wrapped with `with_sturdy_ref` under an ID derived from the key and the
+//! name `logger`, and the table serves it under that ID. Derived IDs need
+//! nothing stored, so the URI the client gets from `save` works again
+//! after the server restarts with the same key file:
+//!
+//! ```
+//! use capnp_actix::persist::{save_client, with_sturdy_ref};
+//! use capnp_actix::restorer::Table;
+//! use capnp_actix::schemas::echo_api_capnp::callback;
+//! use capnp_actix::vat::Vat;
+//! use capnp_actix::{Address, Cap, VatConfig};
+//! # use std::rc::Rc;
+//! # struct Logger;
+//! # impl callback::Server for Logger {
+//! #     async fn log(self: Rc<Self>, _: callback::LogParams, _: callback::LogResults)
+//! #         -> Result<(), capnp::Error> { Ok(()) }
+//! # }
+//!
+//! # let dir = std::env::temp_dir().join(format!("tutorial-logger-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! let config = VatConfig::new()
+//!     .with_secret_key_file(dir.join("key.pem"))
+//!     .with_listen_address(Address::Unix(dir.join("echo.sock")));
+//! let logger_id = config.derived_id("logger")?;
+//! actix::System::new().block_on(async {
+//!     let logger_cap: Cap<callback::Client> = Cap::new(Logger);
+//!     let vat = Vat::start_with(&config, |uris| {
+//!         let persistent = with_sturdy_ref(logger_cap, &uris.sturdy_uri(&logger_id));
+//!         let table = Table::new(move |id| uris.sturdy_uri(id));
+//!         table.add(&logger_id, persistent);
+//!         table
+//!     })
+//!     .await?;
+//!     // A client that got the logger (from getLogger, say) asks for its URI.
+//!     let client = Vat::client(&VatConfig::new()).await?;
+//!     let uri = vat.sturdy_uri(&logger_id)?;
+//!     let logger: Cap<callback::Client> = client.import_as(&uri).await?;
+//!     assert_eq!(save_client(&logger.client()).await?, uri);
+//!     # vat.stop(); client.stop();
+//!     Ok::<_, Box<dyn std::error::Error>>(())
+//! })?;
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Across processes: `cargo run --example echo -- serve
+//! --capnp-secret-key-file key.pem --capnp-listen-address tcp:127.0.0.1:7000`,
+//! then `echo get-logger URI` prints the service logger's URI, `echo
+//! create-logger URI LABEL` makes and saves a new logger and prints its
+//! URI, and `echo log LOGGER-URI MSG` uses either, before and after
+//! restarting the server; `examples/echo.rs` is the code.
 //!
 //! ## 9. Seeing what the runtime reports
 //!

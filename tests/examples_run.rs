@@ -833,6 +833,10 @@ fn scenario_61_echo_over_tls_keeps_its_uris_and_saved_loggers_across_a_kill() {
     let run = run_example("echo", &["log", &logger, "through the logger's URI"]);
     assert!(run.status.success(), "{run}");
     server.expect_line("Service logger: through the logger's URI");
+    // getLogger's logger is persistent: saving it gives that URI.
+    let run = run_example("echo", &["get-logger", &server.uri]);
+    assert!(run.status.success(), "{run}");
+    assert_eq!(run.lines(), [format!("logger at: {logger}")], "{run}");
 
     // A new saved logger.
     let run = run_example("echo", &["create-logger", &server.uri, "alice"]);
@@ -857,6 +861,9 @@ fn scenario_61_echo_over_tls_keeps_its_uris_and_saved_loggers_across_a_kill() {
     let run = run_example("echo", &["log", &saved, "after the restart"]);
     assert!(run.status.success(), "{run}");
     server.expect_line("alice: after the restart");
+    let run = run_example("echo", &["log", &logger, "saved before the restart"]);
+    assert!(run.status.success(), "{run}");
+    server.expect_line("Service logger: saved before the restart");
 
     // A URI with another key's fingerprint is refused: exit 1, a clear
     // error, and the server goes on serving.
