@@ -124,13 +124,20 @@ impl<C> Cap<C> {
 impl<C: FromClientHook> Cap<C> {
     /// Hosts `server` (an implementation of the generated `Server` trait of
     /// `C`'s interface) in a new capability actor on the current arbiter.
-    /// Must be called inside an actix system.
+    ///
+    /// # Panics
+    ///
+    /// Outside an actix system, with a message saying how to start one
+    /// (see [`crate::system`]).
     pub fn new<S>(server: S) -> Self
     where
         C: FromServer<S>,
     {
         let dispatch = C::from_server(Rc::new(server));
-        Cap::wrap(host::spawn_host(server::ServerHost(dispatch)))
+        Cap::wrap(crate::system::spawn_checked(
+            "Cap::new (hosting a capability)",
+            || host::spawn_host(server::ServerHost(dispatch)),
+        ))
     }
 
     /// Hosts a server built by `make` on another arbiter (the server value

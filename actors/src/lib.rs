@@ -62,6 +62,7 @@ mod promise;
 mod registry;
 mod server;
 mod shield;
+pub mod system;
 
 pub use call::IncomingCall;
 pub use cap::{CapRef, WeakCapRef};

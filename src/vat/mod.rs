@@ -33,7 +33,7 @@ use capnp_actix_actors::connection::{
     start_connection, BootstrapFn, ConnectionHandle, ConnectionOptions, VatBudget,
     DEFAULT_VAT_BUDGET_BYTES,
 };
-use capnp_actix_actors::{Cap, CapRef};
+use capnp_actix_actors::{system, Cap, CapRef};
 use capnp_actix_proto::captp::TableSizes;
 use futures::channel::oneshot;
 use futures::FutureExt;
@@ -67,6 +67,10 @@ pub enum VatError {
     /// The listen address could not be bound, or TLS not set up.
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// No actix System runs the calling thread (see
+    /// `capnp_actix_actors::system`); the message says how to start one.
+    #[error("{0}")]
+    NoSystem(String),
 }
 
 /// Who is at the other end of a connection.
@@ -189,6 +193,7 @@ impl Vat {
         config: &VatConfig,
         make: impl FnOnce(UriMaker) -> R,
     ) -> Result<Vat, VatError> {
+        system::check("starting a vat").map_err(VatError::NoSystem)?;
         let key = if config.tls() {
             Some(config.secret_key()?)
         } else {
@@ -233,7 +238,7 @@ impl Vat {
             .idle_timeout_ms
             .filter(|&ms| ms > 0)
             .map(Duration::from_millis);
-        let supervisor = VatSupervisor::create(move |ctx| {
+        let make_supervisor = move |ctx: &mut Context<VatSupervisor>| {
             let listeners = bound
                 .into_iter()
                 .map(|(local, socket)| {
@@ -255,7 +260,9 @@ impl Vat {
                 first_message_deadline,
                 idle_timeout,
             }
-        });
+        };
+        let supervisor =
+            system::spawn_checked("starting a vat", || VatSupervisor::create(make_supervisor));
         Ok(Vat {
             shared: Arc::new(VatShared {
                 supervisor,
@@ -897,6 +904,7 @@ impl Listening {
 /// current arbiter. TCP connections get TCP_NODELAY. A stale Unix socket
 /// file at the path is replaced.
 pub async fn serve(address: &Address, services: Services) -> io::Result<Listening> {
+    system::check("vat::serve").map_err(io::Error::other)?;
     let services = Arc::new(services);
     let socket = net::Listener::bind(address).await?;
     let local = socket.local_address(address)?;
@@ -931,6 +939,7 @@ pub async fn serve(address: &Address, services: Services) -> io::Result<Listenin
 
 /// Opens a connection to `address` (no TLS), on the current arbiter.
 pub async fn connect(address: &Address) -> io::Result<ConnectionHandle> {
+    system::check("vat::connect").map_err(io::Error::other)?;
     let stream = net::dial(address).await?;
     Ok(start_connection(stream, ConnectionOptions::default()))
 }
@@ -943,6 +952,7 @@ pub async fn connect(address: &Address) -> io::Result<ConnectionHandle> {
 /// The connection is this capability's own: it closes once the capability,
 /// and every capability that came through it, is released.
 pub async fn import(uri: &SturdyUri) -> Result<CapRef, capnp::Error> {
+    system::check_capnp("vat::import")?;
     if let VatAuth::Sha256(_) = uri.auth {
         return Err(capnp::Error::unimplemented(format!(
             "{uri}: a sha-256 URI names a TLS vat, and this function has no TLS identity to connect with; import it through a `Vat` (`Vat::import`)"

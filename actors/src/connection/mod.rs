@@ -263,6 +263,7 @@ where
         0 => DEFAULT_MAX_RETAINED_RESULT_BYTES,
         n => n,
     };
+    crate::system::require("start_connection");
     metrics::connection_opened();
     let (closed_tx, closed_rx) = futures::channel::oneshot::channel();
     let id = next_id();
