@@ -639,26 +639,28 @@ impl Handler<Connect> for VatSupervisor {
             _ => None,
         };
         ctx.spawn(
-            actix::fut::wrap_future(open_stream(address, expected, key)).map(
-                move |result, act: &mut Self, ctx| match result {
-                    Ok(stream) => {
-                        let conn = act.run(stream, &peer, None, ctx);
-                        ctx.notify(Established {
-                            peer,
-                            conn,
-                            initiated_by_us: true,
-                        });
-                    }
-                    Err(e) => {
-                        let error = if e.kind() == io::ErrorKind::PermissionDenied {
-                            capnp::Error::failed(e.to_string())
-                        } else {
-                            capnp::Error::disconnected(e.to_string())
-                        };
-                        ctx.notify(ConnectFailed { peer, error });
-                    }
-                },
-            ),
+            actix::fut::wrap_future(async move {
+                // Every error of the dial and the handshake names the address.
+                open_stream(address, expected, key).await
+            })
+            .map(move |result, act: &mut Self, ctx| match result {
+                Ok(stream) => {
+                    let conn = act.run(stream, &peer, None, ctx);
+                    ctx.notify(Established {
+                        peer,
+                        conn,
+                        initiated_by_us: true,
+                    });
+                }
+                Err(e) => {
+                    let error = if e.kind() == io::ErrorKind::PermissionDenied {
+                        capnp::Error::failed(e.to_string())
+                    } else {
+                        capnp::Error::disconnected(e.to_string())
+                    };
+                    ctx.notify(ConnectFailed { peer, error });
+                }
+            }),
         );
     }
 }
