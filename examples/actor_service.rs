@@ -15,6 +15,9 @@
 //! state, and the capability keeps working. The example checks every reply
 //! and exits non-zero on a wrong one.
 
+#[path = "common/logging.rs"]
+mod logging;
+
 use std::cell::RefCell;
 use std::error::Error;
 use std::process::ExitCode;
@@ -190,6 +193,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
 }
 
 fn main() -> ExitCode {
+    logging::init();
     match actix::System::new().block_on(run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

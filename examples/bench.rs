@@ -61,6 +61,8 @@
 
 #[path = "common/bench_service.rs"]
 mod bench_service;
+#[path = "common/logging.rs"]
+mod logging;
 
 use std::error::Error;
 use std::io::Write;
@@ -974,6 +976,7 @@ async fn serve(address: Option<Address>, config: VatConfig) -> Result<(), BoxErr
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    logging::init();
     let outcome = match args.command {
         Command::Serve { address, vat } => actix::System::new().block_on(serve(address, vat)),
         Command::Client { uri, size } => actix::System::new().block_on(client(uri, size.plan())),

@@ -32,6 +32,9 @@
 //! status 2; anything that fails at run time (an unusable key file, an
 //! address that cannot be bound, a failed connection or check) with 1.
 
+#[path = "common/logging.rs"]
+mod logging;
+
 #[path = "common/calc_service.rs"]
 #[allow(dead_code)]
 mod calc_service;
@@ -174,6 +177,7 @@ async fn in_process() -> Result<(), Failure> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    logging::init();
     let system = actix::System::new();
     let outcome = match args.command {
         None => system.block_on(in_process()),

@@ -1,8 +1,10 @@
 //! The capnp-actix tutorial: an echo service, called in-process.
 //!
 //! Run it with `cargo run --example echo` (add `-- --heartbeat-interval 0.1`
-//! for a faster heartbeat, and `RUST_LOG=capnp_actix_actors=trace` to see
-//! every call and every release on stderr). It walks through the four things a newcomer needs, in order:
+//! for a faster heartbeat). The runtime's log goes to stderr, filtered by
+//! `RUST_LOG` (default `info`; `RUST_LOG=debug` shows every call as it
+//! ends; see `examples/common/logging.rs`, which every example uses). It walks through the four things a newcomer needs,
+//! in order:
 //!
 //! 1. **A plain call.** The echo service (`examples/common/echo_service.rs`,
 //!    an implementation of the generated `echo::Server` trait) is hosted in a
@@ -37,7 +39,14 @@
 //! echo ping capnp://insecure@/tmp/echo.sock/bWFpbg hello    # Got reply "echo:hello"
 //! echo log capnp://insecure@/tmp/echo.sock/bWFpbg hello     # server: Service logger: hello
 //! echo connect capnp://insecure@/tmp/echo.sock/bWFpbg       # Callback got "foo" (x3)
+//! echo get-logger capnp://insecure@/tmp/echo.sock/bWFpbg    # logger at: capnp://insecure@/tmp/echo.sock/bG9nZ2Vy
 //! ```
+//!
+//! As in the reference tutorial, the logger `getLogger` returns is
+//! persistent: `get-logger` saves it (`Persistent.save`, pipelined on
+//! `getLogger`) and prints its URI, which `echo log` can use, also after
+//! the server restarts (with TLS: with the same `--capnp-secret-key-file`).
+//! `create-logger` makes new loggers, saved in `--store-dir`.
 //!
 //! `serve` offers the service under the ID `main` (the URI it prints) and,
 //! because TLS is off, under the empty ID too, which is what clients that
@@ -45,6 +54,9 @@
 //! 0 on success; 1 when a call or the connection fails, or a key file
 //! cannot be read; 2 for a bad command line (an address or URI that does
 //! not parse). Every error message names the problem.
+
+#[path = "common/logging.rs"]
+mod logging;
 
 #[path = "common/echo_service.rs"]
 #[allow(dead_code)]
@@ -135,6 +147,13 @@ enum Command {
         uri: SturdyUri,
         /// What to log.
         msg: String,
+    },
+    /// Get the service's logger (`getLogger`), ask it for its sturdy URI
+    /// (`save`, pipelined on `getLogger`'s answer) and print it: the URI
+    /// works after the server restarts with the same key file.
+    GetLogger {
+        /// The echo service's sturdy URI.
+        uri: SturdyUri,
     },
     /// Create a saved logger labelled LABEL (`createLogger`, with `save`
     /// and a first `log` pipelined on it: one round trip) and print its URI.
@@ -237,7 +256,6 @@ async fn serve(config: VatConfig, store_dir: PathBuf, interval: Duration) -> Res
         (b"main".to_vec(), b"logger".to_vec())
     };
     let mut echo = EchoService::new(interval, Sink::Stdout);
-    let service_logger = echo.logger.raw().clone();
     let mut services = None;
     // `createLogger` saves each new logger; the table's loader brings a
     // saved one back when a client restores its URI (after a restart too).
@@ -255,6 +273,11 @@ async fn serve(config: VatConfig, store_dir: PathBuf, interval: Duration) -> Res
             let (store, uris) = (store.clone(), uris.clone());
             move |label| create_logger(&store, &uris, label)
         }));
+        // The service's logger answers `save` with its own URI, which the
+        // table serves: `getLogger` gives a logger a client can save and
+        // come back to after a restart.
+        let logger = echo.persist_logger(&uris.sturdy_uri(&logger_id));
+        table.add(&logger_id, logger.raw().clone());
         services = Some(table.clone());
         table
     })
@@ -266,7 +289,6 @@ async fn serve(config: VatConfig, store_dir: PathBuf, interval: Duration) -> Res
         table.add(b"", service.raw().clone());
     }
     let logger_uri = vat.sturdy_uri(&logger_id)?;
-    table.add(&logger_id, with_sturdy_ref(service_logger, &logger_uri));
     let mut stdout = std::io::stdout().lock();
     writeln!(
         stdout,
@@ -400,6 +422,16 @@ async fn log(uri: SturdyUri, msg: String) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// `echo get-logger`: `getLogger`, and `save` on the logger it will
+/// return, pipelined: one round trip gives the logger's sturdy URI.
+async fn get_logger_command(uri: SturdyUri) -> Result<(), BoxError> {
+    let echo = import_echo(&uri).await?;
+    let pending = echo.get_logger_request().send();
+    let logger = pending.pipeline.get_callback();
+    println!("logger at: {}", save_client(&logger).await?);
+    Ok(())
+}
+
 /// `echo create-logger`: `createLogger(LABEL)`, then `save` and a first
 /// `log` on the new logger, both pipelined: everything goes out before
 /// any answer comes back.
@@ -418,22 +450,9 @@ async fn create_logger_command(uri: SturdyUri, label: String) -> Result<(), BoxE
     Ok(())
 }
 
-fn init_tracing() {
-    // Diagnostics on stderr, chosen with RUST_LOG (off by default). The
-    // runtime runs each call in a `call` span: print spans as they close.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing();
+    logging::init();
     let system = actix::System::new();
     let outcome = match args.command {
         None => system.block_on(tutorial(args.heartbeat_interval)),
@@ -445,6 +464,7 @@ fn main() -> ExitCode {
         Some(Command::Connect { uri }) => system.block_on(connect(uri)),
         Some(Command::Ping { uri, msg }) => system.block_on(ping(uri, msg)),
         Some(Command::Log { uri, msg }) => system.block_on(log(uri, msg)),
+        Some(Command::GetLogger { uri }) => system.block_on(get_logger_command(uri)),
         Some(Command::CreateLogger { uri, label }) => {
             system.block_on(create_logger_command(uri, label))
         }

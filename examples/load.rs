@@ -36,6 +36,8 @@
 
 #[path = "common/bench_service.rs"]
 mod bench_service;
+#[path = "common/logging.rs"]
+mod logging;
 
 use std::error::Error;
 use std::io::{BufRead, BufReader, Write};
@@ -427,6 +429,7 @@ async fn compare(arbiters: u16, clients: usize, rounds: usize, load: Load) -> Re
 }
 
 fn main() -> ExitCode {
+    logging::init();
     let args = Args::parse();
     let system = actix::System::new();
     let outcome = match args.command {

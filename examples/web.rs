@@ -19,6 +19,9 @@
 //! on its worker thread, and the call travels to the service's actor on the
 //! main thread and back.
 
+#[path = "common/logging.rs"]
+mod logging;
+
 #[path = "common/echo_service.rs"]
 #[allow(dead_code)]
 mod echo_service;
@@ -207,6 +210,7 @@ async fn self_test(workers: u16) -> Result<(), BoxError> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    logging::init();
     let system = actix::System::new();
     let outcome = if args.self_test {
         system.block_on(self_test(args.workers))

@@ -75,13 +75,23 @@ use crate::uri::{SturdyUri, VatAuth};
 /// The secret key is loaded (or generated) on the first call that needs
 /// it and kept, so a key file is read once and an ephemeral key stays the
 /// same for the life of the configuration and its clones.
+///
+/// The reference vats spelt the four main options without the `capnp-`
+/// prefix before capnp-rpc 0.4 (`--secret-key-file`, `--listen-address`,
+/// `--public-address`, `--disable-tls`); those spellings are accepted too,
+/// so command lines and scripts written for them work unchanged. A program
+/// that flattens this struct cannot have options of its own with those
+/// names.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct VatConfig {
     /// `--capnp-secret-key-file PATH`: the file holding the vat's secret
-    /// key (PEM), created with a new RSA-2048 key if missing. An empty
-    /// string, or no option, means an ephemeral key (new each run).
+    /// key (PEM), created with a new ECDSA P-256 key if missing (see
+    /// [`SecretKey::load_or_create`]; an existing RSA key file is used as
+    /// it is). An empty string, or no option, means an ephemeral key (new
+    /// each run).
     #[arg(
         long = "capnp-secret-key-file",
+        alias = "secret-key-file",
         value_name = "PATH",
         // Not `PathBuf`'s own parser, which rejects the empty string.
         value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from),
@@ -94,6 +104,7 @@ pub struct VatConfig {
     /// `tcp:[IPv6]:PORT` or `unix:PATH` (see [`Address`]).
     #[arg(
         long = "capnp-listen-address",
+        alias = "listen-address",
         value_name = "ADDR",
         help = "Address to listen on: tcp:HOST:PORT, tcp:[IPv6]:PORT or unix:PATH"
     )]
@@ -105,6 +116,7 @@ pub struct VatConfig {
     /// listen address.
     #[arg(
         long = "capnp-public-address",
+        alias = "public-address",
         value_name = "ADDR",
         help = "Address to put in sturdy refs (default: the listen address)"
     )]
@@ -114,6 +126,7 @@ pub struct VatConfig {
     /// then say `insecure` instead of naming the key's fingerprint.
     #[arg(
         long = "capnp-disable-tls",
+        alias = "disable-tls",
         help = "Use plain connections, without TLS"
     )]
     pub disable_tls: bool,

@@ -147,29 +147,28 @@ pub(crate) fn with_context(e: io::Error, address: &Address) -> io::Error {
     io::Error::new(e.kind(), format!("{address}: {e}"))
 }
 
+/// Says that the error happened while connecting to `address`.
+pub(crate) fn connecting_to(e: io::Error, address: &Address) -> io::Error {
+    io::Error::new(e.kind(), format!("connecting to {address}: {e}"))
+}
+
 /// Opens a connection to `address`: every address a TCP host name
-/// resolves to is tried in turn.
+/// resolves to is tried in turn. Every error starts with `connecting to
+/// ADDRESS:`.
 pub async fn dial(address: &Address) -> io::Result<Stream> {
     match address {
         Address::Tcp { host, port } => {
             let mut last = None;
             let addrs = tokio::net::lookup_host((host.as_str(), *port))
                 .await
-                .map_err(|e| with_context(e, address))?;
+                .map_err(|e| connecting_to(e, address))?;
             for addr in addrs {
-                let socket = if addr.is_ipv4() {
-                    TcpSocket::new_v4()
-                } else {
-                    TcpSocket::new_v6()
-                }?;
-                socket.set_keepalive(true)?;
-                socket.set_nodelay(true)?;
-                match socket.connect(addr).await {
+                match dial_tcp(addr).await {
                     Ok(s) => return Ok(Stream::Tcp(s)),
                     Err(e) => last = Some(e),
                 }
             }
-            Err(with_context(
+            Err(connecting_to(
                 last.unwrap_or_else(|| {
                     io::Error::new(io::ErrorKind::NotFound, "the host name resolves to nothing")
                 }),
@@ -179,8 +178,21 @@ pub async fn dial(address: &Address) -> io::Result<Stream> {
         Address::Unix(path) => UnixStream::connect(path)
             .await
             .map(Stream::Unix)
-            .map_err(|e| with_context(e, address)),
+            .map_err(|e| connecting_to(e, address)),
     }
+}
+
+/// A TCP connection to one socket address, with SO_KEEPALIVE and
+/// TCP_NODELAY.
+async fn dial_tcp(addr: std::net::SocketAddr) -> io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }?;
+    socket.set_keepalive(true)?;
+    socket.set_nodelay(true)?;
+    socket.connect(addr).await
 }
 
 /// A bound listening socket.

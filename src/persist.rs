@@ -66,14 +66,19 @@ impl Handler<IncomingCall> for SturdyRefWrapper {
 }
 
 /// `cap`, made persistent: `Persistent.save` on the result gives `uri`,
-/// and every other call goes to `cap`. Must be called inside an actix
-/// system; the wrapper lives on the current arbiter.
+/// and every other call goes to `cap`. The wrapper lives on the current
+/// arbiter.
+///
+/// # Panics
+///
+/// Outside an actix system, with a message saying how to start one.
 pub fn with_sturdy_ref(cap: impl Into<CapRef>, uri: &SturdyUri) -> CapRef {
     let wrapper = SturdyRefWrapper {
         inner: cap.into(),
         uri: uri.to_string(),
     };
-    Cap::<capnp::capability::Client>::from_actor(wrapper.start())
+    let addr = capnp_actix_actors::system::spawn_checked("with_sturdy_ref", || wrapper.start());
+    Cap::<capnp::capability::Client>::from_actor(addr)
         .raw()
         .clone()
 }

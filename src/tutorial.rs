@@ -364,6 +364,9 @@
 //! The vat's options are a clap `Args` you can flatten into your own
 //! command line: `--capnp-secret-key-file`, `--capnp-listen-address`,
 //! `--capnp-public-address`, `--capnp-disable-tls` (see [`VatConfig`](crate::VatConfig)).
+//! The spellings of older reference vats, without `capnp-`
+//! (`--secret-key-file`, `--listen-address`, `--public-address`,
+//! `--disable-tls`), are accepted too.
 //!
 //! ## 8. Persistence
 //!
@@ -381,11 +384,320 @@
 //!
 //! The client calls [`persist::save`](crate::persist::save) (or [`persist::save_client`](crate::persist::save_client)), which
 //! can be pipelined on the call that creates the object: one round trip
-//! creates, saves and uses it. `cargo run --example echo -- serve
-//! --capnp-secret-key-file key.pem --capnp-listen-address tcp:127.0.0.1:7000`
-//! followed by `echo create-logger URI LABEL` and `echo log LOGGER-URI MSG`
-//! (before and after restarting the server) shows it across processes;
-//! `examples/echo.rs` is the code.
+//! creates, saves and uses it.
+//!
+//! A long-lived object is made persistent the same way, without a store:
+//! as in the reference tutorial, the logger that `getLogger` returns is
+//! wrapped with `with_sturdy_ref` under an ID derived from the key and the
+//! name `logger`, and the table serves it under that ID. Derived IDs need
+//! nothing stored, so the URI the client gets from `save` works again
+//! after the server restarts with the same key file:
+//!
+//! ```
+//! use capnp_actix::persist::{save_client, with_sturdy_ref};
+//! use capnp_actix::restorer::Table;
+//! use capnp_actix::schemas::echo_api_capnp::callback;
+//! use capnp_actix::vat::Vat;
+//! use capnp_actix::{Address, Cap, VatConfig};
+//! # use std::rc::Rc;
+//! # struct Logger;
+//! # impl callback::Server for Logger {
+//! #     async fn log(self: Rc<Self>, _: callback::LogParams, _: callback::LogResults)
+//! #         -> Result<(), capnp::Error> { Ok(()) }
+//! # }
+//!
+//! # let dir = std::env::temp_dir().join(format!("tutorial-logger-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! let config = VatConfig::new()
+//!     .with_secret_key_file(dir.join("key.pem"))
+//!     .with_listen_address(Address::Unix(dir.join("echo.sock")));
+//! let logger_id = config.derived_id("logger")?;
+//! actix::System::new().block_on(async {
+//!     let logger_cap: Cap<callback::Client> = Cap::new(Logger);
+//!     let vat = Vat::start_with(&config, |uris| {
+//!         let persistent = with_sturdy_ref(logger_cap, &uris.sturdy_uri(&logger_id));
+//!         let table = Table::new(move |id| uris.sturdy_uri(id));
+//!         table.add(&logger_id, persistent);
+//!         table
+//!     })
+//!     .await?;
+//!     // A client that got the logger (from getLogger, say) asks for its URI.
+//!     let client = Vat::client(&VatConfig::new()).await?;
+//!     let uri = vat.sturdy_uri(&logger_id)?;
+//!     let logger: Cap<callback::Client> = client.import_as(&uri).await?;
+//!     assert_eq!(save_client(&logger.client()).await?, uri);
+//!     # vat.stop(); client.stop();
+//!     Ok::<_, Box<dyn std::error::Error>>(())
+//! })?;
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Across processes: `cargo run --example echo -- serve
+//! --capnp-secret-key-file key.pem --capnp-listen-address tcp:127.0.0.1:7000`,
+//! then `echo get-logger URI` prints the service logger's URI, `echo
+//! create-logger URI LABEL` makes and saves a new logger and prints its
+//! URI, and `echo log LOGGER-URI MSG` uses either, before and after
+//! restarting the server; `examples/echo.rs` is the code.
+//!
+//! ## 9. Seeing what the runtime reports
+//!
+//! The runtime reports through the [`tracing`](https://docs.rs/tracing)
+//! facade, and prints nothing until your program installs a subscriber:
+//! without one, a refused connection or a failed TLS handshake leaves no
+//! trace. What it reports:
+//!
+//! | level | what |
+//! |---|---|
+//! | `info` | where each vat listens, and a listener that binds again |
+//! | `warn` | connections refused (limits, deadlines), failed TLS handshakes, failed connects, accept errors |
+//! | `debug` | connections accepted, ended (and why) and crossed; a `call` span around every method call, with its capability, interface and method |
+//! | `trace` | every capability's release |
+//!
+//! The usual subscriber is `tracing-subscriber`'s `fmt`, filtered by the
+//! `RUST_LOG` environment variable. In your `Cargo.toml`:
+//!
+//! ```toml
+//! [dependencies]
+//! tracing-subscriber = { version = "0.3", features = ["env-filter"] }
+//! ```
+//!
+//! and first thing in `main`:
+//!
+//! ```
+//! use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+//!
+//! // `info` unless RUST_LOG says otherwise (`RUST_LOG=warn`,
+//! // `RUST_LOG=capnp_actix=debug`, `RUST_LOG=off`, ...).
+//! let filter = EnvFilter::builder()
+//!     .with_default_directive(LevelFilter::INFO.into())
+//!     .from_env_lossy();
+//! tracing_subscriber::fmt()
+//!     .with_env_filter(filter)
+//!     .with_writer(std::io::stderr)
+//!     .init();
+//! ```
+//!
+//! Every example does this (`examples/common/logging.rs`), so `cargo run
+//! --example calc` prints where its vat listens, and `RUST_LOG=debug cargo
+//! run --example echo` shows each call as it ends. Under actix-web, the
+//! same subscriber also prints actix-web's own log.
+//!
+//! ## 10. Questions and answers
+//!
+//! ### Why does my code fail with "needs an actix System"?
+//!
+//! Capabilities, answers and connections are actix actors, so the code
+//! that makes them must run inside an actix `System`:
+//! `actix::System::new().block_on(async { ... })`, `#[actix::main]` on
+//! `main`, `#[actix::test]` on tests, or an actix-web server (whose
+//! workers are arbiters of one). Under `#[tokio::main]` or on a plain
+//! thread, [`Vat::start`](crate::vat::Vat::start) and the other vat
+//! functions return an error that says so, and [`Cap::new`] panics with
+//! the same message. A `Cap` made inside the system can then be used from
+//! any thread.
+//!
+//! ### How do I find a capability that is never released (or released too soon)?
+//!
+//! There is no reference count to get wrong by hand: a capability lives
+//! while a handle to it exists (a [`Cap`], a generated client, an entry in
+//! a message), and dropping the last one releases it; using one after its
+//! release cannot compile. What remains are handles kept by mistake, most
+//! often a cycle: a service that holds a `Cap` to itself, or a restorer's
+//! table holding a service that holds the table. To find them:
+//!
+//! - [`debug::report`] lists every live capability with its kind and
+//!   reference count (`cap#7 local refs=2`), and how many runtime actors
+//!   run; [`Cap::ref_count`] gives one capability's count.
+//! - [`debug::wait_all_released`] waits, up to a timeout, until nothing
+//!   is alive, and gives the report of what is left otherwise; end a test
+//!   with it (or [`debug::assert_all_released`]), as this crate's tests
+//!   do.
+//! - [`Vat::dump`](crate::vat::Vat::dump) prints every connection's
+//!   tables (questions, answers, exports, imports, embargoes): what the
+//!   vat still imports from, or exports to, each peer.
+//!
+//! The service value's `Drop` runs when its capability is released, which
+//! is also where to free other resources the service holds.
+//!
+//! ### How do I notice that a connection was lost?
+//!
+//! A capability imported from a peer breaks when the connection ends:
+//! every call on it then fails with Disconnected and a reason naming the
+//! peer. To be told at once rather than at the next call, register a
+//! watcher with [`Cap::on_broken`]; [`Cap::when_resolved`] waits for a
+//! promise to settle and reports a capability that is already broken. For
+//! the connection itself, [`Vat::connection_to`](crate::vat::Vat::connection_to)
+//! gives its handle, whose `closed()` future ends with the reason. To get
+//! going again, import the sturdy URI again: the vat opens a new
+//! connection.
+//!
+//! ```
+//! # use capnp_actix::schemas::echo_api_capnp::echo;
+//! # use capnp_actix::{restorer::Single, vat::Vat, Address, Cap, VatConfig};
+//! # use std::rc::Rc;
+//! # struct Echo;
+//! # impl echo::Server for Echo {}
+//! actix::System::new().block_on(async {
+//!     let config = VatConfig::new()
+//!         .with_listen_address(Address::parse("tcp:127.0.0.1:0")?)
+//!         .with_tls(false);
+//!     let server = Vat::start(&config, Single::new(b"main", Cap::<echo::Client>::new(Echo).into())).await?;
+//!     let client = Vat::client(&VatConfig::new().with_tls(false)).await?;
+//!     let echo: Cap<echo::Client> = client.import_as(&server.sturdy_uri(b"main")?).await?;
+//!     echo.when_resolved().await?;
+//!     let (lost, why) = futures::channel::oneshot::channel();
+//!     echo.on_broken(move |e| drop(lost.send(e)));
+//!     server.stop();
+//!     let e = why.await?;
+//!     assert_eq!(e.kind, capnp::ErrorKind::Disconnected, "{e}");
+//!     # client.stop();
+//!     Ok::<_, Box<dyn std::error::Error>>(())
+//! })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Peers that vanish without closing (a machine switched off, a cable
+//! pulled) are noticed by TCP keep-alive, which every connection has on;
+//! see the next question.
+//!
+//! ### Why does a connection that was idle for a while stop working?
+//!
+//! Some networks (NAT gateways, Docker's default bridge, cloud load
+//! balancers) forget a TCP connection that carries nothing for some
+//! minutes, and neither end is told. We turn SO_KEEPALIVE on for every
+//! connection, opened or accepted, but the operating system sends its
+//! first probe only after its own idle time, two hours by default on
+//! Linux; until then, the side that speaks first finds the connection
+//! dead. Lower that time for the machine (`sysctl -w
+//! net.ipv4.tcp_keepalive_time=60` on Linux), or make sure something is
+//! said on the connection more often than the network forgets. (The
+//! vat's `--capnp-idle-timeout-ms` does the opposite: it closes
+//! connections that hold nothing and are silent.)
+//!
+//! ### My service needs a capability from another vat to start; how do I import it before my vat runs?
+//!
+//! The import needs a running vat, and the vat needs its restorer and so
+//! the service. Break the circle with a promise: build the service with
+//! [`Cap::promise`], start the vat, then resolve the promise to the
+//! import. Calls the service makes on the promise meanwhile wait, in
+//! order, and go to the real capability once it is known.
+//!
+//! ```no_run
+//! # use capnp_actix::schemas::echo_api_capnp::callback;
+//! # use capnp_actix::{restorer::Single, vat::Vat, Cap, CapRef, SturdyUri, VatConfig};
+//! # fn frontend(backend: Cap<callback::Client>) -> CapRef { backend.into() }
+//! # async fn run(config: VatConfig, backend_uri: SturdyUri, id: Vec<u8>) -> Result<(), Box<dyn std::error::Error>> {
+//! let (backend, resolver) = Cap::<callback::Client>::promise();
+//! let vat = Vat::start(&config, Single::new(&id, frontend(backend))).await?;
+//! resolver.resolve_to(vat.import(&backend_uri).await?);
+//! # Ok(()) }
+//! ```
+//!
+//! ### My service needs its own sturdy URI; how do I get it before the vat starts?
+//!
+//! A service that hands out its own URI (or URIs of objects it makes) can
+//! get the URIs from the configuration before the vat exists:
+//! `config.sturdy_uri(&config.derived_id("main")?)` gives the URI the vat
+//! will serve under the derived ID `main` (the key file is read, or made,
+//! at that point). Or use [`Vat::start_with`](crate::vat::Vat::start_with),
+//! whose closure receives a [`UriMaker`](crate::vat::UriMaker) once the
+//! address is bound (with the port chosen, for port 0), as chapter 8 does.
+//!
+//! ### How do I talk to Python (pycapnp) or the C++ `EzRpc` programs?
+//!
+//! They speak the same protocol, without this library's TLS scheme and
+//! without a way to send a service ID in their bootstrap. So serve them
+//! without TLS and under the empty service ID: start the vat with
+//! `--capnp-disable-tls` (or `VatConfig::with_tls(false)`) and add the
+//! service to the table under `b""` as well as its usual ID (`echo serve`
+//! does this). From Python, with pycapnp 2:
+//!
+//! ```python
+//! import asyncio, capnp
+//! echo_api = capnp.load("schemas/echo_api.capnp")
+//!
+//! async def main():
+//!     stream = await capnp.AsyncIoStream.create_connection("127.0.0.1", 7000)
+//!     echo = capnp.TwoPartyClient(stream).bootstrap().cast_as(echo_api.Echo)
+//!     print((await echo.ping("from Python")).reply)
+//!
+//! asyncio.run(capnp.run(main()))
+//! ```
+//!
+//! Python's `ssl` module can also speak to a TLS vat, presenting a
+//! certificate of its own (the vat asks every client for one) and
+//! checking the vat's certificate, which is self-signed: pass
+//! `ssl=context` to `create_connection` (`tests/python/echo_client.py`
+//! shows the context, and `tests/interop_pycapnp.rs` runs it). Such a
+//! client still bootstraps with the empty ID.
+//!
+//! To call a Python or C++ server from Rust, use
+//! [`vat::import`](crate::vat::import) with `capnp://insecure@HOST:PORT/`
+//! (an empty service ID), or a client vat's `import` with the same URI.
+//!
+//! ### Which keys does a vat use, and do old key files still work?
+//!
+//! A new key file holds an ECDSA P-256 key: generating it takes well
+//! under a millisecond even in a debug build, where an RSA-2048 key takes
+//! seconds. Reference vats of capnp-rpc 1.1 and later accept such keys
+//! and such peers, as do OpenSSL-based peers. Existing key files of the
+//! reference vats (RSA, PKCS#8 or PKCS#1) load as they are, with the same
+//! fingerprint and so the same sturdy URIs; P-384 and Ed25519 keys load
+//! too. [`SecretKey::load_or_create_with`](crate::SecretKey::load_or_create_with)
+//! makes an RSA key file if you need one.
+//!
+//! ### How do I return several results, or make many objects of one interface?
+//!
+//! A method's results are a struct: declare as many fields as you need
+//! (`-> (sum :Int64, count :UInt32)`), or name a struct declared elsewhere
+//! (`-> Stats`). And an interface can have as many live objects as you
+//! like: each [`Cap::new`] hosts one more, in an actor of its own (the
+//! echo service's `createLogger` makes one per call). Each is released
+//! when the last handle to it is dropped, by you or by the peers it was
+//! sent to; a connection that ends releases everything its peer held.
+//!
+//! ### Can I connect two processes over a channel I already have?
+//!
+//! Yes: [`connection::start_connection`](crate::connection::start_connection)
+//! runs the protocol over anything that is `AsyncRead + AsyncWrite` (a
+//! socketpair given to a child process, a pipe, an in-memory
+//! `tokio::io::duplex`). Give the side that serves a bootstrap function
+//! in its `ConnectionOptions`; the other side calls `bootstrap(b"")` on
+//! its handle.
+//!
+//! ```
+//! # use capnp_actix::schemas::echo_api_capnp::echo;
+//! # use capnp_actix::connection::{bootstrap_fn, start_connection, ConnectionOptions};
+//! # use capnp_actix::Cap;
+//! # use std::rc::Rc;
+//! # struct Echo;
+//! # impl echo::Server for Echo {
+//! #     async fn ping(self: Rc<Self>, params: echo::PingParams, mut results: echo::PingResults)
+//! #         -> Result<(), capnp::Error>
+//! #     {
+//! #         results.get().set_reply(format!("echo:{}", params.get()?.get_msg()?.to_str()?));
+//! #         Ok(())
+//! #     }
+//! # }
+//! actix::System::new().block_on(async {
+//!     let (ours, theirs) = tokio::io::duplex(64 * 1024);
+//!     let service: Cap<echo::Client> = Cap::new(Echo);
+//!     let raw = service.raw().clone();
+//!     let _server = start_connection(theirs, ConnectionOptions {
+//!         bootstrap: Some(bootstrap_fn(move |_id: &[u8]| Ok(raw.clone()))),
+//!         ..Default::default()
+//!     });
+//!     let client = start_connection(ours, ConnectionOptions::default());
+//!     let echo: Cap<echo::Client> = Cap::from_raw(client.bootstrap(b""));
+//!     let mut request = echo.client().ping_request();
+//!     request.get().set_msg("over a duplex");
+//!     let reply = request.send().promise.await?;
+//!     assert_eq!(reply.get()?.get_reply()?.to_str()?, "echo:over a duplex");
+//!     Ok::<_, capnp::Error>(())
+//! })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 //!
 //! ## 9. Your own schema

@@ -336,3 +336,52 @@ fn scenario_64_help_lists_the_four_options() {
     // The short help lines, not the rustdoc text.
     assert!(!help.contains('`'), "{help}");
 }
+
+#[test]
+fn the_reference_s_older_spellings_are_accepted() {
+    let dir = TempDir::new("aliases");
+    let key_file = dir.0.join("vat.pem");
+    let key_arg = key_file.to_str().unwrap();
+    let cli = parse(&[
+        "--secret-key-file",
+        key_arg,
+        "--listen-address",
+        "tcp:0.0.0.0:7000",
+        "--public-address",
+        "tcp:calc.example.com:7000",
+        "--disable-tls",
+    ])
+    .unwrap();
+    let old = cli.vat;
+    let cli = parse(&[
+        "--capnp-secret-key-file",
+        key_arg,
+        "--capnp-listen-address",
+        "tcp:0.0.0.0:7000",
+        "--capnp-public-address",
+        "tcp:calc.example.com:7000",
+        "--capnp-disable-tls",
+    ])
+    .unwrap();
+    let new = cli.vat;
+    assert_eq!(old.secret_key_file, Some(key_file.clone()));
+    assert_eq!(old.secret_key_file, new.secret_key_file);
+    assert_eq!(old.listen_address, Some(addr("tcp:0.0.0.0:7000")));
+    assert_eq!(old.listen_address, new.listen_address);
+    assert_eq!(old.public_address, Some(addr("tcp:calc.example.com:7000")));
+    assert_eq!(old.public_address, new.public_address);
+    assert!(old.disable_tls && new.disable_tls);
+    // `--opt=value` works for the old spellings too.
+    let listen = format!("--listen-address=unix:{}", dir.0.join("s").display());
+    let cli = parse(&[&listen]).unwrap();
+    assert_eq!(cli.vat.listen_address, Some(Address::Unix(dir.0.join("s"))));
+    // Giving one option under both spellings is an error, as giving it twice.
+    let e = parse(&[
+        "--listen-address",
+        "tcp:0.0.0.0:1",
+        "--capnp-listen-address",
+        "tcp:0.0.0.0:2",
+    ])
+    .unwrap_err();
+    assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{e}");
+}

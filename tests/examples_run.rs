@@ -10,7 +10,11 @@
 //! up to date) and takes the binaries' paths from cargo's JSON messages.
 //! Each example runs under a timeout and is killed if it overruns; servers
 //! started in the background are killed when their test ends, however it
-//! ends.
+//! ends. They run with `RUST_LOG=warn` (their default is `info`, which
+//! shows where servers listen), so that a test asserting an empty standard
+//! error checks that nothing went wrong, not that nothing was said;
+//! `examples_log_at_info_by_default_and_honour_rust_log` checks the
+//! default.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
@@ -20,7 +24,7 @@ use std::sync::{mpsc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const EXAMPLES: [&str; 5] = ["echo", "actor_service", "web", "bench", "calc"];
+const EXAMPLES: [&str; 6] = ["echo", "actor_service", "web", "bench", "calc", "load"];
 
 /// How long one example may run.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -134,12 +138,22 @@ impl std::fmt::Display for Run {
     }
 }
 
-/// Runs an example with `args`, killing it if it outlives [`RUN_TIMEOUT`].
+/// Runs an example with `args` and `RUST_LOG=warn`, killing it if it
+/// outlives [`RUN_TIMEOUT`].
 fn run_example(name: &str, args: &[&str]) -> Run {
+    run_example_logging(name, args, Some("warn"))
+}
+
+/// [`run_example`] with `RUST_LOG` set to `rust_log`, or unset (`None`).
+fn run_example_logging(name: &str, args: &[&str], rust_log: Option<&str>) -> Run {
     let path = &example_binaries()[name];
-    let mut child = Command::new(path)
+    let mut command = Command::new(path);
+    match rust_log {
+        Some(filter) => command.env("RUST_LOG", filter),
+        None => command.env_remove("RUST_LOG"),
+    };
+    let mut child = command
         .args(args)
-        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -316,7 +330,7 @@ impl Server {
         let path = &example_binaries()[name];
         let mut child = Command::new(path)
             .args(args)
-            .env_remove("RUST_LOG")
+            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -559,11 +573,39 @@ fn echo_clients_fail_when_nothing_listens() {
         let run = run_example("echo", &args);
         assert_eq!(exit_code(&run), Some(1), "{args:?}: {run}");
         assert!(run.stdout.is_empty(), "{args:?}: {run}");
+        // The error is the last line (the runtime's warning about the
+        // failed connect comes before it).
+        let last = run.stderr.lines().last().unwrap_or_default();
         assert!(
-            run.stderr.starts_with("echo: ") && run.stderr.contains(&socket.display().to_string()),
+            last.starts_with("echo: ") && last.contains(&socket.display().to_string()),
             "{args:?}: {run}"
         );
     }
+}
+
+#[test]
+fn examples_log_at_info_by_default_and_honour_rust_log() {
+    // Without RUST_LOG: info, so the vat's "listening" line is there.
+    let run = run_example_logging("calc", &[], None);
+    assert!(run.status.success(), "{run}");
+    assert!(
+        run.stderr.contains("INFO") && run.stderr.contains("vat listening"),
+        "{run}"
+    );
+    // RUST_LOG chooses: nothing at `off`, the debug lines at `debug`.
+    let run = run_example_logging("calc", &[], Some("off"));
+    assert!(run.status.success(), "{run}");
+    assert!(run.stderr.is_empty(), "{run}");
+    let run = run_example_logging("echo", &["--heartbeat-interval", "0.01"], Some("debug"));
+    assert!(run.status.success(), "{run}");
+    assert!(
+        run.stderr.contains("DEBUG") && run.stderr.contains("call"),
+        "{run}"
+    );
+    // Every example installs the subscriber: each says where it listens.
+    let run = run_example_logging("web", &["--self-test"], None);
+    assert!(run.status.success(), "{run}");
+    assert!(run.stderr.contains("INFO"), "{run}");
 }
 
 /// `bench client URI` with a few calls: it measures and prints the median.
@@ -680,6 +722,50 @@ fn bench_compare_runs_both_runtimes_and_prints_ratios() {
 }
 
 #[test]
+fn load_compare_runs_both_arbiter_counts_and_prints_the_ratios() {
+    let args = ["compare", "--quick", "--connections", "4", "--clients", "2"];
+    let run = run_example("load", &args);
+    assert!(run.status.success(), "{run}");
+    assert!(run.stderr.is_empty(), "{run}");
+    for count in ["1 arbiter(s): server", "2 arbiter(s): server"] {
+        assert!(
+            run.lines()
+                .iter()
+                .any(|l| l.trim_start().starts_with(count)),
+            "no round line for {count}\n{run}"
+        );
+    }
+    // Every figure's row: two medians with ranges, then a finite ratio;
+    // the drivers completed calls under both counts.
+    for figure in [
+        "server cores",
+        "calls/s",
+        "probe idle p99 µs",
+        "probe loaded p99 µs",
+    ] {
+        let row = run
+            .lines()
+            .into_iter()
+            .find(|l| l.starts_with(figure))
+            .unwrap_or_else(|| panic!("no row for {figure}\n{run}"));
+        let ratio: f64 = row
+            .split_whitespace()
+            .last()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("no ratio in {row:?}"));
+        assert!(ratio.is_finite() && ratio > 0.0, "{row}");
+    }
+    assert!(
+        run.lines()
+            .iter()
+            .filter(|l| l.contains("probe p99 under load / idle p99"))
+            .count()
+            == 2,
+        "{run}"
+    );
+}
+
+#[test]
 fn bench_tls_runs_with_and_without_tls_and_prints_ratios() {
     let run = run_example("bench", &["tls", "--quick"]);
     assert!(run.status.success(), "{run}");
@@ -790,6 +876,10 @@ fn scenario_61_echo_over_tls_keeps_its_uris_and_saved_loggers_across_a_kill() {
     let run = run_example("echo", &["log", &logger, "through the logger's URI"]);
     assert!(run.status.success(), "{run}");
     server.expect_line("Service logger: through the logger's URI");
+    // getLogger's logger is persistent: saving it gives that URI.
+    let run = run_example("echo", &["get-logger", &server.uri]);
+    assert!(run.status.success(), "{run}");
+    assert_eq!(run.lines(), [format!("logger at: {logger}")], "{run}");
 
     // A new saved logger.
     let run = run_example("echo", &["create-logger", &server.uri, "alice"]);
@@ -814,6 +904,9 @@ fn scenario_61_echo_over_tls_keeps_its_uris_and_saved_loggers_across_a_kill() {
     let run = run_example("echo", &["log", &saved, "after the restart"]);
     assert!(run.status.success(), "{run}");
     server.expect_line("alice: after the restart");
+    let run = run_example("echo", &["log", &logger, "saved before the restart"]);
+    assert!(run.status.success(), "{run}");
+    server.expect_line("Service logger: saved before the restart");
 
     // A URI with another key's fingerprint is refused: exit 1, a clear
     // error, and the server goes on serving.
@@ -1035,8 +1128,10 @@ fn calc_connect_refuses_bad_uris_and_fails_when_nothing_listens() {
         let run = run_example("calc", &["connect", &uri]);
         assert_eq!(exit_code(&run), Some(1), "{uri}: {run}");
         assert!(run.stdout.is_empty(), "{uri}: {run}");
+        // The error is the last line (after the runtime's warning).
+        let last = run.stderr.lines().last().unwrap_or_default();
         assert!(
-            run.stderr.starts_with("calc: ") && run.stderr.contains(&socket.display().to_string()),
+            last.starts_with("calc: ") && last.contains(&socket.display().to_string()),
             "{uri}: {run}"
         );
     }

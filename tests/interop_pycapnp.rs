@@ -116,10 +116,16 @@ struct Python {
 
 impl Python {
     fn spawn(name: &str, address: &str) -> Python {
+        Self::spawn_with_env(name, address, &[])
+    }
+
+    /// [`Python::spawn`] with these environment variables set.
+    fn spawn_with_env(name: &str, address: &str, env: &[(&str, &std::path::Path)]) -> Python {
         let mut child = Command::new("python3")
             .arg(script(name))
             .arg(address)
             .env("PYTHONUNBUFFERED", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -408,6 +414,98 @@ async fn pycapnp_client_against_our_server_over_unix_socket() {
 async fn pycapnp_client_against_our_server_over_tcp() {
     require_pycapnp("pycapnp_client_against_our_server_over_tcp");
     pycapnp_client_our_server("tcp:127.0.0.1:0").await;
+}
+
+/// A certificate as PEM text.
+fn certificate_pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let text = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in text.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap());
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
+/// pycapnp over TLS, that is OpenSSL, against our TLS vat, both sides with
+/// the key files we create by default (ECDSA P-256): OpenSSL accepts the
+/// vat's certificate (its only trust anchor) and its key's signature, and
+/// the vat, which requires a client certificate, accepts OpenSSL's.
+#[actix::test]
+#[cfg_attr(
+    not(have_pycapnp),
+    ignore = "pycapnp not installed: python3 -m pip install pycapnp==2.2.4, then touch build.rs"
+)]
+async fn pycapnp_client_over_tls_with_our_new_p256_key_files() {
+    require_pycapnp("pycapnp_client_over_tls_with_our_new_p256_key_files");
+    let dir = std::env::temp_dir().join(format!("capnp-actix-py-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = VatConfig::new()
+        .with_secret_key_file(dir.join("server.pem"))
+        .with_listen_address(Address::parse("tcp:127.0.0.1:0").unwrap());
+    let server_key = config.secret_key().unwrap();
+    assert!(
+        format!("{server_key:?}").contains("ECDSA P-256"),
+        "{server_key:?}"
+    );
+    let client_key = capnp_actix::SecretKey::load_or_create(&dir.join("client.pem")).unwrap();
+    std::fs::write(
+        dir.join("server.crt"),
+        certificate_pem(&server_key.certified_key().0),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("client.crt"),
+        certificate_pem(&client_key.certified_key().0),
+    )
+    .unwrap();
+
+    let lines: Lines = Arc::default();
+    let service: Cap<echo::Client> = Cap::new(EchoService::new(
+        Duration::from_millis(1),
+        Sink::Memory(lines.clone()),
+    ));
+    let raw = service.raw().clone();
+    let vat = Vat::start_with(&config, move |uris| {
+        let table = capnp_actix::restorer::Table::new(move |id| uris.sturdy_uri(id));
+        table.add(b"", raw);
+        table
+    })
+    .await
+    .unwrap();
+    let address = vat.address().unwrap().to_string();
+    let (trust, cert, key) = (
+        dir.join("server.crt"),
+        dir.join("client.crt"),
+        dir.join("client.pem"),
+    );
+    let mut client = Python::spawn_with_env(
+        "echo_client.py",
+        &address,
+        &[
+            ("ECHO_TLS_TRUST", &trust),
+            ("ECHO_TLS_CERT", &cert),
+            ("ECHO_TLS_KEY", &key),
+        ],
+    );
+    let (status, stdout) = client.finish().await;
+    assert!(
+        status.success(),
+        "echo_client.py over TLS to {address} failed ({status}); stdout: {stdout:?}; stderr:\n{}",
+        client.stderr()
+    );
+    assert_eq!(stdout, ["ping ok", "heartbeat ok 3", "log ok"]);
+    assert_eq!(*lines.lock().unwrap(), ["Service logger: from python"]);
+    drop(client);
+    drop(service);
+    vat.stop();
+    // Its restorer holds the service.
+    drop(vat);
+    settled("echo_client.py over TLS").await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[actix::test]

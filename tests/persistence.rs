@@ -3,7 +3,9 @@
 //! capabilities without persistence answer Unimplemented; `save` over the
 //! wire gives back exactly the URI the vat serves, and that URI can be
 //! imported again; `save_client` on generated clients, pipelined on a
-//! capability not yet returned.
+//! capability not yet returned; the echo service's `getLogger` logger,
+//! persistent as in the reference tutorial, saved and used again after a
+//! restart.
 //!
 //! Every test stops its vats, drops everything, and checks that nothing is
 //! left alive.
@@ -131,7 +133,9 @@ async fn with_sturdy_ref_answers_save_locally_and_forwards_other_calls() {
         lines.lock().unwrap().clone(),
         ["Service logger: pipelined through the wrapper"]
     );
-    // The logger the service returned is the plain one: it is not persistent.
+    // This service's logger was not made persistent
+    // (`EchoService::persist_logger`, see
+    // `get_logger_gives_a_logger_whose_saved_uri_survives_a_restart`).
     assert_unimplemented(save_client(&logger).await, "the service's logger");
 
     drop((echo, logger, wrapped, service));
@@ -353,4 +357,63 @@ async fn save_client_on_generated_clients_and_pipelined_on_a_capability_not_yet_
 
     drop((echo, logger, returned, restored, nothing, table));
     end(vec![client, other, server]).await;
+}
+
+/// A TLS vat serving the echo service under `main` with its logger made
+/// persistent under the derived ID `logger`, as `echo serve` does.
+async fn echo_vat_with_persistent_logger(config: &VatConfig, lines: &Lines) -> Vat {
+    let (vat, table) = table_vat(config).await;
+    let logger_id = config.derived_id("logger").unwrap();
+    let mut service = EchoService::new(Duration::from_millis(1), Sink::Memory(lines.clone()));
+    let logger = service.persist_logger(&vat.sturdy_uri(&logger_id).unwrap());
+    table.add(&logger_id, logger.raw().clone());
+    table.add(b"main", Cap::<echo::Client>::new(service).raw().clone());
+    vat
+}
+
+#[actix::test]
+async fn get_logger_gives_a_logger_whose_saved_uri_survives_a_restart() {
+    let lines = Lines::default();
+    // The same key and address for both runs of the server.
+    let config = tls_config(socket_path("get-logger"));
+    let server = echo_vat_with_persistent_logger(&config, &lines).await;
+    let expected = server
+        .sturdy_uri(&config.derived_id("logger").unwrap())
+        .unwrap();
+
+    // getLogger, then save and log pipelined on its answer.
+    let client = client_vat().await;
+    let echo: Cap<echo::Client> = client
+        .import_as(&server.sturdy_uri(b"main").unwrap())
+        .await
+        .unwrap();
+    let logger = echo
+        .client()
+        .get_logger_request()
+        .send()
+        .pipeline
+        .get_callback();
+    let (saved, logged) = futures::join!(save_client(&logger), log(&logger, "before"));
+    logged.unwrap();
+    let saved = saved.unwrap();
+    assert_eq!(saved, expected);
+    drop((echo, logger));
+    end(vec![client, server]).await;
+
+    // A new server with the same key: the saved URI names the same logger.
+    let server = echo_vat_with_persistent_logger(&config, &lines).await;
+    let client = client_vat().await;
+    let logger: Cap<callback::Client> = client.import_as(&saved).await.unwrap();
+    log(&logger.client(), "after the restart").await.unwrap();
+    // It is still persistent, with the same URI.
+    assert_eq!(save_client(&logger.client()).await.unwrap(), saved);
+    assert_eq!(
+        lines.lock().unwrap().clone(),
+        [
+            "Service logger: before",
+            "Service logger: after the restart"
+        ]
+    );
+    drop(logger);
+    end(vec![client, server]).await;
 }

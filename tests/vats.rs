@@ -460,3 +460,62 @@ async fn a_tls_peer_that_vanishes_is_reported_without_the_tls_library_s_text() {
     drop(cap);
     end(vec![client]).await;
 }
+
+/// A TCP address on which nothing listens (bound, read, released).
+fn closed_port() -> Address {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    Address::parse(&format!("tcp:127.0.0.1:{}", l.local_addr().unwrap().port())).unwrap()
+}
+
+#[actix::test]
+async fn connect_failures_name_the_address_they_were_connecting_to() {
+    let client = client_vat(true).await;
+    let prefix = |a: &Address| format!("connecting to {a}: ");
+
+    // Nothing listens: TLS and plain URIs alike, the address once.
+    let closed = closed_port();
+    for auth in [
+        VatAuth::Sha256(SecretKey::ephemeral().fingerprint().0),
+        VatAuth::Insecure,
+    ] {
+        let uri = SturdyUri {
+            auth,
+            address: closed.clone(),
+            service_id: b"main".to_vec(),
+        };
+        let e = client.import(&uri).await.unwrap_err();
+        assert_eq!(e.kind, capnp::ErrorKind::Disconnected, "{e}");
+        let reason = e.to_string();
+        assert!(reason.contains(&prefix(&closed)), "{uri}: {reason}");
+        assert_eq!(reason.matches(&closed.to_string()).count(), 1, "{reason}");
+    }
+
+    // A TLS vat that shows another key: the handshake's failure, with the
+    // address (an early return used to drop it).
+    let (server, service, uri) = echo_vat(&config(tcp(), true)).await;
+    let mut wrong = uri.clone();
+    wrong.auth = VatAuth::Sha256(SecretKey::ephemeral().fingerprint().0);
+    let reason = client.import(&wrong).await.unwrap_err().to_string();
+    assert!(
+        reason.contains(&format!(
+            "{}TLS authentication failed",
+            prefix(&uri.address)
+        )),
+        "{reason}"
+    );
+
+    // A plain vat where a TLS one was expected: the handshake fails, and
+    // says where.
+    let (plain_server, plain_service, plain_uri) = echo_vat(&config(tcp(), false)).await;
+    let mut as_tls = plain_uri.clone();
+    as_tls.auth = VatAuth::Sha256(SecretKey::ephemeral().fingerprint().0);
+    let reason = tokio::time::timeout(Duration::from_secs(15), client.import(&as_tls))
+        .await
+        .expect("the handshake ends")
+        .unwrap_err()
+        .to_string();
+    assert!(reason.contains(&prefix(&plain_uri.address)), "{reason}");
+
+    drop((service, plain_service));
+    end(vec![client, server, plain_server]).await;
+}

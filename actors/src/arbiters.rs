@@ -25,7 +25,9 @@ use std::time::Duration;
 use actix::{Arbiter, ArbiterHandle};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::connection::{start_connection_on, ConnectionHandle, ConnectionOptions};
+use crate::connection::{
+    start_connection, start_connection_on, ConnectionHandle, ConnectionOptions,
+};
 use crate::slot;
 
 /// A fixed set of arbiters, each with a count of the connections it
@@ -38,7 +40,9 @@ pub struct Arbiters {
 
 struct Worker {
     arbiter: Mutex<Option<Arbiter>>,
-    handle: ArbiterHandle,
+    /// `None`: the thread that made the pool, which needs not be an
+    /// actix arbiter (a `LocalSet` is enough).
+    handle: Option<ArbiterHandle>,
     /// Connections placed here that have not finished writing.
     load: Arc<AtomicUsize>,
 }
@@ -63,7 +67,7 @@ impl Arbiters {
                 handle.spawn_fn(move || slot::set(index));
                 Worker {
                     arbiter: Mutex::new(Some(arbiter)),
-                    handle,
+                    handle: Some(handle),
                     load: Arc::new(AtomicUsize::new(0)),
                 }
             })
@@ -74,13 +78,14 @@ impl Arbiters {
         }
     }
 
-    /// One arbiter: the current one (not owned: [`Arbiters::stop`] leaves
-    /// it running). Must be called on an actix arbiter.
+    /// One arbiter: the current thread (not owned: [`Arbiters::stop`]
+    /// leaves it running). Connections and instances are started on the
+    /// thread that asks, which must be this one.
     pub fn current() -> Self {
         Arbiters {
             workers: vec![Worker {
                 arbiter: Mutex::new(None),
-                handle: Arbiter::current(),
+                handle: None,
                 load: Arc::new(AtomicUsize::new(0)),
             }],
             next: AtomicUsize::new(0),
@@ -97,6 +102,12 @@ impl Arbiters {
         }
     }
 
+    /// True if the arbiters are threads of the pool's own (made by
+    /// [`Arbiters::start`]), which [`Arbiters::stop`] stops.
+    pub fn owns_threads(&self) -> bool {
+        self.workers.iter().any(|w| w.handle.is_some())
+    }
+
     /// How many arbiters there are.
     pub fn len(&self) -> usize {
         self.workers.len()
@@ -107,9 +118,10 @@ impl Arbiters {
         self.workers.is_empty()
     }
 
-    /// The arbiters' handles, in index order.
-    pub fn handles(&self) -> impl Iterator<Item = &ArbiterHandle> {
-        self.workers.iter().map(|w| &w.handle)
+    /// The arbiters' handles, in index order; `None` stands for the
+    /// current thread (see [`Arbiters::current`]).
+    pub fn handles(&self) -> impl Iterator<Item = Option<&ArbiterHandle>> {
+        self.workers.iter().map(|w| w.handle.as_ref())
     }
 
     /// How many connections each arbiter serves now.
@@ -138,7 +150,11 @@ impl Arbiters {
         let worker = &self.workers[index];
         worker.load.fetch_add(1, Ordering::Relaxed);
         options.held_until_finished = Some(Arc::new(Placed(worker.load.clone())));
-        (start_connection_on(&worker.handle, open, options), index)
+        let conn = match &worker.handle {
+            Some(arbiter) => start_connection_on(arbiter, open, options),
+            None => start_connection_on_this_thread(open, options),
+        };
+        (conn, index)
     }
 
     fn least_loaded(&self) -> usize {
@@ -173,6 +189,22 @@ impl Arbiters {
             if let Some(arbiter) = arbiter {
                 arbiter.stop();
             }
+        }
+    }
+}
+
+/// [`start_connection_on`] for the current thread.
+fn start_connection_on_this_thread<S, F>(open: F, options: ConnectionOptions) -> ConnectionHandle
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+    F: FnOnce() -> std::io::Result<S>,
+{
+    match open() {
+        Ok(stream) => start_connection(stream, options),
+        Err(e) => {
+            tracing::warn!("a connection could not be served: {e}");
+            // A stream that ends at once: the connection closes as on EOF.
+            start_connection(tokio::io::duplex(1).0, options)
         }
     }
 }

@@ -125,13 +125,20 @@ impl<C> Cap<C> {
 impl<C: FromClientHook> Cap<C> {
     /// Hosts `server` (an implementation of the generated `Server` trait of
     /// `C`'s interface) in a new capability actor on the current arbiter.
-    /// Must be called inside an actix system.
+    ///
+    /// # Panics
+    ///
+    /// Outside an actix system, with a message saying how to start one
+    /// (see [`crate::system`]).
     pub fn new<S>(server: S) -> Self
     where
         C: FromServer<S>,
     {
         let dispatch = C::from_server(Rc::new(server));
-        Cap::wrap(host::spawn_host(server::ServerHost(dispatch)))
+        Cap::wrap(crate::system::spawn_checked(
+            "Cap::new (hosting a capability)",
+            || host::spawn_host(server::ServerHost(dispatch)),
+        ))
     }
 
     /// Hosts a server built by `make` on another arbiter (the server value
@@ -166,10 +173,14 @@ impl<C: FromClientHook> Cap<C> {
             .handles()
             .map(|arbiter| {
                 let make = make.clone();
-                let addr = host::CapActor::start_in_arbiter(arbiter, move |_| {
+                let host = move || {
                     host::CapActor::new(server::ServerHost(C::from_server(Rc::new(make()))), id)
-                });
-                addr.recipient()
+                };
+                match arbiter {
+                    Some(arbiter) => host::CapActor::start_in_arbiter(arbiter, move |_| host()),
+                    None => host().start(),
+                }
+                .recipient()
             })
             .collect();
         Cap::wrap(CapRef::from_kind_id(

@@ -66,6 +66,7 @@ mod registry;
 mod server;
 mod shield;
 mod slot;
+pub mod system;
 
 /// The actix version this runtime is built on, for generated code and for
 /// users who want no version of their own to match.

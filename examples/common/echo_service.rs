@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::time::Duration;
 
 use capnp_actix::schemas::echo_api_capnp::{callback, echo};
-use capnp_actix::Cap;
+use capnp_actix::{Cap, SturdyUri};
 
 /// A logger that prints what it is given, with a label.
 pub struct Logger {
@@ -43,7 +43,7 @@ impl callback::Server for Logger {
 
 /// The echo service: `ping` replies `echo:MSG`; `heartbeat` calls the
 /// given callback three times, `interval` apart; `getLogger` returns the
-/// service's logger.
+/// service's logger (persistent after [`EchoService::persist_logger`]).
 pub struct EchoService {
     pub interval: Duration,
     pub logger: Cap<callback::Client>,
@@ -69,6 +69,16 @@ impl EchoService {
             created: RefCell::new(Vec::new()),
             make_logger: None,
         }
+    }
+
+    /// Makes the service's logger persistent, as in the reference
+    /// tutorial: `getLogger` then returns a logger that answers
+    /// `Persistent.save` with `uri` (and logs as before). Returns that
+    /// logger, for the vat's restorer to serve under `uri`'s service ID.
+    pub fn persist_logger(&mut self, uri: &SturdyUri) -> Cap<callback::Client> {
+        let persistent = capnp_actix::persist::with_sturdy_ref(self.logger.raw().clone(), uri);
+        self.logger = Cap::from_raw(persistent);
+        self.logger.clone()
     }
 }
 

@@ -34,7 +34,7 @@ use capnp_actix_actors::connection::{
     start_connection, BootstrapFn, ConnectionHandle, ConnectionOptions, VatBudget,
     DEFAULT_VAT_BUDGET_BYTES,
 };
-use capnp_actix_actors::{Cap, CapRef};
+use capnp_actix_actors::{system, Cap, CapRef};
 use capnp_actix_proto::captp::TableSizes;
 use futures::channel::oneshot;
 use futures::FutureExt;
@@ -68,6 +68,10 @@ pub enum VatError {
     /// The listen address could not be bound, or TLS not set up.
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// No actix System runs the calling thread (see
+    /// `capnp_actix_actors::system`); the message says how to start one.
+    #[error("{0}")]
+    NoSystem(String),
 }
 
 /// Who is at the other end of a connection.
@@ -198,6 +202,7 @@ impl Vat {
         config: &VatConfig,
         make: impl FnOnce(UriMaker) -> R,
     ) -> Result<Vat, VatError> {
+        system::check("starting a vat").map_err(VatError::NoSystem)?;
         let key = if config.tls() {
             Some(config.secret_key()?)
         } else {
@@ -218,7 +223,12 @@ impl Vat {
             (None, Some((local, _))) => Some(local.clone()),
             (None, None) => None,
         };
-        let arbiters = Arc::new(Arbiters::current_or_start(config.arbiter_count()));
+        // Arbiters of its own need an actix System; without one (a bare
+        // `LocalSet`), everything runs on this thread.
+        let arbiters = Arc::new(match actix::System::try_current() {
+            Some(_) => Arbiters::current_or_start(config.arbiter_count()),
+            None => Arbiters::current(),
+        });
         let uris = UriMaker {
             auth: match fingerprint {
                 Some(fp) => VatAuth::Sha256(fp.0),
@@ -245,7 +255,7 @@ impl Vat {
             .filter(|&ms| ms > 0)
             .map(Duration::from_millis);
         let serving = arbiters.clone();
-        let supervisor = VatSupervisor::create(move |ctx| {
+        let make_supervisor = move |ctx: &mut Context<VatSupervisor>| {
             let listeners = bound
                 .into_iter()
                 .map(|(local, socket)| {
@@ -268,7 +278,9 @@ impl Vat {
                 idle_timeout,
                 arbiters: serving,
             }
-        });
+        };
+        let supervisor =
+            system::spawn_checked("starting a vat", || VatSupervisor::create(make_supervisor));
         Ok(Vat {
             shared: Arc::new(VatShared {
                 supervisor,
@@ -491,11 +503,13 @@ impl Actor for VatSupervisor {
         for (_, c) in self.anonymous.drain() {
             c.close("the vat has stopped");
         }
-        let arbiters = self.arbiters.clone();
-        actix_rt::spawn(async move {
-            arbiters.wait_idle(STOP_GRACE).await;
-            arbiters.stop();
-        });
+        if self.arbiters.owns_threads() {
+            let arbiters = self.arbiters.clone();
+            actix_rt::spawn(async move {
+                arbiters.wait_idle(STOP_GRACE).await;
+                arbiters.stop();
+            });
+        }
     }
 }
 
@@ -667,27 +681,8 @@ impl Handler<Connect> for VatSupervisor {
         };
         ctx.spawn(
             actix::fut::wrap_future(async move {
-                let stream = net::dial(&address).await?;
-                match (expected, key) {
-                    (Some(fp), Some(key)) => {
-                        let tls =
-                            tokio::time::timeout(HANDSHAKE_TIMEOUT, tls::connect(stream, &key, fp))
-                                .await
-                                .map_err(|_| {
-                                    io::Error::new(
-                                        io::ErrorKind::TimedOut,
-                                        "TLS handshake timed out",
-                                    )
-                                })??;
-                        Ok::<_, io::Error>(Box::new(tls) as Box<dyn Movable>)
-                    }
-                    (Some(_), None) => Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        "a TLS sturdy ref needs a vat with TLS enabled",
-                    )),
-                    _ => Ok(Box::new(stream) as Box<dyn Movable>),
-                }
-                .map_err(|e| connecting_to(e, &address))
+                // Every error of the dial and the handshake names the address.
+                open_stream(address, expected, key).await
             })
             .map(move |result, act: &mut Self, ctx| match result {
                 Ok(stream) => {
@@ -711,8 +706,42 @@ impl Handler<Connect> for VatSupervisor {
     }
 }
 
-fn connecting_to(e: io::Error, address: &Address) -> io::Error {
-    io::Error::new(e.kind(), format!("connecting to {address}: {e}"))
+/// Dials `address` and, for a TLS peer (`expected` is its fingerprint),
+/// runs the handshake. Every error starts with `connecting to ADDRESS:`.
+async fn open_stream(
+    address: Address,
+    expected: Option<Fingerprint>,
+    key: Option<SecretKey>,
+) -> io::Result<Box<dyn Movable>> {
+    // `dial` names the address in its own errors.
+    let stream = net::dial(&address).await?;
+    secure(stream, expected, key)
+        .await
+        .map_err(|e| net::connecting_to(e, &address))
+}
+
+/// The TLS handshake with the peer whose key has fingerprint `expected`;
+/// the plain stream when no key is expected.
+async fn secure(
+    stream: net::Stream,
+    expected: Option<Fingerprint>,
+    key: Option<SecretKey>,
+) -> io::Result<Box<dyn Movable>> {
+    match (expected, key) {
+        (Some(fp), Some(key)) => {
+            let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls::connect(stream, &key, fp))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
+            Ok(Box::new(tls))
+        }
+        (Some(_), None) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a TLS sturdy ref needs a vat with TLS enabled",
+        )),
+        (None, _) => Ok(Box::new(stream)),
+    }
 }
 
 /// What a connection actor can run over.
@@ -918,6 +947,7 @@ impl Listening {
 /// current arbiter. TCP connections get TCP_NODELAY. A stale Unix socket
 /// file at the path is replaced.
 pub async fn serve(address: &Address, services: Services) -> io::Result<Listening> {
+    system::check("vat::serve").map_err(io::Error::other)?;
     let services = Arc::new(services);
     let socket = net::Listener::bind(address).await?;
     let local = socket.local_address(address)?;
@@ -952,6 +982,7 @@ pub async fn serve(address: &Address, services: Services) -> io::Result<Listenin
 
 /// Opens a connection to `address` (no TLS), on the current arbiter.
 pub async fn connect(address: &Address) -> io::Result<ConnectionHandle> {
+    system::check("vat::connect").map_err(io::Error::other)?;
     let stream = net::dial(address).await?;
     Ok(start_connection(stream, ConnectionOptions::default()))
 }
@@ -964,6 +995,7 @@ pub async fn connect(address: &Address) -> io::Result<ConnectionHandle> {
 /// The connection is this capability's own: it closes once the capability,
 /// and every capability that came through it, is released.
 pub async fn import(uri: &SturdyUri) -> Result<CapRef, capnp::Error> {
+    system::check_capnp("vat::import")?;
     if let VatAuth::Sha256(_) = uri.auth {
         return Err(capnp::Error::unimplemented(format!(
             "{uri}: a sha-256 URI names a TLS vat, and this function has no TLS identity to connect with; import it through a `Vat` (`Vat::import`)"

@@ -8,10 +8,17 @@ Connects, bootstraps Echo and runs three steps, printing one line each:
   heartbeat ok 3   heartbeat("beat", callback) made three callback calls
   log ok           log("from python") on the pipelined getLogger().callback
 Exits 0 when all pass; otherwise prints the error to stderr and exits 1.
+
+Over TLS (tcp: only) when ECHO_TLS_TRUST is set: the client verifies the
+server's certificate against that PEM file as its only trust anchor (no
+host name check, as between vats) and presents the certificate and key in
+the PEM files ECHO_TLS_CERT and ECHO_TLS_KEY. This is Python's ssl module,
+so OpenSSL does the handshake on this side.
 """
 
 import asyncio
 import os
+import ssl
 import sys
 
 import capnp
@@ -44,8 +51,26 @@ async def open_stream(address):
         if not colon or not host:
             raise ValueError(f"bad address {address!r}: expected tcp:HOST:PORT")
         host = host.strip("[]")
-        return await capnp.AsyncIoStream.create_connection(host, int(port))
+        context = tls_context()
+        if context is None:
+            return await capnp.AsyncIoStream.create_connection(host, int(port))
+        return await capnp.AsyncIoStream.create_connection(
+            host, int(port), ssl=context, server_hostname="capnp"
+        )
     raise ValueError(f"bad address {address!r}: unknown scheme {scheme!r}")
+
+
+def tls_context():
+    """The client TLS context the ECHO_TLS_* variables ask for, or None."""
+    trust = os.environ.get("ECHO_TLS_TRUST")
+    if not trust:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cafile=trust)
+    context.load_cert_chain(os.environ["ECHO_TLS_CERT"], os.environ["ECHO_TLS_KEY"])
+    return context
 
 
 def step_ok(line):

@@ -256,6 +256,7 @@ pub fn start_connection<S>(stream: S, options: ConnectionOptions) -> ConnectionH
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
+    crate::system::require("start_connection");
     let (closed_tx, closed_rx) = futures::channel::oneshot::channel();
     let id = next_id();
     let addr = Connection::create(move |ctx| Connection::new(ctx, id, stream, options, closed_tx));
