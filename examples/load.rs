@@ -36,6 +36,8 @@
 
 #[path = "common/bench_service.rs"]
 mod bench_service;
+#[path = "common/blast.rs"]
+mod blast;
 #[path = "common/logging.rs"]
 mod logging;
 
@@ -74,6 +76,20 @@ enum Cmd {
         #[command(flatten)]
         vat: VatConfig,
     },
+    /// Like `drive`, with a raw load generator instead of an RPC client:
+    /// each call and finish is a prepared message with its question ID
+    /// patched in, and only a return's ID is read, so the clients cost
+    /// far less CPU per call than the server. Unix socket URIs only.
+    Blast {
+        /// The service's sturdy URI (`capnp://insecure@/PATH/`).
+        uri: SturdyUri,
+        #[command(flatten)]
+        load: Load,
+        /// Calls per second offered by this process in all (default: a
+        /// new call as soon as one returns).
+        #[arg(long)]
+        rate: Option<f64>,
+    },
     /// Keep calls in flight on many connections; print the calls done.
     Drive {
         /// The service's sturdy URI.
@@ -96,9 +112,37 @@ enum Cmd {
         /// One short round.
         #[arg(long)]
         quick: bool,
+        /// The load generators: `blast` (raw, cheap per call, so the
+        /// server is what saturates) or `rpc` (our RPC client, `drive`).
+        #[arg(long, value_enum, default_value_t = Generator::Blast)]
+        client: Generator,
+        /// Calls per second offered by all the `blast` clients together
+        /// (default: as many as the server answers, a new call as soon as
+        /// one returns). Below the server's capacity, the probe shows the
+        /// latency of a vat that is busy but not saturated.
+        #[arg(long)]
+        rate: Option<f64>,
         #[command(flatten)]
         load: Load,
     },
+}
+
+/// Which load generator `compare` runs.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Generator {
+    /// `load blast`.
+    Blast,
+    /// `load drive`.
+    Rpc,
+}
+
+impl Generator {
+    fn command(self) -> &'static str {
+        match self {
+            Generator::Blast => "blast",
+            Generator::Rpc => "drive",
+        }
+    }
 }
 
 /// The load the drivers put on.
@@ -225,9 +269,27 @@ fn cpu_seconds(pid: u32) -> Result<f64, BoxError> {
     Ok((ticks(14)? + ticks(15)?) / 100.0)
 }
 
+/// CPU seconds the whole machine has been busy (all but idle and
+/// iowait), from `/proc/stat`.
+fn machine_busy_seconds() -> Result<f64, BoxError> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().ok_or("empty /proc/stat")?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse::<f64>())
+        .collect::<Result<_, _>>()?;
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    Ok((ticks.iter().sum::<f64>() - idle) / 100.0)
+}
+
 /// One measurement of one arbiter count.
 #[derive(Debug, Clone, Copy)]
 struct Round {
+    /// Cores the whole machine kept busy (server, clients, probe and
+    /// whatever else runs): near the CPU count, the clients are short of
+    /// CPU too.
+    machine: f64,
     cores: f64,
     calls_per_s: f64,
     idle_p50: f64,
@@ -268,24 +330,49 @@ fn start_server(exe: &Path, socket: &Path, arbiters: u16) -> Result<(Server, Stu
     Ok((server, uri.parse()?))
 }
 
-fn start_drivers(
-    exe: &Path,
-    uri: &SturdyUri,
+/// The client processes of a round.
+#[derive(Debug, Clone, Copy)]
+struct Drivers {
+    generator: Generator,
+    /// How many processes share the connections.
     clients: usize,
-    load: Load,
-) -> Result<Vec<Child>, BoxError> {
-    (0..clients)
-        .map(|i| {
-            let share = load.connections / clients + usize::from(i < load.connections % clients);
-            Ok(Command::new(exe)
-                .args(["drive", &uri.to_string()])
-                .args(["--connections", &share.to_string()])
-                .args(["--in-flight", &load.in_flight.to_string()])
-                .args(["--seconds", &load.seconds.to_string()])
-                .stdout(Stdio::piped())
-                .spawn()?)
-        })
-        .collect()
+    /// Calls per second offered by all of them (`blast` only).
+    rate: Option<f64>,
+}
+
+impl Drivers {
+    fn start(self, exe: &Path, uri: &SturdyUri, load: Load) -> Result<Vec<Child>, BoxError> {
+        let clients = self.clients;
+        (0..clients)
+            .map(|i| {
+                let share =
+                    load.connections / clients + usize::from(i < load.connections % clients);
+                let mut cmd = Command::new(exe);
+                cmd.args([self.generator.command(), &uri.to_string()])
+                    .args(["--connections", &share.to_string()])
+                    .args(["--in-flight", &load.in_flight.to_string()])
+                    .args(["--seconds", &load.seconds.to_string()]);
+                if let Some(rate) = self.rate {
+                    cmd.args(["--rate", &(rate / clients as f64).to_string()]);
+                }
+                Ok(cmd.stdout(Stdio::piped()).spawn()?)
+            })
+            .collect()
+    }
+
+    fn describe(&self, load: &Load) -> String {
+        let offered = match self.rate {
+            Some(rate) => format!("{rate:.0} calls/s offered in all"),
+            None => format!("{} calls in flight on each", load.in_flight),
+        };
+        format!(
+            "{} connections from {} `{}` client processes, {offered}, {} s measured",
+            load.connections,
+            self.clients,
+            self.generator.command(),
+            load.seconds
+        )
+    }
 }
 
 fn calls_of(drivers: Vec<Child>) -> Result<u64, BoxError> {
@@ -306,7 +393,7 @@ fn calls_of(drivers: Vec<Child>) -> Result<u64, BoxError> {
 async fn round(
     dir: &Path,
     arbiters: u16,
-    clients: usize,
+    drivers: Drivers,
     load: Load,
     probe_for: Duration,
 ) -> Result<Round, BoxError> {
@@ -316,17 +403,19 @@ async fn round(
     let cap: Cap<bench::Client> = Cap::from_raw(capnp_actix::vat::import(&uri).await?);
     let client = cap.client();
     let mut idle = probe(&client, Instant::now() + probe_for).await?;
-    let drivers = start_drivers(&exe, &uri, clients, load)?;
+    let drivers = drivers.start(&exe, &uri, load)?;
     // Connections take a moment to open; the drivers' clocks start once
     // all theirs are open, so measure a little late rather than early.
     tokio::time::sleep(WARM_UP + Duration::from_millis(300)).await;
-    let (cpu0, t0) = (cpu_seconds(pid)?, Instant::now());
+    let (cpu0, busy0, t0) = (cpu_seconds(pid)?, machine_busy_seconds()?, Instant::now());
     let window = Duration::from_secs(load.seconds) - Duration::from_millis(600);
     let mut loaded = probe(&client, t0 + window).await?;
     let cores = (cpu_seconds(pid)? - cpu0) / t0.elapsed().as_secs_f64();
+    let machine = (machine_busy_seconds()? - busy0) / t0.elapsed().as_secs_f64();
     let calls = calls_of(drivers)?;
     drop((client, cap, server));
     Ok(Round {
+        machine,
         cores,
         calls_per_s: calls as f64 / load.seconds as f64,
         idle_p50: quantile(&mut idle, 0.5),
@@ -338,8 +427,8 @@ async fn round(
 
 fn print_round(arbiters: u16, r: &Round) {
     println!(
-        "  {arbiters} arbiter(s): server {:.2} cores, {:>9.0} calls/s, probe idle p50 {:.0} µs p99 {:.0} µs, under load p50 {:.0} µs p99 {:.0} µs",
-        r.cores, r.calls_per_s, r.idle_p50, r.idle_p99, r.load_p50, r.load_p99
+        "  {arbiters} arbiter(s): server {:.2} cores (machine {:.2}), {:>9.0} calls/s, probe idle p50 {:.0} µs p99 {:.0} µs, under load p50 {:.0} µs p99 {:.0} µs",
+        r.cores, r.machine, r.calls_per_s, r.idle_p50, r.idle_p99, r.load_p50, r.load_p99
     );
 }
 
@@ -357,8 +446,9 @@ fn summary(rounds: &[Round], figure: impl Fn(&Round) -> f64) -> (f64, f64, f64) 
 
 type Figure = (&'static str, fn(&Round) -> f64);
 
-const FIGURES: [Figure; 6] = [
+const FIGURES: [Figure; 7] = [
     ("server cores", |r| r.cores),
+    ("machine busy cores", |r| r.machine),
     ("calls/s", |r| r.calls_per_s),
     ("probe idle p50 µs", |r| r.idle_p50),
     ("probe idle p99 µs", |r| r.idle_p99),
@@ -403,15 +493,17 @@ impl Drop for TempDir {
     }
 }
 
-async fn compare(arbiters: u16, clients: usize, rounds: usize, load: Load) -> Result<(), BoxError> {
+async fn compare(
+    arbiters: u16,
+    drivers: Drivers,
+    rounds: usize,
+    load: Load,
+) -> Result<(), BoxError> {
     let dir =
         TempDir(std::env::temp_dir().join(format!("capnp-actix-load-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0)?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
-        "{} connections from {clients} client processes, {} calls in flight each, {} s measured; {cpus} CPU(s)",
-        load.connections, load.in_flight, load.seconds
-    );
+    println!("{}; {cpus} CPU(s)", drivers.describe(&load));
     let counts = [1, arbiters.max(1)];
     let mut results: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
     let probe_for = Duration::from_millis(if rounds == 1 { 500 } else { 1500 });
@@ -419,7 +511,7 @@ async fn compare(arbiters: u16, clients: usize, rounds: usize, load: Load) -> Re
         println!("round {}/{rounds}", r + 1);
         let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
-            let measured = round(&dir.0, counts[i], clients, load, probe_for).await?;
+            let measured = round(&dir.0, counts[i], drivers, load, probe_for).await?;
             print_round(counts[i], &measured);
             results[i].push(measured);
         }
@@ -435,11 +527,14 @@ fn main() -> ExitCode {
     let outcome = match args.command {
         Cmd::Serve { address, vat } => system.block_on(serve(address, vat)),
         Cmd::Drive { uri, load } => system.block_on(drive(uri, load)),
+        Cmd::Blast { uri, load, rate } => system.block_on(blast::run(uri, load, rate)),
         Cmd::Compare {
             arbiters,
             clients,
             rounds,
             quick,
+            client,
+            rate,
             mut load,
         } => {
             let rounds = if quick {
@@ -448,7 +543,12 @@ fn main() -> ExitCode {
             } else {
                 rounds.max(1)
             };
-            system.block_on(compare(arbiters, clients.max(1), rounds, load))
+            let drivers = Drivers {
+                generator: client,
+                clients: clients.max(1),
+                rate: rate.filter(|_| client == Generator::Blast),
+            };
+            system.block_on(compare(arbiters, drivers, rounds, load))
         }
     };
     match outcome {

@@ -723,7 +723,16 @@ fn bench_compare_runs_both_runtimes_and_prints_ratios() {
 
 #[test]
 fn load_compare_runs_both_arbiter_counts_and_prints_the_ratios() {
-    let args = ["compare", "--quick", "--connections", "4", "--clients", "2"];
+    let args = [
+        "compare",
+        "--quick",
+        "--seconds",
+        "1",
+        "--connections",
+        "4",
+        "--clients",
+        "2",
+    ];
     let run = run_example("load", &args);
     assert!(run.status.success(), "{run}");
     assert!(run.stderr.is_empty(), "{run}");
