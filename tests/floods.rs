@@ -16,7 +16,10 @@
 //! - `a_peer_that_never_reads_large_replies_is_aborted`: pings with 1 MiB
 //!   messages, never reading: aborted once more than the outgoing-bytes
 //!   limit (64 MiB) waits to be written; RSS under
-//!   [`NEVER_READS_RSS_BOUND`].
+//!   [`NEVER_READS_RSS_BOUND`]; it reads the abort right after the reply
+//!   that was being written (what was queued beyond is dropped), also when
+//!   it starts reading only after the abort
+//!   (`a_peer_that_starts_reading_after_the_abort_reads_it_after_one_reply`).
 //! - `peers_sending_one_byte_per_second`: slow peers are served, and cost
 //!   one connection each and nothing more (not even the frame size they
 //!   announce).
@@ -418,8 +421,29 @@ const LARGE_CALLS: u32 = 100;
 
 #[test]
 fn a_peer_that_never_reads_large_replies_is_aborted() {
-    isolated("a_peer_that_never_reads_large_replies_is_aborted", || {
-        run(Duration::from_secs(60), async {
+    never_reads(
+        "a_peer_that_never_reads_large_replies_is_aborted",
+        Duration::ZERO,
+    );
+}
+
+#[test]
+fn a_peer_that_starts_reading_after_the_abort_reads_it_after_one_reply() {
+    // Within the 2 s the vat gives the abort to go out.
+    never_reads(
+        "a_peer_that_starts_reading_after_the_abort_reads_it_after_one_reply",
+        Duration::from_millis(300),
+    );
+}
+
+/// A peer pings with large messages and never reads; once the vat has
+/// dropped it, it waits `late` and then reads: the replies the socket had
+/// taken, then the abort naming the output limit (the vat dropped what it
+/// had queued beyond the reply it was writing), then the end, without a
+/// reset.
+fn never_reads(name: &'static str, late: Duration) {
+    isolated(name, move || {
+        run(Duration::from_secs(60), async move {
             // This peer does not finish its calls either: a budget for
             // results not finished above the outgoing-bytes limit, so that
             // the limit under test is the one that acts (the other is
@@ -441,6 +465,8 @@ fn a_peer_that_never_reads_large_replies_is_aborted() {
             let seen = until_flood_ends(&mut env, Duration::from_secs(40)).await;
             let peak = seen.peak;
             let aborted_after = started.elapsed();
+            tokio::time::sleep(late).await;
+            tokio::time::sleep(late).await;
             let mut returns = 0usize;
             let reason = loop {
                 match p.next().await {
@@ -477,9 +503,11 @@ fn a_peer_that_never_reads_large_replies_is_aborted() {
             );
             assert!(reason.contains("not reading"), "{reason}");
             assert!(reason.contains(&MAX_OUTGOING.to_string()), "{reason}");
+            // The abort follows the reply being written when the limit
+            // was reached: only what the socket had taken comes first.
             assert!(
-                returns * LARGE <= MAX_OUTGOING + (4 << 20),
-                "{returns} replies of 1 MiB were queued"
+                returns <= 4,
+                "{returns} replies of 1 MiB came before the abort"
             );
             assert!(
                 peak.saturating_sub(rss_before) < NEVER_READS_RSS_BOUND,

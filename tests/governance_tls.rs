@@ -82,3 +82,79 @@ async fn over_the_per_key_limit_a_tls_client_is_told_why() {
     capnp_actix::debug::assert_all_released().await;
     let _ = std::fs::remove_file(socket);
 }
+
+/// A TLS server vat on a Unix socket serving an echo service as `main`,
+/// with a memory budget of `budget` bytes.
+async fn server_with_budget(socket: &std::path::Path, budget: usize) -> (Vat, Cap<echo::Client>) {
+    let config = VatConfig::new()
+        .with_secret_key(SecretKey::ephemeral())
+        .with_listen_address(Address::Unix(socket.to_path_buf()))
+        .with_memory_budget(budget);
+    let service: Cap<echo::Client> = Cap::new(EchoService::new(
+        Duration::from_millis(1),
+        Sink::Memory(Default::default()),
+    ));
+    let raw = service.raw().clone();
+    let server = Vat::start_with(&config, move |uris| {
+        let table = Table::new(move |id| uris.sturdy_uri(id));
+        table.add(b"main", raw);
+        table
+    })
+    .await
+    .expect("the server starts");
+    (server, service)
+}
+
+#[actix::test]
+async fn tls_handshakes_in_progress_count_against_the_memory_budget() {
+    let socket = std::env::temp_dir().join(format!(
+        "capnp-actix-governance-handshakes-{}.sock",
+        std::process::id()
+    ));
+    // Room for one handshake (64 KiB each) and a bit.
+    let (server, service) = server_with_budget(&socket, 100 << 10).await;
+    // Two clients that connect and never say hello: their handshakes wait
+    // (for up to 10 s), each holding its share of the budget.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        stalled.push(tokio::net::UnixStream::connect(&socket).await.unwrap());
+    }
+    // The vat has accepted both before the next client comes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (refused_vat, refused) = client(&SecretKey::ephemeral(), &server).await;
+    let e = tokio::time::timeout(Duration::from_secs(20), ping(&refused, "no room"))
+        .await
+        .expect("the refused client learns it")
+        .expect_err("no new connection while the budget is exhausted");
+    assert_eq!(e.kind, capnp::ErrorKind::Overloaded, "{e}");
+    assert!(
+        e.to_string().contains("memory budget is exhausted")
+            && e.to_string().contains("--capnp-memory-budget"),
+        "{e}"
+    );
+    // Once the stalled clients leave, their shares come back and a new
+    // client is served.
+    drop(stalled);
+    let mut served = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (vat, cap) = client(&SecretKey::ephemeral(), &server).await;
+        match ping(&cap, "room again").await {
+            Ok(reply) => {
+                served = Some((vat, cap, reply));
+                break;
+            }
+            Err(_) => vat.stop(),
+        }
+    }
+    let (served_vat, served_cap, reply) = served.expect("served once the handshakes ended");
+    assert_eq!(reply, "echo:room again");
+    drop((refused, served_cap, service));
+    for vat in [refused_vat, served_vat, server] {
+        vat.stop();
+    }
+    capnp_actix::debug::wait_all_released(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|r| panic!("{r}"));
+    let _ = std::fs::remove_file(socket);
+}

@@ -59,8 +59,14 @@ enum State {
 /// it becomes ([`FrameDecoder::body_buffer`]). The decoder checks every
 /// segment table against the limits, and allocates for a body as its
 /// bytes arrive, not for the size the table announces.
-pub(crate) struct FrameReader<R> {
-    read: R,
+pub(crate) struct FrameReader<R: AsyncRead + Unpin + 'static> {
+    /// Taken only when the reader is dropped (see `hand_back`).
+    read: Option<R>,
+    /// Where the stream goes when the reader is dropped: the writer's last
+    /// task reads and drops what the peer still sends, so that closing
+    /// with input unread does not reset the connection (the peer would
+    /// then lose what it had not read yet, such as an abort).
+    hand_back: Option<futures::channel::oneshot::Sender<Leftover>>,
     decoder: FrameDecoder,
     buf: Vec<u8>,
     /// The last frame read was large (see [`READ_BYTES_AFTER_LARGE`]).
@@ -68,10 +74,20 @@ pub(crate) struct FrameReader<R> {
     state: State,
 }
 
-impl<R> FrameReader<R> {
-    pub(crate) fn new(read: R, limits: Limits) -> Self {
+/// The reading half of a finished connection (see `FrameReader`).
+pub(crate) type Leftover = Box<dyn AsyncRead + Unpin>;
+
+impl<R: AsyncRead + Unpin + 'static> FrameReader<R> {
+    /// The reader of `read`; `read` is sent to `hand_back` when the
+    /// reader is dropped.
+    pub(crate) fn new(
+        read: R,
+        limits: Limits,
+        hand_back: futures::channel::oneshot::Sender<Leftover>,
+    ) -> Self {
         FrameReader {
-            read,
+            read: Some(read),
+            hand_back: Some(hand_back),
             decoder: FrameDecoder::new(limits),
             // Reads fill the capacity (an empty buffer would read 64 bytes).
             buf: Vec::with_capacity(READ_BYTES),
@@ -81,7 +97,15 @@ impl<R> FrameReader<R> {
     }
 }
 
-impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
+impl<R: AsyncRead + Unpin + 'static> Drop for FrameReader<R> {
+    fn drop(&mut self) {
+        if let (Some(read), Some(tx)) = (self.read.take(), self.hand_back.take()) {
+            let _ = tx.send(Box::new(read));
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin + 'static> Stream for FrameReader<R> {
     type Item = Input;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Input>> {
@@ -117,7 +141,10 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
             if read >= MAX_BATCH_BYTES && !batch.is_empty() {
                 return Poll::Ready(Some(Input::Messages(batch)));
             }
-            let read_in = Pin::new(&mut this.read);
+            let Some(stream) = this.read.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let read_in = Pin::new(stream);
             let (polled, direct) = match this.decoder.body_buffer(DIRECT_MIN_BYTES) {
                 Some((body, missing)) => {
                     let mut room = body.limit(missing);
@@ -271,15 +298,74 @@ impl Writer {
         Poll::Ready(Ok(()))
     }
 
-    /// Writes everything queued, then shuts the stream down.
-    pub(crate) async fn finish(mut self) {
-        if futures::future::poll_fn(|cx| self.poll_write(cx, drop))
-            .await
-            .is_ok()
-        {
-            let _ = self.write.shutdown().await;
+    /// Writes everything queued, then shuts the stream down; then reads
+    /// and drops what the peer still sends (from the reading half, once
+    /// `leftover` gives it) until it ends, so that the connection closes
+    /// without a reset: the peer reads everything we wrote, the abort
+    /// last. The caller bounds the time this takes.
+    pub(crate) async fn finish(
+        mut self,
+        leftover: Option<futures::channel::oneshot::Receiver<Leftover>>,
+    ) {
+        use tokio::io::AsyncReadExt;
+        let written = futures::future::poll_fn(|cx| self.poll_write(cx, drop)).await;
+        if written.is_err() || self.write.shutdown().await.is_err() {
+            return;
+        }
+        if let Some(Ok(mut read)) = match leftover {
+            Some(rx) => Some(rx.await),
+            None => None,
+        } {
+            let mut sink = vec![0u8; 16 << 10];
+            while matches!(read.read(&mut sink).await, Ok(n) if n > 0) {}
         }
     }
+
+    /// Drops what is queued beyond the end of the frame being written, so
+    /// that what is pushed next (an abort) follows it at once: for a peer
+    /// that does not read, which would otherwise have to take everything
+    /// queued first. The rest of the current frame is kept (copied out),
+    /// as the peer has its beginning.
+    pub(crate) fn cut_after_current_frame(&mut self) {
+        let rest = match self.queue.front() {
+            Some(first) if self.written > 0 => {
+                let bytes = first.pieces().concat();
+                let end = frame_end_after(&bytes, self.written).min(bytes.len());
+                bytes[self.written..end].to_vec()
+            }
+            _ => Vec::new(),
+        };
+        self.queue.clear();
+        self.written = 0;
+        self.queued = rest.len();
+        if !rest.is_empty() {
+            let mut out = Output::with_buffer(Vec::new());
+            out.bytes_mut().extend_from_slice(&rest);
+            self.queue.push_back(out);
+        }
+    }
+}
+
+/// The end of the frame, in `bytes` (frames one after another), that
+/// covers offset `pos`.
+fn frame_end_after(bytes: &[u8], pos: usize) -> usize {
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let mut start = 0;
+    while start < bytes.len() {
+        let segments = word(start) + 1;
+        let header = (4 + 4 * segments).div_ceil(8) * 8;
+        let body: usize = (0..segments).map(|i| word(start + 4 + 4 * i) * 8).sum();
+        let end = start + header + body;
+        if end > pos {
+            return end;
+        }
+        start = end;
+    }
+    bytes.len()
 }
 
 #[cfg(test)]
@@ -331,5 +417,77 @@ mod tests {
         ));
         assert_eq!(stream.delivered.lock().unwrap().as_slice(), b"hello");
         assert!(stream.pending.lock().unwrap().is_empty());
+    }
+
+    /// Two framed one-word messages, the first with the word `a`.
+    fn two_frames(a: u8) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for w in [a, 0xbb] {
+            bytes.extend_from_slice(&[0, 0, 0, 0, 1, 0, 0, 0]);
+            bytes.extend_from_slice(&[w; 8]);
+        }
+        bytes
+    }
+
+    #[test]
+    fn frame_ends_are_found_from_the_segment_tables() {
+        let bytes = two_frames(0xaa);
+        assert_eq!(frame_end_after(&bytes, 0), 16);
+        assert_eq!(frame_end_after(&bytes, 15), 16);
+        assert_eq!(frame_end_after(&bytes, 16), 32);
+    }
+
+    /// A stream that takes at most `room` bytes, then is full.
+    struct Narrow {
+        taken: Vec<u8>,
+        room: usize,
+    }
+
+    impl AsyncWrite for Narrow {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.room - self.taken.len());
+            if n == 0 {
+                return Poll::Pending;
+            }
+            self.taken.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_cut_keeps_the_rest_of_the_frame_being_written_and_nothing_after() {
+        let mut writer = Writer::new(Box::new(Narrow {
+            taken: Vec::new(),
+            room: 10,
+        }));
+        let mut out = Output::with_buffer(Vec::new());
+        out.bytes_mut().extend_from_slice(&two_frames(0xaa));
+        writer.push(out);
+        let mut more = Output::with_buffer(Vec::new());
+        more.bytes_mut().extend_from_slice(&two_frames(0xcc));
+        writer.push(more);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(writer.poll_write(&mut cx, drop).is_pending());
+        writer.cut_after_current_frame();
+        // Six bytes of the first frame were not written yet; nothing else
+        // is left.
+        assert_eq!(writer.queued(), 6);
+        let rest: Vec<u8> = writer
+            .queue
+            .iter()
+            .flat_map(|o| o.pieces().concat())
+            .collect();
+        assert_eq!(rest, vec![0xaa; 6]);
     }
 }

@@ -136,6 +136,10 @@ impl Governor {
     }
 }
 
+/// What a TLS handshake in progress counts against the vat's memory
+/// budget: rustls' buffers for a record each way and its handshake state.
+const HANDSHAKE_BYTES: usize = 64 << 10;
+
 /// How long a refused connection is given to take its abort and close.
 const REFUSAL_GRACE: Duration = Duration::from_secs(2);
 
@@ -170,7 +174,17 @@ impl Handler<Accepted> for VatSupervisor {
     fn handle(&mut self, msg: Accepted, ctx: &mut Context<Self>) {
         let Accepted { stream, peer } = msg;
         let ip = peer.parse::<SocketAddr>().ok().map(|a| a.ip());
-        let admitted = self.governor.admit(ip);
+        let admitted = if self.budget.exhausted() {
+            // New peers would only add to what the vat cannot hold.
+            Err(format!(
+                "this vat's memory budget is exhausted ({} bytes held for its peers, budget {}): \
+                 no new connections until it has room (--capnp-memory-budget)",
+                self.budget.held(),
+                self.budget.limit()
+            ))
+        } else {
+            self.governor.admit(ip)
+        };
         match (self.acceptor.clone(), admitted) {
             (None, Ok(ticket)) => {
                 let id = NEXT_ANONYMOUS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -191,9 +205,13 @@ impl Handler<Accepted> for VatSupervisor {
                     }
                     self.governor.refusing += 1;
                 }
+                let reservation = self.budget.reserve(HANDSHAKE_BYTES);
                 ctx.spawn(
                     actix::fut::wrap_future(async move {
-                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                        let done =
+                            tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                        drop(reservation);
+                        done
                     })
                     .map(move |result, act: &mut Self, ctx| {
                         act.handshaken(result, admitted, peer, ctx)

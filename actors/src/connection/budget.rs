@@ -150,6 +150,21 @@ impl VatBudget {
         shed.do_send(message);
     }
 
+    /// Counts `bytes` against the budget until the [`Reservation`] is
+    /// dropped: what a peer makes the vat hold outside a connection (a
+    /// TLS handshake in progress). Not shed by the budget: whoever
+    /// reserves checks [`VatBudget::exhausted`] first.
+    pub fn reserve(self: &Arc<Self>, bytes: usize) -> Reservation {
+        // Under the lock: `update` reads and stores the total under it.
+        let _state = self.lock();
+        let total = self.total.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.after_change(total);
+        Reservation {
+            budget: self.clone(),
+            bytes,
+        }
+    }
+
     /// Connection `conn` has ended: its share goes.
     pub(super) fn remove(&self, conn: u64) {
         let mut s = self.lock();
@@ -169,6 +184,27 @@ impl VatBudget {
             self.peak.store(total, Ordering::Relaxed);
             memory::release_free_memory_soon();
         }
+    }
+}
+
+/// Bytes counted against a [`VatBudget`] until dropped (see
+/// [`VatBudget::reserve`]).
+pub struct Reservation {
+    budget: Arc<VatBudget>,
+    bytes: usize,
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Reservation({} bytes)", self.bytes)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let _state = self.budget.lock();
+        let total = self.budget.total.fetch_sub(self.bytes, Ordering::Relaxed) - self.bytes;
+        self.budget.after_change(total);
     }
 }
 

@@ -45,7 +45,9 @@ mod tables;
 mod timers;
 mod writer;
 
-pub use budget::{VatBudget, DEFAULT_MAX_RETAINED_RESULT_BYTES, DEFAULT_VAT_BUDGET_BYTES};
+pub use budget::{
+    Reservation, VatBudget, DEFAULT_MAX_RETAINED_RESULT_BYTES, DEFAULT_VAT_BUDGET_BYTES,
+};
 use tables::{Embargo, HashMap, ImportEntry, PeerAnswer, Question};
 use writer::Flush;
 
@@ -315,7 +317,8 @@ impl Connection {
         let (read, write) = tokio::io::split(stream);
         let or_default = |n: usize, default: usize| if n == 0 { default } else { n };
         metrics::connection_opened();
-        ctx.add_stream(io::FrameReader::new(read, options.reader));
+        let (hand_back, leftover) = futures::channel::oneshot::channel();
+        ctx.add_stream(io::FrameReader::new(read, options.reader, hand_back));
         ctx.spawn(Flush);
         timers::start(ctx, options.first_message_deadline, options.idle_timeout);
         Connection {
@@ -352,6 +355,7 @@ impl Connection {
             received_any: false,
             last_input: Instant::now(),
             held_until_finished: options.held_until_finished,
+            leftover: Some(leftover),
             _guard: registry::ActorGuard::new(),
         }
     }
@@ -417,6 +421,9 @@ pub struct Connection {
     /// See [`ConnectionOptions::held_until_finished`]; handed to the
     /// writer's last task when the connection ends.
     held_until_finished: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    /// The reading half, once the reader is dropped: the writer's last
+    /// task drains it (see `io::Writer::finish`).
+    leftover: Option<futures::channel::oneshot::Receiver<io::Leftover>>,
     /// Last: see `ActorGuard`.
     _guard: registry::ActorGuard,
 }

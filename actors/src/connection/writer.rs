@@ -98,8 +98,10 @@ impl Connection {
         if self.core.has_output() {
             let out = self.core.take_output_pieces();
             if writer.queued() + out.len() > self.max_outgoing && self.core.aborted().is_none() {
-                // Only the abort itself goes out.
+                // Only the abort goes out, right after the frame being
+                // written: the peer reads the reason as soon as it reads.
                 drop(out);
+                writer.cut_after_current_frame();
                 self.core.abort(capnp::Error::overloaded(format!(
                     "the peer is not reading: more than {} bytes wait to be written",
                     self.max_outgoing
@@ -141,10 +143,11 @@ impl Connection {
     /// socket and its bytes).
     pub(super) fn release_writer(&mut self) {
         let held = self.held_until_finished.take();
+        let leftover = self.leftover.take();
         if let Some(mut writer) = self.writer.take() {
             writer.push(self.core.take_output_pieces());
             actix_rt::spawn(async move {
-                let _ = tokio::time::timeout(WRITER_GRACE, writer.finish()).await;
+                let _ = tokio::time::timeout(WRITER_GRACE, writer.finish(leftover)).await;
                 drop(held);
             });
         }
