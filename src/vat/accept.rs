@@ -169,6 +169,10 @@ impl Handler<Accepted> for VatSupervisor {
     type Result = ();
     fn handle(&mut self, msg: Accepted, ctx: &mut Context<Self>) {
         let Accepted { stream, peer } = msg;
+        if self.shutting_down {
+            tracing::debug!(%peer, "connection closed unserved: the vat is shutting down");
+            return;
+        }
         let ip = peer.parse::<SocketAddr>().ok().map(|a| a.ip());
         let admitted = self.governor.admit(ip);
         match (self.acceptor.clone(), admitted) {
@@ -238,6 +242,13 @@ impl VatSupervisor {
             }
         };
         let who = Peer::Vat(fingerprint);
+        if self.shutting_down {
+            if let Ok(ticket) = admitted {
+                self.governor.release(ticket);
+            }
+            tracing::debug!(%peer, "connection closed unserved: the vat is shutting down");
+            return;
+        }
         match admitted.and_then(|ticket| self.governor.add_key(ticket, fingerprint)) {
             Ok(ticket) => {
                 tracing::debug!(%peer, client = %who, "TLS connection accepted");
