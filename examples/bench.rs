@@ -73,7 +73,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bench_service::BenchServer;
-use capnp_actix::restorer::Table;
 use capnp_actix::schemas::bench_capnp::bench;
 use capnp_actix::vat::Vat;
 use capnp_actix::{Address, Cap, SecretKey, SturdyUri, VatConfig};
@@ -96,7 +95,7 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve the bench service until killed, under the service ID `main`
+    /// Serve the bench service until SIGINT or SIGTERM, under the service ID `main`
     /// (and, without TLS, the empty ID). TLS is on unless
     /// --capnp-disable-tls is given.
     Serve {
@@ -369,23 +368,17 @@ fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHan
         .map_err(|e| format!("could not start thread {name}: {e}"))
 }
 
-/// A vat serving our service on the current arbiter, under `main` (and,
-/// without TLS, the empty ID), and the URI of `main`.
+/// A vat serving our service on the current arbiter, under the public ID
+/// `main` (with TLS too: the other implementations' clients ask for it)
+/// and, without TLS, the empty ID; and the URI of `main`.
 async fn serve_ours(config: &VatConfig) -> Result<(Vat, SturdyUri), BoxError> {
     let service: Cap<bench::Client> = Cap::new(BenchServer);
-    let raw = service.raw().clone();
-    let plain = !config.tls();
-    let vat = Vat::start_with(config, move |uris| {
-        let table = Table::new(move |id| uris.sturdy_uri(id));
-        table.add(b"main", raw.clone());
-        if plain {
-            table.add(b"", raw);
-        }
-        table
-    })
-    .await?;
-    let uri = vat.sturdy_uri(b"main")?;
-    Ok((vat, uri))
+    let (vat, uris) = Vat::builder(config)
+        .serve_public("main", service)
+        .default_without_tls("main")
+        .start()
+        .await?;
+    Ok((vat, uris["main"].clone()))
 }
 
 /// Server vats running on a thread: their URIs, the sender that stops
@@ -954,7 +947,7 @@ async fn client(uri: SturdyUri, plan: Plan) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// `bench serve`: until killed.
+/// `bench serve`: until SIGINT or SIGTERM, then a graceful shutdown.
 async fn serve(address: Option<Address>, config: VatConfig) -> Result<(), BoxError> {
     let config = match address {
         Some(address) => config.with_listen_address(address),
@@ -965,12 +958,13 @@ async fn serve(address: Option<Address>, config: VatConfig) -> Result<(), BoxErr
                 .into())
         }
     };
-    let (_vat, uri) = serve_ours(&config).await?;
+    let (vat, uri) = serve_ours(&config).await?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "bench service running at: {uri}")?;
     stdout.flush()?;
     drop(stdout);
-    std::future::pending::<()>().await;
+    capnp_actix::vat::shutdown_signal().await;
+    vat.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
 

@@ -13,7 +13,8 @@
 //! `--capnp-listen-address`, `--capnp-public-address`,
 //! `--capnp-disable-tls`) that offers the calculator
 //! (`examples/common/calc_service.rs`), prints `calculator running at: URI`
-//! and runs until killed. With TLS (the default) the service ID is derived
+//! and runs until SIGINT or SIGTERM, then shuts down gracefully (calls
+//! running get 5 s to finish; clients are told why) and exits 0. With TLS (the default) the service ID is derived
 //! from the key and the name `main`, so the URI stays the same across
 //! restarts with the same key file (without a key file the key, and so the
 //! URI, is new each run). Without TLS the ID is `main`, and the calculator
@@ -40,10 +41,10 @@ mod logging;
 mod calc_service;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use calc_service::client::run_client_checks;
 use calc_service::Calculator;
-use capnp_actix::restorer::Table;
 use capnp_actix::schemas::calculator_capnp::calculator;
 use capnp_actix::vat::{Vat, VatError};
 use capnp_actix::{Address, Cap, ConfigError, SturdyUri, VatConfig};
@@ -60,7 +61,8 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve the calculator until killed (needs --capnp-listen-address).
+    /// Serve the calculator until SIGINT or SIGTERM (needs
+    /// --capnp-listen-address).
     Serve {
         /// The vat: key file, addresses, TLS.
         #[command(flatten)]
@@ -115,31 +117,23 @@ async fn start_server(config: &VatConfig) -> Result<(Vat, SturdyUri), Failure> {
                 .into(),
         ));
     }
-    let tls = config.tls();
-    let id = if tls {
-        config.derived_id("main")?
-    } else {
-        b"main".to_vec()
-    };
     let calc: Cap<calculator::Client> = Cap::new(Calculator::new());
-    let vat = Vat::start_with(config, |uris| {
-        let table = Table::new(move |id| uris.sturdy_uri(id));
-        table.add(&id, calc.raw().clone());
-        if !tls {
-            table.add(b"", calc.raw().clone());
-        }
-        table
-    })
-    .await?;
-    let uri = vat.sturdy_uri(&id)?;
+    let (vat, uris) = Vat::builder(config)
+        .serve("main", calc)
+        .default_without_tls("main")
+        .start()
+        .await?;
+    let uri = uris["main"].clone();
     println!("calculator running at: {uri}");
     Ok((vat, uri))
 }
 
-/// `calc serve`: serve until killed.
+/// `calc serve`: serve until SIGINT or SIGTERM, then shut down
+/// gracefully (calls running get 5 s to finish).
 async fn serve(config: VatConfig) -> Result<(), Failure> {
-    let _served = start_server(&config).await?;
-    std::future::pending::<()>().await;
+    let (vat, _) = start_server(&config).await?;
+    capnp_actix::vat::shutdown_signal().await;
+    vat.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
 
@@ -152,7 +146,7 @@ async fn connect(uri: &SturdyUri) -> Result<(), Failure> {
         run_client_checks(calc.client()).await
     }
     .await;
-    vat.stop();
+    vat.shutdown(Duration::from_secs(1)).await;
     for (name, value) in outcome? {
         println!("{name} = {value}");
     }
@@ -167,7 +161,7 @@ async fn in_process() -> Result<(), Failure> {
     let outcome = async {
         let (server, uri) = start_server(&config).await?;
         let checked = connect(&uri).await;
-        server.stop();
+        server.shutdown(Duration::from_secs(1)).await;
         checked
     }
     .await;

@@ -48,6 +48,11 @@
 //! the server restarts (with TLS: with the same `--capnp-secret-key-file`).
 //! `create-logger` makes new loggers, saved in `--store-dir`.
 //!
+//! `serve` starts its vat in one call (`Vat::builder`) and runs until
+//! SIGINT (Ctrl-C) or SIGTERM; then it shuts down gracefully
+//! (`Vat::shutdown`): calls running get 5 s to finish, every client is
+//! told "the vat is shutting down", and the process exits 0.
+//!
 //! `serve` offers the service under the ID `main` (the URI it prints) and,
 //! because TLS is off, under the empty ID too, which is what clients that
 //! cannot send an ID (pycapnp, the C++ EzRpc client) ask for. Exit codes:
@@ -72,7 +77,7 @@ use std::time::Duration;
 
 use capnp_actix::identity::generated_service_id;
 use capnp_actix::persist::{save_client, with_sturdy_ref};
-use capnp_actix::restorer::{digest, Loader, Table};
+use capnp_actix::restorer::{digest, Loader};
 use capnp_actix::schemas::echo_api_capnp::saved_service;
 use capnp_actix::schemas::echo_api_capnp::{callback, echo};
 use capnp_actix::vat::{UriMaker, Vat};
@@ -106,7 +111,8 @@ struct Args {
 /// The network subcommands.
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve the echo service and its logger until killed.
+    /// Serve the echo service and its logger until SIGINT or SIGTERM,
+    /// then shut down gracefully.
     Serve {
         /// The vat: key file, addresses, TLS.
         #[command(flatten)]
@@ -239,7 +245,9 @@ async fn tutorial(interval: Duration) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// `echo serve`: offer the service until the process is killed.
+/// `echo serve`: offer the service until SIGINT or SIGTERM, then shut
+/// down gracefully (calls running get [`GRACE`] to finish; every client
+/// is told "the vat is shutting down") and exit 0.
 ///
 /// With TLS the service IDs are derived from the key (`main` and
 /// `logger`), so the URIs stay the same across restarts with the same key
@@ -250,57 +258,42 @@ async fn serve(config: VatConfig, store_dir: PathBuf, interval: Duration) -> Res
         return Err("serve needs --capnp-listen-address".into());
     }
     let store = Arc::new(FileStore::open(&store_dir)?);
-    let (main_id, logger_id) = if config.tls() {
-        (config.derived_id("main")?, config.derived_id("logger")?)
-    } else {
-        (b"main".to_vec(), b"logger".to_vec())
-    };
     let mut echo = EchoService::new(interval, Sink::Stdout);
-    let mut services = None;
-    // `createLogger` saves each new logger; the table's loader brings a
-    // saved one back when a client restores its URI (after a restart too).
-    let vat = Vat::start_with(&config, |uris| {
-        let table = Table::with_loader(
-            {
-                let uris = uris.clone();
-                move |id| uris.sturdy_uri(id)
-            },
-            SavedLoggers {
-                store: store.clone(),
-            },
-        );
-        echo.make_logger = Some(Rc::new({
-            let (store, uris) = (store.clone(), uris.clone());
-            move |label| create_logger(&store, &uris, label)
-        }));
-        // The service's logger answers `save` with its own URI, which the
-        // table serves: `getLogger` gives a logger a client can save and
-        // come back to after a restart.
-        let logger = echo.persist_logger(&uris.sturdy_uri(&logger_id));
-        table.add(&logger_id, logger.raw().clone());
-        services = Some(table.clone());
-        table
-    })
-    .await?;
-    let table = services.ok_or("the vat did not build its restorer")?;
-    let service: Cap<echo::Client> = Cap::new(echo);
-    table.add(&main_id, service.raw().clone());
-    if !config.tls() {
-        table.add(b"", service.raw().clone());
-    }
-    let logger_uri = vat.sturdy_uri(&logger_id)?;
+    // `createLogger` saves each new logger; the loader brings a saved one
+    // back when a client restores its URI (after a restart too).
+    let loggers = SavedLoggers {
+        store: store.clone(),
+    };
+    let (vat, uris) = Vat::builder(&config)
+        .loader(loggers)
+        .serve_with(move |s| {
+            echo.make_logger = Some(Rc::new({
+                let uris = s.uri_maker().clone();
+                move |label| create_logger(&store, &uris, label)
+            }));
+            // The service's logger answers `save` with its own URI, which
+            // the vat serves: `getLogger` gives a logger a client can save
+            // and come back to after a restart.
+            let logger = echo.persist_logger(&s.uri("logger"));
+            s.serve("logger", logger);
+            s.serve("main", Cap::<echo::Client>::new(echo));
+        })
+        .default_without_tls("main")
+        .start()
+        .await?;
     let mut stdout = std::io::stdout().lock();
-    writeln!(
-        stdout,
-        "echo service running at: {}",
-        vat.sturdy_uri(&main_id)?
-    )?;
-    writeln!(stdout, "logger running at: {logger_uri}")?;
+    writeln!(stdout, "echo service running at: {}", uris["main"])?;
+    writeln!(stdout, "logger running at: {}", uris["logger"])?;
     stdout.flush()?;
     drop(stdout);
-    std::future::pending::<()>().await;
+    capnp_actix::vat::shutdown_signal().await;
+    tracing::info!("signal received: shutting down");
+    vat.shutdown(GRACE).await;
     Ok(())
 }
+
+/// How long calls running at SIGINT or SIGTERM get to finish.
+const GRACE: Duration = Duration::from_secs(5);
 
 /// Saved loggers, by the digest of their IDs.
 struct SavedLoggers {

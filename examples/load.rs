@@ -48,7 +48,6 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use bench_service::BenchServer;
-use capnp_actix::restorer::Table;
 use capnp_actix::schemas::bench_capnp::bench;
 use capnp_actix::vat::Vat;
 use capnp_actix::{Address, Cap, SturdyUri, VatConfig};
@@ -67,7 +66,7 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Serve the bench service (one instance per arbiter) until killed,
+    /// Serve the bench service (one instance per arbiter) until SIGINT or SIGTERM,
     /// under the empty service ID.
     Serve {
         /// Where to listen: tcp:HOST:PORT or unix:PATH.
@@ -171,20 +170,25 @@ async fn ping(client: &bench::Client, n: u64) -> Result<(), capnp::Error> {
     Ok(())
 }
 
-/// `load serve`.
+/// `load serve`: the service, one instance per arbiter, under the empty
+/// ID, until SIGINT or SIGTERM; then a graceful shutdown.
 async fn serve(address: Address, config: VatConfig) -> Result<(), BoxError> {
     let config = config.with_listen_address(address);
-    let vat = Vat::start_with(&config, |uris| {
-        let service: Cap<bench::Client> = Cap::per_arbiter(uris.arbiters(), || BenchServer);
-        let table = Table::new(move |id| uris.sturdy_uri(id));
-        table.add(b"", service.raw().clone());
-        table
-    })
-    .await?;
-    let uri = vat.sturdy_uri(b"")?;
-    println!("load service at: {uri} ({} arbiters)", vat.arbiters().len());
+    let (vat, uris) = Vat::builder(&config)
+        .serve_with(|s| {
+            let service: Cap<bench::Client> = Cap::per_arbiter(s.arbiters(), || BenchServer);
+            s.serve_public("", service);
+        })
+        .start()
+        .await?;
+    println!(
+        "load service at: {} ({} arbiters)",
+        uris[""],
+        vat.arbiters().len()
+    );
     std::io::stdout().flush()?;
-    std::future::pending::<()>().await;
+    capnp_actix::vat::shutdown_signal().await;
+    vat.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }
 

@@ -258,41 +258,68 @@
 //! #         Ok(())
 //! #     }
 //! # }
-//! use capnp_actix::restorer::Table;
 //! use capnp_actix::vat::Vat;
 //! use capnp_actix::{Address, Cap, VatConfig};
+//! use std::time::Duration;
 //!
 //! actix::System::new().block_on(async {
-//!     // The server: no TLS here, listening on a Unix socket.
+//!     // The server: no TLS here, listening on a Unix socket. One call
+//!     // starts it and serves the service under the name "main".
 //!     let path = std::env::temp_dir().join(format!("tutorial-6-{}.sock", std::process::id()));
 //!     let config = VatConfig::new()
 //!         .with_listen_address(Address::Unix(path))
 //!         .with_tls(false);
 //!     let service: Cap<echo::Client> = Cap::new(Echo);
-//!     let raw = service.raw().clone();
-//!     let server = Vat::start_with(&config, |uris| {
-//!         let table = Table::new(move |id| uris.sturdy_uri(id));
-//!         table.add(b"main", raw);
-//!         table
-//!     })
-//!     .await
-//!     .unwrap();
-//!     let uri = server.sturdy_uri(b"main").unwrap();
+//!     let (server, uris) = Vat::builder(&config)
+//!         .serve("main", service)
+//!         .start()
+//!         .await
+//!         .unwrap();
+//!     let uri = &uris["main"];
 //!     assert!(uri.to_string().starts_with("capnp://insecure@/"));
 //!     assert!(uri.to_string().ends_with("/bWFpbg")); // "main", base64url
 //!
 //!     // The client: a vat that only connects.
 //!     let client = Vat::client(&VatConfig::new()).await.unwrap();
-//!     let echo: Cap<echo::Client> = client.import_as(&uri).await?;
+//!     let echo: Cap<echo::Client> = client.import_as(uri).await?;
 //!     let mut request = echo.client().ping_request();
 //!     request.get().set_msg("over the wire");
 //!     let reply = request.send().promise.await?;
 //!     assert_eq!(reply.get()?.get_reply()?.to_str()?, "echo:over the wire");
-//!     client.stop();
-//!     server.stop();
+//!
+//!     // A graceful end: calls running get up to a second to finish, and
+//!     // the peer is told "the vat is shutting down".
+//!     server.shutdown(Duration::from_secs(1)).await;
+//!     client.shutdown(Duration::from_secs(1)).await;
 //!     Ok::<_, capnp::Error>(())
 //! }).unwrap();
 //! ```
+//!
+//! Without TLS a named service's ID is its name (`main` above); a client
+//! that sends no ID at all (pycapnp, the C++ `EzRpcClient`) gets the
+//! service named in `.default_without_tls("main")`. With TLS the ID is a
+//! secret derived from the key (chapter 7). Services that need their own
+//! URI, the vat's arbiters or its table of services are set up with
+//! [`VatBuilder::serve_with`](crate::vat::VatBuilder::serve_with);
+//! [`Vat::start_with`](crate::vat::Vat::start_with) is the lower-level
+//! form, with a restorer of your own.
+//!
+//! **Stopping.** [`Vat::shutdown`](crate::vat::Vat::shutdown)`(grace)`
+//! stops listening at once, lets the calls peers have running finish
+//! within `grace` (their new calls fail meanwhile with Disconnected, "the
+//! vat is shutting down"), then closes every connection with that reason
+//! and returns once the last bytes are written. A server waits for SIGINT
+//! or SIGTERM with [`vat::shutdown_signal`](crate::vat::shutdown_signal):
+//!
+//! ```no_run
+//! # async fn f(server: capnp_actix::vat::Vat) {
+//! capnp_actix::vat::shutdown_signal().await;
+//! server.shutdown(std::time::Duration::from_secs(5)).await;
+//! # }
+//! ```
+//!
+//! [`Vat::stop`](crate::vat::Vat::stop) is the immediate form: running
+//! calls are cut off, and it does not wait.
 //!
 //! Everything of chapters 1 to 5 works across the connection: callbacks
 //! passed to the other vat, pipelining, release, cancellation. When a
@@ -325,38 +352,37 @@
 //! #         Ok(())
 //! #     }
 //! # }
-//! use capnp_actix::restorer::Table;
 //! use capnp_actix::vat::Vat;
 //! use capnp_actix::{Address, Cap, SecretKey, VatConfig};
+//! use std::time::Duration;
 //!
 //! actix::System::new().block_on(async {
 //!     let config = VatConfig::new()
 //!         .with_listen_address(Address::parse("tcp:127.0.0.1:0").unwrap())
 //!         .with_secret_key(SecretKey::ephemeral()); // or .with_secret_key_file("key.pem")
-//!     let id = config.derived_id("main").unwrap(); // stable for a given key
 //!     let service: Cap<echo::Client> = Cap::new(Echo);
-//!     let (raw, id2) = (service.raw().clone(), id.clone());
-//!     let server = Vat::start_with(&config, |uris| {
-//!         let table = Table::new(move |id| uris.sturdy_uri(id));
-//!         table.add(&id2, raw);
-//!         table
-//!     })
-//!     .await
-//!     .unwrap();
-//!     let uri = server.sturdy_uri(&id).unwrap();
+//!     let (server, uris) = Vat::builder(&config)
+//!         .serve("main", service.clone())
+//!         .start()
+//!         .await
+//!         .unwrap();
+//!     let uri = &uris["main"];
 //!     assert!(uri.to_string().starts_with("capnp://sha-256:"));
+//!     // The ID is derived from the key, as the reference vats derive it:
+//!     // stable for a given key file.
+//!     assert_eq!(uri.service_id, config.derived_id("main").unwrap());
 //!
 //!     let client = Vat::client(&VatConfig::new()).await.unwrap();
-//!     let echo: Cap<echo::Client> = client.import_as(&uri).await?;
+//!     let echo: Cap<echo::Client> = client.import_as(uri).await?;
 //!     let mut request = echo.client().ping_request();
 //!     request.get().set_msg("privately");
 //!     assert_eq!(request.send().promise.await?.get()?.get_reply()?.to_str()?, "echo:privately");
 //!
 //!     // Importing our own URI gives the object itself, no connection.
-//!     let local = server.import(&uri).await?;
+//!     let local = server.import(uri).await?;
 //!     assert_eq!(&local, service.raw());
-//!     client.stop();
-//!     server.stop();
+//!     client.shutdown(Duration::from_secs(1)).await;
+//!     server.shutdown(Duration::from_secs(1)).await;
 //!     Ok::<_, capnp::Error>(())
 //! }).unwrap();
 //! ```

@@ -173,6 +173,10 @@ impl Handler<Accepted> for VatSupervisor {
     type Result = ();
     fn handle(&mut self, msg: Accepted, ctx: &mut Context<Self>) {
         let Accepted { stream, peer } = msg;
+        if self.shutting_down {
+            tracing::debug!(%peer, "connection closed unserved: the vat is shutting down");
+            return;
+        }
         let ip = peer.parse::<SocketAddr>().ok().map(|a| a.ip());
         let admitted = if self.budget.exhausted() {
             // New peers would only add to what the vat cannot hold.
@@ -256,6 +260,13 @@ impl VatSupervisor {
             }
         };
         let who = Peer::Vat(fingerprint);
+        if self.shutting_down {
+            if let Ok(ticket) = admitted {
+                self.governor.release(ticket);
+            }
+            tracing::debug!(%peer, "connection closed unserved: the vat is shutting down");
+            return;
+        }
         match admitted.and_then(|ticket| self.governor.add_key(ticket, fingerprint)) {
             Ok(ticket) => {
                 tracing::debug!(%peer, client = %who, "TLS connection accepted");

@@ -20,8 +20,12 @@
 //! [`Vat::import`] turns a sturdy URI into a capability; a URI naming this
 //! vat gives the local object itself.
 //!
-//! The free functions at the end ([`serve`], [`connect`], [`import`]) are
-//! the insecure building blocks without a supervisor.
+//! [`Vat::builder`] starts a vat serving named services in one call and
+//! gives their sturdy URIs (`builder.rs`); [`Vat::shutdown`] stops it
+//! gracefully and [`Vat::stop`] at once (`shutdown.rs`).
+//!
+//! The free functions [`serve`], [`connect`] and [`import`] are the
+//! insecure building blocks without a supervisor (`insecure.rs`).
 
 use std::collections::HashMap;
 use std::io;
@@ -31,8 +35,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use capnp_actix_actors::arbiters::Arbiters;
 use capnp_actix_actors::connection::{
-    start_connection, BootstrapFn, ConnectionHandle, ConnectionOptions, VatBudget,
-    DEFAULT_VAT_BUDGET_BYTES,
+    BootstrapFn, ConnectionHandle, ConnectionOptions, VatBudget, DEFAULT_VAT_BUDGET_BYTES,
 };
 use capnp_actix_actors::{system, Cap, CapRef};
 use capnp_actix_proto::captp::TableSizes;
@@ -42,15 +45,21 @@ use futures::FutureExt;
 use crate::address::Address;
 use crate::config::{ConfigError, VatConfig};
 use crate::identity::{Fingerprint, SecretKey};
-use crate::listener::{ListenerActor, StopListening};
+use crate::listener::ListenerActor;
 use crate::net::{self, Movable};
 use crate::restorer::Restorer;
 use crate::tls;
 use crate::uri::{SturdyUri, VatAuth};
 
 mod accept;
+mod builder;
+mod insecure;
+mod shutdown;
 
 use accept::{Governor, DEFAULT_FIRST_MESSAGE_DEADLINE};
+pub use builder::{ServiceUris, Serving, VatBuilder};
+pub use insecure::{connect, import, serve, Listening, Services};
+pub use shutdown::{shutdown_signal, SHUTTING_DOWN};
 
 /// How long a peer may take over the TLS handshake before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,6 +77,10 @@ pub enum VatError {
     /// The listen address could not be bound, or TLS not set up.
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// The services given to [`Vat::builder`] are inconsistent (a name
+    /// served twice, a default naming no service); the message says which.
+    #[error("{0}")]
+    Services(String),
     /// No actix System runs the calling thread (see
     /// `capnp_actix_actors::system`); the message says how to start one.
     #[error("{0}")]
@@ -118,6 +131,9 @@ struct VatShared {
     public: Option<Address>,
     restorer: Arc<dyn Restorer>,
     arbiters: Arc<Arbiters>,
+    /// Resolves (its sender dropped) once the vat has stopped and its
+    /// connections have written their last bytes.
+    finished: futures::future::Shared<oneshot::Receiver<()>>,
 }
 
 /// A running vat: a handle to its supervisor actor. `Clone + Send + Sync`.
@@ -255,6 +271,7 @@ impl Vat {
             .filter(|&ms| ms > 0)
             .map(Duration::from_millis);
         let serving = arbiters.clone();
+        let (finished_tx, finished) = oneshot::channel();
         let make_supervisor = move |ctx: &mut Context<VatSupervisor>| {
             let listeners = bound
                 .into_iter()
@@ -277,6 +294,8 @@ impl Vat {
                 first_message_deadline,
                 idle_timeout,
                 arbiters: serving,
+                shutting_down: false,
+                finished: Some(finished_tx),
             }
         };
         let supervisor =
@@ -288,6 +307,7 @@ impl Vat {
                 public,
                 restorer,
                 arbiters,
+                finished: finished.shared(),
             }),
         })
     }
@@ -422,11 +442,6 @@ impl Vat {
     pub fn fail_listeners_for_test(&self) {
         self.shared.supervisor.do_send(FailListeners);
     }
-
-    /// Stops listening and closes every connection.
-    pub fn stop(&self) {
-        self.shared.supervisor.do_send(StopVat);
-    }
 }
 
 /// A connection to a known peer, or the attempt to open one.
@@ -477,40 +492,10 @@ pub struct VatSupervisor {
     idle_timeout: Option<Duration>,
     /// Where connections are served.
     arbiters: Arc<Arbiters>,
-}
-
-/// How long a stopped vat's connections get to write their aborts before
-/// the vat's own arbiters stop.
-const STOP_GRACE: Duration = Duration::from_secs(3);
-
-impl Actor for VatSupervisor {
-    type Context = Context<Self>;
-
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        for l in self.listeners.drain(..) {
-            l.do_send(StopListening);
-        }
-        for (_, entry) in self.peers.drain() {
-            for c in entry.current.into_iter().chain(entry.retired) {
-                c.conn.close("the vat has stopped");
-            }
-            for w in entry.waiting {
-                let _ = w.send(Err(capnp::Error::disconnected(
-                    "the vat has stopped".into(),
-                )));
-            }
-        }
-        for (_, c) in self.anonymous.drain() {
-            c.close("the vat has stopped");
-        }
-        if self.arbiters.owns_threads() {
-            let arbiters = self.arbiters.clone();
-            actix_rt::spawn(async move {
-                arbiters.wait_idle(STOP_GRACE).await;
-                arbiters.stop();
-            });
-        }
-    }
+    /// True once a graceful shutdown has started (see `shutdown.rs`).
+    shutting_down: bool,
+    /// Dropped once the vat is done (see `VatShared::finished`).
+    finished: Option<oneshot::Sender<()>>,
 }
 
 struct Connect {
@@ -560,8 +545,6 @@ impl Message for ListConnections {
     type Result = Vec<ListedConnection>;
 }
 
-struct StopVat;
-
 struct FailListeners;
 
 impl Message for FailListeners {
@@ -575,10 +558,6 @@ impl Handler<FailListeners> for VatSupervisor {
             l.do_send(crate::listener::FailAccept);
         }
     }
-}
-
-impl Message for StopVat {
-    type Result = ();
 }
 
 impl VatSupervisor {
@@ -607,6 +586,9 @@ impl VatSupervisor {
         let open = move || stream.reattach().map(|()| stream);
         let (conn, arbiter) = self.arbiters.start_connection(open, self.options(ticket));
         tracing::debug!(%peer, arbiter, "connection placed");
+        if self.shutting_down {
+            conn.drain(shutdown::shutting_down());
+        }
         let closed = conn.closed();
         let (peer, conn_id) = (peer.clone(), conn.id());
         ctx.spawn(actix::fut::wrap_future(closed).map(
@@ -868,145 +850,4 @@ impl Handler<ListConnections> for VatSupervisor {
         }
         MessageResult(out)
     }
-}
-
-impl Handler<StopVat> for VatSupervisor {
-    type Result = ();
-    fn handle(&mut self, _: StopVat, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Insecure building blocks without a supervisor.
-
-/// Bootstrap capabilities by service ID.
-#[derive(Clone, Default)]
-pub struct Services {
-    by_id: HashMap<Vec<u8>, CapRef>,
-}
-
-impl std::fmt::Debug for Services {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Services")
-            .field("count", &self.by_id.len())
-            .finish()
-    }
-}
-
-impl Services {
-    /// No services.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Offers `cap` under `id` (raw bytes; empty for clients that cannot
-    /// send an ID, such as pycapnp and the C++ EzRpc client).
-    pub fn add(&mut self, id: impl Into<Vec<u8>>, cap: impl Into<CapRef>) -> &mut Self {
-        self.by_id.insert(id.into(), cap.into());
-        self
-    }
-
-    fn lookup(&self, id: &[u8]) -> Result<CapRef, capnp::Error> {
-        self.by_id
-            .get(id)
-            .cloned()
-            .ok_or_else(|| capnp::Error::failed("Unknown persistent service ID".into()))
-    }
-}
-
-/// A running listener.
-#[derive(Debug)]
-pub struct Listening {
-    address: Address,
-    task: actix_rt::task::JoinHandle<()>,
-}
-
-impl Listening {
-    /// The address actually bound (with the port chosen, for port 0).
-    pub fn address(&self) -> &Address {
-        &self.address
-    }
-
-    /// The insecure sturdy URI of a service on this listener.
-    pub fn uri(&self, service_id: &[u8]) -> SturdyUri {
-        SturdyUri {
-            auth: VatAuth::Insecure,
-            address: self.address.clone(),
-            service_id: service_id.to_vec(),
-        }
-    }
-
-    /// Stops accepting connections (existing ones go on).
-    pub fn stop(self) {
-        self.task.abort();
-    }
-}
-
-/// Listens on `address` and serves `services` to every connection, on the
-/// current arbiter. TCP connections get TCP_NODELAY. A stale Unix socket
-/// file at the path is replaced.
-pub async fn serve(address: &Address, services: Services) -> io::Result<Listening> {
-    system::check("vat::serve").map_err(io::Error::other)?;
-    let services = Arc::new(services);
-    let socket = net::Listener::bind(address).await?;
-    let local = socket.local_address(address)?;
-    let task = actix_rt::spawn(async move {
-        loop {
-            match socket.accept().await {
-                Ok((stream, peer)) => {
-                    tracing::debug!(%peer, "accepted connection");
-                    let s = services.clone();
-                    start_connection(
-                        stream,
-                        ConnectionOptions {
-                            bootstrap: Some(capnp_actix_actors::connection::bootstrap_fn(
-                                move |id: &[u8]| s.lookup(id),
-                            )),
-                            ..Default::default()
-                        },
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    });
-    Ok(Listening {
-        address: local,
-        task,
-    })
-}
-
-/// Opens a connection to `address` (no TLS), on the current arbiter.
-pub async fn connect(address: &Address) -> io::Result<ConnectionHandle> {
-    system::check("vat::connect").map_err(io::Error::other)?;
-    let stream = net::dial(address).await?;
-    Ok(start_connection(stream, ConnectionOptions::default()))
-}
-
-/// Connects to the vat an `insecure@` sturdy URI names and returns the
-/// service's capability (usable at once; calls on it are pipelined). A
-/// `sha-256` URI (a TLS vat) needs a TLS identity of our own: use
-/// [`Vat::import`], which has one; here it fails with Unimplemented.
-///
-/// The connection is this capability's own: it closes once the capability,
-/// and every capability that came through it, is released.
-pub async fn import(uri: &SturdyUri) -> Result<CapRef, capnp::Error> {
-    system::check_capnp("vat::import")?;
-    if let VatAuth::Sha256(_) = uri.auth {
-        return Err(capnp::Error::unimplemented(format!(
-            "{uri}: a sha-256 URI names a TLS vat, and this function has no TLS identity to connect with; import it through a `Vat` (`Vat::import`)"
-        )));
-    }
-    let stream = net::dial(&uri.address)
-        .await
-        .map_err(|e| capnp::Error::disconnected(e.to_string()))?;
-    let options = ConnectionOptions {
-        close_when_unused: true,
-        ..ConnectionOptions::default()
-    };
-    Ok(start_connection(stream, options).bootstrap(&uri.service_id))
 }

@@ -87,9 +87,10 @@ impl Connection {
         object_id: Vec<u8>,
         ctx: &mut actix::Context<Self>,
     ) {
-        let mut found = match &self.bootstrap {
-            Some(b) => b(&object_id),
-            None => futures::future::ready(Err(capnp::Error::failed(
+        let mut found = match (&self.bootstrap, self.refused()) {
+            (_, Some(e)) => futures::future::ready(Err(e)).boxed(),
+            (Some(b), None) => b(&object_id),
+            (None, None) => futures::future::ready(Err(capnp::Error::failed(
                 "this vat offers no bootstrap capability".into(),
             )))
             .boxed(),
@@ -170,7 +171,7 @@ impl Connection {
             },
         };
         metrics::call_received();
-        if let Some(e) = self.vat_overloaded() {
+        if let Some(e) = self.refused().or_else(|| self.vat_overloaded()) {
             drop(params);
             return self.fail_answer(answer, e);
         }

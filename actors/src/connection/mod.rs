@@ -39,6 +39,7 @@ use crate::registry;
 
 mod budget;
 mod deferred;
+mod drain;
 mod events;
 mod outgoing;
 mod tables;
@@ -251,6 +252,21 @@ impl ConnectionHandle {
     pub fn id(&self) -> u64 {
         self.id
     }
+
+    /// Starts draining the connection (before a graceful close): from
+    /// now on the peer's new calls and bootstraps fail at once with
+    /// `error`, while the calls it made before go on, and so does
+    /// everything else (our calls to the peer, returns, releases). See
+    /// [`ConnectionHandle::running_calls`] for when they are done.
+    pub fn drain(&self, error: capnp::Error) {
+        self.addr.do_send(drain::Drain(error));
+    }
+
+    /// How many of the peer's calls (and bootstraps) are running here,
+    /// not answered yet; `None` once the connection has ended.
+    pub async fn running_calls(&self) -> Option<usize> {
+        self.addr.send(drain::RunningCalls).await.ok()
+    }
 }
 
 /// Starts a connection actor on the current arbiter for `stream`.
@@ -352,6 +368,7 @@ impl Connection {
             question_of: HashMap::default(),
             answers: HashMap::default(),
             imports: HashMap::default(),
+            draining: None,
             received_any: false,
             last_input: Instant::now(),
             held_until_finished: options.held_until_finished,
@@ -410,6 +427,8 @@ pub struct Connection {
     answers: HashMap<u32, PeerAnswer>,
     /// Imports and the node that holds each.
     imports: HashMap<u32, ImportEntry>,
+    /// Set by [`ConnectionHandle::drain`]: what the peer's new calls get.
+    draining: Option<capnp::Error>,
     /// Told why the connection ended, when it does.
     closed: Option<futures::channel::oneshot::Sender<capnp::Error>>,
     /// True once the peer delivered a complete message (see

@@ -1,7 +1,8 @@
 //! A counter service with its own schema (`schema/counter.capnp`), written
 //! as an actix actor, served over TCP and called through its sturdy URI.
 //!
-//! `cargo run` prints:
+//! `cargo run -- serve` serves it until Ctrl-C or SIGTERM, then shuts
+//! down gracefully. `cargo run` serves it and calls it, printing:
 //!
 //! ```text
 //! serving at capnp://insecure@127.0.0.1:PORT/Y291bnRlcg
@@ -10,9 +11,11 @@
 //! addFrom(the local counter) -> 8
 //! ```
 
+use std::time::Duration;
+
 use capnp_actix::actix::{self, Actor, ActorFutureExt, Context, WrapFuture};
-use capnp_actix::vat::{self, Services};
-use capnp_actix::{capnp, Address, Cap, Reply};
+use capnp_actix::vat::{self, Vat};
+use capnp_actix::{capnp, Address, Cap, Reply, VatConfig};
 
 // capnpc's code for the schema, with the actor traits in `counter_capnp::actors`.
 capnp_actix::capnp::generated_code!(mod counter_capnp);
@@ -66,17 +69,31 @@ async fn add(counter: &counter::Client, amount: i64) -> Result<i64, capnp::Error
     Ok(request.send().promise.await?.get()?.get_total())
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    // Serve a counter under the service ID "counter".
+async fn run(serve_only: bool) -> Result<(), Box<dyn std::error::Error>> {
+    // One call starts a vat serving a counter under the name "counter".
+    // Without TLS (as here) the service ID is the name; drop
+    // `with_tls(false)` for TLS, and the ID becomes a secret derived from
+    // the vat's key (give it a key file to keep URIs across restarts).
+    let config = VatConfig::new()
+        .with_tls(false)
+        .with_listen_address(Address::parse("tcp:127.0.0.1:0")?);
     let served: Cap<counter::Client> = Cap::from_actor(Total::default().start());
-    let mut services = Services::new();
-    services.add("counter", &served);
-    let listening = vat::serve(&Address::parse("tcp:127.0.0.1:0")?, services).await?;
-    let uri = listening.uri(b"counter");
+    let (vat, uris) = Vat::builder(&config)
+        .serve("counter", served)
+        .start()
+        .await?;
+    let uri = &uris["counter"];
     println!("serving at {uri}");
+    if serve_only {
+        // Until Ctrl-C or SIGTERM; then calls running get 5 s to finish
+        // and every client is told the vat is shutting down.
+        vat::shutdown_signal().await;
+        vat.shutdown(Duration::from_secs(5)).await;
+        return Ok(());
+    }
 
     // A client: import the URI and call the counter over the connection.
-    let remote: Cap<counter::Client> = Cap::from_raw(vat::import(&uri).await?);
+    let remote: Cap<counter::Client> = Cap::from_raw(vat::import(uri).await?);
     let remote = remote.client();
     println!("add(5) -> {}", add(&remote, 5).await?);
 
@@ -88,12 +105,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let total = request.send().promise.await?.get()?.get_total();
     println!("addFrom(the local counter) -> {total}");
 
-    listening.stop();
+    vat.shutdown(Duration::from_secs(1)).await;
     Ok(())
 }
 
 fn main() -> std::process::ExitCode {
-    match actix::System::new().block_on(run()) {
+    let serve_only = std::env::args().nth(1).as_deref() == Some("serve");
+    match actix::System::new().block_on(run(serve_only)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("capnp-actix-template: {e}");
