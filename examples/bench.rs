@@ -959,11 +959,13 @@ async fn serve(address: Option<Address>, config: VatConfig) -> Result<(), BoxErr
         }
     };
     let (vat, uri) = serve_ours(&config).await?;
+    // Installed before the server says it is up.
+    let signal = capnp_actix::vat::shutdown_signal();
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "bench service running at: {uri}")?;
     stdout.flush()?;
     drop(stdout);
-    capnp_actix::vat::shutdown_signal().await;
+    signal.await;
     vat.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }

@@ -131,8 +131,10 @@ async fn start_server(config: &VatConfig) -> Result<(Vat, SturdyUri), Failure> {
 /// `calc serve`: serve until SIGINT or SIGTERM, then shut down
 /// gracefully (calls running get 5 s to finish).
 async fn serve(config: VatConfig) -> Result<(), Failure> {
+    // Installed before the server says it is up.
+    let signal = capnp_actix::vat::shutdown_signal();
     let (vat, _) = start_server(&config).await?;
-    capnp_actix::vat::shutdown_signal().await;
+    signal.await;
     vat.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }

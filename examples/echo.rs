@@ -281,12 +281,14 @@ async fn serve(config: VatConfig, store_dir: PathBuf, interval: Duration) -> Res
         .default_without_tls("main")
         .start()
         .await?;
+    // Installed before the server says it is up.
+    let signal = capnp_actix::vat::shutdown_signal();
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "echo service running at: {}", uris["main"])?;
     writeln!(stdout, "logger running at: {}", uris["logger"])?;
     stdout.flush()?;
     drop(stdout);
-    capnp_actix::vat::shutdown_signal().await;
+    signal.await;
     tracing::info!("signal received: shutting down");
     vat.shutdown(GRACE).await;
     Ok(())

@@ -181,13 +181,15 @@ async fn serve(address: Address, config: VatConfig) -> Result<(), BoxError> {
         })
         .start()
         .await?;
+    // Installed before the server says it is up.
+    let signal = capnp_actix::vat::shutdown_signal();
     println!(
         "load service at: {} ({} arbiters)",
         uris[""],
         vat.arbiters().len()
     );
     std::io::stdout().flush()?;
-    capnp_actix::vat::shutdown_signal().await;
+    signal.await;
     vat.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }

@@ -191,6 +191,19 @@ pub struct VatConfig {
     )]
     pub idle_timeout_ms: Option<u64>,
 
+    /// `--capnp-heartbeat-ms MS`: dead-peer detection on every connection
+    /// of the vat: after MS with nothing from a peer, probe it with a
+    /// request every peer answers (a bootstrap); if nothing arrives within
+    /// MS more, declare it dead (its capabilities break with Disconnected,
+    /// naming the heartbeat). Default: off (TCP keepalive only).
+    #[arg(
+        long = "capnp-heartbeat-ms",
+        value_name = "MS",
+        value_parser = clap::value_parser!(u64).range(1..),
+        help = "Probe a peer silent this long; declare it dead after as long again (default: off)"
+    )]
+    pub heartbeat_ms: Option<u64>,
+
     /// `--capnp-arbiters N`: how many arbiters (threads, each with its own
     /// event loop) serve the vat's connections (default: the available
     /// cores). With 1, connections are served on the arbiter that started
@@ -304,6 +317,24 @@ impl VatConfig {
     pub fn with_idle_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
         self.idle_timeout_ms = timeout.map(|d| d.as_millis() as u64);
         self
+    }
+
+    /// Probe silent peers after `interval`, and declare them dead after as
+    /// long again (see [`VatConfig::heartbeat_ms`]); `None`: off.
+    pub fn with_heartbeat(mut self, interval: Option<std::time::Duration>) -> Self {
+        self.heartbeat_ms = interval.map(|d| (d.as_millis() as u64).max(1));
+        self
+    }
+
+    /// The heartbeat [`VatConfig::heartbeat_ms`] asks for.
+    pub fn heartbeat(&self) -> Option<capnp_actix_actors::connection::Heartbeat> {
+        self.heartbeat_ms.map(|ms| {
+            let d = std::time::Duration::from_millis(ms);
+            capnp_actix_actors::connection::Heartbeat {
+                interval: d,
+                timeout: d,
+            }
+        })
     }
 
     /// Serve connections on `n` arbiters (see [`VatConfig::arbiters`]).

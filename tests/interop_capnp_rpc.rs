@@ -323,3 +323,73 @@ async fn our_client_against_capnp_rpc_server_over_tcp() {
 async fn our_client_against_capnp_rpc_server_over_unix_socket() {
     our_client_their_server(Transport::Unix).await;
 }
+
+#[actix::test]
+async fn the_capnp_rpc_crate_answers_our_heartbeat_probes() {
+    let beat = Duration::from_millis(100);
+    let path = socket_path("their-heartbeat");
+    let server_path = path.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let their = on_their_thread(move || async move {
+        let logger: callback::Client = capnp_rpc::new_client(Prefix(Lines::default()));
+        let echo: echo::Client = capnp_rpc::new_client(TheirEcho { logger });
+        let _ = std::fs::remove_file(&server_path);
+        let l = tokio::net::UnixListener::bind(&server_path).map_err(|e| e.to_string())?;
+        tx.send(()).unwrap();
+        let (s, _) = l.accept().await.map_err(|e| e.to_string())?;
+        their_rpc(s, Side::Server, Some(echo.client))
+            .await
+            .map_err(|e| e.to_string())
+    });
+    tokio::task::spawn_blocking(move || rx.recv().unwrap())
+        .await
+        .unwrap();
+    let options = ConnectionOptions {
+        heartbeat: Some(capnp_actix::connection::Heartbeat {
+            interval: beat,
+            timeout: beat,
+        }),
+        ..ConnectionOptions::default()
+    };
+    let conn = start_connection(
+        tokio::net::UnixStream::connect(&path).await.unwrap(),
+        options,
+    );
+    let ping = |echo: &Cap<echo::Client>, msg: &'static str| {
+        let client = echo.client();
+        async move {
+            let mut req = client.ping_request();
+            req.get().set_msg(msg);
+            let reply = req.send().promise.await?;
+            Ok::<_, capnp::Error>(reply.get()?.get_reply()?.to_string()?)
+        }
+    };
+    {
+        let echo: Cap<echo::Client> = Cap::from_raw(conn.bootstrap(b""));
+        assert_eq!(ping(&echo, "one").await.unwrap(), "echo:one");
+        // Ten intervals of silence: unanswered, the probes would have
+        // ended the connection after two.
+        tokio::time::sleep(10 * beat).await;
+        assert!(conn.is_open());
+        assert_eq!(ping(&echo, "two").await.unwrap(), "echo:two");
+    }
+    // Every probe was finished and its answer released.
+    let mut empty = false;
+    for _ in 0..200 {
+        if conn.inspect().await.is_some_and(|(s, _)| s.is_empty()) {
+            empty = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(empty, "our tables: {:?}", conn.inspect().await);
+    conn.close("test over");
+    tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .expect("our connection ends");
+    let _ = tokio::task::spawn_blocking(move || their.join().unwrap())
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    capnp_actix::debug::assert_all_released().await;
+}

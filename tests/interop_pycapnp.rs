@@ -658,3 +658,72 @@ async fn our_calculator_client_against_pycapnp_calculator_over_tcp() {
     require_pycapnp("our_calculator_client_against_pycapnp_calculator_over_tcp");
     our_calc_client_pycapnp_calculator("tcp:127.0.0.1:0").await;
 }
+
+/// Sends `signal` to the Python process.
+fn signal(server: &Python, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(server.child.id()).expect("a pid");
+    // SAFETY: kill(2) with a pid we started and a plain signal number.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::kill(pid, signal) };
+    assert_eq!(r, 0, "kill({pid}, {signal})");
+}
+
+#[actix::test]
+#[cfg_attr(
+    not(have_pycapnp),
+    ignore = "pycapnp not installed: python3 -m pip install pycapnp==2.2.4, then touch build.rs"
+)]
+async fn pycapnp_answers_our_heartbeat_and_a_paused_pycapnp_is_declared_dead() {
+    require_pycapnp("pycapnp_answers_our_heartbeat_and_a_paused_pycapnp_is_declared_dead");
+    let beat = Duration::from_millis(100);
+    let path = socket_path("heartbeat");
+    let address = format!("unix:{}", path.display());
+    let mut server = Python::spawn("echo_server.py", &address);
+    server.expect_line("ready").await;
+    let vat = Vat::client(&VatConfig::new().with_tls(false).with_heartbeat(Some(beat)))
+        .await
+        .unwrap();
+    let uri = SturdyUri {
+        auth: VatAuth::Insecure,
+        address: Address::parse(&address).unwrap(),
+        service_id: Vec::new(),
+    };
+    let echo: Cap<echo::Client> = within("import", vat.import_as(&uri)).await.unwrap();
+    let ping = |msg: &'static str| {
+        let echo = echo.client();
+        async move {
+            let mut req = echo.ping_request();
+            req.get().set_msg(msg);
+            let reply = req.send().promise.await?;
+            Ok::<_, capnp::Error>(reply.get()?.get_reply()?.to_string()?)
+        }
+    };
+    assert_eq!(within("ping", ping("one")).await.unwrap(), "echo:one");
+    // Ten intervals of silence: pycapnp answers every probe (a bootstrap),
+    // or the connection would be declared dead after two.
+    tokio::time::sleep(10 * beat).await;
+    assert_eq!(within("ping", ping("two")).await.unwrap(), "echo:two");
+
+    // Paused, pycapnp answers nothing: declared dead, the capability
+    // breaks with Disconnected naming the heartbeat.
+    let (tx, broken) = futures::channel::oneshot::channel();
+    echo.on_broken(move |e| {
+        let _ = tx.send(e);
+    });
+    signal(&server, libc::SIGSTOP);
+    let started = std::time::Instant::now();
+    let e = tokio::time::timeout(Duration::from_secs(5), broken)
+        .await
+        .expect("declared dead within 5 s")
+        .unwrap();
+    signal(&server, libc::SIGCONT);
+    assert_eq!(e.kind, capnp::ErrorKind::Disconnected, "{e}");
+    assert!(e.to_string().contains("heartbeat"), "{e}");
+    assert!(started.elapsed() >= beat, "{:?}", started.elapsed());
+    drop(echo);
+    vat.stop();
+    drop(vat);
+    drop(server);
+    settled("echo_server.py paused").await;
+    let _ = std::fs::remove_file(path);
+}

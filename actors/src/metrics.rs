@@ -14,6 +14,7 @@
 //! | `capnp_received_bytes_total` | counter | bytes read from the sockets |
 //! | `capnp_sent_bytes_total` | counter | bytes handed to the socket |
 //! | `capnp_table_entries{table}` | gauge | entries in the connections' protocol tables, summed: `questions`, `answers`, `exports`, `imports`, `embargoes` |
+//! | `capnp_heartbeat_probes_total` | counter | heartbeat probes sent to silent peers (see `ConnectionOptions::heartbeat`) |
 //! | `capnp_vat_held_bytes` | gauge | what a vat holds for its peers (calls not answered, results not finished; see `budget.rs`) |
 
 use capnp::ErrorKind;
@@ -53,6 +54,10 @@ pub(crate) fn call_answered(outcome: Result<(), ErrorKind>, elapsed: std::time::
     };
     metrics::counter!("capnp_calls_answered_total", "outcome" => label).increment(1);
     metrics::histogram!("capnp_call_duration_seconds").record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn heartbeat_probe() {
+    metrics::counter!("capnp_heartbeat_probes_total").increment(1);
 }
 
 pub(crate) fn call_sent() {

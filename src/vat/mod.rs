@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use capnp_actix_actors::arbiters::Arbiters;
+use capnp_actix_actors::connection::Heartbeat;
 use capnp_actix_actors::connection::{
     BootstrapFn, ConnectionHandle, ConnectionOptions, VatBudget, DEFAULT_VAT_BUDGET_BYTES,
 };
@@ -270,6 +271,7 @@ impl Vat {
             .idle_timeout_ms
             .filter(|&ms| ms > 0)
             .map(Duration::from_millis);
+        let heartbeat = config.heartbeat();
         let serving = arbiters.clone();
         let (finished_tx, finished) = oneshot::channel();
         let make_supervisor = move |ctx: &mut Context<VatSupervisor>| {
@@ -293,6 +295,7 @@ impl Vat {
                 governor,
                 first_message_deadline,
                 idle_timeout,
+                heartbeat,
                 arbiters: serving,
                 shutting_down: false,
                 finished: Some(finished_tx),
@@ -490,6 +493,8 @@ pub struct VatSupervisor {
     first_message_deadline: Option<Duration>,
     /// See `ConnectionOptions::idle_timeout`.
     idle_timeout: Option<Duration>,
+    /// See `ConnectionOptions::heartbeat`.
+    heartbeat: Option<Heartbeat>,
     /// Where connections are served.
     arbiters: Arc<Arbiters>,
     /// True once a graceful shutdown has started (see `shutdown.rs`).
@@ -570,6 +575,7 @@ impl VatSupervisor {
             max_retained_result_bytes: self.max_retained_result_bytes,
             first_message_deadline: ticket.and(self.first_message_deadline),
             idle_timeout: self.idle_timeout,
+            heartbeat: self.heartbeat,
             ..Default::default()
         }
     }

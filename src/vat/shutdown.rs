@@ -86,33 +86,39 @@ impl Vat {
 }
 
 /// Resolves on the first SIGINT (Ctrl-C) or, on Unix, SIGTERM: what a
-/// server awaits before [`Vat::shutdown`]. Needs a tokio runtime (an
-/// actix System has one). If the signal handlers cannot be installed, the
-/// error is logged and this never resolves.
-pub async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!("cannot listen for SIGINT: {e}");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// server awaits before [`Vat::shutdown`]. The handlers are installed when
+/// this is called, not when the future is first polled: call it before
+/// announcing that the server is up, so that a signal sent right after
+/// the announcement is not missed (and does not kill the process). Needs
+/// a tokio runtime (an actix System has one). If the handlers cannot be
+/// installed, the error is logged and the future never resolves.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let interrupt = installed(tokio::signal::unix::SignalKind::interrupt(), "SIGINT");
+    let terminate = installed(tokio::signal::unix::SignalKind::terminate(), "SIGTERM");
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    futures::pin_mut!(interrupt, terminate);
-    futures::future::select(interrupt, terminate).await;
+        };
+        let (interrupt, terminate) = (wait(interrupt), wait(terminate));
+        futures::pin_mut!(interrupt, terminate);
+        futures::future::select(interrupt, terminate).await;
+    }
+}
+
+/// The handler of signal `kind`, or `None` (logged) if it cannot be
+/// installed.
+fn installed(
+    kind: tokio::signal::unix::SignalKind,
+    name: &str,
+) -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(kind)
+        .map_err(|e| tracing::error!("cannot listen for {name}: {e}"))
+        .ok()
 }
 
 /// Stops the supervisor at once.
@@ -229,6 +235,11 @@ impl Actor for VatSupervisor {
         }
         let arbiters = self.arbiters.clone();
         let finished = self.finished.take();
+        if std::thread::panicking() {
+            // Unwinding from a failed start (no runtime to spawn on, as
+            // under `#[tokio::test]`): there is nothing to wait for.
+            return;
+        }
         actix_rt::spawn(async move {
             if !arbiters.wait_idle(STOP_GRACE).await {
                 tracing::warn!(

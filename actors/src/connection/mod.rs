@@ -50,6 +50,7 @@ pub use budget::{
     Reservation, VatBudget, DEFAULT_MAX_RETAINED_RESULT_BYTES, DEFAULT_VAT_BUDGET_BYTES,
 };
 use tables::{Embargo, HashMap, ImportEntry, PeerAnswer, Question};
+pub use timers::Heartbeat;
 use writer::Flush;
 
 /// Finds the bootstrap capability for a service ID (the ID's raw bytes;
@@ -118,6 +119,12 @@ pub struct ConnectionOptions {
     /// empty, no call pending) and has received nothing for this long,
     /// with an abort naming the timeout. `None` (the default): never.
     pub idle_timeout: Option<Duration>,
+    /// Dead-peer detection: after `interval` with nothing from the peer,
+    /// probe it with an ordinary request every peer answers (a bootstrap);
+    /// declare it dead (Disconnected, naming the heartbeat) if nothing
+    /// arrives within `timeout`. `None` (the default): no heartbeat, only
+    /// TCP keepalive.
+    pub heartbeat: Option<Heartbeat>,
     /// Held by the connection until it has ended and finished writing
     /// (its last bytes flushed, or its writer's grace spent), then
     /// dropped: a guard whose `Drop` tells its owner the connection is
@@ -147,6 +154,7 @@ impl std::fmt::Debug for ConnectionOptions {
             .field("budget", &self.budget)
             .field("first_message_deadline", &self.first_message_deadline)
             .field("idle_timeout", &self.idle_timeout)
+            .field("heartbeat", &self.heartbeat)
             .field("held_until_finished", &self.held_until_finished.is_some())
             .finish()
     }
@@ -336,7 +344,12 @@ impl Connection {
         let (hand_back, leftover) = futures::channel::oneshot::channel();
         ctx.add_stream(io::FrameReader::new(read, options.reader, hand_back));
         ctx.spawn(Flush);
-        timers::start(ctx, options.first_message_deadline, options.idle_timeout);
+        timers::start(
+            ctx,
+            options.first_message_deadline,
+            options.idle_timeout,
+            options.heartbeat,
+        );
         Connection {
             id,
             closed: Some(closed),
@@ -371,6 +384,7 @@ impl Connection {
             draining: None,
             received_any: false,
             last_input: Instant::now(),
+            probe: timers::Probe::default(),
             held_until_finished: options.held_until_finished,
             leftover: Some(leftover),
             _guard: registry::ActorGuard::new(),
@@ -437,6 +451,8 @@ pub struct Connection {
     /// When the peer last delivered a message (see
     /// [`ConnectionOptions::idle_timeout`]).
     last_input: Instant,
+    /// The heartbeat's probe (see `timers.rs`).
+    probe: timers::Probe,
     /// See [`ConnectionOptions::held_until_finished`]; handed to the
     /// writer's last task when the connection ends.
     held_until_finished: Option<Arc<dyn std::any::Any + Send + Sync>>,

@@ -83,11 +83,13 @@ async fn run(serve_only: bool) -> Result<(), Box<dyn std::error::Error>> {
         .start()
         .await?;
     let uri = &uris["counter"];
+    // Installed before the server says it is up, so no signal is missed.
+    let signal = vat::shutdown_signal();
     println!("serving at {uri}");
     if serve_only {
         // Until Ctrl-C or SIGTERM; then calls running get 5 s to finish
         // and every client is told the vat is shutting down.
-        vat::shutdown_signal().await;
+        signal.await;
         vat.shutdown(Duration::from_secs(5)).await;
         return Ok(());
     }
