@@ -127,13 +127,13 @@ impl Net {
     /// byte read or written for a while).
     async fn settle(&self) {
         let mut idle = 0;
-        let mut last = self.activity.get();
+        let mut last = wire::activity_now(&self.activity);
         let mut rounds = 0;
         while idle < 64 {
             tokio::task::yield_now().await;
             rounds += 1;
             assert!(rounds < 1_000_000, "the vats never went quiet");
-            let now = self.activity.get();
+            let now = wire::activity_now(&self.activity);
             if now == last {
                 idle += 1;
             } else {
