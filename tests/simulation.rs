@@ -38,9 +38,11 @@
 //! trip to every arbiter, twice in a row. `SIM_ARBITERS` applies to
 //! `one_seed` and `explore` (e.g. `SIM_ARBITERS=2 SIM_EXPLORE=5000 cargo
 //! test --release --test simulation explore -- --nocapture`) and to the
-//! fuzz target; the CI tests above run on one thread whatever it says,
-//! and `simulation_on_two_arbiters` (300 seeds of 200 steps) and
-//! `regressions_pass_on_two_arbiters` run on two arbiters.
+//! fuzz target. Every other test runs on one thread whatever it says (the
+//! 1,500 seeds above, and the regressions' replays, which assert their
+//! triggers), except two that run on two arbiters:
+//! `simulation_on_two_arbiters` (300 seeds of 200 steps, about 25 s in
+//! debug) and `regressions_pass_on_two_arbiters` (the oracle only).
 
 mod sim;
 

@@ -11,7 +11,10 @@
 //! idle. [`Spread::ping`] waits until every arbiter has run what was
 //! queued on it before the ping; the driver counts the runtime as quiet
 //! once the activity counter has not changed across its own idle rounds
-//! and a ping, twice in a row ([`Spread::settle`]).
+//! and a ping, twice in a row ([`Spread::settle`]). (Without the pings,
+//! nine seeds in ten fail: tables that do not mirror each other after a
+//! flush, calls that never complete; the oracle notices a settle that
+//! comes too early.)
 
 use actix::ArbiterHandle;
 use capnp_actix::arbiters::Arbiters;
