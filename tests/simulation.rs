@@ -25,6 +25,24 @@
 //! further, `SIM_EXPLORE=<seeds> SIM_SEED_BASE=<first> ... explore`; to
 //! watch a run, `SIM_TRACE=1`. The same driver runs under cargo-fuzz
 //! (`fuzz/`).
+//!
+//! On several arbiters: with `SIM_ARBITERS=<n>` (n > 1; default 1) a run
+//! starts n arbiters (threads) of its own and starts each pair's two
+//! connection ends on two different ones, while the vats' objects and
+//! promises stay on the driver's thread, so calls between them cross
+//! threads through mailboxes as in a vat that serves its connections on
+//! several arbiters (see `tests/sim/spread.rs`). Frames still arrive when
+//! the driver delivers them, so a run mostly follows its seed, but it is
+//! not reproducible to the instruction; the driver counts the threads as
+//! quiet once nothing has moved across its own idle rounds and a round
+//! trip to every arbiter, twice in a row. `SIM_ARBITERS` applies to
+//! `one_seed` and `explore` (e.g. `SIM_ARBITERS=2 SIM_EXPLORE=5000 cargo
+//! test --release --test simulation explore -- --nocapture`) and to the
+//! fuzz target. Every other test runs on one thread whatever it says (the
+//! 1,500 seeds above, and the regressions' replays, which assert their
+//! triggers), except two that run on two arbiters:
+//! `simulation_on_two_arbiters` (300 seeds of 200 steps, about 25 s in
+//! debug) and `regressions_pass_on_two_arbiters` (the oracle only).
 
 mod sim;
 
@@ -184,10 +202,24 @@ fn check(seed: Option<u64>, scenario: &Scenario, cfg: &Config) -> Outcome {
 /// called through; short enough that a failure shrinks quickly.
 const STEPS_PER_SEED: usize = 400;
 
+/// The configuration of the tests that want every run reproducible from
+/// its steps: everything on one thread, whatever `SIM_ARBITERS` says.
+fn one_thread() -> Config {
+    Config {
+        arbiters: 1,
+        ..Config::default()
+    }
+}
+
 /// Runs seeds `first, first + stride, ...` until `steps` steps have run
-/// in seeds that passed.
+/// in seeds that passed, on one thread.
 fn run_seeds(first: u64, stride: u64, steps: usize) {
-    let cfg = Config::default();
+    run_seeds_with(&one_thread(), first, stride, steps, STEPS_PER_SEED);
+}
+
+/// Runs seeds `first, first + stride, ...` of `per_seed` steps each with
+/// `cfg` until `steps` steps have run in seeds that passed.
+fn run_seeds_with(cfg: &Config, first: u64, stride: u64, steps: usize, per_seed: usize) {
     let started = Instant::now();
     let mut done = 0;
     let mut seed = first;
@@ -196,8 +228,8 @@ fn run_seeds(first: u64, stride: u64, steps: usize) {
     let mut totals = sim::model::Counts::default();
     let mut relaxed = sim::routes::Relaxation::default();
     while done < steps {
-        let scenario = ops::generate(seed, STEPS_PER_SEED);
-        match run(&scenario, &cfg) {
+        let scenario = ops::generate(seed, per_seed);
+        match run(&scenario, cfg) {
             Ok(o) => {
                 totals.add(&o.counts);
                 relaxed.add(&o.counts);
@@ -207,14 +239,15 @@ fn run_seeds(first: u64, stride: u64, steps: usize) {
             Err(f) => match sim::known_bug(&f.message) {
                 Some(test) => known.entry(test).or_default().push(seed),
                 None => {
-                    check(Some(seed), &scenario, &cfg);
+                    check(Some(seed), &scenario, cfg);
                 }
             },
         }
         seed += stride;
     }
     eprintln!(
-        "{seeds} seeds passed, {done} steps in {:.1?}: {totals}",
+        "{seeds} seeds passed on {} arbiters, {done} steps in {:.1?}: {totals}",
+        cfg.arbiters,
         started.elapsed()
     );
     eprintln!("{}", relaxed.report(&totals));
@@ -243,6 +276,41 @@ fn simulation_odd_seeds() {
     run_seeds(seed_base() + 1, 2, 300_000);
 }
 
+/// Seeds run with each pair's connection ends on two arbiters (threads)
+/// of the run's own, the vats' objects on the driver's thread: a vat
+/// serving its connections on several arbiters (issue 13). Shorter seeds,
+/// as knowing that the threads are quiet costs round trips to them.
+const ARBITER_SEEDS: usize = 300;
+const ARBITER_STEPS_PER_SEED: usize = 200;
+
+#[test]
+fn simulation_on_two_arbiters() {
+    let cfg = Config {
+        arbiters: 2,
+        ..Config::default()
+    };
+    let steps = ARBITER_SEEDS * ARBITER_STEPS_PER_SEED;
+    run_seeds_with(&cfg, seed_base(), 1, steps, ARBITER_STEPS_PER_SEED);
+}
+
+/// Every recorded regression passes the oracle with its connections on
+/// two arbiters too (what each triggers depends on the exact order of
+/// the threads' turns, so only the one-thread replays assert it).
+#[test]
+fn regressions_pass_on_two_arbiters() {
+    let cfg = Config {
+        new_ops: sim::ops::NewOps::ALL,
+        arbiters: 2,
+        ..Config::default()
+    };
+    for r in recorded() {
+        let path = regression_path(&r.name);
+        if let Err(f) = run(&r.scenario, &cfg) {
+            panic!("regression {} ({path}) fails on two arbiters: {f}", r.name);
+        }
+    }
+}
+
 /// Replays one seed: `SIM_SEED=<seed> [SIM_STEPS=<n>]`.
 #[test]
 fn one_seed() {
@@ -260,7 +328,7 @@ fn one_seed() {
 #[test]
 fn a_run_is_reproducible_from_its_steps() {
     let scenario = ops::generate(7, 300);
-    let cfg = Config::default();
+    let cfg = one_thread();
     let a = run(&scenario, &cfg).unwrap().counts;
     let b = run(&scenario, &cfg).unwrap().counts;
     assert_eq!(format!("{a}"), format!("{b}"));
@@ -305,7 +373,7 @@ fn the_oracle_sees_calls_arrive_and_return() {
             Op::Flush,
         ],
     };
-    let o = check(None, &s, &Config::default());
+    let o = check(None, &s, &one_thread());
     assert_eq!(o.counts.calls_sent, 2, "{}", o.counts);
     assert_eq!(o.counts.calls_arrived, 2, "{}", o.counts);
     assert_eq!(o.counts.calls_returned_ok, 2, "{}", o.counts);
@@ -318,7 +386,7 @@ fn the_oracle_sees_calls_arrive_and_return() {
 fn raw_bytes_never_panic() {
     let cfg = Config {
         capture: true,
-        ..Config::default()
+        ..one_thread()
     };
     // Real traffic: every frame each wire carried in a short run.
     let streams: Vec<Vec<Vec<u8>>> = (0..4)
@@ -456,7 +524,7 @@ fn write_fuzz_corpus() {
     }
     let cfg = Config {
         capture: true,
-        ..Config::default()
+        ..one_thread()
     };
     for seed in 0..3 {
         let frames = run(&ops::generate(seed, 120), &cfg).unwrap().frames;
@@ -558,7 +626,7 @@ fn replay(name: &str) {
     let cfg = Config {
         log_messages: true,
         new_ops: sim::ops::NewOps::ALL,
-        ..Config::default()
+        ..one_thread()
     };
     let pinned = r.bug.split(". ").next().unwrap_or("");
     let outcome = run(&r.scenario, &cfg)
@@ -583,7 +651,7 @@ fn show_triggers() {
     let cfg = Config {
         log_messages: true,
         new_ops: sim::ops::NewOps::ALL,
-        ..Config::default()
+        ..one_thread()
     };
     for r in recorded() {
         let o = run(&r.scenario, &cfg)

@@ -30,7 +30,7 @@ use capnp_actix::connection::{
 use capnp_actix::schemas::test_api_capnp::{maker, probe};
 use capnp_actix::{Cap, CapRef, Resolver};
 use futures::channel::oneshot;
-use support::{Log, Probe};
+use support::{start_call, Held, Log, Probe};
 use wire::{Activity, Wire};
 
 /// Which way a message goes.
@@ -127,13 +127,13 @@ impl Net {
     /// byte read or written for a while).
     async fn settle(&self) {
         let mut idle = 0;
-        let mut last = self.activity.get();
+        let mut last = wire::activity_now(&self.activity);
         let mut rounds = 0;
         while idle < 64 {
             tokio::task::yield_now().await;
             rounds += 1;
             assert!(rounds < 1_000_000, "the vats never went quiet");
-            let now = self.activity.get();
+            let now = wire::activity_now(&self.activity);
             if now == last {
                 idle += 1;
             } else {
@@ -252,59 +252,12 @@ fn offering(service: CapRef) -> BootstrapFn {
     bootstrap_fn(move |_: &[u8]| Ok(service.clone()))
 }
 
-/// A call on `p` with `seq`, started now; its outcome comes later.
-fn start_call(p: &probe::Client, seq: u64) -> tokio::task::JoinHandle<Result<u64, capnp::Error>> {
-    let mut req = p.call_request();
-    req.get().set_seq(seq);
-    let promise = req.send().promise;
-    tokio::task::spawn_local(async move { Ok(promise.await?.get()?.get_seq()) })
-}
-
 async fn outcomes(calls: Vec<tokio::task::JoinHandle<Result<u64, capnp::Error>>>) -> Vec<u64> {
     let mut out = Vec::new();
     for c in calls {
         out.push(c.await.unwrap().unwrap());
     }
     out
-}
-
-/// The server's maker: `hold(probe)` answers at once with a local
-/// promise, which the test resolves (to the probe given, or to anything
-/// else) with [`Held::resolve`].
-#[derive(Clone, Default)]
-struct Held(Rc<RefCell<Vec<(Resolver, CapRef)>>>);
-
-impl Held {
-    /// Resolves the oldest held promise to the probe it was given.
-    fn resolve(&self) {
-        let (resolver, given) = self.0.borrow_mut().remove(0);
-        resolver.resolve_to(given);
-    }
-    /// Breaks the oldest held promise.
-    fn break_it(&self, reason: &str) {
-        let (resolver, _) = self.0.borrow_mut().remove(0);
-        resolver.reject(capnp::Error::failed(reason.into()));
-    }
-    /// A new held promise, which [`Held::resolve`] resolves to `to`.
-    fn promise_for(&self, to: CapRef) -> probe::Client {
-        let (promise, resolver) = Cap::<probe::Client>::promise();
-        self.0.borrow_mut().push((resolver, to));
-        promise.client()
-    }
-}
-
-impl maker::Server for Held {
-    async fn hold(
-        self: Rc<Self>,
-        params: maker::HoldParams,
-        mut results: maker::HoldResults,
-    ) -> Result<(), capnp::Error> {
-        let given: Cap<probe::Client> = Cap::from_client(&params.get()?.get_probe()?);
-        results
-            .get()
-            .set_probe(self.promise_for(given.raw().clone()));
-        Ok(())
-    }
 }
 
 /// The first capability of the server's `pair()`, fetched with every

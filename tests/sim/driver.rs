@@ -1,7 +1,10 @@
 //! The multi-vat driver: two or three vats in one actix system on one
 //! thread, each pair joined by a connection over in-memory wires, doing
 //! the steps of a [`Scenario`] one at a time and letting the runtime run
-//! until it is quiet after each.
+//! until it is quiet after each. With [`Config::arbiters`] above 1 the
+//! connections run on arbiters of their own (see `super::spread`); then
+//! frames still arrive when the driver says, but what the threads do in
+//! between is not reproducible to the instruction.
 //!
 //! Checked as it runs (see [`Model`] for the call checks):
 //! - every call reaches exactly the object its reference means, in the
@@ -48,6 +51,7 @@ use super::model::{
     Counts, FuzzObject, Meaning, Model, ObjId, ObjRec, PromiseRec, RefId, Reply, PIPELINE_FIELDS,
 };
 use super::ops::{NewOps, Op, Scenario};
+use super::spread::{self, Spread};
 use super::wire::{self, Activity, Wire};
 
 /// How the driver runs.
@@ -69,6 +73,18 @@ pub struct Config {
     /// write wide results; for `tail_calls`, connections send tail calls
     /// back with `sendResultsTo.yourself`.
     pub new_ops: NewOps,
+    /// How many arbiters (threads) the connections run on (`SIM_ARBITERS`,
+    /// see [`arbiters`]): 1, everything on the driver's thread, each run
+    /// reproducible from its steps; above, see `super::spread`.
+    pub arbiters: usize,
+}
+
+/// `SIM_ARBITERS`, else 1.
+pub fn arbiters() -> usize {
+    std::env::var("SIM_ARBITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
 }
 
 impl Default for Config {
@@ -80,6 +96,7 @@ impl Default for Config {
             capture: false,
             log_messages: false,
             new_ops: super::ops::new_ops(),
+            arbiters: arbiters(),
         }
     }
 }
@@ -153,6 +170,8 @@ pub struct Sim {
     activity: Activity,
     log: wire::Log,
     cfg: Config,
+    /// The arbiters the connections run on, if not this thread's.
+    spread: Option<Spread>,
 }
 
 fn lock(o: &Offers) -> std::sync::MutexGuard<'_, HashMap<u64, CapRef>> {
@@ -160,9 +179,10 @@ fn lock(o: &Offers) -> std::sync::MutexGuard<'_, HashMap<u64, CapRef>> {
 }
 
 impl Sim {
-    /// Starts `vats` vats, each pair connected. Call inside an actix system.
-    pub fn new(vats: usize, cfg: Config) -> Self {
-        let activity: Activity = Rc::default();
+    /// Starts `vats` vats, each pair connected, its connection on this
+    /// thread or on `spread`'s arbiters. Call inside an actix system.
+    pub fn new(vats: usize, cfg: Config, spread: Option<Spread>) -> Self {
+        let activity = Activity::default();
         let offers: Vec<Offers> = (0..vats).map(|_| Offers::default()).collect();
         let log = wire::Log::default();
         let mut pairs = Vec::new();
@@ -196,8 +216,16 @@ impl Sim {
                             ..Default::default()
                         }
                     };
-                let conn_a = start_connection(end_a, options(a));
-                let conn_b = start_connection(end_b, options(b));
+                let (conn_a, conn_b) = match &spread {
+                    None => (
+                        start_connection(end_a, options(a)),
+                        start_connection(end_b, options(b)),
+                    ),
+                    Some(s) => (
+                        s.start_end(pairs.len(), 0, end_a, options(a)),
+                        s.start_end(pairs.len(), 1, end_b, options(b)),
+                    ),
+                };
                 pairs.push(Pair {
                     a,
                     b,
@@ -218,6 +246,7 @@ impl Sim {
             activity,
             log,
             cfg,
+            spread,
         }
     }
 
@@ -240,7 +269,7 @@ impl Sim {
             .iter()
             .flat_map(|p| p.wires.iter().map(Wire::captured))
             .collect();
-        let messages = self.log.borrow().clone();
+        let messages = wire::lock(&self.log).clone();
         Ok(Outcome {
             counts,
             frames,
@@ -626,26 +655,13 @@ impl Sim {
     }
 
     /// Lets the runtime run until nothing observable has happened for
-    /// `idle_rounds` scheduler rounds.
+    /// `idle_rounds` scheduler rounds (and, with other arbiters, across
+    /// pings of them: see `super::spread`).
     async fn settle(&mut self) -> Result<(), String> {
-        let mut idle = 0;
-        let mut rounds = 0;
-        let mut last = self.activity.get();
-        while idle < self.cfg.idle_rounds {
-            tokio::task::yield_now().await;
-            rounds += 1;
-            let now = self.activity.get();
-            if now != last {
-                last = now;
-                idle = 0;
-            } else {
-                idle += 1;
-            }
-            if rounds > self.cfg.max_rounds {
-                return Err(format!(
-                    "the runtime was still busy after {rounds} scheduler rounds (a message loop?)"
-                ));
-            }
+        let (idle, max) = (self.cfg.idle_rounds, self.cfg.max_rounds);
+        match &self.spread {
+            None => spread::idle(&self.activity, idle, max).await?,
+            Some(s) => s.settle(&self.activity, idle, max).await?,
         }
         let released: Vec<ObjId> = std::mem::take(&mut *self.released.borrow_mut());
         let mut m = self.model.borrow_mut();
@@ -653,6 +669,11 @@ impl Sim {
             m.object_dropped(obj);
         }
         Ok(())
+    }
+
+    /// The first panic seen on this thread or on one of the arbiters.
+    fn take_panic(&self) -> Option<String> {
+        super::take_panic().or_else(|| self.spread.as_ref()?.take_panic())
     }
 
     /// Delivers every message, again and again, until nothing moves.
@@ -703,7 +724,7 @@ impl Sim {
     /// been delivered.
     async fn check_step(&mut self, flushed: bool) -> Result<(), String> {
         self.settle().await?;
-        if let Some(p) = super::take_panic() {
+        if let Some(p) = self.take_panic() {
             return Err(format!("panic: {p}"));
         }
         // A connection that ended by itself comes first: what follows from
@@ -863,7 +884,7 @@ impl Sim {
         if let Some(o) = m.objects.iter().position(|o| o.alive) {
             return Err(format!("object {o} was never released"));
         }
-        if let Some(p) = super::take_panic() {
+        if let Some(p) = self.take_panic() {
             return Err(format!("panic: {p}"));
         }
         Ok(())
@@ -921,5 +942,8 @@ pub fn run(scenario: &Scenario, cfg: &Config) -> Result<Outcome, Failure> {
     let cfg = cfg.clone();
     super::take_panic();
     let system = actix::System::new();
-    system.block_on(async move { Sim::new(vats, cfg).execute(&scenario.ops).await })
+    system.block_on(async move {
+        let spread = Spread::start(cfg.arbiters);
+        Sim::new(vats, cfg, spread).execute(&scenario.ops).await
+    })
 }

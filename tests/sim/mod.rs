@@ -11,10 +11,12 @@ pub mod ops;
 pub mod raw;
 pub mod routes;
 pub mod script;
+pub mod spread;
 pub mod triggers;
 pub mod wire;
 
 use std::cell::RefCell;
+use std::sync::{Arc, Mutex};
 
 /// Bugs found and not fixed yet, by a phrase of their failure and the
 /// regression (a file of `tests/sim/regressions/`, listed in
@@ -37,8 +39,25 @@ pub fn known_bug(message: &str) -> Option<&'static str> {
         .map(|(_, test)| *test)
 }
 
+/// Where the panics of other threads of a run go (its arbiters'; see
+/// [`forward_panics`]).
+pub type PanicSink = Arc<Mutex<Option<String>>>;
+
 thread_local! {
     static PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+    static FORWARD: RefCell<Option<PanicSink>> = const { RefCell::new(None) };
+}
+
+/// Sends the panics of this thread (once [`install_panic_hook`] runs) to
+/// `sink` rather than to this thread's [`take_panic`]: for an arbiter of
+/// a run, whose driver runs on another thread.
+pub fn forward_panics(sink: PanicSink) {
+    FORWARD.with(|f| *f.borrow_mut() = Some(sink));
+}
+
+/// Takes the first panic `sink` received, if any.
+pub fn take_forwarded(sink: &PanicSink) -> Option<String> {
+    sink.lock().unwrap_or_else(|e| e.into_inner()).take()
 }
 
 /// Makes panics on this thread visible to [`take_panic`] (the runtime
@@ -49,6 +68,17 @@ pub fn install_panic_hook() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            let forward = FORWARD
+                .try_with(|f| f.try_borrow().ok().and_then(|f| f.clone()))
+                .ok()
+                .flatten();
+            if let Some(sink) = forward {
+                let mut first = sink.lock().unwrap_or_else(|e| e.into_inner());
+                first.get_or_insert_with(|| info.to_string());
+                drop(first);
+                previous(info);
+                return;
+            }
             let _ = PANIC.try_with(|p| {
                 if let Ok(mut p) = p.try_borrow_mut() {
                     p.get_or_insert_with(|| info.to_string());

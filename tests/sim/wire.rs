@@ -5,29 +5,46 @@
 //! until the driver delivers them, one at a time, to the reading side.
 //! Nothing moves on its own, so which message arrives when is the driver's
 //! choice, and a run is reproducible from its list of steps.
+//!
+//! Wires, their ends, the activity counter and the log are `Send + Sync`
+//! (shared state behind a `Mutex`, the counter atomic), so that an end can
+//! be read and written by a connection on another arbiter while the driver
+//! delivers from its own thread (`SIM_ARBITERS`, see the driver). On one
+//! thread the locks are never contended and nothing else changes.
 
-use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Bumped whenever something observable happens (bytes written or read,
 /// a call reaching an object, an answer coming back...): the driver waits
-/// until it stops moving.
-pub type Activity = Rc<Cell<u64>>;
+/// until it stops moving. Bumped from any thread.
+pub type Activity = Arc<AtomicU64>;
 
 pub fn bump(activity: &Activity) {
-    activity.set(activity.get() + 1);
+    activity.fetch_add(1, Ordering::SeqCst);
+}
+
+/// The activity count now.
+pub fn activity_now(activity: &Activity) -> u64 {
+    activity.load(Ordering::SeqCst)
 }
 
 /// Every frame written to or delivered by the wires that share it, in
 /// order, described (see [`super::describe::frame`]): what the replay of a
 /// recorded regression counts its triggers in.
-pub type Log = Rc<RefCell<Vec<Logged>>>;
+pub type Log = Arc<Mutex<Vec<Logged>>>;
+
+/// Locks `m`; a panic elsewhere (which the driver reports) does not poison
+/// what the wires hold for the rest of the run.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// One entry of a [`Log`].
 #[derive(Clone, Debug)]
@@ -72,36 +89,40 @@ impl State {
 /// One direction of a connection; see the module docs.
 #[derive(Clone)]
 pub struct Wire {
-    state: Rc<RefCell<State>>,
+    state: Arc<Mutex<State>>,
 }
 
 impl Wire {
     fn new() -> Self {
         Wire {
-            state: Rc::new(RefCell::new(State::default())),
+            state: Arc::default(),
         }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
     }
 
     /// Frames waiting to be delivered.
     pub fn queued(&self) -> usize {
-        self.state.borrow().frames.len()
+        self.state().frames.len()
     }
 
     /// The frames waiting to be delivered, oldest first.
     pub fn waiting(&self) -> Vec<Vec<u8>> {
-        self.state.borrow().frames.iter().cloned().collect()
+        self.state().frames.iter().cloned().collect()
     }
 
     /// Takes the next frame off the wire without delivering it (for a
     /// scripted peer that reads it itself).
     pub fn take(&self) -> Option<Vec<u8>> {
-        self.state.borrow_mut().frames.pop_front()
+        self.state().frames.pop_front()
     }
 
     /// Queues bytes written by a scripted peer, cut into frames like any
     /// other write.
     pub fn inject(&self, bytes: &[u8]) {
-        let mut s = self.state.borrow_mut();
+        let mut s = self.state();
         let s = &mut *s;
         s.partial.extend_from_slice(bytes);
         cut_frames(&mut s.partial, &mut s.frames);
@@ -109,14 +130,14 @@ impl Wire {
 
     /// Moves the next frame to the reader. False if none was waiting.
     pub fn deliver_one(&self) -> bool {
-        let mut s = self.state.borrow_mut();
+        let mut s = self.state();
         match s.frames.pop_front() {
             Some(f) => {
                 if std::env::var_os("SIM_TRACE").is_some() {
                     println!("    deliver {}{}", s.label, super::describe::frame(&f));
                 }
                 if let Some(log) = &s.log {
-                    log.borrow_mut().push(Logged {
+                    lock(log).push(Logged {
                         wire: s.label.clone(),
                         delivered: true,
                         frame: super::describe::frame(&f),
@@ -133,7 +154,7 @@ impl Wire {
     /// Cuts the wire: undelivered bytes are lost, the reader sees the end
     /// of the stream, writes fail.
     pub fn cut(&self) {
-        let mut s = self.state.borrow_mut();
+        let mut s = self.state();
         s.cut = true;
         s.frames.clear();
         s.partial.clear();
@@ -143,22 +164,22 @@ impl Wire {
 
     /// Names the wire in `SIM_TRACE` output (`"0>1 "`, say).
     pub fn set_label(&self, label: &str) {
-        self.state.borrow_mut().label = label.to_string();
+        self.state().label = label.to_string();
     }
 
     /// Starts keeping a copy of every frame written from now on.
     pub fn start_capture(&self) {
-        self.state.borrow_mut().capture = Some(Vec::new());
+        self.state().capture = Some(Vec::new());
     }
 
     /// Notes every frame written or delivered from now on in `log`.
     pub fn start_log(&self, log: &Log) {
-        self.state.borrow_mut().log = Some(log.clone());
+        self.state().log = Some(log.clone());
     }
 
     /// The frames captured so far.
     pub fn captured(&self) -> Vec<Vec<u8>> {
-        self.state.borrow().capture.clone().unwrap_or_default()
+        self.state().capture.clone().unwrap_or_default()
     }
 }
 
@@ -232,7 +253,7 @@ impl AsyncRead for End {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let mut s = self.rx.state.borrow_mut();
+        let mut s = self.rx.state();
         if !s.readable.is_empty() {
             let n = buf.remaining().min(s.readable.len());
             let bytes: Vec<u8> = s.readable.drain(..n).collect();
@@ -255,7 +276,7 @@ impl AsyncWrite for End {
         _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let mut s = self.tx.state.borrow_mut();
+        let mut s = self.tx.state();
         if s.cut || s.shut {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
@@ -267,12 +288,11 @@ impl AsyncWrite for End {
             c.extend(s.frames.iter().skip(before).cloned());
         }
         if let Some(log) = &s.log {
-            log.borrow_mut()
-                .extend(s.frames.iter().skip(before).map(|f| Logged {
-                    wire: s.label.clone(),
-                    delivered: false,
-                    frame: super::describe::frame(f),
-                }));
+            lock(log).extend(s.frames.iter().skip(before).map(|f| Logged {
+                wire: s.label.clone(),
+                delivered: false,
+                frame: super::describe::frame(f),
+            }));
         }
         bump(&self.activity);
         Poll::Ready(Ok(buf.len()))
@@ -283,7 +303,7 @@ impl AsyncWrite for End {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut s = self.tx.state.borrow_mut();
+        let mut s = self.tx.state();
         s.shut = true;
         s.wake_reader();
         bump(&self.activity);

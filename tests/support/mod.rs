@@ -1,5 +1,5 @@
 //! Test services: a `Probe` that records the calls it gets, and a `Maker`
-//! whose answers the test controls.
+//! and a `Held` whose answers the test controls.
 #![allow(dead_code)]
 
 use std::cell::RefCell;
@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use capnp_actix::schemas::test_api_capnp::{maker, probe};
-use capnp_actix::Cap;
+use capnp_actix::{Cap, CapRef, Resolver};
 use futures::channel::oneshot;
 
 /// What probes observed, shared with the test.
@@ -271,4 +271,54 @@ pub async fn join<T>(thread: std::thread::JoinHandle<T>) -> T {
     thread
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// A call on `p` with `seq`, started now; its outcome comes later.
+pub fn start_call(
+    p: &probe::Client,
+    seq: u64,
+) -> tokio::task::JoinHandle<Result<u64, capnp::Error>> {
+    let mut req = p.call_request();
+    req.get().set_seq(seq);
+    let promise = req.send().promise;
+    tokio::task::spawn_local(async move { Ok(promise.await?.get()?.get_seq()) })
+}
+
+/// The server's maker: `hold(probe)` answers at once with a local
+/// promise, which the test resolves (to the probe given, or to anything
+/// else) with [`Held::resolve`].
+#[derive(Clone, Default)]
+pub struct Held(Rc<RefCell<Vec<(Resolver, CapRef)>>>);
+
+impl Held {
+    /// Resolves the oldest held promise to the probe it was given.
+    pub fn resolve(&self) {
+        let (resolver, given) = self.0.borrow_mut().remove(0);
+        resolver.resolve_to(given);
+    }
+    /// Breaks the oldest held promise.
+    pub fn break_it(&self, reason: &str) {
+        let (resolver, _) = self.0.borrow_mut().remove(0);
+        resolver.reject(capnp::Error::failed(reason.into()));
+    }
+    /// A new held promise, which [`Held::resolve`] resolves to `to`.
+    pub fn promise_for(&self, to: CapRef) -> probe::Client {
+        let (promise, resolver) = Cap::<probe::Client>::promise();
+        self.0.borrow_mut().push((resolver, to));
+        promise.client()
+    }
+}
+
+impl maker::Server for Held {
+    async fn hold(
+        self: Rc<Self>,
+        params: maker::HoldParams,
+        mut results: maker::HoldResults,
+    ) -> Result<(), capnp::Error> {
+        let given: Cap<probe::Client> = Cap::from_client(&params.get()?.get_probe()?);
+        results
+            .get()
+            .set_probe(self.promise_for(given.raw().clone()));
+        Ok(())
+    }
 }

@@ -12,7 +12,7 @@ use actix::{ActorFutureExt, AsyncContext, WrapFuture};
 use capnp_actix_proto::captp::{CallTarget, Event, InCap, InPayload, OutCap, OutTarget};
 use futures::FutureExt;
 
-use super::deferred::Deferred;
+use super::deferred::{Deferred, ImportEmbargoStart};
 use super::tables::{Embargo, PeerAnswer, Question};
 use super::{field_of, key, Connection};
 use crate::answer::Answer;
@@ -513,7 +513,12 @@ impl Connection {
             self.break_import(id, e.clone());
         }
         self.imports.clear();
-        // Our embargoes come next, one `EmbargoBroken` each.
+        // Embargoes still queued to start break now (their messages may
+        // never be read: see `deferred.rs`); those started come next, one
+        // `EmbargoBroken` each.
+        for start in self.embargo_starts.drain(..) {
+            start.resolver.reject(e.clone());
+        }
     }
 
     /// The connection ended with this embargo of ours live: fail what it
@@ -657,11 +662,12 @@ impl Connection {
         // us for it), so that it follows them on the wire.
         let (promise, resolver) = crate::promise::new_promise();
         resolvable.resolve(promise);
-        self.deferred.do_send(Deferred::EmbargoImport {
+        self.embargo_starts.push_back(ImportEmbargoStart {
             import,
             resolver,
             target,
         });
+        self.deferred.do_send(Deferred::EmbargoImport);
     }
 
     /// Breaks the node of an import (its watchers fire, calls fail).

@@ -377,6 +377,7 @@ impl Connection {
             used: false,
             me: ctx.address().recipient(),
             deferred: ctx.address().recipient(),
+            embargo_starts: Default::default(),
             questions: HashMap::default(),
             question_of: HashMap::default(),
             answers: HashMap::default(),
@@ -433,6 +434,8 @@ pub struct Connection {
     me: Recipient<ConnMsg>,
     /// Our own mailbox, for the steps we defer behind what it holds.
     deferred: Recipient<deferred::Deferred>,
+    /// Embargoes on imports queued to start through `deferred`.
+    embargo_starts: deferred::ImportEmbargoStarts,
     /// Our questions: who waits for the answer.
     questions: HashMap<u32, Question>,
     /// Question id by answer identity.
