@@ -286,6 +286,39 @@ impl Answer {
         });
     }
 
+    /// Like [`Answer::forward_to`], with a deadline: if `to` has no outcome
+    /// after `after`, this answer fails with `expired` instead. Calls
+    /// pipelined on this answer still go to `to`'s fields, and `to` stays
+    /// wanted while this answer is: once the caller lets go of it, `to`
+    /// is released, which cancels its call (a `finish` to a peer).
+    pub(crate) fn forward_until(
+        self: &Arc<Self>,
+        to: AnswerRef,
+        after: std::time::Duration,
+        expired: capnp::Error,
+    ) {
+        {
+            let mut s = self.lock();
+            if s.outcome.is_some() || s.pipeline.is_some() || s.forward.is_some() {
+                return;
+            }
+            s.forward = Some(to.clone());
+            self.publish(s);
+        }
+        let me = Arc::downgrade(self);
+        let to = to.answer.clone();
+        actix_rt::spawn(async move {
+            let outcome = std::future::poll_fn(|cx| to.poll_outcome(cx));
+            let outcome = tokio::time::timeout(after, outcome)
+                .await
+                .unwrap_or(Err(expired));
+            if let Some(me) = me.upgrade() {
+                let s = me.lock();
+                me.set_outcome(s, outcome);
+            }
+        });
+    }
+
     /// True if `cap` is a field of this very answer; gives its path.
     pub(crate) fn path_on_self<'c>(self: &Arc<Self>, cap: &'c CapRef) -> Option<&'c [u16]> {
         match cap.kind() {
