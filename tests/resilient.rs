@@ -256,3 +256,147 @@ async fn import_checked_fails_early_with_a_wrong_service_id() {
     }
     all_released().await;
 }
+
+/// Waits up to 5 s for a state of `rc` satisfying `want`.
+async fn state<C>(
+    rc: &capnp_actix::vat::Reconnecting<C>,
+    want: impl FnMut(&ConnectionState) -> bool,
+) -> ConnectionState {
+    let mut watch = rc.watch();
+    let seen = tokio::time::timeout(Duration::from_secs(5), watch.wait_for(want))
+        .await
+        .unwrap_or_else(|_| panic!("state never came; now {:?}", rc.state()))
+        .expect("the reconnecting task runs")
+        .clone();
+    seen
+}
+
+fn is_reconnecting(s: &ConnectionState) -> bool {
+    matches!(s, ConnectionState::Reconnecting { .. })
+}
+
+async fn reconnects_across_a_server_restart(link: Link) {
+    let key = SecretKey::generate().unwrap();
+    let first = Seen::default();
+    let config = server_config(link, "restart", &key);
+    let (server, uri) = start_server(&config, &first).await;
+    // The restarted server listens where the first one did.
+    let config = config.with_listen_address(server.address().unwrap().clone());
+    let client = Vat::client(&client_config(link)).await.unwrap();
+    let policy = ReconnectPolicy::default()
+        .with_delays(Duration::from_millis(20), Duration::from_millis(200));
+    let rc = client
+        .import_reconnecting::<probe::Client>(&uri, policy.clone())
+        .unwrap();
+    let fast = client
+        .import_reconnecting::<probe::Client>(&uri, policy.fail_fast())
+        .unwrap();
+    let p = rc.client();
+    // The first call waits for the first connection.
+    assert_eq!(call(&p, 1).await.unwrap(), 1);
+    assert!(matches!(rc.state(), ConnectionState::Connected));
+    fast.connected().await.unwrap();
+
+    // A call in flight when the server goes fails once, with Disconnected.
+    let mut request = p.call_request();
+    request.get().set_seq(SLOW + 1);
+    let in_flight = request.send().promise;
+    until("the slow call runs", || {
+        first.started().contains(&(SLOW + 1))
+    })
+    .await;
+    stop(vec![server]).await;
+    let e = in_flight.await.err().expect("the in-flight call fails");
+    assert_eq!(e.kind, capnp::ErrorKind::Disconnected, "{e}");
+    state(&rc, is_reconnecting).await;
+
+    // While down: the fail-fast import fails at once, the other waits.
+    let began = Instant::now();
+    let e = call(&fast.client(), 9).await.unwrap_err();
+    assert_eq!(e.kind, capnp::ErrorKind::Disconnected, "{e}");
+    assert!(began.elapsed() < Duration::from_millis(500));
+    let mut request = p.call_request();
+    request.get().set_seq(2);
+    let waiting = request.send().promise;
+
+    let second = Seen::default();
+    let (server, again) = start_server(&config, &second).await;
+    assert_eq!(again, uri, "the restarted server has the same URI");
+    assert_eq!(waiting.await.unwrap().get().unwrap().get_seq(), 2);
+    state(&rc, |s| matches!(s, ConnectionState::Connected)).await;
+    assert_eq!(call(&p, 3).await.unwrap(), 3);
+    fast.connected().await.unwrap();
+    assert_eq!(call(&fast.client(), 4).await.unwrap(), 4);
+    // Nothing was sent twice: the in-flight call went to the first server only.
+    assert_eq!(first.started(), [1, SLOW + 1]);
+    assert_eq!(second.started(), [2, 3, 4]);
+
+    drop((p, rc, fast));
+    stop(vec![client, server]).await;
+    all_released().await;
+}
+
+#[actix::test]
+async fn a_reconnecting_import_survives_a_server_restart_over_tcp() {
+    reconnects_across_a_server_restart(Link::TcpInsecure).await;
+}
+
+#[actix::test]
+async fn a_reconnecting_import_survives_a_server_restart_over_unix_with_tls() {
+    reconnects_across_a_server_restart(Link::UnixTls).await;
+}
+
+#[actix::test]
+async fn a_flapping_server_gets_connects_spaced_ever_wider_then_the_import_gives_up() {
+    // Accepts every connection and closes it at once.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepts = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let recorded = accepts.clone();
+    let acceptor = actix::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            recorded.lock().unwrap().push(Instant::now());
+            drop(stream);
+        }
+    });
+    let client = Vat::client(&client_config(Link::TcpInsecure))
+        .await
+        .unwrap();
+    let address: Address = format!("tcp:127.0.0.1:{port}").parse().unwrap();
+    let uri = SturdyUri {
+        auth: capnp_actix::VatAuth::Insecure,
+        address: address.clone(),
+        service_id: b"main".to_vec(),
+    };
+    let policy = ReconnectPolicy::default()
+        .with_delays(Duration::from_millis(40), Duration::from_secs(5))
+        .with_max_attempts(5);
+    let rc = client
+        .import_reconnecting::<probe::Client>(&uri, policy)
+        .unwrap();
+    let e = rc.connected().await.unwrap_err();
+    assert_eq!(e.kind, capnp::ErrorKind::Disconnected, "{e}");
+    assert!(
+        e.extra
+            .contains(&format!("gave up reconnecting to {address} after 5 failed")),
+        "{e}"
+    );
+    assert!(matches!(rc.state(), ConnectionState::GaveUp(_)));
+    // Calls on it fail with that error.
+    let e2 = call(&rc.client(), 1).await.unwrap_err();
+    assert_eq!(e2.extra, e.extra);
+
+    let times = accepts.lock().unwrap().clone();
+    assert_eq!(times.len(), 5, "one connect per attempt, no more");
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    // 40, 80, 160, 320 ms, each within 20%: every wait longer than the
+    // one before, and none shorter than the first.
+    assert!(gaps[0] >= Duration::from_millis(30), "{gaps:?}");
+    for pair in gaps.windows(2) {
+        assert!(pair[1] > pair[0], "backoff not growing: {gaps:?}");
+    }
+    acceptor.abort();
+    drop(rc);
+    stop(vec![client]).await;
+    all_released().await;
+}
