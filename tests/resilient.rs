@@ -200,6 +200,15 @@ fn silent_socket() -> (std::net::TcpListener, Address) {
     (listener, address)
 }
 
+/// The URI of service `main` at `address`, without TLS.
+fn insecure_uri(address: &Address) -> SturdyUri {
+    SturdyUri {
+        auth: capnp_actix::VatAuth::Insecure,
+        address: address.clone(),
+        service_id: b"main".to_vec(),
+    }
+}
+
 #[actix::test]
 async fn the_connect_deadline_fires_on_a_socket_that_never_answers() {
     let (_silent, address) = silent_socket();
@@ -208,15 +217,10 @@ async fn the_connect_deadline_fires_on_a_socket_that_never_answers() {
             .with_tls(tls)
             .with_connect_timeout(Some(Duration::from_millis(300)));
         let client = Vat::client(&config).await.unwrap();
-        let uri = SturdyUri {
-            auth: if tls {
-                capnp_actix::VatAuth::Sha256([7; 32])
-            } else {
-                capnp_actix::VatAuth::Insecure
-            },
-            address: address.clone(),
-            service_id: b"main".to_vec(),
-        };
+        let mut uri = insecure_uri(&address);
+        if tls {
+            uri.auth = capnp_actix::VatAuth::Sha256([7; 32]);
+        }
         let began = Instant::now();
         let e = client.import_checked(&uri).await.unwrap_err();
         let took = began.elapsed();
@@ -363,11 +367,7 @@ async fn a_flapping_server_gets_connects_spaced_ever_wider_then_the_import_gives
         .await
         .unwrap();
     let address: Address = format!("tcp:127.0.0.1:{port}").parse().unwrap();
-    let uri = SturdyUri {
-        auth: capnp_actix::VatAuth::Insecure,
-        address: address.clone(),
-        service_id: b"main".to_vec(),
-    };
+    let uri = insecure_uri(&address);
     let policy = ReconnectPolicy::default()
         .with_delays(Duration::from_millis(40), Duration::from_secs(5))
         .with_max_attempts(5);
