@@ -39,6 +39,8 @@
 //! echo ping capnp://insecure@/tmp/echo.sock/bWFpbg hello    # Got reply "echo:hello"
 //! echo log capnp://insecure@/tmp/echo.sock/bWFpbg hello     # server: Service logger: hello
 //! echo connect capnp://insecure@/tmp/echo.sock/bWFpbg       # Callback got "foo" (x3)
+//! echo connect --reconnect capnp://insecure@/tmp/echo.sock/bWFpbg  # pings until Ctrl-C,
+//!                                                            # across server restarts
 //! echo get-logger capnp://insecure@/tmp/echo.sock/bWFpbg    # logger at: capnp://insecure@/tmp/echo.sock/bG9nZ2Vy
 //! ```
 //!
@@ -80,7 +82,7 @@ use capnp_actix::persist::{save_client, with_sturdy_ref};
 use capnp_actix::restorer::{digest, Loader};
 use capnp_actix::schemas::echo_api_capnp::saved_service;
 use capnp_actix::schemas::echo_api_capnp::{callback, echo};
-use capnp_actix::vat::{UriMaker, Vat};
+use capnp_actix::vat::{ConnectionState, ReconnectPolicy, UriMaker, Vat};
 use capnp_actix::{Cap, CapRef, FileStore, SturdyUri, VatConfig};
 use clap::{Parser, Subcommand};
 use echo_service::{EchoService, Logger, Sink};
@@ -137,6 +139,12 @@ enum Command {
     Connect {
         /// The service's sturdy URI, as `serve` prints it.
         uri: SturdyUri,
+        /// Instead, ping every 0.5 s until SIGINT or SIGTERM through a
+        /// capability that reconnects when the connection is lost
+        /// (printing `Got reply ...` per reply and `Connection: ...` per
+        /// change of the connection's state).
+        #[arg(long)]
+        reconnect: bool,
     },
     /// Call `ping(MSG)` and print the reply.
     Ping {
@@ -396,6 +404,54 @@ async fn connect(uri: SturdyUri) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// `echo connect --reconnect`: a ping every 0.5 s, each with a deadline
+/// of 2 s, through a capability that reconnects (calls made while it is
+/// down wait for the next connection, within their deadline), until
+/// SIGINT or SIGTERM. Prints each reply and each change of the
+/// connection's state; a failed ping goes to standard error.
+async fn connect_reconnecting(uri: SturdyUri) -> Result<(), BoxError> {
+    let vat = Vat::client(&VatConfig::new()).await?;
+    let policy = ReconnectPolicy::default();
+    let echo = vat.import_reconnecting::<echo::Client>(&uri, policy)?;
+    let mut state = echo.watch();
+    actix::spawn(async move {
+        while state.changed().await.is_ok() {
+            let line = match &*state.borrow() {
+                ConnectionState::Connecting => "connecting".to_string(),
+                ConnectionState::Connected => "connected".to_string(),
+                ConnectionState::Reconnecting {
+                    attempt,
+                    last_error,
+                } => format!("reconnecting (attempt {attempt}): {last_error}"),
+                ConnectionState::GaveUp(e) => format!("gave up: {e}"),
+            };
+            println!("Connection: {line}");
+        }
+    });
+    let client = echo.cap().with_deadline(Duration::from_secs(2)).client();
+    let ping = async {
+        let mut ticks = tokio::time::interval(Duration::from_millis(500));
+        for n in 1.. {
+            ticks.tick().await;
+            let mut request = client.ping_request();
+            request.get().set_msg(&format!("ping {n}")[..]);
+            match request.send().promise.await {
+                Ok(response) => println!("Got reply {:?}", response.get()?.get_reply()?.to_str()?),
+                Err(e) => eprintln!("ping {n} failed: {e}"),
+            }
+        }
+        Ok::<(), BoxError>(())
+    };
+    futures::pin_mut!(ping);
+    let signal = std::pin::pin!(capnp_actix::vat::shutdown_signal());
+    if let futures::future::Either::Right((outcome, _)) =
+        futures::future::select(signal, ping).await
+    {
+        outcome?;
+    }
+    Ok(())
+}
+
 /// `echo log`: `log(MSG)` on a logger's URI; given the echo service's
 /// URI instead (which answers a logger's method with Unimplemented), the
 /// service's logger: `log` is sent to the logger `getLogger` will return,
@@ -456,7 +512,14 @@ fn main() -> ExitCode {
             store_dir,
             heartbeat_interval,
         }) => system.block_on(serve(vat, store_dir, heartbeat_interval)),
-        Some(Command::Connect { uri }) => system.block_on(connect(uri)),
+        Some(Command::Connect {
+            uri,
+            reconnect: false,
+        }) => system.block_on(connect(uri)),
+        Some(Command::Connect {
+            uri,
+            reconnect: true,
+        }) => system.block_on(connect_reconnecting(uri)),
         Some(Command::Ping { uri, msg }) => system.block_on(ping(uri, msg)),
         Some(Command::Log { uri, msg }) => system.block_on(log(uri, msg)),
         Some(Command::GetLogger { uri }) => system.block_on(get_logger_command(uri)),

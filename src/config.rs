@@ -204,6 +204,19 @@ pub struct VatConfig {
     )]
     pub heartbeat_ms: Option<u64>,
 
+    /// `--capnp-connect-timeout-ms MS`: how long connecting to another vat
+    /// may take (dial and TLS handshake, and for
+    /// [`Vat::import_checked`](crate::vat::Vat::import_checked) and
+    /// reconnecting imports the bootstrap's answer too) before it fails
+    /// with Disconnected, naming the address and the deadline (default
+    /// [`DEFAULT_CONNECT_TIMEOUT`], 10,000 ms; 0: none).
+    #[arg(
+        long = "capnp-connect-timeout-ms",
+        value_name = "MS",
+        help = "Give up connecting to a vat after this long (default 10000; 0: never)"
+    )]
+    pub connect_timeout_ms: Option<u64>,
+
     /// `--capnp-arbiters N`: how many arbiters (threads, each with its own
     /// event loop) serve the vat's connections (default: the available
     /// cores). With 1, connections are served on the arbiter that started
@@ -222,6 +235,10 @@ pub struct VatConfig {
     #[arg(skip)]
     keys: KeyCache,
 }
+
+/// How long connecting to another vat may take by default (see
+/// [`VatConfig::connect_timeout_ms`]).
+pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why the configuration could not give a key, an ID or a sturdy URI.
 #[derive(Debug, thiserror::Error)]
@@ -335,6 +352,23 @@ impl VatConfig {
                 timeout: d,
             }
         })
+    }
+
+    /// The connect deadline; `None`: none (see
+    /// [`VatConfig::connect_timeout_ms`]).
+    pub fn with_connect_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.connect_timeout_ms = Some(timeout.map_or(0, |d| d.as_millis() as u64));
+        self
+    }
+
+    /// The connect deadline in force (see
+    /// [`VatConfig::connect_timeout_ms`]): `None` if disabled.
+    pub fn connect_timeout(&self) -> Option<std::time::Duration> {
+        match self.connect_timeout_ms {
+            None => Some(DEFAULT_CONNECT_TIMEOUT),
+            Some(0) => None,
+            Some(ms) => Some(std::time::Duration::from_millis(ms)),
+        }
     }
 
     /// Serve connections on `n` arbiters (see [`VatConfig::arbiters`]).

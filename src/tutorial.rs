@@ -509,7 +509,114 @@
 //! run --example echo` shows each call as it ends. Under actix-web, the
 //! same subscriber also prints actix-web's own log.
 //!
-//! ## 10. Questions and answers
+//! ## 10. Clients in production
+//!
+//! A client that must survive the network needs three things the calls of
+//! chapter 6 do not give by themselves.
+//!
+//! **Deadlines.** A call waits for its answer for as long as it takes: a
+//! server paused (SIGSTOP) or overloaded makes it wait for ever. Give one
+//! call a deadline with [`deadline`](crate::deadline()) or the
+//! [`DeadlineExt::deadline`](crate::DeadlineExt::deadline) method, or
+//! every call on a capability with
+//! [`Cap::with_deadline`](crate::Cap::with_deadline) (calls through its
+//! `.client()` included). When the deadline passes, the call fails with
+//! **Overloaded**, "deadline of 2s passed before the call returned"
+//! ([`deadline::is_expired`](crate::deadline::is_expired) tells it from
+//! other errors): the capability may be fine, the answer was just late.
+//! The call is dropped, so a `finish` tells the server, whose method is
+//! cancelled at its next await point. Calls have no deadline by default.
+//!
+//! **Failing early.** [`Vat::import`](crate::vat::Vat::import) returns
+//! before the server has said anything: a wrong service ID shows only at
+//! the first call. [`Vat::import_checked`](crate::vat::Vat::import_checked)
+//! waits for the bootstrap's answer, so a wrong ID fails there (Failed,
+//! "Unknown persistent service ID", naming the address), and so does a
+//! server that never answers, once the vat's **connect deadline** has
+//! passed (`--capnp-connect-timeout-ms`,
+//! [`VatConfig::with_connect_timeout`](crate::VatConfig::with_connect_timeout);
+//! 10 s by default, for dial, TLS handshake and bootstrap together; the
+//! dial and the handshake of every connect get it too).
+//!
+//! **Reconnecting.** A capability imported from a peer breaks for good
+//! when its connection ends. [`Vat::import_reconnecting`](crate::vat::Vat::import_reconnecting)
+//! gives one that connects again, with exponential backoff and jitter
+//! ([`ReconnectPolicy`](crate::vat::ReconnectPolicy)), and a
+//! `tokio::sync::watch` of its [`ConnectionState`](crate::vat::ConnectionState)
+//! (connecting, connected, reconnecting, gave up). Calls in flight when
+//! the connection drops fail once with Disconnected and are never sent
+//! again (calls are not idempotent: retrying is the caller's decision);
+//! calls made while it is down wait for the next connection (bounded by
+//! their deadline) or, with `.fail_fast()`, fail at once.
+//!
+//! ```
+//! # use capnp_actix::schemas::echo_api_capnp::echo;
+//! # use std::rc::Rc;
+//! # struct Echo;
+//! # impl echo::Server for Echo {
+//! #     async fn ping(self: Rc<Self>, params: echo::PingParams, mut results: echo::PingResults)
+//! #         -> Result<(), capnp::Error>
+//! #     {
+//! #         let msg = params.get()?.get_msg()?.to_str()?;
+//! #         results.get().set_reply(format!("echo:{msg}"));
+//! #         Ok(())
+//! #     }
+//! # }
+//! use capnp_actix::vat::{ConnectionState, ReconnectPolicy, Vat};
+//! use capnp_actix::{Address, Cap, DeadlineExt, VatConfig};
+//! use std::time::Duration;
+//!
+//! actix::System::new().block_on(async {
+//!     let path = std::env::temp_dir().join(format!("tutorial-10-{}.sock", std::process::id()));
+//!     let config = VatConfig::new()
+//!         .with_listen_address(Address::Unix(path))
+//!         .with_tls(false);
+//!     let serve = |config: VatConfig| async move {
+//!         let service: Cap<echo::Client> = Cap::new(Echo);
+//!         Vat::builder(&config).serve("main", service).start().await.unwrap()
+//!     };
+//!     let (server, uris) = serve(config.clone()).await;
+//!     let uri = uris["main"].clone();
+//!
+//!     let client = Vat::client(&VatConfig::new().with_tls(false)).await.unwrap();
+//!     // A wrong ID fails here, not at the first call.
+//!     let wrong = capnp_actix::SturdyUri { service_id: b"nope".to_vec(), ..uri.clone() };
+//!     assert!(client.import_checked(&wrong).await.is_err());
+//!
+//!     let policy = ReconnectPolicy::default()
+//!         .with_delays(Duration::from_millis(20), Duration::from_secs(1));
+//!     let echo = client.import_reconnecting::<echo::Client>(&uri, policy)?;
+//!     let ping = |msg: &'static str| {
+//!         let mut request = echo.client().ping_request();
+//!         request.get().set_msg(msg);
+//!         // At most 2 s for this call.
+//!         request.send().promise.deadline(Duration::from_secs(2))
+//!     };
+//!     ping("one").await?;
+//!     assert!(matches!(echo.state(), ConnectionState::Connected));
+//!
+//!     // The server goes away and comes back: the same capability works again.
+//!     server.shutdown(Duration::from_secs(1)).await;
+//!     let mut watch = echo.watch();
+//!     watch.wait_for(|s| matches!(s, ConnectionState::Reconnecting { .. })).await.unwrap();
+//!     let (server, _) = serve(config).await;
+//!     let reply = ping("two").await?; // waits for the new connection
+//!     assert_eq!(reply.get()?.get_reply()?.to_str()?, "echo:two");
+//!
+//!     drop(echo);
+//!     server.shutdown(Duration::from_secs(1)).await;
+//!     client.shutdown(Duration::from_secs(1)).await;
+//!     Ok::<_, capnp::Error>(())
+//! }).unwrap();
+//! ```
+//!
+//! `echo connect --reconnect URI` (`examples/echo.rs`) does the same from
+//! the command line: it pings every 0.5 s and prints the connection's
+//! state as it changes, across restarts of `echo serve`. The capnp-rpc
+//! crate's `auto_reconnect` and the C++ `capnp::autoReconnect` re-import
+//! in the same way; neither has call deadlines of its own.
+//!
+//! ## 11. Questions and answers
 //!
 //! ### Why does my code fail with "needs an actix System"?
 //!
@@ -726,7 +833,7 @@
 //! ```
 
 //!
-//! ## 9. Your own schema
+//! ## 12. Your own schema
 //!
 //! From a `.capnp` file to a served capability, in a project of your own.
 //! `examples/template/` in the repository is this chapter as a project to

@@ -264,6 +264,29 @@ impl Answer {
     /// outcome is `to`'s (whatever the call itself returns is ignored).
     /// Nothing is copied.
     pub(crate) fn forward_to(self: &Arc<Self>, to: AnswerRef) {
+        self.forward_within(to, None)
+    }
+
+    /// Like [`Answer::forward_to`], with a deadline: if `to` has no outcome
+    /// after `after`, this answer fails with `expired` instead. Calls
+    /// pipelined on this answer still go to `to`'s fields, and `to` stays
+    /// wanted while this answer is: once the caller lets go of it, `to`
+    /// is released, which cancels its call (a `finish` to a peer).
+    pub(crate) fn forward_until(
+        self: &Arc<Self>,
+        to: AnswerRef,
+        after: std::time::Duration,
+        expired: capnp::Error,
+    ) {
+        self.forward_within(to, Some((after, expired)))
+    }
+
+    /// [`Answer::forward_to`], with an optional deadline and its error.
+    fn forward_within(
+        self: &Arc<Self>,
+        to: AnswerRef,
+        deadline: Option<(std::time::Duration, capnp::Error)>,
+    ) {
         {
             let mut s = self.lock();
             if s.outcome.is_some() || s.pipeline.is_some() || s.forward.is_some() {
@@ -278,7 +301,13 @@ impl Answer {
         let me = Arc::downgrade(self);
         let to = to.answer.clone();
         actix_rt::spawn(async move {
-            let outcome = std::future::poll_fn(|cx| to.poll_outcome(cx)).await;
+            let outcome = std::future::poll_fn(|cx| to.poll_outcome(cx));
+            let outcome = match deadline {
+                None => outcome.await,
+                Some((after, expired)) => tokio::time::timeout(after, outcome)
+                    .await
+                    .unwrap_or(Err(expired)),
+            };
             if let Some(me) = me.upgrade() {
                 let s = me.lock();
                 me.set_outcome(s, outcome);

@@ -85,6 +85,13 @@ impl Completer {
         }
     }
 
+    /// Takes the answer and what it depends on out of this completer,
+    /// which then completes nothing when dropped: for a capability that
+    /// hands the call on with an answer of its own (`wrap.rs`).
+    pub(crate) fn detach(mut self) -> (Option<Arc<Answer>>, Option<AnswerRef>) {
+        (self.answer.take(), self.depends_on.take())
+    }
+
     /// See `depends_on`.
     pub(crate) fn depend_on(&mut self, answer: &AnswerRef) {
         if self.depends_on.is_none() {

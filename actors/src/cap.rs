@@ -65,6 +65,9 @@ pub(crate) enum Kind {
         thread: ThreadId,
         key: usize,
     },
+    /// A capability that hands its calls on by rules of its own (a
+    /// default deadline, a reconnecting import): see `wrap.rs`.
+    Wrapped(Arc<dyn crate::wrap::Wrap>),
 }
 
 impl Kind {
@@ -77,6 +80,7 @@ impl Kind {
             Kind::Broken(_) => "broken",
             Kind::Foreign { .. } => "foreign",
             Kind::Remote { .. } => "remote",
+            Kind::Wrapped(w) => w.name(),
         }
     }
 }
@@ -379,6 +383,7 @@ impl CapRef {
     pub fn broken_error(&self) -> Option<capnp::Error> {
         match self.shortened().kind() {
             Kind::Broken(e) => Some(e.clone()),
+            Kind::Wrapped(w) => w.broken_error(),
             _ => None,
         }
     }
@@ -466,6 +471,7 @@ impl CapRef {
                 },
             },
             Kind::Broken(e) => call.fail(e.clone()),
+            Kind::Wrapped(w) => w.deliver(call),
         }
     }
 
@@ -525,8 +531,10 @@ impl CapRef {
         async move {
             let mut cur = this;
             for _ in 0..MAX_CHAIN {
-                if let Kind::Broken(e) = cur.kind() {
-                    return Err(e.clone());
+                match cur.kind() {
+                    Kind::Broken(e) => return Err(e.clone()),
+                    Kind::Wrapped(w) => return w.when_resolved().await,
+                    _ => {}
                 }
                 let Some(resolvable) = cur.node.resolvable.as_ref() else {
                     return Ok(());
@@ -570,6 +578,7 @@ impl CapRef {
     pub(crate) fn on_broken_boxed(&self, watcher: BrokenWatcher) {
         match self.kind() {
             Kind::Broken(e) => watcher(e.clone()),
+            Kind::Wrapped(w) => w.on_broken(watcher),
             _ => {
                 if let Some(resolvable) = &self.node.resolvable {
                     let mut s = resolvable.lock();

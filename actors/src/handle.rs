@@ -106,6 +106,17 @@ impl<C> Cap<C> {
         self.raw.on_broken(watcher)
     }
 
+    /// The same capability, every call on which (made through this handle,
+    /// its clones or its `.client()`) fails with
+    /// [`deadline::expired`](crate::deadline::expired) (Overloaded) if no
+    /// answer came within `after`; the call is cancelled (a `finish` to a
+    /// peer) once its caller lets go of its promise and pipeline. A new
+    /// handle: calls made through `self` have no deadline. See
+    /// [`crate::deadline`].
+    pub fn with_deadline(&self, after: std::time::Duration) -> Self {
+        Cap::wrap(crate::wrap::with_deadline(self.raw.clone(), after))
+    }
+
     /// A capability served by a user's own actor: each call arrives as an
     /// [`IncomingCall`] message. An actor implementing generated actor
     /// traits and [`serve_actor!`](crate::serve_actor) runs the typed

@@ -53,6 +53,7 @@ pub mod arbiters;
 mod call;
 mod cap;
 pub mod connection;
+pub mod deadline;
 pub mod error;
 mod handle;
 mod hook;
@@ -66,7 +67,9 @@ mod registry;
 mod server;
 mod shield;
 mod slot;
+pub mod switch;
 pub mod system;
+mod wrap;
 
 /// The actix version this runtime is built on, for generated code and for
 /// users who want no version of their own to match.
@@ -78,6 +81,7 @@ pub use capnp;
 pub use actor::Reply;
 pub use call::IncomingCall;
 pub use cap::{CapRef, WeakCapRef};
+pub use deadline::{deadline, DeadlineExt};
 pub use handle::{new_client, Cap};
 pub use promise::Resolver;
 pub use shield::{shield, Shield};

@@ -12,6 +12,7 @@ use capnp_actix_actors::connection::{start_connection, ConnectionHandle, Connect
 use capnp_actix_actors::{system, CapRef};
 
 use crate::address::Address;
+use crate::config::DEFAULT_CONNECT_TIMEOUT;
 use crate::net;
 use crate::uri::{SturdyUri, VatAuth};
 
@@ -115,10 +116,19 @@ pub async fn serve(address: &Address, services: Services) -> io::Result<Listenin
     })
 }
 
-/// Opens a connection to `address` (no TLS), on the current arbiter.
+/// Dials `address`, giving up after [`DEFAULT_CONNECT_TIMEOUT`] with an
+/// error naming the address and the deadline.
+async fn dial(address: &Address) -> io::Result<net::Stream> {
+    tokio::time::timeout(DEFAULT_CONNECT_TIMEOUT, net::dial(address))
+        .await
+        .unwrap_or_else(|_| Err(super::connect_timed_out(address, DEFAULT_CONNECT_TIMEOUT)))
+}
+
+/// Opens a connection to `address` (no TLS), on the current arbiter,
+/// within [`DEFAULT_CONNECT_TIMEOUT`].
 pub async fn connect(address: &Address) -> io::Result<ConnectionHandle> {
     system::check("vat::connect").map_err(io::Error::other)?;
-    let stream = net::dial(address).await?;
+    let stream = dial(address).await?;
     Ok(start_connection(stream, ConnectionOptions::default()))
 }
 
@@ -136,7 +146,7 @@ pub async fn import(uri: &SturdyUri) -> Result<CapRef, capnp::Error> {
             "{uri}: a sha-256 URI names a TLS vat, and this function has no TLS identity to connect with; import it through a `Vat` (`Vat::import`)"
         )));
     }
-    let stream = net::dial(&uri.address)
+    let stream = dial(&uri.address)
         .await
         .map_err(|e| capnp::Error::disconnected(e.to_string()))?;
     let options = ConnectionOptions {

@@ -55,11 +55,13 @@ use crate::uri::{SturdyUri, VatAuth};
 mod accept;
 mod builder;
 mod insecure;
+mod resilient;
 mod shutdown;
 
 use accept::{Governor, DEFAULT_FIRST_MESSAGE_DEADLINE};
 pub use builder::{ServiceUris, Serving, VatBuilder};
 pub use insecure::{connect, import, serve, Listening, Services};
+pub use resilient::{ConnectionState, ReconnectPolicy, Reconnecting};
 pub use shutdown::{shutdown_signal, SHUTTING_DOWN};
 
 /// How long a peer may take over the TLS handshake before it is dropped.
@@ -135,6 +137,8 @@ struct VatShared {
     /// Resolves (its sender dropped) once the vat has stopped and its
     /// connections have written their last bytes.
     finished: futures::future::Shared<oneshot::Receiver<()>>,
+    /// See `VatConfig::connect_timeout_ms`.
+    connect_timeout: Option<Duration>,
 }
 
 /// A running vat: a handle to its supervisor actor. `Clone + Send + Sync`.
@@ -273,6 +277,7 @@ impl Vat {
             .map(Duration::from_millis);
         let heartbeat = config.heartbeat();
         let serving = arbiters.clone();
+        let connect_timeout = config.connect_timeout();
         let (finished_tx, finished) = oneshot::channel();
         let make_supervisor = move |ctx: &mut Context<VatSupervisor>| {
             let listeners = bound
@@ -297,6 +302,7 @@ impl Vat {
                 idle_timeout,
                 heartbeat,
                 arbiters: serving,
+                connect_timeout,
                 shutting_down: false,
                 finished: Some(finished_tx),
             }
@@ -311,6 +317,7 @@ impl Vat {
                 restorer,
                 arbiters,
                 finished: finished.shared(),
+                connect_timeout,
             }),
         })
     }
@@ -497,6 +504,8 @@ pub struct VatSupervisor {
     heartbeat: Option<Heartbeat>,
     /// Where connections are served.
     arbiters: Arc<Arbiters>,
+    /// How long opening a connection may take (dial and TLS handshake).
+    connect_timeout: Option<Duration>,
     /// True once a graceful shutdown has started (see `shutdown.rs`).
     shutting_down: bool,
     /// Dropped once the vat is done (see `VatShared::finished`).
@@ -662,6 +671,7 @@ impl Handler<Connect> for VatSupervisor {
         }
         entry.connecting = true;
         let key = self.key.clone();
+        let connect_timeout = self.connect_timeout;
         let (peer, address) = (msg.peer, msg.address);
         let expected = match &peer {
             Peer::Vat(fp) => Some(*fp),
@@ -670,7 +680,13 @@ impl Handler<Connect> for VatSupervisor {
         ctx.spawn(
             actix::fut::wrap_future(async move {
                 // Every error of the dial and the handshake names the address.
-                open_stream(address, expected, key).await
+                let Some(limit) = connect_timeout else {
+                    return open_stream(address, expected, key).await;
+                };
+                let shown = address.clone();
+                tokio::time::timeout(limit, open_stream(address, expected, key))
+                    .await
+                    .unwrap_or_else(|_| Err(connect_timed_out(&shown, limit)))
             })
             .map(move |result, act: &mut Self, ctx| match result {
                 Ok(stream) => {
@@ -706,6 +722,14 @@ async fn open_stream(
     secure(stream, expected, key)
         .await
         .map_err(|e| net::connecting_to(e, &address))
+}
+
+/// The error of a connect that took longer than `limit`.
+fn connect_timed_out(address: &Address, limit: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("connecting to {address}: no connection within the connect deadline of {limit:?}"),
+    )
 }
 
 /// The TLS handshake with the peer whose key has fingerprint `expected`;
