@@ -5,7 +5,11 @@
 //! the echo service of the tutorial (`examples/common/echo_service.rs`).
 //! `--bind ADDR` picks another address; `--self-test` serves on a free port,
 //! fetches `/ping/hello` once with a tiny HTTP/1.1 client, checks the body
-//! and exits (0 when it is right). `GET /metrics` gives the runtime's
+//! and exits (0 when it is right). `--backend URI` calls the echo service of
+//! another process (what `echo serve` prints) instead of hosting one,
+//! imported with reconnection (`Vat::import_reconnecting`): the front end
+//! survives a restart of the backend, and a request made while it is down
+//! waits for it up to 2 s, then gets 502. `GET /metrics` gives the runtime's
 //! metrics (connections, calls, bytes, durations, memory held for peers:
 //! see the `metrics` facade's names in the crate docs) in Prometheus' text
 //! format, from the `metrics-exporter-prometheus` recorder installed at
@@ -55,6 +59,40 @@ struct Args {
     /// and exit.
     #[arg(long)]
     self_test: bool,
+
+    /// Use the echo service this sturdy URI names (what `echo serve`
+    /// prints) instead of hosting one: it is imported with reconnection,
+    /// so the front end survives a restart of the backend. While the
+    /// backend is down, a request waits for it up to 2 s, then gets 502.
+    #[arg(long, value_name = "URI")]
+    backend: Option<capnp_actix::SturdyUri>,
+}
+
+/// How long a request waits for the backend's reply (including for the
+/// backend to come back after a restart).
+const BACKEND_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The echo service the front end calls: the backend at `uri` (imported
+/// with reconnection, through a client vat kept alive with it) or one
+/// hosted here.
+async fn echo_service(
+    uri: Option<&capnp_actix::SturdyUri>,
+) -> Result<(Cap<echo::Client>, Option<capnp_actix::vat::Vat>), BoxError> {
+    let Some(uri) = uri else {
+        let hosted = Cap::new(EchoService::new(Duration::from_secs(1), Sink::Stdout));
+        return Ok((hosted, None));
+    };
+    let vat = capnp_actix::vat::Vat::client(&capnp_actix::VatConfig::new()).await?;
+    let backend =
+        vat.import_reconnecting::<echo::Client>(uri, capnp_actix::vat::ReconnectPolicy::default())?;
+    let mut state = backend.watch();
+    actix::spawn(async move {
+        while state.changed().await.is_ok() {
+            let now = format!("{:?}", *state.borrow());
+            tracing::info!("backend: {now}");
+        }
+    });
+    Ok((backend.cap().with_deadline(BACKEND_DEADLINE), Some(vat)))
 }
 
 type BoxError = Box<dyn Error>;
@@ -216,8 +254,7 @@ fn main() -> ExitCode {
         system.block_on(self_test(args.workers))
     } else {
         system.block_on(async {
-            let service: Cap<echo::Client> =
-                Cap::new(EchoService::new(Duration::from_secs(1), Sink::Stdout));
+            let (service, _backend_vat) = echo_service(args.backend.as_ref()).await?;
             // Runs until Ctrl-C (actix-web stops on SIGINT and SIGTERM).
             let metrics = install_metrics()?;
             let (running, _) = server(service, metrics, args.bind, args.workers)?;

@@ -1,8 +1,14 @@
 //! Sockets: dialing and listening on [`Address`]es.
 //!
 //! Every TCP connection gets TCP_NODELAY (calls are small and latency
-//! matters more than packet count) and SO_KEEPALIVE (both those we open
-//! and those we accept), so that a peer that vanished is noticed.
+//! matters more than packet count) and TCP keepalive (both those we open
+//! and those we accept), so that a peer that vanished is noticed: the
+//! first probe after [`KEEPALIVE_IDLE`] of silence, then every
+//! [`KEEPALIVE_INTERVAL`], the connection dropped by the kernel after
+//! [`KEEPALIVE_PROBES`] unanswered ones (about 110 s in all; Linux's own
+//! default waits 2 hours before the first probe). For a faster verdict
+//! that also covers a peer that is up but not answering (a paused
+//! process), use the connection heartbeat (`--capnp-heartbeat-ms`).
 
 use std::io;
 use std::pin::Pin;
@@ -182,7 +188,31 @@ pub async fn dial(address: &Address) -> io::Result<Stream> {
     }
 }
 
-/// A TCP connection to one socket address, with SO_KEEPALIVE and
+/// Silence on a TCP connection before the kernel's first keepalive probe.
+pub const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Time between keepalive probes.
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Unanswered keepalive probes after which the kernel drops the connection.
+pub const KEEPALIVE_PROBES: u32 = 5;
+
+/// Turns TCP keepalive on with our timings (see the module docs).
+fn keep_alive(stream: &TcpStream) -> io::Result<()> {
+    let timings = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL);
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "freebsd"
+    ))]
+    let timings = timings.with_retries(KEEPALIVE_PROBES);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&timings)
+}
+
+/// A TCP connection to one socket address, with keepalive and
 /// TCP_NODELAY.
 async fn dial_tcp(addr: std::net::SocketAddr) -> io::Result<TcpStream> {
     let socket = if addr.is_ipv4() {
@@ -190,9 +220,10 @@ async fn dial_tcp(addr: std::net::SocketAddr) -> io::Result<TcpStream> {
     } else {
         TcpSocket::new_v6()
     }?;
-    socket.set_keepalive(true)?;
     socket.set_nodelay(true)?;
-    socket.connect(addr).await
+    let stream = socket.connect(addr).await?;
+    keep_alive(&stream)?;
+    Ok(stream)
 }
 
 /// A bound listening socket.
@@ -245,13 +276,37 @@ impl Listener {
             Listener::Tcp(l) => {
                 let (s, peer) = l.accept().await?;
                 let _ = s.set_nodelay(true);
-                let _ = socket2::SockRef::from(&s).set_keepalive(true);
+                let _ = keep_alive(&s);
                 Ok((Stream::Tcp(s), peer.to_string()))
             }
             Listener::Unix(l) => {
                 let (s, _) = l.accept().await?;
                 Ok((Stream::Unix(s), "unix socket peer".into()))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tcp_connections_both_ways_get_keepalive_with_our_timings() {
+        let address = Address::parse("tcp:127.0.0.1:0").unwrap();
+        let listener = Listener::bind(&address).await.unwrap();
+        let bound = listener.local_address(&address).unwrap();
+        let (dialled, accepted) = tokio::join!(dial(&bound), listener.accept());
+        for stream in [dialled.unwrap(), accepted.unwrap().0] {
+            let Stream::Tcp(s) = stream else {
+                panic!("a TCP stream")
+            };
+            let sock = socket2::SockRef::from(&s);
+            assert!(sock.keepalive().unwrap());
+            assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+            assert_eq!(sock.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+            assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+            assert!(s.nodelay().unwrap());
         }
     }
 }

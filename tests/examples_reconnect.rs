@@ -2,7 +2,8 @@
 //! server (TLS, with a key file and a store, over a Unix socket) is
 //! killed and started again with the same key file and store, and the
 //! client, still running, reports the loss, reconnects and prints
-//! `Got reply` again.
+//! `Got reply` again. The `web` front end with `--backend URI` answers
+//! again once its restarted backend is back.
 
 mod examples_support;
 
@@ -50,4 +51,60 @@ fn echo_connect_reconnect_pings_again_once_a_restarted_server_is_back() {
     assert!(reply.starts_with("Got reply \"echo:ping "), "{reply}");
     // And it goes on.
     client.expect(|l| l.starts_with("Got reply "), "another reply");
+}
+
+/// `GET path` on `addr` (HTTP/1.1, closing): the status and the body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to web");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("an HTTP response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"));
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_string())
+}
+
+#[test]
+fn web_with_a_backend_answers_again_once_its_restarted_backend_is_back() {
+    let dir = TempDir::new("web-backend");
+    let backend = echo_server(&dir);
+    let web = Server::start(
+        "web",
+        &["--bind", "127.0.0.1:0", "--backend", &backend.uri],
+        "listening on http://",
+    );
+    let addr = web.uri.split('/').next().unwrap().to_string();
+    assert_eq!(http_get(&addr, "/ping/before"), (200, "echo:before".into()));
+
+    drop(backend); // killed
+    let (status, body) = http_get(&addr, "/ping/down");
+    assert_eq!(status, 502, "{body}");
+    let _restarted = echo_server(&dir);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (status, body) = http_get(&addr, "/ping/after");
+        if status == 200 {
+            assert_eq!(body, "echo:after");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {status} {body:?} 15 s after the backend restarted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
