@@ -527,6 +527,20 @@
 //! The call is dropped, so a `finish` tells the server, whose method is
 //! cancelled at its next await point. Calls have no deadline by default.
 //!
+//! **Noticing a dead peer.** A peer whose host froze or whose cable was
+//! pulled says nothing, and TCP keepalive (chapter 11) takes up to two
+//! minutes to give up on it; a paused process still answers TCP's probes.
+//! With a heartbeat on the vat (`--capnp-heartbeat-ms 5000`,
+//! [`VatConfig::with_heartbeat`](crate::VatConfig::with_heartbeat)), a
+//! connection silent for 5 s sends the peer a request every peer answers
+//! (a bootstrap, finished at once), and if nothing comes back within 5 s
+//! more, the peer is declared dead: the connection ends with
+//! **Disconnected**, "the peer is not answering ... heartbeat ...", and
+//! every capability that came through it breaks, running its
+//! [`on_broken`](crate::Cap::on_broken) watchers (a reconnecting import,
+//! below, starts reconnecting). It works with peers we did not write
+//! (tested with pycapnp, paused with SIGSTOP, and the capnp-rpc crate).
+//!
 //! **Failing early.** [`Vat::import`](crate::vat::Vat::import) returns
 //! before the server has said anything: a wrong service ID shows only at
 //! the first call. [`Vat::import_checked`](crate::vat::Vat::import_checked)
@@ -698,15 +712,16 @@
 //!
 //! Some networks (NAT gateways, Docker's default bridge, cloud load
 //! balancers) forget a TCP connection that carries nothing for some
-//! minutes, and neither end is told. We turn SO_KEEPALIVE on for every
-//! connection, opened or accepted, but the operating system sends its
-//! first probe only after its own idle time, two hours by default on
-//! Linux; until then, the side that speaks first finds the connection
-//! dead. Lower that time for the machine (`sysctl -w
-//! net.ipv4.tcp_keepalive_time=60` on Linux), or make sure something is
-//! said on the connection more often than the network forgets. (The
-//! vat's `--capnp-idle-timeout-ms` does the opposite: it closes
-//! connections that hold nothing and are silent.)
+//! minutes, and neither end is told. Every TCP connection we open or
+//! accept has keepalive on with our own timings (a probe after 60 s of
+//! silence, then every 10 s, the connection dropped after 5 unanswered:
+//! `capnp_actix::net::KEEPALIVE_IDLE` and its neighbours), instead of the
+//! operating system's default of two hours before the first probe, so the
+//! connection stays known to the network and a vanished peer is noticed
+//! in under two minutes. The connection heartbeat of chapter 10
+//! (`--capnp-heartbeat-ms`) is faster and also catches a peer that is up
+//! but not answering. (The vat's `--capnp-idle-timeout-ms` does the
+//! opposite: it closes connections that hold nothing and are silent.)
 //!
 //! ### My service needs a capability from another vat to start; how do I import it before my vat runs?
 //!

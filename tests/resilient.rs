@@ -76,6 +76,8 @@ async fn call(p: &probe::Client, seq: u64) -> Result<u64, capnp::Error> {
 #[derive(Clone, Copy, Debug)]
 enum Link {
     TcpInsecure,
+    TcpTls,
+    UnixInsecure,
     UnixTls,
 }
 
@@ -94,6 +96,10 @@ fn server_config(link: Link, name: &str, key: &SecretKey) -> VatConfig {
         Link::TcpInsecure => config
             .with_tls(false)
             .with_listen_address("tcp:127.0.0.1:0".parse().unwrap()),
+        Link::TcpTls => config
+            .with_secret_key(key.clone())
+            .with_listen_address("tcp:127.0.0.1:0".parse().unwrap()),
+        Link::UnixInsecure => config.with_tls(false).with_listen_address(socket(name)),
         Link::UnixTls => config
             .with_secret_key(key.clone())
             .with_listen_address(socket(name)),
@@ -103,7 +109,7 @@ fn server_config(link: Link, name: &str, key: &SecretKey) -> VatConfig {
 fn client_config(link: Link) -> VatConfig {
     VatConfig::new()
         .with_arbiters(1)
-        .with_tls(matches!(link, Link::UnixTls))
+        .with_tls(matches!(link, Link::UnixTls | Link::TcpTls))
 }
 
 /// Starts a vat serving a slow probe as `main`; gives its URI.
@@ -191,6 +197,16 @@ async fn a_call_deadline_fails_the_call_and_cancels_the_method_over_unix_with_tl
     call_deadline_cancels_the_method(Link::UnixTls).await;
 }
 
+#[actix::test]
+async fn a_call_deadline_fails_the_call_and_cancels_the_method_over_tcp_with_tls() {
+    call_deadline_cancels_the_method(Link::TcpTls).await;
+}
+
+#[actix::test]
+async fn a_call_deadline_fails_the_call_and_cancels_the_method_over_unix() {
+    call_deadline_cancels_the_method(Link::UnixInsecure).await;
+}
+
 /// A socket that accepts connections (the kernel's backlog does) and
 /// never reads nor writes.
 fn silent_socket() -> (std::net::TcpListener, Address) {
@@ -240,7 +256,12 @@ async fn the_connect_deadline_fires_on_a_socket_that_never_answers() {
 async fn import_checked_fails_early_with_a_wrong_service_id() {
     let seen = Seen::default();
     let key = SecretKey::generate().unwrap();
-    for link in [Link::TcpInsecure, Link::UnixTls] {
+    for link in [
+        Link::TcpInsecure,
+        Link::TcpTls,
+        Link::UnixInsecure,
+        Link::UnixTls,
+    ] {
         let (server, uri) = start_server(&server_config(link, "wrong-id", &key), &seen).await;
         let client = Vat::client(&client_config(link)).await.unwrap();
         let wrong = SturdyUri {
@@ -348,6 +369,16 @@ async fn a_reconnecting_import_survives_a_server_restart_over_tcp() {
 #[actix::test]
 async fn a_reconnecting_import_survives_a_server_restart_over_unix_with_tls() {
     reconnects_across_a_server_restart(Link::UnixTls).await;
+}
+
+#[actix::test]
+async fn a_reconnecting_import_survives_a_server_restart_over_tcp_with_tls() {
+    reconnects_across_a_server_restart(Link::TcpTls).await;
+}
+
+#[actix::test]
+async fn a_reconnecting_import_survives_a_server_restart_over_unix() {
+    reconnects_across_a_server_restart(Link::UnixInsecure).await;
 }
 
 #[actix::test]
