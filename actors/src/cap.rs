@@ -261,6 +261,9 @@ pub(crate) struct Node {
     pub(crate) kind: Kind,
     /// For promise-like nodes: the resolution and who waits for it.
     pub(crate) resolvable: Option<Resolvable>,
+    /// The flow control of streaming calls made on this capability, from
+    /// the first one on (`stream.rs`).
+    stream: std::sync::OnceLock<Arc<crate::stream::Flow>>,
 }
 
 impl Drop for Node {
@@ -340,6 +343,7 @@ impl CapRef {
             scope,
             kind,
             resolvable,
+            stream: std::sync::OnceLock::new(),
         });
         let weak: std::sync::Weak<Node> = Arc::downgrade(&node);
         registry::add_cap(scope, id, weak, name);
@@ -371,6 +375,39 @@ impl CapRef {
 
     pub(crate) fn kind(&self) -> &Kind {
         &self.node.kind
+    }
+
+    /// The flow control of streaming calls on this capability (made with
+    /// the default [`WindowConfig`](crate::stream::WindowConfig) by the
+    /// first streaming call, unless [`CapRef::set_stream_window`] came
+    /// first).
+    pub(crate) fn stream_flow(&self) -> &Arc<crate::stream::Flow> {
+        self.node
+            .stream
+            .get_or_init(|| crate::stream::Flow::new(Default::default()))
+    }
+
+    /// The error that failed a stream of calls on this capability, if one
+    /// did: every later call fails with it.
+    pub(crate) fn stream_failure(&self) -> Option<capnp::Error> {
+        self.node.stream.get().and_then(|flow| flow.failure())
+    }
+
+    /// Sets the window of streaming calls (`-> stream` methods) made on
+    /// this capability, through any of its handles. It must come before the
+    /// first streaming call: afterwards the stream's own window stays, and
+    /// this returns `false`.
+    pub fn set_stream_window(&self, config: crate::stream::WindowConfig) -> bool {
+        self.node
+            .stream
+            .set(crate::stream::Flow::new(config))
+            .is_ok()
+    }
+
+    /// The window of the streaming calls made on this capability, in bytes
+    /// (`None` before the first one).
+    pub fn stream_window(&self) -> Option<usize> {
+        self.node.stream.get().map(|flow| flow.window())
     }
 
     /// True for a capability that is not resolved yet (a local promise or a

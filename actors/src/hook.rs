@@ -427,7 +427,16 @@ impl RequestHook for OutgoingRequest {
 
     fn send(self: Box<Self>) -> RemotePromise<any_pointer::Owned> {
         let (target, iid, mid, payload) = self.into_call_parts();
-        let answer = send_call(&target, iid, mid, payload);
+        // After a failed stream, the capability fails every call with the
+        // stream's error (`stream.rs`), the call ending the stream too.
+        let answer = match target.stream_failure() {
+            Some(error) => {
+                let (answer, completer) = Answer::open();
+                completer.complete(Err(error));
+                answer
+            }
+            None => send_call(&target, iid, mid, payload),
+        };
         let pipeline = any_pointer::Pipeline::new(Box::new(AnswerPipeline {
             answer: answer.clone(),
         }));
@@ -439,10 +448,25 @@ impl RequestHook for OutgoingRequest {
         RemotePromise { promise, pipeline }
     }
 
+    /// Sends a call to a `-> stream` method under its capability's flow
+    /// control (`stream.rs`): the call leaves now; the promise resolves
+    /// when the window has room for the next one.
     fn send_streaming(self: Box<Self>) -> Promise<(), capnp::Error> {
+        let bytes = self.message.size_in_words().saturating_mul(8);
         let (target, iid, mid, payload) = self.into_call_parts();
+        let flow = target.stream_flow().clone();
+        if let Some(error) = flow.failure() {
+            return Promise::err(error);
+        }
         let answer = send_call(&target, iid, mid, payload);
-        Promise::from_future(WaitOutcome { answer }.map(|o| o.map(|_| ())))
+        let sent_at = std::time::Instant::now();
+        flow.sent(bytes, sent_at);
+        let ready = flow.ready();
+        actix_rt::spawn(async move {
+            let error = WaitOutcome { answer }.await.err();
+            flow.returned(bytes, sent_at, std::time::Instant::now(), error);
+        });
+        ready
     }
 
     fn tail_send(

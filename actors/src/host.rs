@@ -7,8 +7,17 @@
 //! alongside the others, so a slow call does not hold up a fast one.
 //! Running calls are driven by one `FuturesUnordered` that a single actor
 //! future polls: method bodies start in mailbox order.
+//!
+//! Streaming calls (`-> stream` methods of generated servers) are the
+//! exception, as the protocol requires: while one runs, the calls that
+//! arrive after it (of any method) wait in the actor, in order, and start
+//! when it ends; so a stream's writes run one after another and the call
+//! ending the stream starts after the last write. A streaming call that
+//! fails breaks the capability: that call's error fails every later call
+//! (as in the reference implementations). A cancelled one does not.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -64,9 +73,9 @@ pub(crate) type ResultsSlot = Rc<RefCell<Option<Payload>>>;
 
 /// A started call, as the host produced it.
 pub(crate) enum CallBody {
-    /// A method of a generated server: its promise, and where its results
-    /// land when the method drops them.
-    Server(Promise<(), capnp::Error>, ResultsSlot, Completer),
+    /// A method of a generated server: its promise, where its results land
+    /// when the method drops them, and whether it is a streaming method.
+    Server(Promise<(), capnp::Error>, ResultsSlot, Completer, bool),
     /// Something that completes the call by itself.
     Done(LocalBoxFuture<'static, ()>),
 }
@@ -111,32 +120,58 @@ pub(crate) fn method_outcome(
     }
 }
 
+/// How a started call ended, for the actor that ran it.
+pub(crate) enum Ended {
+    /// An ordinary call.
+    Call,
+    /// A streaming call, with its error if it failed (not if cancelled).
+    Stream(Option<capnp::Error>),
+}
+
+/// A started call: its body, and whether it is a streaming call.
+pub(crate) struct Started {
+    pub(crate) body: LocalBoxFuture<'static, Ended>,
+    pub(crate) streaming: bool,
+}
+
 /// Starts `call` on `host`: `None` if it was cancelled before it started.
-pub(crate) fn start_call<H: Host + ?Sized>(
-    host: &H,
-    cap_id: u64,
-    call: Call,
-) -> Option<LocalBoxFuture<'static, ()>> {
+pub(crate) fn start_call<H: Host + ?Sized>(host: &H, cap_id: u64, call: Call) -> Option<Started> {
     let (call, span) = admit(call, cap_id)?;
     let (interface_id, method_id) = (call.interface_id, call.method_id);
     let body = span.in_scope(|| host.dispatch(call));
     Some(match body {
-        CallBody::Done(f) => f.instrument(span).boxed_local(),
-        CallBody::Server(promise, slot, completer) => async move {
-            let cancelled = completer.cancelled();
-            let body = AssertUnwindSafe(promise).catch_unwind();
-            let outcome = match select(body, cancelled).await {
-                Either::Left((Ok(returned), _)) => {
-                    method_outcome(returned, &slot, interface_id, method_id)
+        CallBody::Done(f) => Started {
+            body: f.map(|()| Ended::Call).instrument(span).boxed_local(),
+            streaming: false,
+        },
+        CallBody::Server(promise, slot, completer, streaming) => Started {
+            body: async move {
+                let cancelled = completer.cancelled();
+                let body = AssertUnwindSafe(promise).catch_unwind();
+                let (outcome, breaks) = match select(body, cancelled).await {
+                    Either::Left((Ok(returned), _)) => {
+                        let outcome = method_outcome(returned, &slot, interface_id, method_id);
+                        let breaks = outcome.as_ref().err().cloned();
+                        (outcome, breaks)
+                    }
+                    Either::Left((Err(panic), _)) => {
+                        let e = error::panicked(panic.as_ref());
+                        (Err(e.clone()), Some(e))
+                    }
+                    // The method's future is dropped here: that is the cancellation.
+                    Either::Right(((), _)) => (Err(error::cancelled()), None),
+                };
+                completer.finish(outcome);
+                if streaming {
+                    Ended::Stream(breaks)
+                } else {
+                    Ended::Call
                 }
-                Either::Left((Err(panic), _)) => Err(error::panicked(panic.as_ref())),
-                // The method's future is dropped here: that is the cancellation.
-                Either::Right(((), _)) => Err(error::cancelled()),
-            };
-            completer.finish(outcome);
-        }
-        .instrument(span)
-        .boxed_local(),
+            }
+            .instrument(span)
+            .boxed_local(),
+            streaming,
+        },
     })
 }
 
@@ -144,8 +179,13 @@ pub(crate) fn start_call<H: Host + ?Sized>(
 pub(crate) struct CapActor<H: Host> {
     host: H,
     id: u64,
-    running: FuturesUnordered<LocalBoxFuture<'static, ()>>,
+    running: FuturesUnordered<LocalBoxFuture<'static, Ended>>,
     driving: bool,
+    /// A streaming call is running: later calls wait in `held`.
+    streaming: bool,
+    held: VecDeque<Call>,
+    /// The error of the streaming call that failed, failing every later call.
+    broken: Option<capnp::Error>,
     /// Last: see `ActorGuard`.
     _guard: registry::ActorGuard,
 }
@@ -157,7 +197,53 @@ impl<H: Host> CapActor<H> {
             id,
             running: FuturesUnordered::new(),
             driving: false,
+            streaming: false,
+            held: VecDeque::new(),
+            broken: None,
             _guard: registry::ActorGuard::new(),
+        }
+    }
+
+    /// Starts `call` (or fails it, once a stream broke the capability).
+    fn start(&mut self, call: Call, ctx: &mut actix::Context<Self>) {
+        if let (Some(e), None) = (&self.broken, &call.marker) {
+            call.fail(e.clone());
+            return;
+        }
+        let Some(started) = start_call(&self.host, self.id, call) else {
+            return;
+        };
+        let mut body = started.body;
+        if let Some(ended) = poll_once(&mut body) {
+            self.ended(ended);
+            return;
+        }
+        self.streaming = started.streaming;
+        self.running.push(body);
+        if !self.driving {
+            self.driving = true;
+            ctx.spawn(Driver);
+        }
+    }
+
+    /// Notes how a call ended; the calls held behind a streaming call start.
+    fn ended(&mut self, ended: Ended) {
+        if let Ended::Stream(error) = ended {
+            self.streaming = false;
+            if self.broken.is_none() {
+                self.broken = error;
+            }
+        }
+    }
+
+    /// Starts the calls held behind a streaming call that ended, up to the
+    /// next streaming call.
+    fn release_held(&mut self, ctx: &mut actix::Context<Self>) {
+        while !self.streaming {
+            let Some(call) = self.held.pop_front() else {
+                break;
+            };
+            self.start(call, ctx);
         }
     }
 }
@@ -169,15 +255,10 @@ impl<H: Host> Actor for CapActor<H> {
 impl<H: Host> Handler<IncomingCall> for CapActor<H> {
     type Result = ();
     fn handle(&mut self, msg: IncomingCall, ctx: &mut Self::Context) {
-        if let Some(mut fut) = start_call(&self.host, self.id, msg.call) {
-            if poll_once(&mut fut) {
-                return;
-            }
-            self.running.push(fut);
-            if !self.driving {
-                self.driving = true;
-                ctx.spawn(Driver);
-            }
+        if self.streaming {
+            self.held.push_back(msg.call);
+        } else {
+            self.start(msg.call, ctx);
         }
     }
 }
@@ -190,12 +271,15 @@ impl<H: Host> ActorFuture<CapActor<H>> for Driver {
     fn poll(
         self: Pin<&mut Self>,
         act: &mut CapActor<H>,
-        _: &mut actix::Context<CapActor<H>>,
+        ctx: &mut actix::Context<CapActor<H>>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<()> {
         loop {
             match act.running.poll_next_unpin(cx) {
-                Poll::Ready(Some(())) => continue,
+                Poll::Ready(Some(ended)) => {
+                    act.ended(ended);
+                    act.release_held(ctx);
+                }
                 Poll::Ready(None) => {
                     act.driving = false;
                     return Poll::Ready(());
@@ -223,9 +307,13 @@ pub(crate) fn spawn_host_with<H: Host>(
     crate::cap::CapRef::from_kind_id(kind(addr.recipient()), id)
 }
 
-/// Polls a freshly started call once, so that its body starts now.
-pub(crate) fn poll_once(fut: &mut LocalBoxFuture<'static, ()>) -> bool {
+/// Polls a freshly started call once, so that its body starts now: its
+/// end, if it ended already.
+pub(crate) fn poll_once<T>(fut: &mut LocalBoxFuture<'static, T>) -> Option<T> {
     let waker = futures::task::noop_waker();
     let mut cx = TaskContext::from_waker(&waker);
-    fut.as_mut().poll(&mut cx).is_ready()
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(t) => Some(t),
+        Poll::Pending => None,
+    }
 }

@@ -67,6 +67,7 @@ mod registry;
 mod server;
 mod shield;
 mod slot;
+pub mod stream;
 pub mod switch;
 pub mod system;
 mod wrap;

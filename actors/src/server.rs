@@ -34,11 +34,13 @@ impl IncomingCall {
         C: capnp::capability::FromServer<S>,
     {
         let dispatch = C::from_server(Rc::new(server));
-        if let Some(mut fut) = start_call(&ServerHost(dispatch), 0, self.call) {
+        if let Some(started) = start_call(&ServerHost(dispatch), 0, self.call) {
             // Start the body now (so calls start in mailbox order), then let
-            // it finish on its own.
-            if !poll_once(&mut fut) {
-                actix_rt::spawn(fut);
+            // it finish on its own. (The actor serving calls this way orders
+            // its streaming calls itself.)
+            let mut body = started.body;
+            if poll_once(&mut body).is_none() {
+                actix_rt::spawn(body);
             }
         }
     }
@@ -62,12 +64,10 @@ impl<D: Server + Clone + 'static> Host for ServerHost<D> {
         let (params, results, slot) = method_io(params, &completer);
         let server = self.0.clone();
         let dispatched = std::panic::catch_unwind(AssertUnwindSafe(move || {
-            server
-                .dispatch_call(interface_id, method_id, params, results)
-                .promise
+            server.dispatch_call(interface_id, method_id, params, results)
         }));
         match dispatched {
-            Ok(promise) => CallBody::Server(promise, slot, completer),
+            Ok(d) => CallBody::Server(d.promise, slot, completer, d.is_streaming),
             Err(panic) => {
                 completer.complete(Err(error::panicked(panic.as_ref())));
                 CallBody::Done(futures::future::ready(()).boxed_local())

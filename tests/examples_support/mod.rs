@@ -12,7 +12,15 @@ use std::sync::{mpsc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub const EXAMPLES: [&str; 6] = ["echo", "actor_service", "web", "bench", "calc", "load"];
+pub const EXAMPLES: [&str; 7] = [
+    "echo",
+    "actor_service",
+    "web",
+    "bench",
+    "calc",
+    "load",
+    "files",
+];
 
 /// How long one example may run.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);

@@ -21,7 +21,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// Schemas compiled, relative to `schemas/`. Each produces `src/<stem>_capnp.rs`
+/// Schemas compiled, relative to `schemas/` (`capnp/stream.capnp` is only
+/// imported: generated code never refers to it). Each produces `src/<stem>_capnp.rs`
 /// (with `-` replaced by `_`).
 const SCHEMAS: &[&str] = &[
     "rpc.capnp",
@@ -32,6 +33,7 @@ const SCHEMAS: &[&str] = &[
     "bench.capnp",
     "test_api.capnp",
     "fuzz.capnp",
+    "files.capnp",
 ];
 
 /// Schemas whose actor traits capnp-actix carries (the tutorial's, and
@@ -51,9 +53,11 @@ fn main() -> ExitCode {
     let request_path =
         std::env::temp_dir().join(format!("capnp-actix-codegen-{}.bin", std::process::id()));
     let mut cmd = capnpc::CompilerCommand::new();
-    // The schemas import nothing, so keep the build independent of whatever
-    // happens to be installed under /usr/include.
+    // Keep the build independent of whatever happens to be installed under
+    // /usr/include: the only import, `/capnp/stream.capnp` (files.capnp),
+    // is our own copy under `schemas/capnp/`, found through the import path.
     cmd.no_standard_import()
+        .import_path(&schemas)
         .src_prefix(&schemas)
         .output_path(&out)
         .raw_code_generator_request_path(&request_path);
