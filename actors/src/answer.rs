@@ -722,8 +722,13 @@ impl AnswerRef {
         {
             return CapRef { node };
         }
-        if let (Some(resolution), false) = (s.resolution(), s.embargoed.contains(&path)) {
-            // Already answered: no need for a promise at all.
+        // Already answered, and no queue still holds calls pipelined on it
+        // (a call made now must not overtake them): no need for a promise.
+        if let (Some(resolution), false, true) = (
+            s.resolution(),
+            s.embargoed.contains(&path),
+            s.forwarder.is_none(),
+        ) {
             drop(s);
             return resolve_path(&resolution, &path);
         }
