@@ -181,12 +181,10 @@ async fn upload(uri: SturdyUri, local: PathBuf, name: String) -> Result<(), BoxE
     let service = import_files(&uri).await?;
     let mut request = service.upload_request();
     request.get().set_name(&name[..]);
-    // The sink is taken from the answer, not pipelined on it: writes
-    // pipelined on an unanswered call, then sent straight to the sink once
-    // the answer is in, can reach the sink out of order today (the
-    // answer's queue on the server may not have drained when the direct
-    // ones arrive). One round trip per upload avoids it.
-    let sink = request.send().promise.await?.get()?.get_sink()?;
+    // The writes are pipelined on `upload`'s answer: they go out before
+    // it is in, and keep their order when the sink's own capability
+    // arrives and later writes go to it directly.
+    let sink = request.send().pipeline.get_sink();
     let bar = progress(len);
     let sent = send_file(file, &sink, |n| bar.inc(n as u64)).await?;
     let ended = end_sink(&sink).await?;
