@@ -270,7 +270,10 @@ fn cpu_seconds(pid: u32) -> Result<f64, BoxError> {
         .1
         .split_whitespace()
         .collect::<Vec<_>>();
-    let ticks = |i: usize| -> Result<f64, BoxError> { Ok(rest[i - 3].parse::<f64>()?) };
+    let ticks = |i: usize| -> Result<f64, BoxError> {
+        let field = rest.get(i - 3).ok_or("a short /proc stat line")?;
+        Ok(field.parse::<f64>()?)
+    };
     // USER_HZ is 100 on Linux.
     Ok((ticks(14)? + ticks(15)?) / 100.0)
 }

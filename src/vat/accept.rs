@@ -178,16 +178,12 @@ impl Handler<Accepted> for VatSupervisor {
             return;
         }
         let ip = peer.parse::<SocketAddr>().ok().map(|a| a.ip());
-        let admitted = if self.budget.exhausted() {
-            // New peers would only add to what the vat cannot hold.
-            Err(format!(
-                "this vat's memory budget is exhausted ({} bytes held for its peers, budget {}): \
-                 no new connections until it has room (--capnp-memory-budget)",
-                self.budget.held(),
-                self.budget.limit()
-            ))
-        } else {
-            self.governor.admit(ip)
+        // New peers would only add to what an exhausted budget cannot hold.
+        let admitted = match self.budget.exhausted_reason() {
+            Some(reason) => Err(format!(
+                "{reason}: no new connections until it has room (--capnp-memory-budget)"
+            )),
+            None => self.governor.admit(ip),
         };
         match (self.acceptor.clone(), admitted) {
             (None, Ok(ticket)) => {

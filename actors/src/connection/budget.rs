@@ -104,6 +104,18 @@ impl VatBudget {
         self.held() > self.limit
     }
 
+    /// While the budget is exhausted, what is said to a peer refused for
+    /// it: "this vat's memory budget is exhausted (… held …, budget …)".
+    pub fn exhausted_reason(&self) -> Option<String> {
+        self.exhausted().then(|| {
+            format!(
+                "this vat's memory budget is exhausted ({} bytes held for its peers, budget {})",
+                self.held(),
+                self.limit
+            )
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BudgetState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -256,14 +268,10 @@ impl Connection {
     /// A new call from the peer while the vat's budget is exhausted fails
     /// with this error.
     pub(super) fn vat_overloaded(&self) -> Option<capnp::Error> {
-        let budget = self.budget.as_ref()?;
-        budget.exhausted().then(|| {
-            capnp::Error::overloaded(format!(
-                "this vat's memory budget is exhausted ({} bytes held for its peers, budget {})",
-                budget.held(),
-                budget.limit()
-            ))
-        })
+        self.budget
+            .as_ref()?
+            .exhausted_reason()
+            .map(capnp::Error::overloaded)
     }
 
     /// Results of the peer's call `answer` (`bytes` long) were returned
